@@ -1,0 +1,48 @@
+# Two set-up commands: `make demo` (main job on the embedded default) and `make test`.
+# Both bootstrap .venv on a fresh machine and skip the install when it is up to date.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+
+.PHONY: test demo setup syslibs bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory syslibs
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# open3d needs libusb-1.0, libGL and libEGL at import time.
+syslibs:
+	@missing=""; \
+	for lib in libusb-1.0.so.0:libusb-1.0-0 libGL.so.1:libgl1 libEGL.so.1:libegl1; do \
+	  so=$${lib%%:*}; pkg=$${lib##*:}; \
+	  ldconfig -p 2>/dev/null | grep -q "$$so" || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system libraries for open3d:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "open3d needs system libraries; run: sudo apt-get install -y$$missing"; \
+	  fi; \
+	fi
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/recon demo
+
+bench: $(STAMP)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo_out

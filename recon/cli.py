@@ -1,0 +1,98 @@
+"""`recon` command line. Heavy modules are imported inside the subcommands so `recon --help` is instant.
+Every error a user can cause ends as one line on stderr and a non-zero exit code (`--debug` shows the
+traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from recon import __version__
+from recon.errors import ReconError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="video file, image folder, KITTI sequence dir, TUM RGB-D dir, camera index or rtsp/http URL")
+    p.add_argument("--source-kind", choices=["folder", "video", "stream", "kitti", "tum", "synthetic"], help="override source detection")
+    p.add_argument("--stride", type=int, default=1, help="use every K-th frame (default 1)")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    raise ReconError("`recon run` needs the streaming pipeline, which is not built yet (roadmap step 3); "
+                     "`recon demo` shows the source layer working today")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    raise ReconError("`recon eval` needs the evaluation module, which is not built yet (roadmap step 4)")
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from recon.datasets.synthetic.cli import run_render
+
+    return run_render(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from recon.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recon",
+        description="Streaming 3D reconstruction: video in, camera trajectory and 3D map out, on bounded memory.",
+    )
+    parser.add_argument("--version", action="version", version=f"recon {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="reconstruct a video, image folder, dataset sequence or live stream")
+    _add_source_args(p)
+    p.add_argument("--model", default="classical", help="geometry model (default: classical, no weights)")
+    p.add_argument("--out", default="out", help="output directory (default: out)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("eval", help="measure a run's trajectory and geometry against ground truth")
+    p.add_argument("run_dir", help="output directory of `recon run`")
+    p.add_argument("--gt", help="ground-truth trajectory file")
+    p.add_argument("--format", choices=["kitti", "tum"], help="format of --gt")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("render", help="render a synthetic sequence with exact depth and poses (KITTI or TUM layout)")
+    from recon.datasets.synthetic.cli import add_render_args
+
+    add_render_args(p)
+    p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("demo", help="render a short street drive and run recon on it")
+    p.add_argument("--out", default="demo_out", help="where the demo writes (default: demo_out)")
+    p.add_argument("--frames", type=int, default=120, help="length of the demo drive (default 120)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="recon: %(levelname)s: %(message)s" if not args.debug else "%(name)s: %(levelname)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ReconError as e:
+        if args.debug:
+            raise
+        print(f"recon: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("recon: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,24 @@
+"""Errors a user can cause or meet. Each carries a one-line message that names the problem and the fix;
+the CLI prints it without a traceback (unless --debug)."""
+
+
+class ReconError(Exception):
+    """Base of every error recon reports to a user as one line."""
+
+
+class SourceError(ReconError):
+    """An input (path, URL, dataset layout) cannot be opened or read."""
+
+
+class FormatError(SourceError):
+    """A text file (calib, times, poses, trajectory) is malformed; the message names file and line."""
+
+    def __init__(self, path: object, line_no: int | None, message: str) -> None:
+        where = f"{path}:{line_no}" if line_no is not None else f"{path}"
+        super().__init__(f"{where}: {message}")
+        self.path = path
+        self.line_no = line_no
+
+
+class ContractError(ReconError, ValueError):
+    """A data contract (Frame, WindowPrediction, Sim3) was violated: wrong shape, dtype or non-finite values."""

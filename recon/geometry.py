@@ -1,0 +1,124 @@
+"""Pose math in numpy, float64. Conventions (DESIGN §2): OpenCV camera axes, `cam_from_world` maps world
+points into the camera, `world_from_cam` is its inverse; 4x4 homogeneous rigid transforms."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def as_4x4(T: np.ndarray) -> np.ndarray:
+    """[...,3,4] or [...,4,4] -> [...,4,4] float64."""
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape[-2:] == (4, 4):
+        return T.copy()
+    if T.shape[-2:] != (3, 4):
+        raise ValueError(f"expected a [...,3,4] or [...,4,4] transform, got shape {T.shape}")
+    out = np.zeros(T.shape[:-2] + (4, 4))
+    out[..., :3, :] = T
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def make_rigid(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Rotation [...,3,3] and translation [...,3] -> [...,4,4]."""
+    R = np.asarray(R, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    out = np.zeros(R.shape[:-2] + (4, 4))
+    out[..., :3, :3] = R
+    out[..., :3, 3] = t
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def invert_rigid(T: np.ndarray) -> np.ndarray:
+    """Inverse of rigid transforms [...,4,4] (or [...,3,4]) without a general matrix inverse:
+    `world_from_cam = invert_rigid(cam_from_world)` and back."""
+    T = as_4x4(T)
+    R_inv = np.swapaxes(T[..., :3, :3], -1, -2)
+    t_inv = -np.einsum("...ij,...j->...i", R_inv, T[..., :3, 3])
+    return make_rigid(R_inv, t_inv)
+
+
+def compose(*transforms: np.ndarray) -> np.ndarray:
+    """compose(a_from_b, b_from_c, ...) -> a_from_c."""
+    out = as_4x4(transforms[0])
+    for T in transforms[1:]:
+        out = out @ as_4x4(T)
+    return out
+
+
+def transform_points(a_from_b: np.ndarray, points_b: np.ndarray) -> np.ndarray:
+    """Apply one [4,4] transform to points [...,3]."""
+    T = as_4x4(a_from_b)
+    return points_b @ T[:3, :3].T + T[:3, 3]
+
+
+def project_to_rotation(M: np.ndarray) -> np.ndarray:
+    """Nearest rotation matrix (SVD), [...,3,3]."""
+    U, _, Vt = np.linalg.svd(M)
+    d = np.sign(np.linalg.det(U @ Vt))
+    D = np.ones(U.shape[:-1])
+    D[..., -1] = d
+    return (U * D[..., None, :]) @ Vt
+
+
+def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
+    """Angle of rotation matrices [...,3,3] in degrees."""
+    cos = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def quat_xyzw_from_rotation(R: np.ndarray) -> np.ndarray:
+    """Rotation matrices [...,3,3] -> unit quaternions [...,4] (x, y, z, w), w >= 0 (TUM order)."""
+    R = np.asarray(R, dtype=np.float64)
+    m = R.reshape(-1, 3, 3)
+    q = np.empty((m.shape[0], 4))
+    tr = np.trace(m, axis1=1, axis2=2)
+    # Pick the numerically largest of w, x, y, z to divide by (Shepperd's method).
+    cand = np.stack([tr, m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]], axis=1)
+    k = np.argmax(cand, axis=1)
+    for i in range(m.shape[0]):
+        r = m[i]
+        if k[i] == 0:
+            s = 2.0 * np.sqrt(1.0 + tr[i])
+            q[i] = [(r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s, 0.25 * s]
+        elif k[i] == 1:
+            s = 2.0 * np.sqrt(max(1.0 + r[0, 0] - r[1, 1] - r[2, 2], 1e-300))
+            q[i] = [0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s, (r[2, 1] - r[1, 2]) / s]
+        elif k[i] == 2:
+            s = 2.0 * np.sqrt(max(1.0 + r[1, 1] - r[0, 0] - r[2, 2], 1e-300))
+            q[i] = [(r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s, (r[0, 2] - r[2, 0]) / s]
+        else:
+            s = 2.0 * np.sqrt(max(1.0 + r[2, 2] - r[0, 0] - r[1, 1], 1e-300))
+            q[i] = [(r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s, (r[1, 0] - r[0, 1]) / s]
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    q[q[:, 3] < 0] *= -1.0
+    return q.reshape(R.shape[:-2] + (4,))
+
+
+def rotation_from_quat_xyzw(q: np.ndarray) -> np.ndarray:
+    """Quaternions [...,4] (x, y, z, w), any norm > 0 -> rotation matrices [...,3,3]."""
+    q = np.asarray(q, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    x, y, z, w = np.moveaxis(q, -1, 0)
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        -2,
+    )
+
+
+def rotation_from_axis_angle(axis_angle: np.ndarray) -> np.ndarray:
+    """Rodrigues: [...,3] rotation vectors (radians) -> [...,3,3]."""
+    v = np.asarray(axis_angle, dtype=np.float64)
+    theta = np.linalg.norm(v, axis=-1, keepdims=True)
+    k = v / np.maximum(theta, 1e-300)
+    K = np.zeros(v.shape[:-1] + (3, 3))
+    K[..., 0, 1], K[..., 0, 2] = -k[..., 2], k[..., 1]
+    K[..., 1, 0], K[..., 1, 2] = k[..., 2], -k[..., 0]
+    K[..., 2, 0], K[..., 2, 1] = -k[..., 1], k[..., 0]
+    th = theta[..., None]
+    return np.eye(3) + np.sin(th) * K + (1 - np.cos(th)) * (K @ K)

@@ -1,0 +1,292 @@
+"""The embedded default model: classical multi-view geometry, no learned weights.
+
+window of frames -> KLT tracks -> essential matrix on a well-conditioned pair -> PnP for the other
+frames -> robust bundle adjustment -> DIS-flow dense depth with honest confidence -> WindowPrediction.
+Scale is arbitrary per window (median sparse depth = 1) unless stated otherwise."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+from recon.errors import ReconError
+from recon.geometry import invert_rigid, project_to_rotation
+from recon.models.classical.bundle import BundleConfig, bundle_adjust
+from recon.models.classical.dense import DenseConfig, dense_depth
+from recon.models.classical.pose import (
+    PoseConfig,
+    max_triangulation_angle_deg,
+    pnp,
+    reprojection_error_px,
+    rotation_compensated_parallax_px,
+    triangulate,
+    two_view,
+)
+from recon.models.classical.tracks import TrackerConfig, Tracks, track_window
+from recon.types import Frame, ResizeMap, WindowPrediction
+
+FLAG_TOO_FEW_TRACKS = "too_few_tracks"
+FLAG_LOW_PARALLAX = "low_parallax"
+FLAG_UNREGISTERED = "unregistered_frames"
+
+
+@dataclass(frozen=True)
+class ClassicalConfig:
+    max_side_px: int = 640  # work at most at this resolution (longer side)
+    focal_guess: float = 0.9  # focal = focal_guess * longer side when the source has no intrinsics
+    min_tracks: int = 40
+    ba_max_points: int = 600
+    seed: int = 0
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    pose: PoseConfig = field(default_factory=PoseConfig)
+    bundle: BundleConfig = field(default_factory=BundleConfig)
+    dense: DenseConfig = field(default_factory=DenseConfig)
+
+
+@dataclass
+class _Sparse:
+    cam_from_world: np.ndarray  # [S,4,4]
+    points_w: np.ndarray  # [T,3] (NaN where not triangulated)
+    K: np.ndarray
+    registered: np.ndarray  # [S] bool
+    flags: list[str]
+    info: dict
+
+
+def _working_size(hw: tuple[int, int], max_side: int) -> tuple[int, int]:
+    H, W = hw
+    s = min(1.0, max_side / max(H, W))
+    return max(8, int(round(H * s))), max(8, int(round(W * s)))
+
+
+def _resize_map(orig_hw: tuple[int, int], model_hw: tuple[int, int]) -> ResizeMap:
+    sx, sy = model_hw[1] / orig_hw[1], model_hw[0] / orig_hw[0]
+    # pixel centres at integers: u' = s (u + 0.5) - 0.5
+    return ResizeMap(tuple(orig_hw), tuple(model_hw), (sx, sy), (0.5 * sx - 0.5, 0.5 * sy - 0.5))
+
+
+class ClassicalModel:
+    """GeometryModel (DESIGN §4) registered as `classical`."""
+
+    name = "classical"
+
+    def __init__(self, config: ClassicalConfig | None = None, **overrides: object) -> None:
+        self.config = config or ClassicalConfig(**overrides)  # type: ignore[arg-type]
+
+    # -- public -------------------------------------------------------------------------------
+    def infer(self, frames: Sequence[Frame]) -> WindowPrediction:
+        cfg = self.config
+        if len(frames) < 2:
+            raise ReconError(f"the classical model needs at least 2 frames per window, got {len(frames)}")
+        orig_hw = frames[0].hw
+        if any(f.hw != orig_hw for f in frames):
+            sizes = sorted({f.hw for f in frames})
+            raise ReconError(f"frames of one window differ in size {sizes}; resize the input to one size")
+        cv2.setRNGSeed(cfg.seed)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+
+        model_hw = _working_size(orig_hw, cfg.max_side_px)
+        resize = _resize_map(orig_hw, model_hw)
+        gray = [self._gray(f.image_rgb, model_hw) for f in frames]
+        K, k_known = self._intrinsics(frames, resize, model_hw)
+        tracks = track_window(gray, cfg.tracker)
+        timings["tracking_s"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        sparse = self._poses(tracks, K, k_known, timings)
+        timings["pose_s"] = time.perf_counter() - t1 - timings.get("ba_s", 0.0)
+
+        t2 = time.perf_counter()
+        S = len(frames)
+        if FLAG_TOO_FEW_TRACKS in sparse.flags or FLAG_LOW_PARALLAX in sparse.flags:
+            depth = np.ones((S, *model_hw), np.float32)
+            conf = np.zeros((S, *model_hw), np.float32)
+        else:
+            scene_depth = self._scene_depth(sparse, tracks)
+            dense = dense_depth(gray, sparse.cam_from_world, sparse.K, scene_depth, cfg.dense)
+            depth, conf = dense.depth, dense.conf
+            # Cap runaway depths (sky, near-epipole pixels) so downstream maths stays well-scaled.
+            np.minimum(depth, 100.0 * float(np.max(scene_depth)), out=depth)
+            conf[~sparse.registered] = 0.0
+        timings["dense_s"] = time.perf_counter() - t2
+
+        t3 = time.perf_counter()
+        pred = self._pack(frames, depth, conf, sparse, resize)
+        timings["packing_s"] = time.perf_counter() - t3
+        timings["total_s"] = time.perf_counter() - t0
+        pred.info.update(timings=timings, intrinsics_known=k_known, num_tracks=len(tracks), **sparse.info)
+        return pred
+
+    # -- stages -------------------------------------------------------------------------------
+    @staticmethod
+    def _gray(image_rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+        g = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
+        if g.shape != hw:
+            g = cv2.resize(g, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+        return g
+
+    def _intrinsics(self, frames: Sequence[Frame], resize: ResizeMap, hw: tuple[int, int]) -> tuple[np.ndarray, bool]:
+        if frames[0].K is not None:
+            return resize.K_to_model(frames[0].K), True
+        H, W = hw
+        f = self.config.focal_guess * max(H, W)
+        return np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1.0]]), False
+
+    def _poses(self, tracks: Tracks, K: np.ndarray, k_known: bool, timings: dict[str, float]) -> _Sparse:
+        cfg = self.config
+        S = tracks.uv_px.shape[1]
+        vis = tracks.visible
+        poses = np.tile(np.eye(4), (S, 1, 1))
+        nan_pts = np.full((len(tracks), 3), np.nan)
+        if len(tracks) < cfg.min_tracks:
+            return _Sparse(poses, nan_pts, K, np.zeros(S, bool), [FLAG_TOO_FEW_TRACKS], {})
+
+        # 1. the initial pair: frame 0 and the frame that balances parallax and shared tracks.
+        best, best_score, best_H = None, 0.0, {}
+        for b in range(1, S):
+            common = vis[:, 0] & vis[:, b]
+            if common.sum() < cfg.min_tracks:
+                continue
+            parallax, H = rotation_compensated_parallax_px(tracks.uv_px[common, 0], tracks.uv_px[common, b], K)
+            best_H[b] = H
+            if parallax < cfg.pose.min_init_parallax_px:
+                continue
+            score = min(parallax, 40.0) * np.sqrt(common.sum())
+            if score > best_score:
+                best, best_score = b, score
+        init = None
+        if best is not None:
+            common = vis[:, 0] & vis[:, best]
+            init = two_view(tracks.uv_px[common, 0], tracks.uv_px[common, best], K, cfg.pose)
+        if init is None:
+            return self._rotation_only(tracks, K, best_H)
+
+        b_from_0, inl = init
+        poses[best] = b_from_0
+        registered = np.zeros(S, bool)
+        registered[[0, best]] = True
+        points = nan_pts.copy()
+        idx = np.nonzero(vis[:, 0] & vis[:, best])[0][inl]
+        self._triangulate_into(points, idx, tracks, poses, registered, K)
+
+        # 2. PnP for the other frames, nearest to the registered ones first, triangulating as we go.
+        order = sorted(set(range(S)) - {0, best}, key=lambda s: min(abs(s - 0), abs(s - best)))
+        for s in order:
+            has = vis[:, s] & np.isfinite(points[:, 0])
+            res = pnp(points[has], tracks.uv_px[has, s], K, cfg.pose)
+            if res is None:
+                continue
+            poses[s] = res[0]
+            registered[s] = True
+            fresh = np.nonzero(np.isnan(points[:, 0]) & ((vis & registered).sum(1) >= 2))[0]
+            self._triangulate_into(points, fresh, tracks, poses, registered, K)
+
+        # 3. all tracks from all registered views, then robust BA, outlier cull, BA again.
+        all_idx = np.nonzero((vis & registered).sum(1) >= 2)[0]
+        points[:] = np.nan
+        self._triangulate_into(points, all_idx, tracks, poses, registered, K)
+        t_ba = time.perf_counter()
+        bundle_cfg = BundleConfig(**{**cfg.bundle.__dict__, "refine_focal": cfg.bundle.refine_focal or not k_known})
+        for _ in range(2):
+            good = np.isfinite(points[:, 0]) & self._ba_subset(tracks, points)
+            obs = vis & registered[None, :] & good[:, None]
+            sub = np.nonzero(good)[0]
+            result = bundle_adjust(poses[registered], points[sub], tracks.uv_px[sub][:, registered], obs[sub][:, registered], K, bundle_cfg)
+            poses[registered] = result.cam_from_world
+            points[sub] = result.points_w
+            K = result.K
+            err = reprojection_error_px(points[sub], tracks.uv_px[sub], obs[sub], poses, K)
+            bad = np.any(np.where(obs[sub], err, 0.0) > cfg.pose.max_reproj_px, axis=1)
+            points[sub[bad]] = np.nan
+        # Tracks left out of the BA: triangulated against the refined poses.
+        rest = np.nonzero(np.isnan(points[:, 0]) & ((vis & registered).sum(1) >= 2))[0]
+        self._triangulate_into(points, rest, tracks, poses, registered, K)
+        timings["ba_s"] = time.perf_counter() - t_ba
+
+        # Gauge: frame 0 is the origin; scale so the median sparse depth is 1.
+        good = np.isfinite(points[:, 0])
+        depths = (points[good] @ poses[0, :3, :3].T + poses[0, :3, 3])[:, 2]
+        scale = 1.0 / float(np.median(depths[depths > 0])) if np.any(depths > 0) else 1.0
+        points *= scale
+        poses[:, :3, 3] *= scale
+        flags = [] if registered.all() else [FLAG_UNREGISTERED]
+        info = {"init_pair": [0, int(best)], "ba_rms_px": result.rms_px, "registered": int(registered.sum()),
+                "num_points": int(good.sum())}
+        return _Sparse(poses, points, K, registered, flags, info)
+
+    def _ba_subset(self, tracks: Tracks, points: np.ndarray) -> np.ndarray:
+        """The longest tracks, up to the BA's point budget: long tracks tie many frames together."""
+        good = np.isfinite(points[:, 0])
+        keep = np.zeros(len(points), bool)
+        idx = np.nonzero(good)[0]
+        lengths = tracks.visible[idx].sum(1)
+        keep[idx[np.argsort(-lengths, kind="stable")[: self.config.ba_max_points]]] = True
+        return keep
+
+    def _triangulate_into(self, points: np.ndarray, idx: np.ndarray, tracks: Tracks, poses: np.ndarray,
+                          registered: np.ndarray, K: np.ndarray) -> None:
+        if len(idx) == 0:
+            return
+        obs = tracks.visible[idx] & registered[None, :]
+        X = triangulate(tracks.uv_px[idx], obs, poses, K)
+        err = reprojection_error_px(X, tracks.uv_px[idx], obs, poses, K)
+        ok = np.all(np.where(obs, err, 0.0) < self.config.pose.max_reproj_px, axis=1)
+        ok &= max_triangulation_angle_deg(X, obs, poses) >= self.config.pose.min_triangulation_deg
+        points[idx[ok]] = X[ok]
+
+    def _rotation_only(self, tracks: Tracks, K: np.ndarray, homographies: dict) -> _Sparse:
+        """No usable parallax: rotations from homographies (H = K R K^-1), no translation, no depth."""
+        S = tracks.uv_px.shape[1]
+        poses = np.tile(np.eye(4), (S, 1, 1))
+        K_inv = np.linalg.inv(K)
+        registered = np.zeros(S, bool)
+        registered[0] = True
+        for b, H in homographies.items():
+            if H is not None:
+                M = K_inv @ H @ K
+                poses[b, :3, :3] = project_to_rotation(M / np.cbrt(np.linalg.det(M)))
+                registered[b] = True
+        return _Sparse(poses, np.full((len(tracks), 3), np.nan), K, registered, [FLAG_LOW_PARALLAX], {})
+
+    @staticmethod
+    def _scene_depth(sparse: _Sparse, tracks: Tracks) -> np.ndarray:
+        S = sparse.cam_from_world.shape[0]
+        good = np.isfinite(sparse.points_w[:, 0])
+        out = np.ones(S)
+        for s in range(S):
+            m = good & tracks.visible[:, s]
+            if m.sum() >= 5:
+                z = (sparse.points_w[m] @ sparse.cam_from_world[s, :3, :3].T + sparse.cam_from_world[s, :3, 3])[:, 2]
+                if np.any(z > 0):
+                    out[s] = float(np.median(z[z > 0]))
+        return out
+
+    @staticmethod
+    def _pack(frames: Sequence[Frame], depth: np.ndarray, conf: np.ndarray, sparse: _Sparse, resize: ResizeMap) -> WindowPrediction:
+        S, H, W = depth.shape
+        K = sparse.K
+        u, v = np.meshgrid(np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32))
+        rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1).astype(np.float32)
+        world_from_cam = invert_rigid(sparse.cam_from_world).astype(np.float32)
+        pts = np.empty((S, H, W, 3), np.float32)
+        for s in range(S):  # rotate the rays once per frame, then scale by depth: no per-pixel matrix products
+            rays_w = rays.reshape(-1, 3) @ world_from_cam[s, :3, :3].T
+            pts[s] = (rays_w.reshape(H, W, 3) * depth[s, ..., None]) + world_from_cam[s, :3, 3]
+        return WindowPrediction(
+            frame_indices=[f.index for f in frames],
+            depth=torch.from_numpy(depth),
+            depth_conf=torch.from_numpy(conf),
+            points=torch.from_numpy(pts),
+            points_conf=torch.from_numpy(conf.copy()),
+            cam_from_world=torch.from_numpy(sparse.cam_from_world.astype(np.float32)),
+            K=torch.from_numpy(np.repeat(K[None], S, 0).astype(np.float32)),
+            resize=resize,
+            metric=False,
+            flags=list(sparse.flags),
+        )

@@ -1,0 +1,107 @@
+"""Poses inside a window from tracks: two-view initialisation (essential matrix), multi-view DLT
+triangulation, PnP for the remaining frames. Poses are cam_from_world with world = window frame 0."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from recon.geometry import make_rigid
+
+
+@dataclass(frozen=True)
+class PoseConfig:
+    ransac_px: float = 0.75
+    min_init_parallax_px: float = 6.0  # median rotation-compensated flow needed for a usable pair
+    min_init_inliers: int = 40
+    max_reproj_px: float = 2.5
+    min_triangulation_deg: float = 0.3
+
+
+def normalized(uv_px: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Pixels [...,2] -> normalised image coordinates [...,2]."""
+    return (uv_px - K[:2, 2]) / np.array([K[0, 0], K[1, 1]])
+
+
+def rotation_compensated_parallax_px(uv_a: np.ndarray, uv_b: np.ndarray, K: np.ndarray) -> tuple[float, np.ndarray | None]:
+    """Median flow between two views left after removing the best homography (pure rotation / plane).
+    Near zero for pure rotation or a parked camera, where depth is unobservable."""
+    if len(uv_a) < 8:
+        return 0.0, None
+    H, _ = cv2.findHomography(uv_a, uv_b, cv2.RANSAC, 1.0)
+    if H is None:
+        return 0.0, None
+    pred = cv2.perspectiveTransform(uv_a.reshape(-1, 1, 2), H).reshape(-1, 2)
+    # A high percentile: a dominant plane (floor, wall) is explained by H even when the camera moved.
+    return float(np.percentile(np.linalg.norm(pred - uv_b, axis=1), 75)), H
+
+
+def two_view(uv_a: np.ndarray, uv_b: np.ndarray, K: np.ndarray, cfg: PoseConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """-> (b_from_a [4,4] with |t| = 1, inlier mask) or None when the pair is degenerate."""
+    # OpenCV 5's USAC variants return no essential matrix here; classic RANSAC (5-point) does.
+    E, mask = cv2.findEssentialMat(uv_a, uv_b, K, method=cv2.RANSAC, prob=0.999, threshold=cfg.ransac_px)
+    if E is None or E.shape[0] < 3:
+        return None
+    n, R, t, mask_pose = cv2.recoverPose(E[:3], uv_a, uv_b, K, mask=mask.copy())
+    inliers = mask_pose.ravel() > 0
+    if inliers.sum() < cfg.min_init_inliers:
+        return None
+    return make_rigid(R, t.ravel()), inliers
+
+
+def triangulate(uv_px: np.ndarray, visible: np.ndarray, cam_from_world: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Linear multi-view DLT for every track at once: uv_px [T,S,2], visible [T,S], poses [S,4,4] -> [T,3]."""
+    xn = normalized(np.nan_to_num(uv_px), K)  # [T,S,2]
+    P = cam_from_world[:, :3, :]  # [S,3,4]
+    rows_u = xn[..., 0:1] * P[None, :, 2, :] - P[None, :, 0, :]  # [T,S,4]
+    rows_v = xn[..., 1:2] * P[None, :, 2, :] - P[None, :, 1, :]
+    A = np.concatenate([rows_u, rows_v], axis=1) * np.concatenate([visible, visible], axis=1)[..., None]
+    _, _, Vt = np.linalg.svd(A)
+    Xh = Vt[:, -1, :]
+    w = np.where(np.abs(Xh[:, 3:]) < 1e-12, 1e-12, Xh[:, 3:])
+    return Xh[:, :3] / w
+
+
+def project(points_w: np.ndarray, cam_from_world: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """points [T,3], poses [S,4,4] -> (uv_px [T,S,2], depth [T,S])."""
+    Xc = np.einsum("sij,tj->tsi", cam_from_world[:, :3, :3], points_w) + cam_from_world[None, :, :3, 3]
+    z = Xc[..., 2]
+    zs = np.where(np.abs(z) < 1e-9, 1e-9, z)
+    uv = np.stack([K[0, 0] * Xc[..., 0] / zs + K[0, 2], K[1, 1] * Xc[..., 1] / zs + K[1, 2]], -1)
+    return uv, z
+
+
+def reprojection_error_px(points_w: np.ndarray, uv_px: np.ndarray, visible: np.ndarray, cam_from_world: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """[T,S] pixel error (inf where not visible or behind the camera)."""
+    uv, z = project(points_w, cam_from_world, K)
+    err = np.linalg.norm(uv - np.nan_to_num(uv_px), axis=-1)
+    return np.where(visible & (z > 0), err, np.inf)
+
+
+def max_triangulation_angle_deg(points_w: np.ndarray, visible: np.ndarray, cam_from_world: np.ndarray) -> np.ndarray:
+    """Largest angle between the viewing rays of each point over the frames that see it, [T]."""
+    R = cam_from_world[:, :3, :3]
+    centres = -np.einsum("sji,sj->si", R, cam_from_world[:, :3, 3])  # [S,3]
+    rays = points_w[:, None, :] - centres[None]  # [T,S,3]
+    rays /= np.linalg.norm(rays, axis=-1, keepdims=True) + 1e-12
+    cos = np.einsum("tsi,tri->tsr", rays, rays)
+    both = visible[:, :, None] & visible[:, None, :]
+    cos = np.where(both, cos, 1.0)
+    return np.degrees(np.arccos(np.clip(cos.min(axis=(1, 2)), -1, 1)))
+
+
+def pnp(points_w: np.ndarray, uv_px: np.ndarray, K: np.ndarray, cfg: PoseConfig) -> tuple[np.ndarray, int] | None:
+    """cam_from_world [4,4] and the inlier count, or None."""
+    if len(points_w) < 6:
+        return None
+    ok, rvec, tvec, inl = cv2.solvePnPRansac(
+        points_w.astype(np.float64), uv_px.astype(np.float64), K, None,
+        reprojectionError=2.0 * cfg.ransac_px + 1.0, iterationsCount=200, confidence=0.999, flags=cv2.SOLVEPNP_SQPNP,
+    )
+    if not ok or inl is None or len(inl) < 6:
+        return None
+    idx = inl.ravel()
+    rvec, tvec = cv2.solvePnPRefineLM(points_w[idx].astype(np.float64), uv_px[idx].astype(np.float64), K, None, rvec, tvec)
+    return make_rigid(cv2.Rodrigues(rvec)[0], tvec.ravel()), len(idx)
