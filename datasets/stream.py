@@ -1,0 +1,216 @@
+"""A live stream (camera index, RTSP/HTTP/UDP URL) as a frame source, with bounded reconnects and a clean
+stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from recon.errors import SourceError
+from recon.types import Frame
+
+from .folder import check_stride_max_frames, intrinsics_matrix
+
+logger = logging.getLogger(__name__)
+
+URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "rtp", "srt")
+FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_CREDENTIALS = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+
+
+class Capture(Protocol):
+    """The part of cv2.VideoCapture a stream uses; tests inject fakes through `open_capture`."""
+
+    def isOpened(self) -> bool: ...
+
+    def read(self) -> tuple[bool, np.ndarray | None]: ...
+
+    def release(self) -> None: ...
+
+
+def is_stream_url(spec: object) -> bool:
+    m = _URL.match(spec) if isinstance(spec, str) else None
+    return bool(m) and m.group(1).lower() in URL_SCHEMES
+
+
+def parse_stream_spec(spec: int | str) -> int | str:
+    """Camera index (int or digit string) -> int; anything else (URL, file) is passed on as a string."""
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        return int(spec)
+    if isinstance(spec, str) and spec.strip().isdigit():
+        return int(spec.strip())
+    if isinstance(spec, (str, Path)) and str(spec).strip():
+        return str(spec).strip()
+    raise SourceError(f"stream spec must be a camera index or a URL, got {spec!r}")
+
+
+def redact(spec: int | str) -> str:
+    """A spec safe for logs and messages: `rtsp://user:pass@host` -> `rtsp://***@host`."""
+    return f"camera {spec}" if isinstance(spec, int) else _CREDENTIALS.sub(r"\1***@", spec)
+
+
+@contextmanager
+def _rtsp_over_tcp(spec: int | str) -> Iterator[None]:
+    """RTSP over UDP drops packets on most networks (grey smeared frames), so ask FFmpeg for TCP unless the
+    user chose options. OpenCV reads the variable only while opening a capture, and offers no per-capture
+    way to pass it, so it is set for the duration of the open and restored right after: the process
+    environment is only changed for those milliseconds (not thread-safe against a concurrent open)."""
+    if not (isinstance(spec, str) and spec.lower().startswith(("rtsp://", "rtsps://"))) or FFMPEG_OPTIONS_ENV in os.environ:
+        yield
+        return
+    os.environ[FFMPEG_OPTIONS_ENV] = "rtsp_transport;tcp"
+    try:
+        yield
+    finally:
+        os.environ.pop(FFMPEG_OPTIONS_ENV, None)
+
+
+def open_cv_capture(spec: int | str, open_timeout_s: float = 10.0, read_timeout_s: float = 10.0) -> Capture:
+    """The default capture factory: a camera by index, or a URL/file through FFmpeg with timeouts so a dead
+    stream fails instead of blocking forever."""
+    if isinstance(spec, int):
+        return cv2.VideoCapture(spec)
+    params = [
+        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+        int(open_timeout_s * 1000),
+        cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+        int(read_timeout_s * 1000),
+    ]
+    with _rtsp_over_tcp(spec):
+        return cv2.VideoCapture(spec, cv2.CAP_FFMPEG, params)
+
+
+class StreamSource:
+    """Frames from a camera index or a stream URL, read as they arrive; no length.
+
+    `timestamp_s` is the arrival time in seconds since the iteration started (monotonic clock). `index`
+    counts yielded frames; `stride` keeps every stride-th frame read. When reading fails the capture is
+    reopened up to `max_reconnects` times in a row, `reconnect_delay_s` apart; a frame read after a
+    reconnect resets that count, so an endless stream survives occasional drops but a dead one ends.
+    A local file spec ends at its last frame (a file does not drop). Ctrl-C (KeyboardInterrupt) during
+    iteration ends it cleanly: the capture is released and the caller keeps the frames it got.
+    After an iteration, `reconnects` and `interrupted` say what happened. The capture opens when iteration
+    starts (a stream is a side effect): an unopenable camera/URL raises SourceError from the first next()."""
+
+    def __init__(
+        self,
+        spec: int | str,
+        max_reconnects: int = 3,
+        reconnect_delay_s: float = 1.0,
+        read_timeout_s: float = 10.0,
+        open_timeout_s: float = 10.0,
+        max_frames: int | None = None,
+        stride: int = 1,
+        intrinsics: object = None,
+        open_capture: Callable[[int | str], Capture] | None = None,
+    ) -> None:
+        self.spec = parse_stream_spec(spec)
+        check_stride_max_frames(stride, max_frames)
+        if not isinstance(max_reconnects, int) or max_reconnects < 0:
+            raise SourceError(f"max_reconnects must be an integer >= 0, got {max_reconnects!r}")
+        durations_s = {"reconnect_delay_s": reconnect_delay_s, "read_timeout_s": read_timeout_s, "open_timeout_s": open_timeout_s}
+        for label, value in durations_s.items():
+            if not isinstance(value, (int, float)) or not value >= 0:
+                raise SourceError(f"{label} must be a number >= 0, got {value!r}")
+        self.max_reconnects = max_reconnects
+        self.reconnect_delay_s = float(reconnect_delay_s)
+        self.max_frames = max_frames
+        self.stride = int(stride)
+        self._K = intrinsics_matrix(intrinsics)
+        self._open_capture = open_capture or partial(
+            open_cv_capture, open_timeout_s=float(open_timeout_s), read_timeout_s=float(read_timeout_s)
+        )
+        self._is_file = isinstance(self.spec, str) and not is_stream_url(self.spec) and Path(self.spec).is_file()
+        self.name = redact(self.spec) if not self._is_file else Path(self.spec).stem
+        self.reconnects = 0
+        self.interrupted = False
+
+    @property
+    def intrinsics(self) -> np.ndarray | None:
+        return None if self._K is None else self._K.copy()
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return False
+
+    @property
+    def metric(self) -> bool:
+        return False
+
+    def _try_open(self) -> Capture | None:
+        try:
+            cap = self._open_capture(self.spec)
+        except (cv2.error, OSError) as e:
+            lines = str(e).strip().splitlines()
+            logger.warning("opening %s failed: %s", redact(self.spec), lines[-1] if lines else type(e).__name__)
+            return None
+        if cap is None or not cap.isOpened():
+            if cap is not None:
+                cap.release()
+            return None
+        return cap
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.reconnects = 0
+        self.interrupted = False
+        cap: Capture | None = None
+        yielded = 0
+        frames_read = 0
+        failures_in_row = 0
+        try:
+            cap = self._try_open()
+            if cap is None:
+                hint = "check the camera index (ls /dev/video*) and permissions" if isinstance(self.spec, int) else (
+                    "check the URL, network and credentials"
+                )
+                raise SourceError(f"cannot open stream {redact(self.spec)!r}; {hint}")
+            start = time.monotonic()
+            while self.max_frames is None or yielded < self.max_frames:
+                ok, bgr = cap.read() if cap is not None else (False, None)
+                if not ok or bgr is None:
+                    if self._is_file:
+                        break
+                    if failures_in_row >= self.max_reconnects:
+                        logger.warning(
+                            "%s: no frames after %d reconnect attempts in a row; ending the stream", self.name, failures_in_row
+                        )
+                        break
+                    failures_in_row += 1
+                    self.reconnects += 1
+                    if cap is not None:
+                        cap.release()
+                        cap = None
+                    logger.warning(
+                        "%s: stream dropped; reconnect attempt %d of %d", self.name, failures_in_row, self.max_reconnects
+                    )
+                    time.sleep(self.reconnect_delay_s)
+                    cap = self._try_open()
+                    continue
+                failures_in_row = 0
+                frames_read += 1
+                if (frames_read - 1) % self.stride:
+                    continue
+                if bgr.ndim == 2:
+                    bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
+                rgb = cv2.cvtColor(bgr[..., :3], cv2.COLOR_BGR2RGB)
+                yield Frame(index=yielded, timestamp_s=time.monotonic() - start, image_rgb=rgb, K=self._K)
+                yielded += 1
+        except KeyboardInterrupt:
+            self.interrupted = True
+            logger.info("%s: interrupted (Ctrl-C); stopping after %d frames", self.name, yielded)
+        finally:
+            if cap is not None:
+                cap.release()
+        logger.info("%s: stream ended after %d frames, %d reconnects", self.name, yielded, self.reconnects)

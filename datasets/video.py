@@ -1,0 +1,120 @@
+"""A video file as a frame source, decoded lazily through cv2.VideoCapture."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from recon.errors import SourceError
+from recon.types import Frame
+
+from .folder import check_stride_max_frames, intrinsics_matrix, strided_length
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts", ".wmv", ".flv", ".3gp"}
+)
+
+
+class VideoSource:
+    """Frames of a video file. `timestamp_s` comes from the container (CAP_PROP_POS_MSEC), falling back
+    to frame_no / fps where the container gives none. `index` counts yielded frames. `len()` exists when
+    the container states its frame count (an estimate for some formats: iteration stops at the real end).
+    Each iteration opens its own capture, so the source can be iterated again."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        stride: int = 1,
+        max_frames: int | None = None,
+        intrinsics: object = None,
+    ) -> None:
+        self.path = Path(path)
+        check_stride_max_frames(stride, max_frames)
+        if not self.path.is_file():
+            raise SourceError(f"video '{self.path}' not found; pass the path of a video file")
+        self.stride = int(stride)
+        self.max_frames = max_frames
+        self._K = intrinsics_matrix(intrinsics)
+        self.name = self.path.stem
+        cap = self._open()
+        try:
+            count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+            fps = cap.get(cv2.CAP_PROP_FPS)
+            self.frame_count: int | None = int(count) if math.isfinite(count) and count > 0 else None
+            self.fps: float | None = float(fps) if math.isfinite(fps) and 0 < fps < 1000 else None
+        finally:
+            cap.release()
+
+    def _open(self) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(str(self.path))
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(
+                f"cannot open video '{self.path}': OpenCV cannot decode it; check it is a complete video file "
+                "(mp4, avi, mkv, mov, webm ...) or convert it with ffmpeg"
+            )
+        return cap
+
+    @property
+    def intrinsics(self) -> np.ndarray | None:
+        return None if self._K is None else self._K.copy()
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return False
+
+    @property
+    def metric(self) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        if self.frame_count is None:
+            raise TypeError(f"video '{self.path}' does not state its length")
+        return strided_length(self.frame_count, self.stride, self.max_frames)
+
+    def __iter__(self) -> Iterator[Frame]:
+        cap = self._open()
+        try:
+            yield from self._frames(cap)
+        finally:
+            cap.release()
+
+    def _frames(self, cap: cv2.VideoCapture) -> Iterator[Frame]:
+        yielded = 0
+        frame_no = -1
+        last_timestamp_s = -math.inf
+        warned_fallback = False
+        while self.max_frames is None or yielded < self.max_frames:
+            # grab() for every frame, retrieve() (colour conversion) only for the kept ones.
+            if not cap.grab():
+                break
+            frame_no += 1
+            if frame_no % self.stride:
+                continue
+            ok, bgr = cap.retrieve()
+            if not ok or bgr is None:
+                logger.warning("%s: frame %d could not be decoded; stopping there", self.path, frame_no)
+                break
+            timestamp_s = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            # Some containers report 0 or a stale time for every frame; a time that does not advance
+            # is not a time, so use the nominal frame rate instead.
+            if not math.isfinite(timestamp_s) or timestamp_s <= last_timestamp_s:
+                if not warned_fallback and frame_no > 0:
+                    logger.warning("%s: container gives no usable timestamps; using frame_no / fps", self.path)
+                    warned_fallback = True
+                timestamp_s = frame_no / (self.fps or 30.0)
+            last_timestamp_s = timestamp_s
+            if bgr.ndim == 2:
+                bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
+            rgb = cv2.cvtColor(bgr[..., :3], cv2.COLOR_BGR2RGB)
+            yield Frame(index=yielded, timestamp_s=timestamp_s, image_rgb=rgb, K=self._K)
+            yielded += 1
+        if frame_no < 0 and self.max_frames != 0:
+            raise SourceError(f"video '{self.path}' has no decodable frame; check the file is not truncated")
