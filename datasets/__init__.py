@@ -10,7 +10,8 @@ from pathlib import Path
 from recon.errors import SourceError
 
 from .base import FrameSource, length_hint
-from .folder import IMAGE_EXTENSIONS, ImageFolderSource, list_images
+from .folder import ImageFolderSource
+from .image_files import IMAGE_EXTENSIONS, list_images
 from .kitti import KittiSource, write_kitti_sequence
 from .resize import apply_resize, plan_resize, resize_for_model
 from .stream import StreamSource, is_stream_url

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from recon.errors import SourceError
 from recon.types import Frame
 
 
@@ -29,6 +31,9 @@ class FrameSource(Protocol):
     @property
     def has_ground_truth(self) -> bool: ...
 
+    @property
+    def metric(self) -> bool: ...
+
 
 def length_hint(source: object) -> int | None:
     """len(source) where the source knows it, else None (live streams)."""
@@ -36,3 +41,33 @@ def length_hint(source: object) -> int | None:
         return len(source)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def check_stride_max_frames(stride: int, max_frames: int | None) -> None:
+    if not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise SourceError(f"stride must be an integer >= 1, got {stride!r}")
+    if max_frames is not None and (not isinstance(max_frames, (int, np.integer)) or max_frames < 0):
+        raise SourceError(f"max_frames must be None or an integer >= 0, got {max_frames!r}")
+
+
+def strided_length(count: int, stride: int, max_frames: int | None) -> int:
+    n = math.ceil(count / stride)
+    return n if max_frames is None else min(n, max_frames)
+
+
+def intrinsics_matrix(intrinsics: object) -> np.ndarray | None:
+    """None, a 3x3 matrix, or (fx, fy, cx, cy) in pixels -> K float64 [3,3] or None."""
+    if intrinsics is None:
+        return None
+    try:
+        a = np.asarray(intrinsics, dtype=np.float64)
+    except (TypeError, ValueError):
+        a = np.empty(0)
+    if a.shape == (4,):
+        fx, fy, cx, cy = a
+        a = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+    if a.shape != (3, 3) or not np.all(np.isfinite(a)) or a[0, 0] <= 0 or a[1, 1] <= 0:
+        raise SourceError(
+            f"intrinsics must be a 3x3 K or (fx, fy, cx, cy) with positive focal lengths, got {intrinsics!r}"
+        )
+    return a

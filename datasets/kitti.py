@@ -26,15 +26,8 @@ from recon.geometry import invert_rigid, make_rigid
 from recon.trajectory_io import format_kitti_line, read_kitti
 from recon.types import Frame
 
-from .folder import (
-    check_stride_max_frames,
-    list_images,
-    read_depth_u16,
-    read_image_rgb,
-    strided_length,
-    unusable_reason,
-    write_png,
-)
+from .base import check_stride_max_frames, strided_length
+from .image_files import list_images, read_depth_u16, read_image_rgb, unusable_reason, write_png
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 from recon.errors import SourceError
 from recon.types import Frame
 
-from .folder import check_stride_max_frames, intrinsics_matrix
+from .base import check_stride_max_frames, intrinsics_matrix
 
 logger = logging.getLogger(__name__)
 

@@ -23,15 +23,8 @@ from recon.geometry import invert_rigid
 from recon.trajectory_io import format_tum_line, read_tum
 from recon.types import Frame
 
-from .folder import (
-    check_stride_max_frames,
-    intrinsics_matrix,
-    read_depth_u16,
-    read_image_rgb,
-    strided_length,
-    unusable_reason,
-    write_png,
-)
+from .base import check_stride_max_frames, intrinsics_matrix, strided_length
+from .image_files import read_depth_u16, read_image_rgb, unusable_reason, write_png
 
 logger = logging.getLogger(__name__)
 

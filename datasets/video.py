@@ -13,7 +13,7 @@ import numpy as np
 from recon.errors import SourceError
 from recon.types import Frame
 
-from .folder import check_stride_max_frames, intrinsics_matrix, strided_length
+from .base import check_stride_max_frames, intrinsics_matrix, strided_length
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,86 @@
+"""Image files shared by the file-based sources: natural order, RGB / 16-bit depth reading, PNG writing."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from recon.errors import SourceError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple[object, ...]:
+    """Sort key putting `img2` before `img10`. re.split with a capturing group alternates text and
+    digit runs, so the tuples of two names always compare str with str and int with int."""
+    parts = _DIGITS.split(name)
+    key = tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts))
+    return key + (name,)  # ties ("a02" vs "a2") still get one fixed order
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside `folder`, naturally sorted. Hidden files (`.name`, e.g. macOS `._x.png`
+    resource forks) are never frames."""
+    with os.scandir(folder) as entries:
+        names = [
+            e.name
+            for e in entries
+            if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS and e.is_file()
+        ]
+    return [folder / n for n in sorted(names, key=natural_key)]
+
+
+def read_image_rgb(path: Path) -> np.ndarray | None:
+    """RGB uint8 [H,W,3], or None when the file cannot be read or decoded. Reads bytes then decodes so
+    non-ASCII paths work on every OS (cv2.imread does not on Windows)."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)  # greyscale/alpha/16-bit all come back as 8-bit BGR
+    if bgr is None or bgr.ndim != 3 or bgr.shape[0] == 0 or bgr.shape[1] == 0:
+        return None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_depth_u16(path: Path) -> np.ndarray | None:
+    """A single-channel uint16 PNG as uint16 [H,W], or None when absent/undecodable/not 16-bit."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if raw is None or raw.dtype != np.uint16 or raw.ndim != 2:
+        return None
+    return raw
+
+
+def unusable_reason(rgb: np.ndarray | None, first_hw: tuple[int, int] | None) -> str | None:
+    """Why a decoded image cannot join the run (None when it can). A window stacks frames and K belongs
+    to one size, so an image of another size than the first frame's is as unusable as a corrupt one."""
+    if rgb is None:
+        return "cannot be read or decoded"
+    if first_hw is not None and rgb.shape[:2] != first_hw:
+        return f"size {rgb.shape[1]}x{rgb.shape[0]} differs from the first frame's {first_hw[1]}x{first_hw[0]}"
+    return None
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write an RGB uint8 [H,W,3] or a uint16 [H,W] array as PNG (encode then write, for non-ASCII paths)."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise SourceError(f"cannot encode {path} as PNG")
+    try:
+        buf.tofile(path)
+    except OSError as e:
+        raise SourceError(f"cannot write {path}: {e.strerror or e}; check the folder is writable") from None
