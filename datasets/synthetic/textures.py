@@ -18,7 +18,7 @@ from .rng import rng_for
 
 TILE = 512  # texels per tile side; a power of two so the 2x2 mip chain stays tileable
 _PAD = 2  # wrapped border texels around every mip level (bilinear reads one beyond the edge)
-_REMAP_COLS = 1024  # cv2.remap wants 2-D maps narrower than SHRT_MAX; flat pixel lists are folded to this
+REMAP_COLS = 1024  # cv2.remap wants 2-D maps narrower than SHRT_MAX; flat pixel lists are folded to this
 
 Rgb = tuple[float, float, float]
 
@@ -75,32 +75,46 @@ def _col(rng: np.random.Generator, base: Rgb, jitter: float) -> tuple[int, int, 
 
 
 # ------------------------------------------------------------------------------------- wrapped drawing
-def _wrapped(size: int, draw: Callable[[int, int], None]) -> None:
-    # Drawing every shape at its 8 periodic copies too keeps the tile seamless.
+def _wrapped(size: int, draw: Callable[[int, int], None], x0: float = 0.0, y0: float = 0.0, x1: float | None = None,
+             y1: float | None = None) -> None:
+    """Draw a shape (bounding box x0..x1, y0..y1; unknown = the whole tile) and the periodic copies
+    that reach into the tile, so the tile stays seamless."""
+    x1 = size if x1 is None else x1
+    y1 = size if y1 is None else y1
     for dy in (-size, 0, size):
+        if y1 + dy < -2 or y0 + dy > size + 2:
+            continue
         for dx in (-size, 0, size):
+            if x1 + dx < -2 or x0 + dx > size + 2:
+                continue
             draw(dx, dy)
 
 
 def _rect(img: np.ndarray, x0: float, y0: float, x1: float, y1: float, color: tuple[int, ...], thickness: int = -1) -> None:
     s = img.shape[0]
-    _wrapped(s, lambda dx, dy: cv2.rectangle(img, (int(x0 + dx), int(y0 + dy)), (int(x1 + dx), int(y1 + dy)), color, thickness, cv2.LINE_AA))
+    _wrapped(s, lambda dx, dy: cv2.rectangle(img, (int(x0 + dx), int(y0 + dy)), (int(x1 + dx), int(y1 + dy)), color, thickness, cv2.LINE_AA),
+             min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 
 def _circle(img: np.ndarray, x: float, y: float, r: float, color: tuple[int, ...], thickness: int = -1) -> None:
     s = img.shape[0]
-    _wrapped(s, lambda dx, dy: cv2.circle(img, (int(x + dx), int(y + dy)), max(int(r), 1), color, thickness, cv2.LINE_AA))
+    _wrapped(s, lambda dx, dy: cv2.circle(img, (int(x + dx), int(y + dy)), max(int(r), 1), color, thickness, cv2.LINE_AA),
+             x - r - 1, y - r - 1, x + r + 1, y + r + 1)
 
 
 def _ellipse(img: np.ndarray, x: float, y: float, ax: float, ay: float, ang: float, color: tuple[int, ...]) -> None:
     s = img.shape[0]
-    _wrapped(s, lambda dx, dy: cv2.ellipse(img, (int(x + dx), int(y + dy)), (max(int(ax), 1), max(int(ay), 1)), ang, 0, 360, color, -1, cv2.LINE_AA))
+    r = max(ax, ay) + 1
+    _wrapped(s, lambda dx, dy: cv2.ellipse(img, (int(x + dx), int(y + dy)), (max(int(ax), 1), max(int(ay), 1)), ang, 0, 360, color, -1, cv2.LINE_AA),
+             x - r, y - r, x + r, y + r)
 
 
 def _polyline(img: np.ndarray, pts: np.ndarray, color: tuple[int, ...], thickness: int) -> None:
     s = img.shape[0]
     p = np.round(pts).astype(np.int32)
-    _wrapped(s, lambda dx, dy: cv2.polylines(img, [p + np.array([dx, dy], np.int32)], False, color, thickness, cv2.LINE_AA))
+    lo, hi = p.min(0) - thickness, p.max(0) + thickness
+    _wrapped(s, lambda dx, dy: cv2.polylines(img, [p + np.array([dx, dy], np.int32)], False, color, thickness, cv2.LINE_AA),
+             lo[0], lo[1], hi[0], hi[1])
 
 
 def _random_walk(rng: np.random.Generator, size: int, steps: int, step: float) -> np.ndarray:
@@ -317,19 +331,8 @@ def _wallpaper(rng: np.random.Generator, s: int) -> np.ndarray:
                 _polyline(img, np.vstack([pts, pts[:1]]), c, 3)
             else:
                 _rect(img, cx - 8, cy - 8, cx + 8, cy + 8, c, 2)
-    for _ in range(3):  # framed prints
-        x, y = rng.uniform(0, s, 2)
-        w, h = rng.uniform(60, 140), rng.uniform(60, 120)
-        _rect(img, x - 5, y - 5, x + w + 5, y + h + 5, _col(rng, (60, 45, 35), 0.2))
-        _rect(img, x, y, x + w, y + h, _col(rng, (230, 225, 210), 0.05))
-        _blobs_in(img, rng, x, y, w, h)
+    _blobs(img, rng, 30, 6, 30, [tuple(np.asarray(base) * 0.9)], 0.03)  # faint stains break the repeat
     return _grain(img, rng, 0.05)
-
-
-def _blobs_in(img: np.ndarray, rng: np.random.Generator, x: float, y: float, w: float, h: float) -> None:
-    for _ in range(8):
-        c = _col(rng, (rng.uniform(30, 230), rng.uniform(30, 230), rng.uniform(30, 230)), 0.1)
-        _ellipse(img, x + rng.uniform(0.2, 0.8) * w, y + rng.uniform(0.2, 0.8) * h, rng.uniform(4, w / 4), rng.uniform(4, h / 4), rng.uniform(0, 180), c)
 
 
 def _floor_wood(rng: np.random.Generator, s: int) -> np.ndarray:
@@ -449,7 +452,13 @@ MATERIALS: dict[str, MaterialSpec] = {
     "books": MaterialSpec(0.003, _books),
     "painted": MaterialSpec(0.004, _painted),
     "painting": MaterialSpec(0.003, _painting),
+    "leaves": MaterialSpec(0.004, _foliage),  # foliage seen from a metre away, indoors
 }
+
+
+def period_m(name: str, tile: int = TILE) -> float:
+    """Metres after which a material's texture repeats."""
+    return MATERIALS[name].texel_m * tile
 
 
 # -------------------------------------------------------------------------------------------- atlas
@@ -472,17 +481,12 @@ class TextureAtlas:
     image: np.ndarray
     names: tuple[str, ...]
     texel_m: np.ndarray  # [M] float32
+    inv_texel: np.ndarray  # [M] float32
     level_scale: np.ndarray  # [M*L] float32, 2^-l
     bias_x: np.ndarray  # [M*L] float32
     bias_y: np.ndarray  # [M*L] float32
     num_levels: int
     tile: int
-
-    def material_id(self, name: str) -> int:
-        return self.names.index(name)
-
-    def period_m(self, material: int) -> float:
-        return float(self.texel_m[material]) * self.tile
 
     def sample(
         self,
@@ -495,55 +499,59 @@ class TextureAtlas:
         major_dv: np.ndarray,
         taps: int = 1,
     ) -> np.ndarray:
-        """Filtered albedo float32 [n,3] at surface coordinates (metres) of n pixels.
+        """Filtered RGBA albedo, float32 [n / REMAP_COLS, REMAP_COLS, 4], at surface coordinates (metres)
+        of n pixels; n must be a multiple of REMAP_COLS (pad the inputs).
 
         Trilinear mip filtering at the level where one tap covers max(minor, major/taps) of the pixel's
         footprint, with `taps` bilinear probes spread along the footprint's major axis (major_du,
         major_dv: unit direction in uv): anisotropic filtering, so grazing surfaces are neither aliased
         nor smeared."""
         n = material.shape[0]
-        T = float(self.tile)
-        inv_texel = (1.0 / self.texel_m)[material]
+        if n % REMAP_COLS:
+            raise ValueError(f"sample() needs a multiple of {REMAP_COLS} pixels, got {n}")
+        shape = (n // REMAP_COLS, REMAP_COLS)
+        T = np.float32(self.tile)
+        inv_texel = np.take(self.inv_texel, material)
         x = u_m * inv_texel
         y = v_m * inv_texel
         fmaj = footprint_major_m * inv_texel
-        fp = np.maximum(footprint_minor_m * inv_texel, fmaj * (1.0 / taps))
-        lod = np.log2(np.maximum(fp, 1e-6))
+        fp = np.maximum(footprint_minor_m * inv_texel, fmaj * np.float32(1.0 / taps))
+        lod = np.log2(np.maximum(fp, np.float32(1e-6)))
         np.clip(lod, 0.0, self.num_levels - 1.0, out=lod)
         lvl0 = np.minimum(lod.astype(np.int32), self.num_levels - 2)
-        frac = (lod - lvl0)[:, None]
-        idx0 = material.astype(np.int32) * self.num_levels + lvl0
-        s0, bx0, by0 = self.level_scale[idx0], self.bias_x[idx0], self.bias_y[idx0]
-        idx1 = idx0 + 1
-        s1, bx1, by1 = self.level_scale[idx1], self.bias_x[idx1], self.bias_y[idx1]
-        acc = np.zeros((n, 3), np.float32)
+        frac = cv2.merge([(lod - lvl0).reshape(shape)] * 4)
+        idx0 = material * self.num_levels + lvl0
+        s0 = np.take(self.level_scale, idx0)
+        bx0, by0 = np.take(self.bias_x, idx0), np.take(self.bias_y, idx0)
+        idx0 += 1
+        s1 = s0 * np.float32(0.5)
+        bx1, by1 = np.take(self.bias_x, idx0), np.take(self.bias_y, idx0)
+        acc = None
         for k in range(taps):
             if taps > 1:
-                off = fmaj * ((k + 0.5) / taps - 0.5)
+                off = fmaj * np.float32((k + 0.5) / taps - 0.5)
                 xk = x + off * major_du
                 yk = y + off * major_dv
             else:
                 xk, yk = x, y
             # Wrap into the tile once at level 0; the levels below inherit it.
-            xk = xk - np.floor(xk * (1.0 / T)) * T
-            yk = yk - np.floor(yk * (1.0 / T)) * T
-            a = _remap_flat(self.image, xk * s0 + bx0, yk * s0 + by0)
-            b = _remap_flat(self.image, xk * s1 + bx1, yk * s1 + by1)
-            acc += a + (b - a) * frac
+            xk = xk - np.floor(xk * (1 / T)) * T
+            yk = yk - np.floor(yk * (1 / T)) * T
+            a = cv2.remap(self.image, (xk * s0 + bx0).reshape(shape), (yk * s0 + by0).reshape(shape), cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+            b = cv2.remap(self.image, (xk * s1 + bx1).reshape(shape), (yk * s1 + by1).reshape(shape), cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+            b -= a
+            b *= frac
+            b += a
+            if acc is None:
+                acc = b
+            else:
+                acc += b
+        assert acc is not None
         if taps > 1:
-            acc *= 1.0 / taps
+            acc *= np.float32(1.0 / taps)
         return acc
-
-
-def _remap_flat(image: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Bilinear samples [n,3] float32 of `image` at n points (cv2.remap on maps folded to 2-D)."""
-    n = xs.shape[0]
-    rows = -(-n // _REMAP_COLS)
-    pad = rows * _REMAP_COLS - n
-    mx = np.concatenate([xs.astype(np.float32, copy=False), np.zeros(pad, np.float32)]).reshape(rows, _REMAP_COLS)
-    my = np.concatenate([ys.astype(np.float32, copy=False), np.zeros(pad, np.float32)]).reshape(rows, _REMAP_COLS)
-    out = cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out.reshape(-1, 4)[:n, :3].astype(np.float32)
 
 
 def build_atlas(names: list[str] | tuple[str, ...], seed: int, tile: int = TILE, num_levels: int = 8) -> TextureAtlas:
@@ -577,4 +585,4 @@ def build_atlas(names: list[str] | tuple[str, ...], seed: int, tile: int = TILE,
             bias_x[m * L + lv] = ox + _PAD + 0.5 * s - 0.5
             bias_y[m * L + lv] = oy + _PAD + 0.5 * s - 0.5
     texel = np.array([MATERIALS[nm].texel_m for nm in names], np.float32)
-    return TextureAtlas(atlas, names, texel, scale, bias_x, bias_y, L, tile)
+    return TextureAtlas(atlas, names, texel, (1.0 / texel).astype(np.float32), scale, bias_x, bias_y, L, tile)

@@ -4,6 +4,7 @@ local texture and agreement between partners."""
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import numpy as np
 @dataclass(frozen=True)
 class DenseConfig:
     dis_preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
-    target_parallax: float = 0.06  # partner baseline / scene depth sought (≈ 3.4°)
+    target_parallax: float = 0.05  # partner baseline / scene depth sought (≈ 3°)
     flow_sigma_px: float = 0.35  # flow noise assumed for the error model
     rel_err_scale: float = 0.03  # relative depth error at which confidence halves
     fb_sigma_px: float = 1.0
@@ -49,63 +50,65 @@ def choose_partners(cam_from_world: np.ndarray, scene_depth: np.ndarray, cfg: De
     return out
 
 
-def _flow(dis: cv2.DISOpticalFlow, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return dis.calc(a, b, None)
-
-
-def compute_flows(gray: list[np.ndarray], pairs: set[tuple[int, int]], cfg: DenseConfig) -> dict[tuple[int, int], np.ndarray]:
-    """Flow for each ordered pair; cv2 releases the GIL, so a small thread pool uses both cores."""
-    ordered = sorted(pairs)
-    # One DIS object per worker: the object holds per-call state.
-    def work(chunk: list[tuple[int, int]]) -> list[np.ndarray]:
-        dis = cv2.DISOpticalFlow_create(cfg.dis_preset)
-        return [_flow(dis, gray[i], gray[j]) for i, j in chunk]
-
-    n = max(1, min(cfg.threads, len(ordered)))
-    chunks = [ordered[k::n] for k in range(n)]
-    with ThreadPoolExecutor(n) as pool:
-        results = list(pool.map(work, chunks))
-    flows: dict[tuple[int, int], np.ndarray] = {}
-    for chunk, res in zip(chunks, results):
-        flows.update(zip(chunk, res))
-    return flows
-
-
 def _warp(field: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
-    return cv2.remap(field, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
+    return cv2.remap(field, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(np.nan, np.nan))
 
 
-def triangulate_flow(flow_ij: np.ndarray, flow_ji: np.ndarray, j_from_i: np.ndarray, K: np.ndarray, cfg: DenseConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Depth in frame i from its flow to frame j, and a confidence in [0,1]. [H,W] each."""
-    H, W = flow_ij.shape[:2]
-    u, v = np.meshgrid(np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32))
-    u2, v2 = u + flow_ij[..., 0], v + flow_ij[..., 1]
-    K_inv = np.linalg.inv(K)
-    d = np.stack([u, v, np.ones_like(u)], -1) @ K_inv.T.astype(np.float32)  # ray with z = 1
-    a = d @ (K @ j_from_i[:3, :3]).T.astype(np.float32)  # [H,W,3]
-    b = (K @ j_from_i[:3, 3]).astype(np.float32)  # [3]
-    cu, cv_ = u2 * a[..., 2] - a[..., 0], v2 * a[..., 2] - a[..., 1]
+def pair_depth(gray_i: np.ndarray, gray_j: np.ndarray, j_from_i: np.ndarray, K: np.ndarray, cfg: DenseConfig,
+               dis: cv2.DISOpticalFlow) -> tuple[np.ndarray, np.ndarray]:
+    """Depth of frame i from partner j, and its confidence in [0,1]. [H,W] each.
+
+    Frame j is first warped into frame i by the infinite homography H = K R K^-1 (the rotation part of
+    the known relative pose), so the flow only has to find the parallax: DIS alone loses track of the
+    large displacements a turning camera makes. A pixel x of i then matches H (x + flow) in j."""
+    Hh, Ww = gray_i.shape
+    h = K @ j_from_i[:3, :3] @ np.linalg.inv(K)
+    warped_j = cv2.warpPerspective(gray_j, h, (Ww, Hh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    flow = dis.calc(gray_i, warped_j, None)
+    back = dis.calc(warped_j, gray_i, None)
+    u = np.arange(Ww, dtype=np.float32)[None, :]
+    v = np.arange(Hh, dtype=np.float32)[:, None]
+    yu, yv = u + flow[..., 0], v + flow[..., 1]
+    returned = _warp(back, yu, yv)
+    fb = np.hypot(flow[..., 0] + returned[..., 0], flow[..., 1] + returned[..., 1])
+    fb = np.where(np.isfinite(fb), fb, np.float32(np.inf))
+    h32 = h.astype(np.float32)
+    w = h32[2, 0] * yu + h32[2, 1] * yv + h32[2, 2]
+    w = np.where(np.abs(w) < 1e-9, np.float32(1e-9), w)
+    u2 = (h32[0, 0] * yu + h32[0, 1] * yv + h32[0, 2]) / w
+    v2 = (h32[1, 0] * yu + h32[1, 1] * yv + h32[1, 2]) / w
+    inside = (u2 >= 0) & (u2 <= Ww - 1) & (v2 >= 0) & (v2 <= Hh - 1) & (w > 0)
+    z, conf = triangulate_matches(u2, v2, fb, j_from_i, K, cfg)
+    return z, np.where(inside, conf, 0.0).astype(np.float32)
+
+
+def triangulate_matches(u2: np.ndarray, v2: np.ndarray, fb: np.ndarray, j_from_i: np.ndarray, K: np.ndarray,
+                        cfg: DenseConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Depth of every pixel of frame i from its match (u2, v2) in frame j, and a confidence in [0,1].
+
+    A pixel at depth z maps to (a z + b) up to scale in frame j, with a = K R K^-1 [u,v,1] and b = K t;
+    z is solved in least squares. Confidence comes from the expected relative depth error (match noise
+    over the pixels moved per unit of relative depth) and the forward–backward error `fb`."""
+    H, W = u2.shape
+    u = np.arange(W, dtype=np.float32)[None, :]
+    v = np.arange(H, dtype=np.float32)[:, None]
+    h = (K @ j_from_i[:3, :3] @ np.linalg.inv(K)).astype(np.float32)
+    ax, ay, az = (h[r, 0] * u + h[r, 1] * v + h[r, 2] for r in range(3))  # [H,W] each, by broadcasting
+    b = (K @ j_from_i[:3, 3]).astype(np.float32)
+    cu, cv_ = u2 * az - ax, v2 * az - ay
     eu, ev = b[0] - u2 * b[2], b[1] - v2 * b[2]
     z = (cu * eu + cv_ * ev) / np.maximum(cu * cu + cv_ * cv_, 1e-12)
 
     # Pixels moved in frame j per unit of relative depth change: the observability of depth here.
-    den = a[..., 2] * z + b[2]
-    den = np.where(np.abs(den) < 1e-9, 1e-9, den)
-    du = z * (a[..., 0] * b[2] - a[..., 2] * b[0]) / den**2
-    dv = z * (a[..., 1] * b[2] - a[..., 2] * b[1]) / den**2
-    sensitivity = np.hypot(du, dv)
+    den = az * z + b[2]
+    den = np.where(np.abs(den) < 1e-9, np.float32(1e-9), den)
+    inv_den2 = z / (den * den)
+    sensitivity = np.hypot((ax * b[2] - az * b[0]) * inv_den2, (ay * b[2] - az * b[1]) * inv_den2)
     # Distance of the observed match from the point the triangulated depth predicts (off-epipolar error).
-    pu, pv = (a[..., 0] * z + b[0]) / den, (a[..., 1] * z + b[1]) / den
-    epi = np.hypot(pu - u2, pv - v2)
+    epi = np.hypot((ax * z + b[0]) / den - u2, (ay * z + b[1]) / den - v2)
 
-    back = np.stack([_warp(flow_ji[..., 0], u2, v2), _warp(flow_ji[..., 1], u2, v2)], -1)
-    fb = np.linalg.norm(flow_ij + back, axis=-1)
-    fb = np.where(np.isfinite(fb), fb, np.inf)
-
-    noise = cfg.flow_sigma_px + fb + epi
-    rel_err = noise / np.maximum(sensitivity, 1e-9)
-    conf = 1.0 / (1.0 + (rel_err / cfg.rel_err_scale) ** 2)
-    conf *= np.exp(-((fb / cfg.fb_sigma_px) ** 2))
+    rel_err = (cfg.flow_sigma_px + fb + epi) / np.maximum(sensitivity, 1e-9)
+    conf = np.exp(-((fb / cfg.fb_sigma_px) ** 2)) / (1.0 + (rel_err / cfg.rel_err_scale) ** 2)
     valid = np.isfinite(z) & (z > 0) & (den > 0)
     return np.where(valid, z, 0.0).astype(np.float32), np.where(valid, conf, 0.0).astype(np.float32)
 
@@ -123,19 +126,24 @@ def dense_depth(gray: list[np.ndarray], cam_from_world: np.ndarray, K: np.ndarra
     S = len(gray)
     H, W = gray[0].shape
     partners = choose_partners(cam_from_world, scene_depth, cfg)
-    pairs = {(i, j) for i, ps in enumerate(partners) for j in ps}
-    pairs |= {(j, i) for i, j in pairs}
-    flows = compute_flows(gray, pairs, cfg)
+    tasks = [(i, j) for i, ps in enumerate(partners) for j in ps]
+    local = threading.local()
+
+    def work(task: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        if not hasattr(local, "dis"):  # DIS objects keep per-call state: one per worker thread
+            local.dis = cv2.DISOpticalFlow_create(cfg.dis_preset)
+        i, j = task
+        return pair_depth(gray[i], gray[j], cam_from_world[j] @ np.linalg.inv(cam_from_world[i]), K, cfg, local.dis)
+
+    # cv2 and most numpy kernels release the GIL, so threads use both cores.
+    with ThreadPoolExecutor(max(1, cfg.threads)) as pool:
+        results = dict(zip(tasks, pool.map(work, tasks)))
 
     depth = np.zeros((S, H, W), np.float32)
     conf = np.zeros((S, H, W), np.float32)
     for i in range(S):
-        zs, cs = [], []
-        for j in partners[i]:
-            j_from_i = cam_from_world[j] @ np.linalg.inv(cam_from_world[i])
-            z, c = triangulate_flow(flows[(i, j)], flows[(j, i)], j_from_i, K, cfg)
-            zs.append(z)
-            cs.append(c)
+        zs = [results[(i, j)][0] for j in partners[i]]
+        cs = [results[(i, j)][1] for j in partners[i]]
         if not zs:
             continue
         if len(zs) == 2:

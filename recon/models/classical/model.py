@@ -22,8 +22,9 @@ from recon.models.classical.pose import (
     PoseConfig,
     max_triangulation_angle_deg,
     pnp,
+    homography,
+    pair_parallax_deg,
     reprojection_error_px,
-    rotation_compensated_parallax_px,
     triangulate,
     two_view,
 )
@@ -41,6 +42,7 @@ class ClassicalConfig:
     focal_guess: float = 0.9  # focal = focal_guess * longer side when the source has no intrinsics
     min_tracks: int = 40
     ba_max_points: int = 600
+    init_candidates: int = 6  # frames tried as the partner of frame 0 for initialisation
     seed: int = 0
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
@@ -120,7 +122,9 @@ class ClassicalModel:
         pred = self._pack(frames, depth, conf, sparse, resize)
         timings["packing_s"] = time.perf_counter() - t3
         timings["total_s"] = time.perf_counter() - t0
-        pred.info.update(timings=timings, intrinsics_known=k_known, num_tracks=len(tracks), **sparse.info)
+        # `registered[s]` is False for frames the model could not place (their pose is a placeholder).
+        pred.info.update(timings=timings, intrinsics_known=k_known, focal_px=float(sparse.K[0, 0]), num_tracks=len(tracks),
+                         registered=sparse.registered.tolist(), **sparse.info)
         return pred
 
     # -- stages -------------------------------------------------------------------------------
@@ -148,16 +152,15 @@ class ClassicalModel:
             return _Sparse(poses, nan_pts, K, np.zeros(S, bool), [FLAG_TOO_FEW_TRACKS], {})
 
         # 1. the initial pair: frame 0 and the frame that balances parallax and shared tracks.
-        best, best_score, best_H = None, 0.0, {}
-        for b in range(1, S):
+        best, best_score = None, 0.0
+        for b in np.unique(np.linspace(1, S - 1, min(S - 1, cfg.init_candidates)).round().astype(int)):
             common = vis[:, 0] & vis[:, b]
             if common.sum() < cfg.min_tracks:
                 continue
-            parallax, H = rotation_compensated_parallax_px(tracks.uv_px[common, 0], tracks.uv_px[common, b], K)
-            best_H[b] = H
-            if parallax < cfg.pose.min_init_parallax_px:
+            angle_deg, n_inliers = pair_parallax_deg(tracks.uv_px[common, 0], tracks.uv_px[common, b], K, cfg.pose)
+            if angle_deg < cfg.pose.min_init_angle_deg or n_inliers < cfg.pose.min_init_inliers:
                 continue
-            score = min(parallax, 40.0) * np.sqrt(common.sum())
+            score = min(angle_deg, 8.0) * np.sqrt(n_inliers)
             if score > best_score:
                 best, best_score = b, score
         init = None
@@ -165,7 +168,7 @@ class ClassicalModel:
             common = vis[:, 0] & vis[:, best]
             init = two_view(tracks.uv_px[common, 0], tracks.uv_px[common, best], K, cfg.pose)
         if init is None:
-            return self._rotation_only(tracks, K, best_H)
+            return self._rotation_only(tracks, K)
 
         b_from_0, inl = init
         poses[best] = b_from_0
@@ -216,8 +219,7 @@ class ClassicalModel:
         points *= scale
         poses[:, :3, 3] *= scale
         flags = [] if registered.all() else [FLAG_UNREGISTERED]
-        info = {"init_pair": [0, int(best)], "ba_rms_px": result.rms_px, "registered": int(registered.sum()),
-                "num_points": int(good.sum())}
+        info = {"init_pair": [0, int(best)], "ba_rms_px": result.rms_px, "num_points": int(good.sum())}
         return _Sparse(poses, points, K, registered, flags, info)
 
     def _ba_subset(self, tracks: Tracks, points: np.ndarray) -> np.ndarray:
@@ -240,14 +242,17 @@ class ClassicalModel:
         ok &= max_triangulation_angle_deg(X, obs, poses) >= self.config.pose.min_triangulation_deg
         points[idx[ok]] = X[ok]
 
-    def _rotation_only(self, tracks: Tracks, K: np.ndarray, homographies: dict) -> _Sparse:
+    def _rotation_only(self, tracks: Tracks, K: np.ndarray) -> _Sparse:
         """No usable parallax: rotations from homographies (H = K R K^-1), no translation, no depth."""
         S = tracks.uv_px.shape[1]
+        vis = tracks.visible
         poses = np.tile(np.eye(4), (S, 1, 1))
         K_inv = np.linalg.inv(K)
         registered = np.zeros(S, bool)
         registered[0] = True
-        for b, H in homographies.items():
+        for b in range(1, S):
+            common = vis[:, 0] & vis[:, b]
+            H = homography(tracks.uv_px[common, 0], tracks.uv_px[common, b]) if common.sum() >= self.config.min_tracks else None
             if H is not None:
                 M = K_inv @ H @ K
                 poses[b, :3, :3] = project_to_rotation(M / np.cbrt(np.linalg.det(M)))

@@ -14,7 +14,7 @@ from recon.geometry import make_rigid
 @dataclass(frozen=True)
 class PoseConfig:
     ransac_px: float = 0.75
-    min_init_parallax_px: float = 6.0  # median rotation-compensated flow needed for a usable pair
+    min_init_angle_deg: float = 1.0  # median triangulation angle a usable initial pair needs; rotation/parking give ~0.01
     min_init_inliers: int = 40
     max_reproj_px: float = 2.5
     min_triangulation_deg: float = 0.3
@@ -25,17 +25,33 @@ def normalized(uv_px: np.ndarray, K: np.ndarray) -> np.ndarray:
     return (uv_px - K[:2, 2]) / np.array([K[0, 0], K[1, 1]])
 
 
-def rotation_compensated_parallax_px(uv_a: np.ndarray, uv_b: np.ndarray, K: np.ndarray) -> tuple[float, np.ndarray | None]:
-    """Median flow between two views left after removing the best homography (pure rotation / plane).
-    Near zero for pure rotation or a parked camera, where depth is unobservable."""
+def homography(uv_a: np.ndarray, uv_b: np.ndarray, max_points: int = 300) -> np.ndarray | None:
+    """RANSAC homography a -> b (for a camera that only rotates: H = K R K^-1)."""
     if len(uv_a) < 8:
-        return 0.0, None
-    H, _ = cv2.findHomography(uv_a, uv_b, cv2.RANSAC, 1.0)
-    if H is None:
-        return 0.0, None
-    pred = cv2.perspectiveTransform(uv_a.reshape(-1, 1, 2), H).reshape(-1, 2)
-    # A high percentile: a dominant plane (floor, wall) is explained by H even when the camera moved.
-    return float(np.percentile(np.linalg.norm(pred - uv_b, axis=1), 75)), H
+        return None
+    step = max(1, len(uv_a) // max_points)  # RANSAC cost grows with points; a few hundred decide this
+    H, _ = cv2.findHomography(uv_a[::step], uv_b[::step], cv2.RANSAC, 1.0, maxIters=300)
+    return H
+
+
+def pair_parallax_deg(uv_a: np.ndarray, uv_b: np.ndarray, K: np.ndarray, cfg: PoseConfig, max_points: int = 400) -> tuple[float, int]:
+    """How well a pair of views constrains depth: the median triangulation angle of the essential matrix's
+    inliers (and their count). Near zero for pure rotation or a parked camera, whatever E RANSAC
+    returns; unlike a homography test it is not fooled by a planar scene (walls, a road)."""
+    step = max(1, len(uv_a) // max_points)
+    res = two_view(uv_a[::step], uv_b[::step], K, cfg)
+    if res is None:
+        return 0.0, 0
+    b_from_a, inl = res
+    poses = np.stack([np.eye(4), b_from_a])
+    obs = np.ones((int(inl.sum()), 2), bool)
+    uv = np.stack([uv_a[::step][inl], uv_b[::step][inl]], 1)
+    X = triangulate(uv, obs, poses, K)
+    centre_b = -b_from_a[:3, :3].T @ b_from_a[:3, 3]
+    ray_a = X / (np.linalg.norm(X, axis=1, keepdims=True) + 1e-12)
+    ray_b = (X - centre_b) / (np.linalg.norm(X - centre_b, axis=1, keepdims=True) + 1e-12)
+    angles = np.degrees(np.arccos(np.clip(np.abs(np.sum(ray_a * ray_b, axis=1)), -1, 1)))
+    return float(np.median(angles)), int(inl.sum())
 
 
 def two_view(uv_a: np.ndarray, uv_b: np.ndarray, K: np.ndarray, cfg: PoseConfig) -> tuple[np.ndarray, np.ndarray] | None:

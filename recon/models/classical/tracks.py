@@ -14,7 +14,7 @@ class TrackerConfig:
     quality: float = 0.003
     min_distance_px: int = 8
     win_px: int = 21
-    pyramid_levels: int = 5
+    pyramid_levels: int = 4
     fb_max_px: float = 0.5  # forward–backward round-trip error allowed
     redetect_below: float = 0.8  # re-detect when fewer than this share of max_corners is alive
 

@@ -1,0 +1,157 @@
+"""The embedded classical model: contract, accuracy on rendered windows, degenerate windows, determinism.
+Tests use loose bounds; bench/bench_classical.py holds the real targets."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from recon.datasets.synthetic import SyntheticSource
+from recon.errors import ReconError
+from recon.eval.window import depth_abs_rel_scaled, relative_pose_errors
+from recon.geometry import rotation_angle_deg, rotation_from_axis_angle
+from recon.models.base import create_model
+from recon.models.classical import ClassicalModel
+from recon.models.classical.model import FLAG_LOW_PARALLAX, FLAG_TOO_FEW_TRACKS
+from recon.types import Frame, WindowPrediction
+
+
+@lru_cache(maxsize=None)
+def rendered_window(scene: str, start: int = 0, size: int = 12) -> tuple[Frame, ...]:
+    frames = list(SyntheticSource(scene=scene, num_frames=start + size, seed=3))
+    return tuple(frames[start:])
+
+
+@lru_cache(maxsize=None)
+def prediction(scene: str) -> WindowPrediction:
+    return ClassicalModel().infer(rendered_window(scene))
+
+
+def gt_poses(frames) -> np.ndarray:
+    return np.stack([f.gt_cam_from_world for f in frames])
+
+
+@pytest.mark.parametrize("scene", ["street", "room"])
+def test_outputs_satisfy_the_contract(scene: str) -> None:
+    frames = rendered_window(scene)
+    pred = prediction(scene)
+    S, (H, W) = len(frames), frames[0].hw
+    assert pred.frame_indices == [f.index for f in frames]
+    assert pred.depth.shape == (S, H, W) and pred.points.shape == (S, H, W, 3)
+    assert not pred.metric and pred.flags == []
+    assert torch.allclose(pred.cam_from_world[0], torch.eye(4), atol=1e-6)  # window frame = first camera
+    # points are the depth back-projected through K and the poses
+    s, v, u = 5, H // 2, W // 3
+    K = pred.K[s].double().numpy()
+    ray = np.linalg.inv(K) @ np.array([u, v, 1.0])
+    x_cam = ray * float(pred.depth[s, v, u])
+    x_world = np.linalg.inv(pred.cam_from_world[s].double().numpy()) @ np.append(x_cam, 1.0)
+    np.testing.assert_allclose(pred.points[s, v, u].double().numpy(), x_world[:3], rtol=1e-4, atol=1e-4)
+    assert set(pred.info["timings"]) >= {"tracking_s", "pose_s", "ba_s", "dense_s", "packing_s"}
+    assert all(pred.info["registered"])
+
+
+@pytest.mark.parametrize("scene", ["street", "room"])
+def test_poses_and_depth_are_accurate_on_rendered_windows(scene: str) -> None:
+    frames = rendered_window(scene)
+    pred = prediction(scene)
+    rot_deg, dir_deg = relative_pose_errors(pred.cam_from_world.double().numpy(), gt_poses(frames))
+    assert np.median(rot_deg) < 0.5
+    assert np.nanmedian(dir_deg) < 4.0
+    conf = pred.depth_conf.numpy()
+    gt_depth = np.stack([f.gt_depth_m for f in frames])
+    abs_rel, _ = depth_abs_rel_scaled(pred.depth.numpy(), gt_depth, conf > np.median(conf))
+    assert abs_rel < 0.08
+
+
+def test_confidence_ranks_depth_error() -> None:
+    """Honest confidence: the most confident pixels are more accurate than the least confident ones."""
+    frames = rendered_window("street")
+    pred = prediction("street")
+    depth, conf = pred.depth.numpy(), pred.depth_conf.numpy()
+    gt = np.stack([f.gt_depth_m for f in frames])
+    _, scale = depth_abs_rel_scaled(depth, gt, conf > np.median(conf))
+    err = np.abs(scale * depth - gt) / np.maximum(gt, 1e-6)
+    valid = gt > 0
+    hi = valid & (conf >= np.quantile(conf[valid], 0.75))
+    lo = valid & (conf <= np.quantile(conf[valid], 0.25))
+    assert np.median(err[hi]) < 0.5 * np.median(err[lo])
+    sky = gt == 0  # nothing there: must not be trusted
+    assert np.mean(conf[sky] > 0.2) < 0.02
+
+
+def test_unknown_intrinsics_are_guessed_and_reported() -> None:
+    frames = [dataclasses.replace(f, K=None) for f in rendered_window("room")]
+    pred = ClassicalModel().infer(frames)
+    assert pred.info["intrinsics_known"] is False
+    true_f = rendered_window("room")[0].K[0, 0]
+    assert abs(pred.info["focal_px"] - true_f) / true_f < 0.1  # refined by the bundle adjustment
+    rot_deg, _ = relative_pose_errors(pred.cam_from_world.double().numpy(), gt_poses(frames))
+    gt_rel = gt_poses(frames) @ np.linalg.inv(gt_poses(frames)[0])
+    gt_rot_deg = rotation_angle_deg(gt_rel[1:, :3, :3])
+    assert np.median(rot_deg / gt_rot_deg) < 0.1  # a focal error scales rotation magnitudes alike
+
+
+def _assert_degenerate(pred: WindowPrediction, flag: str) -> None:
+    assert flag in pred.flags
+    assert float(pred.depth_conf.max()) == 0.0 and float(pred.points_conf.max()) == 0.0
+    for t in (pred.depth, pred.points, pred.cam_from_world):
+        assert torch.isfinite(t).all()
+
+
+def test_pure_rotation_gives_rotations_and_no_depth() -> None:
+    base = rendered_window("room")[0]
+    K = base.K
+    H, W = base.hw
+    rotations = [rotation_from_axis_angle(np.array([0.0, 0.01 * i, 0.004 * i])) for i in range(10)]
+    frames = [
+        Frame(i, 0.1 * i, cv2.warpPerspective(base.image_rgb, K @ R @ np.linalg.inv(K), (W, H)), K=K)
+        for i, R in enumerate(rotations)
+    ]
+    pred = ClassicalModel().infer(frames)
+    _assert_degenerate(pred, FLAG_LOW_PARALLAX)
+    est = pred.cam_from_world.double().numpy()
+    for i in (3, 6):
+        assert np.degrees(np.arccos(np.clip((np.trace(est[i, :3, :3] @ rotations[i].T) - 1) / 2, -1, 1))) < 0.3
+
+
+def test_parked_camera_and_textureless_walls_are_flagged() -> None:
+    base = rendered_window("street")[0]
+    rng = np.random.default_rng(0)
+    parked = [Frame(i, 0.1 * i, np.clip(base.image_rgb + rng.normal(0, 1.5, base.image_rgb.shape), 0, 255).astype(np.uint8), K=base.K) for i in range(8)]
+    _assert_degenerate(ClassicalModel().infer(parked), FLAG_LOW_PARALLAX)
+    wall = [Frame(i, 0.1 * i, np.full((96, 320, 3), 128, np.uint8)) for i in range(8)]
+    _assert_degenerate(ClassicalModel().infer(wall), FLAG_TOO_FEW_TRACKS)
+
+
+def test_duplicate_and_dropped_frames_keep_a_consistent_window() -> None:
+    frames = list(rendered_window("street", size=14))
+    shaky = frames[:4] + [frames[3], frames[3]] + frames[4:7] + frames[8:]  # two duplicates, one dropped frame
+    shaky = [dataclasses.replace(f, index=i) for i, f in enumerate(shaky)]
+    pred = ClassicalModel().infer(shaky)
+    assert all(pred.info["registered"])
+    rot_deg, dir_deg = relative_pose_errors(pred.cam_from_world.double().numpy(), gt_poses(shaky))
+    assert np.median(rot_deg) < 0.3 and np.nanmedian(dir_deg) < 3.0
+    dup = pred.cam_from_world[3:6].double().numpy()
+    np.testing.assert_allclose(dup[1], dup[0], atol=2e-3)  # the same image gets the same pose
+
+
+def test_deterministic() -> None:
+    frames = rendered_window("room")
+    a, b = ClassicalModel(seed=7).infer(frames), ClassicalModel(seed=7).infer(frames)
+    assert torch.equal(a.cam_from_world, b.cam_from_world)
+    assert torch.equal(a.depth, b.depth) and torch.equal(a.depth_conf, b.depth_conf)
+
+
+def test_registry_and_errors() -> None:
+    assert isinstance(create_model("classical"), ClassicalModel)
+    with pytest.raises(ReconError, match="unknown model 'nope'; choose one of: classical"):
+        create_model("nope")
+    one = rendered_window("room")[:1]
+    with pytest.raises(ReconError, match="at least 2 frames"):
+        ClassicalModel().infer(one)
