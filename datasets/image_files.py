@@ -84,3 +84,11 @@ def write_png(path: Path, image: np.ndarray) -> None:
         buf.tofile(path)
     except OSError as e:
         raise SourceError(f"cannot write {path}: {e.strerror or e}; check the folder is writable") from None
+
+
+def encode_depth_u16(depth_m: np.ndarray, scale_per_m: float) -> np.ndarray:
+    """z-depth in metres -> uint16 at `scale_per_m` units per metre (KITTI: 1000, TUM: 5000). Depth the
+    format cannot hold (beyond 65535 / scale metres) becomes 0 = unknown: clipping it to the maximum would
+    store a wrong depth as if it were measured."""
+    scaled = np.rint(np.asarray(depth_m, dtype=np.float64) * scale_per_m)
+    return np.where((scaled > 0) & (scaled <= np.iinfo(np.uint16).max), scaled, 0).astype(np.uint16)

@@ -27,7 +27,7 @@ from recon.trajectory_io import format_kitti_line, read_kitti
 from recon.types import Frame
 
 from .base import check_stride_max_frames, strided_length
-from .image_files import list_images, read_depth_u16, read_image_rgb, unusable_reason, write_png
+from .image_files import encode_depth_u16, list_images, read_depth_u16, read_image_rgb, unusable_reason, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -244,11 +244,6 @@ class KittiSource:
             yielded += 1
 
 
-def _depth_to_mm(depth_m: np.ndarray) -> np.ndarray:
-    mm = np.rint(np.asarray(depth_m, dtype=np.float64) * DEPTH_SCALE_PER_M)
-    return np.clip(mm, 0, np.iinfo(np.uint16).max).astype(np.uint16)
-
-
 def _projection_line(key: str, K: np.ndarray) -> str:
     P = np.hstack([K, np.zeros((3, 1))])
     return f"{key}: " + " ".join(f"{v:.12e}" for v in P.reshape(-1))
@@ -268,7 +263,7 @@ def write_kitti_sequence(frames: Iterable[Frame], root: str | Path, name: str) -
     """Write frames as ROOT/sequences/NAME (image_2/, optional depth_2/, calib.txt, times.txt) and, when
     the frames carry gt poses, ROOT/poses/NAME.txt (world_from_cam relative to the first frame). One
     frame at a time: nothing but the current frame is held. Every frame needs K, the same size and the
-    same K (KITTI has one calibration per sequence). Depth is stored in millimetres, clipped to 65.535 m.
+    same K (KITTI has one calibration per sequence). Depth is stored in millimetres; beyond 65.535 m it is written as 0 (unknown).
     Returns the sequence dir. Refuses to write over an existing sequence."""
     if not name or "/" in name or "\\" in name or name in (".", ".."):
         raise SourceError(f"sequence name must be a plain folder name, got {name!r}")
@@ -302,7 +297,7 @@ def write_kitti_sequence(frames: Iterable[Frame], root: str | Path, name: str) -
             write_png(image_dir / f"{i:06d}.png", frame.image_rgb)
             if frame.gt_depth_m is not None:
                 (seq_dir / "depth_2").mkdir(exist_ok=True)
-                write_png(seq_dir / "depth_2" / f"{i:06d}.png", _depth_to_mm(frame.gt_depth_m))
+                write_png(seq_dir / "depth_2" / f"{i:06d}.png", encode_depth_u16(frame.gt_depth_m, DEPTH_SCALE_PER_M))
             times_file.write(f"{float(frame.timestamp_s)!r}\n")
             if poses_file is not None and first_cam_from_world is not None and frame.gt_cam_from_world is not None:
                 first_from_cam = first_cam_from_world @ invert_rigid(frame.gt_cam_from_world)

@@ -24,7 +24,7 @@ from recon.trajectory_io import format_tum_line, read_tum
 from recon.types import Frame
 
 from .base import check_stride_max_frames, intrinsics_matrix, strided_length
-from .image_files import read_depth_u16, read_image_rgb, unusable_reason, write_png
+from .image_files import encode_depth_u16, read_depth_u16, read_image_rgb, unusable_reason, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -222,15 +222,10 @@ class TumSource:
             yielded += 1
 
 
-def _depth_to_tum(depth_m: np.ndarray) -> np.ndarray:
-    scaled = np.rint(np.asarray(depth_m, dtype=np.float64) * DEPTH_SCALE_PER_M)
-    return np.clip(scaled, 0, np.iinfo(np.uint16).max).astype(np.uint16)
-
-
 def write_tum_sequence(frames: Iterable[Frame], root: str | Path) -> Path:
     """Write frames in the TUM RGB-D layout under `root` (rgb/, depth/ when frames carry depth, rgb.txt,
     depth.txt, groundtruth.txt when they carry poses), one frame at a time. Depth is stored as value/5000
-    m (clipped at 13.107 m). TUM has no intrinsics file: pass `intrinsics=` to TumSource when reading.
+    m; beyond 13.107 m it is written as 0 (unknown). TUM has no intrinsics file: pass `intrinsics=` to TumSource when reading.
     Returns `root`. Refuses to write over an existing sequence."""
     root = Path(root)
     if (root / "rgb.txt").exists():
@@ -251,7 +246,7 @@ def write_tum_sequence(frames: Iterable[Frame], root: str | Path) -> Path:
                     (root / "depth").mkdir(exist_ok=True)
                     depth_txt = files.enter_context(open(root / "depth.txt", "w"))
                     depth_txt.write("# depth maps\n# timestamp filename\n")
-                write_png(root / "depth" / f"{i:06d}.png", _depth_to_tum(frame.gt_depth_m))
+                write_png(root / "depth" / f"{i:06d}.png", encode_depth_u16(frame.gt_depth_m, DEPTH_SCALE_PER_M))
                 depth_txt.write(f"{stamp} depth/{i:06d}.png\n")
             if frame.gt_cam_from_world is not None:
                 if gt_txt is None:

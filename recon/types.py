@@ -5,14 +5,17 @@ where it is made, not three stages later."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from recon.errors import ContractError
 from recon.geometry import as_4x4, invert_rigid, make_rigid
+
+if TYPE_CHECKING:  # torch is imported where tensors are touched: frame sources and `recon --help` stay light
+    import torch
 
 
 def _check(cond: bool, message: str) -> None:
@@ -144,6 +147,8 @@ class WindowPrediction:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        import torch
+
         self.frame_indices = [int(i) for i in self.frame_indices]
         S = len(self.frame_indices)
         _check(S > 0, "WindowPrediction: no frames")
@@ -183,6 +188,8 @@ class WindowPrediction:
 
     @property
     def world_from_cam(self) -> torch.Tensor:
+        import torch
+
         return torch.from_numpy(invert_rigid(self.cam_from_world.double().cpu().numpy())).float().to(self.depth.device)
 
 
@@ -226,7 +233,8 @@ class Sim3:
 
     def apply(self, points: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Points [...,3] in source -> target."""
-        if isinstance(points, torch.Tensor):
+        torch = sys.modules.get("torch")  # if torch was never imported, `points` cannot be a tensor
+        if torch is not None and isinstance(points, torch.Tensor):
             sR = torch.as_tensor(self.s * self.R, dtype=points.dtype, device=points.device)
             t = torch.as_tensor(self.t, dtype=points.dtype, device=points.device)
             return points @ sR.T + t

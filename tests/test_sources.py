@@ -372,12 +372,11 @@ def test_kitti_write_then_read_round_trip(tmp_path: Path) -> None:
         np.testing.assert_allclose(r.K, K_SMALL, rtol=1e-12)
         assert r.timestamp_s == w.timestamp_s
         np.testing.assert_allclose(r.gt_cam_from_world, T, atol=1e-7)
-        valid = w.gt_depth_m > 0
-        expect = np.minimum(w.gt_depth_m, 65.535)  # uint16 millimetres clip there
-        assert np.all(np.abs(r.gt_depth_m - expect)[valid] <= 0.0005 + 1e-6)
-        assert np.all(r.gt_depth_m[~valid] == 0)
+        valid = (w.gt_depth_m > 0) & (w.gt_depth_m <= 65.535)  # uint16 millimetres end there
+        assert np.all(np.abs(r.gt_depth_m - w.gt_depth_m)[valid] <= 0.0005 + 1e-6)
+        assert np.all(r.gt_depth_m[~valid] == 0)  # beyond the range: unknown, never a wrong value
     np.testing.assert_allclose(read[0].gt_cam_from_world, np.eye(4), atol=1e-12)
-    assert (read[0].gt_depth_m == np.float32(65.535)).any()  # the far values did clip
+    assert (written[0].gt_depth_m > 65.535).any()  # the far values were exercised
 
     strided = list(KittiSource(seq_dir, stride=2, max_frames=2, load_depth=False))
     assert [f.timestamp_s for f in strided] == [0.0, 0.2] and strided[0].gt_depth_m is None
@@ -767,3 +766,11 @@ def test_open_source_synthetic_is_imported_only_when_asked(monkeypatch: pytest.M
     monkeypatch.setitem(sys.modules, "recon.datasets.synthetic", fake)
     src = open_source("synthetic:street", max_frames=5)
     assert isinstance(src, FakeSynthetic) and calls == [("street", {"max_frames": 5})]
+
+
+def test_depth_beyond_the_format_range_is_written_as_unknown() -> None:
+    from recon.datasets.image_files import encode_depth_u16
+
+    depth_m = np.array([[0.0, 1.2344, 65.535, 70.0]], np.float32)
+    np.testing.assert_array_equal(encode_depth_u16(depth_m, 1000.0), [[0, 1234, 65535, 0]])
+    np.testing.assert_array_equal(encode_depth_u16(depth_m, 5000.0), [[0, 6172, 0, 0]])

@@ -224,17 +224,8 @@ def render_sequence(root: str | Path, scene: str = "street", name: str | None = 
     if fmt == "kitti":
         from recon.datasets import kitti
 
-        return kitti.write_kitti_sequence(_representable_depth(frames, kitti.DEPTH_SCALE_PER_M), root, name or f"synthetic_{scene}")
+        return kitti.write_kitti_sequence(frames, root, name or f"synthetic_{scene}")
     from recon.datasets import tum
 
-    return tum.write_tum_sequence(_representable_depth(frames, tum.DEPTH_SCALE_PER_M), root)
+    return tum.write_tum_sequence(frames, root)
 
-
-def _representable_depth(frames: Iterable[Frame], scale_per_m: float) -> Iterator[Frame]:
-    """Depth beyond what uint16 PNGs at this scale hold becomes 0 (unknown) rather than being clipped
-    to a wrong maximum: KITTI millimetres stop at 65.5 m, TUM's 1/5000 m at 13.1 m."""
-    max_m = np.float32(np.iinfo(np.uint16).max / scale_per_m)
-    for frame in frames:
-        if frame.gt_depth_m is not None:
-            frame.gt_depth_m = np.where(frame.gt_depth_m > max_m, np.float32(0), frame.gt_depth_m)
-        yield frame

@@ -1,0 +1,55 @@
+"""The command line a user meets: help for every subcommand, one-line errors, render and demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recon.cli import main
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recon", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("sub", ["run", "eval", "demo", "render"])
+def test_every_subcommand_has_help(sub: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        main([sub, "--help"])
+    assert e.value.code == 0
+    assert "usage: recon " + sub in capsys.readouterr().out
+
+
+def test_python_dash_m_and_top_level_help() -> None:
+    res = run_cli("--help")
+    assert res.returncode == 0
+    for sub in ("run", "eval", "demo", "render"):
+        assert sub in res.stdout
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    res = run_cli("render", "--scene", "moon", "--frames", "3", "--out", str(tmp_path))
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert "Traceback" not in res.stderr
+    assert lines[-1].startswith("recon: error:") or "invalid choice" in lines[-1]
+
+
+def test_render_writes_a_kitti_sequence_the_sources_read(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from recon.datasets import open_source
+
+    assert main(["render", "--scene", "room", "--frames", "3", "--width", "160", "--height", "120", "--out", str(tmp_path)]) == 0
+    seq = next((tmp_path / "sequences").iterdir())
+    frames = list(open_source(str(seq)))
+    assert len(frames) == 3 and frames[0].hw == (120, 160) and frames[0].gt_depth_m is not None
+    assert str(seq) in capsys.readouterr().out
+
+
+def test_demo_runs_twice_in_the_same_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for _ in range(2):
+        assert main(["demo", "--out", str(tmp_path), "--frames", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "rotation error median" in out
