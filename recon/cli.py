@@ -16,16 +16,11 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _add_source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="video file, image folder, KITTI sequence dir, TUM RGB-D dir, camera index or rtsp/http URL")
-    p.add_argument("--source-kind", choices=["folder", "video", "stream", "kitti", "tum", "synthetic"], help="override source detection")
-    p.add_argument("--stride", type=int, default=1, help="use every K-th frame (default 1)")
-    p.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
-
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    raise ReconError("`recon run` needs the streaming pipeline, which is not built yet (roadmap step 3); "
-                     "`recon demo` shows the source layer working today")
+    from recon.run import run_command
+
+    return run_command(args)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -55,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("run", help="reconstruct a video, image folder, dataset sequence or live stream")
-    _add_source_args(p)
-    p.add_argument("--model", default="classical", help="geometry model (default: classical, no weights)")
-    p.add_argument("--out", default="out", help="output directory (default: out)")
+    from recon.run import add_run_args
+
+    add_run_args(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("eval", help="measure a run's trajectory and geometry against ground truth")
@@ -74,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="render a short street drive and run recon on it")
     p.add_argument("--out", default="demo_out", help="where the demo writes (default: demo_out)")
-    p.add_argument("--frames", type=int, default=120, help="length of the demo drive (default 120)")
+    p.add_argument("--frames", type=int, default=200, help="length of the demo drive (default 200)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

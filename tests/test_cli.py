@@ -52,4 +52,4 @@ def test_demo_runs_twice_in_the_same_folder(tmp_path: Path, capsys: pytest.Captu
     for _ in range(2):
         assert main(["demo", "--out", str(tmp_path), "--frames", "20"]) == 0
     out = capsys.readouterr().out
-    assert "rotation error median" in out
+    assert "ATE RMSE" in out and (tmp_path / "run" / "map.ply").exists()

@@ -40,7 +40,7 @@ def _skew(v: np.ndarray) -> np.ndarray:
 
 def _project(poses: np.ndarray, X: np.ndarray, K: np.ndarray, f_scale: float) -> tuple[np.ndarray, np.ndarray]:
     """-> uv [T,S,2], Xc [T,S,3]."""
-    Xc = (X[None] @ np.swapaxes(poses[:, :3, :3], 1, 2)).transpose(1, 0, 2) + poses[None, :, :3, 3]
+    Xc = (poses[None, :, :3, :3] * X[:, None, None, :]).sum(-1) + poses[None, :, :3, 3]
     z = np.maximum(Xc[..., 2], 1e-6)
     uv = np.stack([K[0, 0] * f_scale * Xc[..., 0] / z + K[0, 2], K[1, 1] * f_scale * Xc[..., 1] / z + K[1, 2]], -1)
     return uv, Xc
@@ -79,8 +79,10 @@ def bundle_adjust(
         Jproj[..., 0, 2] = -fx * Xc[..., 0] / z**2
         Jproj[..., 1, 1] = fy / z
         Jproj[..., 1, 2] = -fy * Xc[..., 1] / z**2
-        J_pt = Jproj @ poses[None, :, :3, :3]  # [T,S,2,3]
-        J_cam = np.concatenate([Jproj @ -_skew(Xc), Jproj], axis=-1)  # [T,S,2,6] (rotation, translation)
+        # Small-matrix products as broadcast sums: numpy's batched matmul on 2x3 @ 3x3 is slow.
+        J_pt = (Jproj[..., :, :, None] * poses[None, :, None, :3, :3]).sum(-2)  # [T,S,2,3]
+        J_rot = (Jproj[..., :, :, None] * -_skew(Xc)[..., None, :, :]).sum(-2)
+        J_cam = np.concatenate([J_rot, Jproj], axis=-1)  # [T,S,2,6] (rotation, translation)
         J_f = np.stack([fx * Xc[..., 0] / z, fy * Xc[..., 1] / z], -1)  # [T,S,2]
         sw = np.sqrt(w)[..., None]
         rw, J_pt, J_cam, J_f = r * sw, J_pt * sw[..., None], J_cam * sw[..., None], J_f * sw
@@ -97,15 +99,14 @@ def bundle_adjust(
         W_cam = (J_cam[..., :, :, None] * J_pt[..., :, None, :]).sum(2)  # [T,S,6,3]
         W_f = (J_f[..., None] * J_pt).sum((1, 2))  # [T,3]
         W = np.concatenate([W_cam.reshape(T, 6 * S, 3), W_f[:, None]], 1)  # [T,n_cam,3]
-        Jp_t = J_pt.reshape(T, -1, 3)
-        V = np.swapaxes(Jp_t, 1, 2) @ Jp_t  # [T,3,3]
+        V = (J_pt[..., :, None] * J_pt[..., None, :]).sum((1, 2))  # [T,3,3]
         g_c = np.concatenate([(J_cam * rw[..., None]).sum((0, 2)).reshape(-1), [np.sum(J_f * rw)]])
         g_p = (J_pt * rw[..., None]).sum((1, 2))  # [T,3]
 
         while True:
             Vd = V + lam * (V * np.eye(3)) + 1e-9 * np.eye(3)
             V_inv = np.linalg.inv(Vd)
-            Y = W @ V_inv  # [T,n_cam,3]
+            Y = (W[..., :, None] * V_inv[:, None, :, :]).sum(-2)  # [T,n_cam,3] = W V^-1
             schur = U + lam * np.diag(np.diag(U)) - Y.transpose(1, 0, 2).reshape(n_cam, -1) @ W.transpose(1, 0, 2).reshape(n_cam, -1).T
             rhs = -g_c + (Y * g_p[:, None, :]).sum((0, 2))
             A = schur[np.ix_(free, free)] + 1e-9 * np.eye(free.sum())
@@ -114,12 +115,13 @@ def bundle_adjust(
                 d_c[free] = np.linalg.solve(A, rhs[free])
             except np.linalg.LinAlgError:
                 d_c[free] = np.linalg.lstsq(A, rhs[free], rcond=None)[0]
-            d_p = -(V_inv @ (g_p + (np.swapaxes(W, 1, 2) @ d_c))[..., None])[..., 0]
+            q = g_p + (W * d_c[None, :, None]).sum(1)  # [T,3]
+            d_p = -(V_inv * q[:, None, :]).sum(-1)
             d_cam = d_c[:-1].reshape(S, 6)
             dR = rotation_from_axis_angle(d_cam[:, :3])
             new_poses = poses.copy()
             new_poses[:, :3, :3] = dR @ poses[:, :3, :3]
-            new_poses[:, :3, 3] = np.einsum("sij,sj->si", dR, poses[:, :3, 3]) + d_cam[:, 3:]
+            new_poses[:, :3, 3] = (dR * poses[:, None, :3, 3]).sum(-1) + d_cam[:, 3:]
             new_f = f_scale * float(np.exp(d_c[-1]))
             new_X = X + d_p
             uv_new, Xc_new = _project(new_poses, new_X, K, new_f)

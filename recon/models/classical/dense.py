@@ -33,7 +33,7 @@ class DepthResult:
 def choose_partners(cam_from_world: np.ndarray, scene_depth: np.ndarray, cfg: DenseConfig) -> list[list[int]]:
     """Per frame, up to one partner before and one after, with baseline/depth nearest the target."""
     S = cam_from_world.shape[0]
-    centres = -np.einsum("sji,sj->si", cam_from_world[:, :3, :3], cam_from_world[:, :3, 3])
+    centres = -(cam_from_world[:, :3, :3] * cam_from_world[:, :3, 3, None]).sum(1)  # -R^T t
     out: list[list[int]] = []
     for i in range(S):
         picks = []

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from recon.errors import ReconError
-from recon.geometry import invert_rigid, project_to_rotation
+from recon.geometry import invert_rigid, project_to_rotation, transform_points
 from recon.models.classical.bundle import BundleConfig, bundle_adjust
 from recon.models.classical.dense import DenseConfig, dense_depth
 from recon.models.classical.pose import (
@@ -82,6 +83,12 @@ class ClassicalModel:
 
     # -- public -------------------------------------------------------------------------------
     def infer(self, frames: Sequence[Frame]) -> WindowPrediction:
+        # Our matrices are tiny: multi-threaded BLAS only adds hand-offs, and next to the flow threads it
+        # oversubscribes the cores (a 200x200 product went from 0.4 ms to 16 ms under load).
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._infer(frames)
+
+    def _infer(self, frames: Sequence[Frame]) -> WindowPrediction:
         cfg = self.config
         if len(frames) < 2:
             raise ReconError(f"the classical model needs at least 2 frames per window, got {len(frames)}")
@@ -214,7 +221,7 @@ class ClassicalModel:
 
         # Gauge: frame 0 is the origin; scale so the median sparse depth is 1.
         good = np.isfinite(points[:, 0])
-        depths = (points[good] @ poses[0, :3, :3].T + poses[0, :3, 3])[:, 2]
+        depths = transform_points(poses[0], points[good])[:, 2]
         scale = 1.0 / float(np.median(depths[depths > 0])) if np.any(depths > 0) else 1.0
         points *= scale
         poses[:, :3, 3] *= scale
@@ -267,7 +274,7 @@ class ClassicalModel:
         for s in range(S):
             m = good & tracks.visible[:, s]
             if m.sum() >= 5:
-                z = (sparse.points_w[m] @ sparse.cam_from_world[s, :3, :3].T + sparse.cam_from_world[s, :3, 3])[:, 2]
+                z = transform_points(sparse.cam_from_world[s], sparse.points_w[m])[:, 2]
                 if np.any(z > 0):
                     out[s] = float(np.median(z[z > 0]))
         return out
@@ -276,13 +283,15 @@ class ClassicalModel:
     def _pack(frames: Sequence[Frame], depth: np.ndarray, conf: np.ndarray, sparse: _Sparse, resize: ResizeMap) -> WindowPrediction:
         S, H, W = depth.shape
         K = sparse.K
-        u, v = np.meshgrid(np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32))
-        rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1).astype(np.float32)
+        # The ray of pixel (u, v) is (x(u), y(v), 1): its world direction is an outer sum, no matrix products.
+        ray_x = ((np.arange(W) - K[0, 2]) / K[0, 0]).astype(np.float32)[None, :]
+        ray_y = ((np.arange(H) - K[1, 2]) / K[1, 1]).astype(np.float32)[:, None]
         world_from_cam = invert_rigid(sparse.cam_from_world).astype(np.float32)
         pts = np.empty((S, H, W, 3), np.float32)
-        for s in range(S):  # rotate the rays once per frame, then scale by depth: no per-pixel matrix products
-            rays_w = rays.reshape(-1, 3) @ world_from_cam[s, :3, :3].T
-            pts[s] = (rays_w.reshape(H, W, 3) * depth[s, ..., None]) + world_from_cam[s, :3, 3]
+        for s in range(S):
+            R, t = world_from_cam[s, :3, :3], world_from_cam[s, :3, 3]
+            for k in range(3):
+                pts[s, ..., k] = depth[s] * (R[k, 0] * ray_x + R[k, 1] * ray_y + R[k, 2]) + t[k]
         return WindowPrediction(
             frame_indices=[f.index for f in frames],
             depth=torch.from_numpy(depth),

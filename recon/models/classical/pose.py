@@ -82,7 +82,7 @@ def triangulate(uv_px: np.ndarray, visible: np.ndarray, cam_from_world: np.ndarr
 
 def project(points_w: np.ndarray, cam_from_world: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """points [T,3], poses [S,4,4] -> (uv_px [T,S,2], depth [T,S])."""
-    Xc = np.einsum("sij,tj->tsi", cam_from_world[:, :3, :3], points_w) + cam_from_world[None, :, :3, 3]
+    Xc = (cam_from_world[None, :, :3, :3] * points_w[:, None, None, :]).sum(-1) + cam_from_world[None, :, :3, 3]
     z = Xc[..., 2]
     zs = np.where(np.abs(z) < 1e-9, 1e-9, z)
     uv = np.stack([K[0, 0] * Xc[..., 0] / zs + K[0, 2], K[1, 1] * Xc[..., 1] / zs + K[1, 2]], -1)
@@ -99,10 +99,10 @@ def reprojection_error_px(points_w: np.ndarray, uv_px: np.ndarray, visible: np.n
 def max_triangulation_angle_deg(points_w: np.ndarray, visible: np.ndarray, cam_from_world: np.ndarray) -> np.ndarray:
     """Largest angle between the viewing rays of each point over the frames that see it, [T]."""
     R = cam_from_world[:, :3, :3]
-    centres = -np.einsum("sji,sj->si", R, cam_from_world[:, :3, 3])  # [S,3]
+    centres = -(R * cam_from_world[:, :3, 3, None]).sum(1)  # [S,3] = -R^T t
     rays = points_w[:, None, :] - centres[None]  # [T,S,3]
     rays /= np.linalg.norm(rays, axis=-1, keepdims=True) + 1e-12
-    cos = np.einsum("tsi,tri->tsr", rays, rays)
+    cos = (rays[:, :, None, :] * rays[:, None, :, :]).sum(-1)  # [T,S,S]
     both = visible[:, :, None] & visible[:, None, :]
     cos = np.where(both, cos, 1.0)
     return np.degrees(np.arccos(np.clip(cos.min(axis=(1, 2)), -1, 1)))

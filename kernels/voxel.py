@@ -1,0 +1,224 @@
+"""Voxel scatter-reduce: points -> per-voxel confidence-weighted means, and merging those into a map.
+
+Device-agnostic torch (whatever device the inputs live on), plus a plain dict-based reference
+(`ReferenceVoxels`) that defines the arithmetic for tests and the benchmark ratio.
+
+Voxel keys. A point p falls in voxel ijk = floor(p / voxel_m) (float32 division, so the reference and
+the kernel agree bit for bit). Each component is offset by 2**20 and packed into 21 bits of one int64:
+`key = (i + 2**20) << 42 | (j + 2**20) << 21 | (k + 2**20)`. Valid components are in
+[-2**20, 2**20 - 1], i.e. ±1,048,576 voxels per axis (±52 km at 5 cm voxels); points outside that box
+are dropped and counted. Packed keys are non-negative and sort like (i, j, k) lexicographically, so a
+sorted key array is a sorted voxel list.
+
+A voxel holds its confidence-weighted mean position and colour, the sum of confidences (its weight)
+and the number of points fused. Means rather than sums are stored so the values stay O(scene size)
+however long the stream runs; merging two voxels is the weighted mean of their means.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+KEY_BITS = 21
+KEY_OFFSET = 1 << (KEY_BITS - 1)  # 2**20: shifts a signed component into [0, 2**21)
+KEY_MIN = -KEY_OFFSET
+KEY_MAX = KEY_OFFSET - 1
+_MASK = (1 << KEY_BITS) - 1
+_COUNT_MAX = torch.iinfo(torch.int32).max
+
+
+@dataclass
+class Voxels:
+    """A set of voxels, structure of arrays, sorted by `keys` (unique). V voxels:
+    keys [V] int64 packed, xyz [V,3] float32 mean position, rgb [V,3] float32 mean colour in [0,255],
+    weight [V] float32 sum of confidences, count [V] int32 points fused (saturates at 2**31-1)."""
+
+    keys: torch.Tensor
+    xyz: torch.Tensor
+    rgb: torch.Tensor
+    weight: torch.Tensor
+    count: torch.Tensor
+
+    @staticmethod
+    def empty(device: torch.device | str = "cpu") -> Voxels:
+        return Voxels(
+            keys=torch.zeros(0, dtype=torch.int64, device=device),
+            xyz=torch.zeros(0, 3, dtype=torch.float32, device=device),
+            rgb=torch.zeros(0, 3, dtype=torch.float32, device=device),
+            weight=torch.zeros(0, dtype=torch.float32, device=device),
+            count=torch.zeros(0, dtype=torch.int32, device=device),
+        )
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, f.name).nbytes for f in fields(self))
+
+    def select(self, index: torch.Tensor | slice) -> Voxels:
+        """Subset by a bool mask, an index tensor or a slice (keeps sorted order if the index is increasing)."""
+        if isinstance(index, torch.Tensor) and index.dtype == torch.bool:
+            index = torch.nonzero(index).squeeze(1)  # once, not once per field
+        return Voxels(*(getattr(self, f.name)[index] for f in fields(self)))
+
+
+def pack_keys(ijk: torch.Tensor) -> torch.Tensor:
+    """ijk [N,3] int64 (each in [KEY_MIN, KEY_MAX]) -> keys [N] int64."""
+    u = ijk + KEY_OFFSET
+    return (u[:, 0] << (2 * KEY_BITS)) | (u[:, 1] << KEY_BITS) | u[:, 2]
+
+
+def unpack_keys(keys: torch.Tensor) -> torch.Tensor:
+    """keys [N] int64 -> ijk [N,3] int64."""
+    ijk = torch.stack([(keys >> (2 * KEY_BITS)) & _MASK, (keys >> KEY_BITS) & _MASK, keys & _MASK], dim=1)
+    return ijk - KEY_OFFSET
+
+
+@dataclass(frozen=True)
+class ScatterCounts:
+    """Where a window's points went."""
+
+    points_in: int
+    points_invalid: int  # non-finite position or confidence, or confidence <= min_conf
+    points_out_of_range: int  # finite, but outside the key range
+    points_fused: int
+
+
+def voxel_indices(points: torch.Tensor, voxel_m: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """points [N,3] float32 -> (q [N,3] float32 position in voxel units, floor(q) [N,3] float32,
+    in_range [N] bool). Non-finite points are never in range (NaN fails every comparison)."""
+    q = points / voxel_m
+    ijk_f = torch.floor(q)
+    in_range = ((ijk_f >= KEY_MIN) & (ijk_f <= KEY_MAX)).all(dim=1)
+    return q, ijk_f, in_range
+
+
+def scatter_voxels(
+    points: torch.Tensor, colors: torch.Tensor, conf: torch.Tensor, voxel_m: float, min_conf: float = 0.0
+) -> tuple[Voxels, ScatterCounts]:
+    """Reduce points into voxels. points [N,3] float32, colors [N,3] uint8 (or float in [0,255]),
+    conf [N] float32. Points with a non-finite position or confidence, confidence <= min_conf (min_conf
+    >= 0, so weights are positive) or outside the key range are dropped and counted. Returns the voxels
+    sorted by key."""
+    n_in = int(points.shape[0])
+    q, ijk_f, in_range = voxel_indices(points, voxel_m)
+    valid = torch.isfinite(q).all(dim=1) & (conf > min_conf) & (conf < math.inf)  # NaN conf fails both
+    ok = valid & in_range
+    n_ok = int(ok.sum())
+    n_invalid = n_out = 0
+    if n_ok < n_in:
+        n_invalid = n_in - int(valid.sum())
+        n_out = n_in - n_invalid - n_ok
+        idx = torch.nonzero(ok).squeeze(1)  # once, not once per array
+        q, ijk_f, colors, conf = q[idx], ijk_f[idx], colors[idx], conf[idx]
+    counts = ScatterCounts(n_in, n_invalid, n_out, n_ok)
+    if n_ok == 0:
+        return Voxels.empty(points.device), counts
+    ijk = ijk_f.to(torch.int64)
+    keys, inverse, n_per_voxel = torch.unique(pack_keys(ijk), sorted=True, return_inverse=True, return_counts=True)
+    w = conf.to(torch.float32)[:, None]  # [N,1]
+    # Sum offsets inside the voxel (in voxel units, [0,1)), not raw positions: float32 sums then keep
+    # the input's own precision however far from the origin the voxel is.
+    packed = torch.empty(n_ok, 7, dtype=torch.float32, device=points.device)  # [N, 3 offset + 3 rgb + 1 w]
+    torch.mul(q.sub_(ijk_f), w, out=packed[:, 0:3])
+    torch.mul(colors, w, out=packed[:, 3:6])
+    packed[:, 6:7] = w
+    sums = torch.zeros(keys.shape[0], 7, dtype=torch.float32, device=points.device).index_add_(0, inverse, packed)
+    weight = sums[:, 6].contiguous()
+    key_ijk = unpack_keys(keys).to(torch.float32)  # [V,3]
+    voxels = Voxels(
+        keys=keys,
+        xyz=(sums[:, 0:3] / weight[:, None] + key_ijk) * voxel_m,
+        rgb=sums[:, 3:6] / weight[:, None],
+        weight=weight,
+        count=n_per_voxel.to(torch.int32),
+    )
+    return voxels, counts
+
+
+def merge_voxels(base: Voxels, update: Voxels) -> tuple[Voxels, int]:
+    """Fuse `update` into `base` (both sorted by key). Shared voxels get the weight-summed mean, new
+    voxels are inserted in key order. Inputs are not modified. Returns (merged, number of new voxels)."""
+    M = len(base)
+    if M == 0:
+        return update.select(slice(None)), len(update)
+    idx = torch.searchsorted(base.keys, update.keys)  # [Vu] insertion points
+    # idx == M means "after every base key", so base.keys[M-1] < key there and the test is False.
+    hit = base.keys[idx.clamp(max=M - 1)] == update.keys  # [Vu] voxel already in base
+    new = update.select(~hit)
+    n_new = len(new)
+
+    # Merge two sorted, disjoint key lists in O(n log n) without a sort: each element's output slot is
+    # its own rank plus the number of elements of the other list before it.
+    device = base.keys.device
+    slot_old = torch.arange(M, device=device) + torch.searchsorted(new.keys, base.keys)
+    slot_new = torch.arange(n_new, device=device) + torch.searchsorted(base.keys, new.keys)
+    out = Voxels(
+        *(
+            torch.empty((M + n_new, *getattr(base, f.name).shape[1:]), dtype=getattr(base, f.name).dtype, device=device)
+            for f in fields(base)
+        )
+    )
+    for f in fields(base):
+        getattr(out, f.name)[slot_old] = getattr(base, f.name)
+        getattr(out, f.name)[slot_new] = getattr(new, f.name)
+
+    # Shared voxels: incremental weighted mean, mean += (w_u / W) (mean_u - mean), which stays exact to
+    # float32 rounding even when W dwarfs w_u.
+    slot = slot_old[idx[hit]]
+    upd = update.select(hit)
+    W = out.weight[slot] + upd.weight
+    f = (upd.weight / W)[:, None]
+    out.xyz[slot] += f * (upd.xyz - out.xyz[slot])
+    out.rgb[slot] += f * (upd.rgb - out.rgb[slot])
+    out.weight[slot] = W
+    out.count[slot] = (out.count[slot].to(torch.int64) + upd.count).clamp_(max=_COUNT_MAX).to(torch.int32)
+    return out, n_new
+
+
+class ReferenceVoxels:
+    """Plain reference: a dict from (i, j, k) to float64 running sums, one Python step per point.
+    Defines what `scatter_voxels` + `merge_voxels` compute (the map is the confidence-weighted mean of
+    every point ever fused into a voxel)."""
+
+    def __init__(self, voxel_m: float, min_conf: float = 0.0) -> None:
+        self.voxel_m = voxel_m
+        self.min_conf = min_conf
+        self.cells: dict[tuple[int, int, int], list[float]] = {}  # ijk -> [W, Σwx, Σwy, Σwz, Σwr, Σwg, Σwb, n]
+
+    def integrate(self, points: np.ndarray, colors: np.ndarray, conf: np.ndarray) -> None:
+        """points [N,3], colors [N,3], conf [N]; drops what the kernel drops."""
+        p32 = np.asarray(points, dtype=np.float32)
+        with np.errstate(invalid="ignore"):
+            ijk_f = np.floor(p32 / np.float32(self.voxel_m))  # float32 division, like the kernel
+        rows = zip(ijk_f.tolist(), p32.astype(np.float64).tolist(), np.asarray(colors, np.float64).tolist(), np.asarray(conf, np.float64).tolist())
+        for ijk, p, c, w in rows:
+            if not (math.isfinite(w) and w > self.min_conf and all(math.isfinite(x) for x in p)):
+                continue
+            if not all(KEY_MIN <= v <= KEY_MAX for v in ijk):
+                continue
+            cell = self.cells.setdefault((int(ijk[0]), int(ijk[1]), int(ijk[2])), [0.0] * 8)
+            cell[0] += w
+            for d in range(3):
+                cell[1 + d] += w * p[d]
+                cell[4 + d] += w * c[d]
+            cell[7] += 1
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Sorted by packed key: keys [V] int64, xyz [V,3], rgb [V,3], weight [V], count [V] (float64/int64)."""
+        items = sorted(self.cells.items())
+        ijk = np.array([k for k, _ in items], dtype=np.int64).reshape(-1, 3)
+        s = np.array([v for _, v in items], dtype=np.float64).reshape(-1, 8)
+        u = ijk + KEY_OFFSET
+        return {
+            "keys": (u[:, 0] << (2 * KEY_BITS)) | (u[:, 1] << KEY_BITS) | u[:, 2],
+            "xyz": s[:, 1:4] / s[:, :1],
+            "rgb": s[:, 4:7] / s[:, :1],
+            "weight": s[:, 0],
+            "count": s[:, 7].astype(np.int64),
+        }

@@ -1,0 +1,523 @@
+"""Window-to-map alignment (DESIGN §5): map each new window into the run's world frame through the frames
+it shares with the previous (already aligned) window.
+
+1. Correspondences: the same pixels of the overlap frames, confident in both windows (VGGT-Long rule:
+   confidence > conf_rel x the smaller of the two windows' median confidences; or LASER's top-p),
+   weighted sqrt(c_prev c_cur). Taken on a regular pixel stride chosen so that at most
+   `max_correspondences` candidates remain: Sim(3) accuracy is limited by model error, not by 30k vs 2M
+   samples, and the stride keeps the fit in milliseconds (see bench/bench_align.py).
+2. Sim(3) `world_from_window`: weighted Umeyama, then IRLS with a Huber kernel whose delta is
+   `huber_delta_rel` x the median depth of the correspondences in the map (errors grow with depth).
+3. Layer-wise scale (mode "lsa", specs/streaming_alignment.md): segment every depth map of the window
+   into depth layers; link layers of each overlap frame across the two windows (IoU >= cross_iou); per
+   link a robust scale of this window's Sim(3)-aligned depth onto the map's depth over the two layers'
+   intersection; propagate forward through the window's frames along links between consecutive frames
+   (IoU >= within_iou, IoU-weighted mean of the incoming scales; pixels carried to the next frame by the
+   window's own points and poses, LASER compares same pixels); unreached layers keep the window scale
+   (1 after Sim(3)). The per-pixel scale multiplies the camera-frame point, then the point goes to the
+   world through the aligned pose. With `lsa_refine`, the Sim(3) is re-fitted once on the
+   layer-corrected points (layer scale errors bias a single similarity; this removes that bias). With
+   `lsa_depth` False the layer scales serve only that re-fit and the window keeps its own depth.
+4. Degenerate overlap (too few correspondences, a low inlier share — equivalently a high median
+   residual —, collinear points, an absurd scale): fall back to the overlap camera poses and warn.
+
+The first window defines the world (identity). Outputs keep the window's own point map (`points`) and
+its depth head (`depth`), each mapped to world units; `conf` is the window's `points_conf`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from recon.errors import ContractError
+from recon.geometry import invert_rigid, rotation_distance_deg
+from recon.kernels.layers import LayerLinks, LayerParams, link_layers, link_layers_warped, segment_depth_layers_batch
+from recon.kernels.sim3 import Sim3Fit, robust_log_scale_grouped, robust_sim3
+from recon.kernels.umeyama import umeyama_sim3
+from recon.types import Sim3, WindowPrediction
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    mode: Literal["sim3", "lsa"] = "lsa"
+    # correspondences
+    conf_mode: Literal["median_ratio", "top_p"] = "median_ratio"
+    conf_rel: float = 0.1  # median_ratio: keep conf > conf_rel x min(median prev, median cur)
+    top_p: float = 0.5  # top_p: keep each window's top p of confidences, AND of both masks
+    max_correspondences: int = 32768  # pixel stride chosen so the candidates stay below this
+    # Sim(3)
+    huber_delta_rel: float = 0.1  # Huber delta = this x median map depth of the correspondences
+    irls_iterations: int = 5
+    # degenerate overlap -> pose fallback
+    min_correspondences: int = 200
+    min_inlier_share: float = 0.3
+    min_rank_ratio: float = 1e-3  # 2nd/1st singular value of the cross-covariance (collinear points)
+    scale_bounds: tuple[float, float] = (1e-3, 1e3)
+    fallback_min_baseline_rel: float = 0.01  # camera-centre spread / median depth to trust it for scale
+    # layer-wise scale alignment
+    layers: LayerParams = field(default_factory=lambda: LayerParams(stride=2))  # half-res segmentation
+    iou_pixels: int = 8192  # layer IoUs on a pixel grid of about this many pixels per frame
+    cross_iou: float = 0.4  # links between the two windows' layers of one overlap frame
+    within_iou: float = 0.3  # links between consecutive frames of the window
+    within_links: Literal["warp", "pixel"] = "warp"  # carry pixels by the window's geometry, or same pixel
+    scale_huber_delta: float = 0.05  # on log depth ratios
+    scale_iterations: int = 10
+    min_link_samples: int = 20  # strided samples a cross-window link needs for its scale
+    max_layer_scale: float = 2.0  # layer scales are clamped to [1/x, x] (with a warning)
+    lsa_refine: bool = True
+    # Apply the layer scales to depth and points (LASER). False: use them only for the Sim(3) re-fit.
+    # A model whose windows are each self-consistent (classical) disagrees with the map per layer by a
+    # few % of its own correlated error; copying the map's layer scales then swaps one window's errors
+    # for the other's and adds steps at layer edges, while the re-fitted pose keeps all the benefit.
+    lsa_depth: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "mode must be 'sim3' or 'lsa'": self.mode in ("sim3", "lsa"),
+            "conf_mode must be 'median_ratio' or 'top_p'": self.conf_mode in ("median_ratio", "top_p"),
+            "within_links must be 'warp' or 'pixel'": self.within_links in ("warp", "pixel"),
+            "top_p must be in (0, 1]": 0 < self.top_p <= 1,
+            "max_correspondences, min_correspondences must be > 0, irls_iterations >= 0": (
+                min(self.max_correspondences, self.min_correspondences) > 0 and self.irls_iterations >= 0
+            ),
+            "huber_delta_rel must be > 0": self.huber_delta_rel > 0,
+            "max_layer_scale must be > 1": self.max_layer_scale > 1,
+            "scale_bounds must be 0 < lo < hi": 0 < self.scale_bounds[0] < self.scale_bounds[1],
+        }
+        for message, ok in checks.items():
+            if not ok:
+                raise ContractError(f"AlignConfig: {message}")
+
+
+@dataclass
+class AlignedWindow:
+    """One window mapped into the run's world frame (world = the first window's reference frame)."""
+
+    frame_indices: list[int]
+    cam_from_world: torch.Tensor  # [S,4,4] float32
+    depth: torch.Tensor  # [S,H,W] z-depth in world units (Sim(3) scale x layer scales)
+    points_world: torch.Tensor  # [S,H,W,3]
+    conf: torch.Tensor  # [S,H,W]
+    world_from_window: Sim3
+    layer_labels: torch.Tensor | None  # [S,H,W] int32, -1 = no layer (segmented on this window's depth)
+    layer_scales: list[torch.Tensor] | None  # per frame [L_j] float32, on top of the Sim(3) scale
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.frame_indices)
+
+
+@dataclass
+class Correspondences:
+    """Overlap pixels confident in both windows, on a stride: frame j (0..O-1 within the overlap), pixel
+    (v, u); source = the new window's points, target = the map's points; weights sqrt(c_prev c_cur)."""
+
+    frame: torch.Tensor  # [N] int64
+    v: torch.Tensor  # [N] int64
+    u: torch.Tensor  # [N] int64
+    source: torch.Tensor  # [N,3]
+    target: torch.Tensor  # [N,3]
+    weights: torch.Tensor  # [N]
+    num_candidates: int
+    stride: int
+
+
+# ------------------------------------------------------------------------------------ entry point
+def align_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int, config: AlignConfig = AlignConfig()) -> AlignedWindow:
+    """Map `cur` into the world of `prev` (its first `overlap` frames are `prev`'s last ones); with
+    `prev` None, `cur` defines the world. Never NaN: a degenerate overlap takes the pose fallback."""
+    t0 = time.perf_counter()
+    if prev is not None:
+        _check_overlap(prev, cur, overlap)
+    labels = _segment(cur, config) if config.mode == "lsa" else None
+    if prev is None:
+        out = _first_window(cur, labels)
+        out.diagnostics["time_ms"] = 1e3 * (time.perf_counter() - t0)
+        return out
+    dev = cur.depth.device
+    warnings: list[str] = []
+    diag: dict[str, Any] = {"warnings": warnings, "overlap": overlap}
+
+    corr = select_correspondences(prev, cur, overlap, config)
+    diag.update(num_candidates=corr.num_candidates, num_correspondences=int(corr.weights.shape[0]), stride=corr.stride)
+    sim: Sim3 | None = None
+    fit: Sim3Fit | None = None
+    delta = 0.0
+    if corr.weights.shape[0] >= config.min_correspondences:
+        scene_depth = float(prev.depth[-overlap:].to(dev)[corr.frame, corr.v, corr.u].median())
+        delta = config.huber_delta_rel * max(scene_depth, 1e-12)
+        try:
+            sim, fit = robust_sim3(corr.source, corr.target, corr.weights, delta, config.irls_iterations)
+        except (np.linalg.LinAlgError, RuntimeError, ValueError) as exc:  # numeric failure: fall back below
+            warnings.append(f"Sim(3) fit failed ({exc})")
+    reason = _degenerate_reason(corr, sim, fit, config)
+    if fit is not None:
+        diag.update(
+            huber_delta=delta, residual_rms=fit.residual_rms, inlier_rms=fit.inlier_rms, inlier_share=fit.inlier_share, rank_ratio=fit.rank_ratio
+        )
+
+    scale_map = None
+    layer_scales = [torch.ones(int(labels[j].max()) + 1) for j in range(len(cur))] if labels is not None else None
+    if reason is not None:
+        message = f"alignment of window {cur.frame_indices[0]}..{cur.frame_indices[-1]}: {reason}; using the overlap camera poses"
+        log.warning(message)
+        warnings.append(message)
+        sim, info = pose_fallback_sim3(prev, cur, overlap, config)
+        diag.update(path="pose_fallback", fallback=info)
+    else:
+        assert sim is not None
+        diag["path"] = "sim3"
+        if config.mode == "lsa" and labels is not None:
+            try:
+                sim, scale_map, layer_scales, lsa_diag = _layer_scale_alignment(
+                    prev, cur, overlap, corr, sim, labels, delta, config, warnings
+                )
+                diag["path"] = "lsa"
+                diag["lsa"] = lsa_diag
+                if not config.lsa_depth:
+                    scale_map = None
+                    layer_scales = [torch.ones_like(k) for k in layer_scales]
+            except Exception as exc:  # noqa: BLE001 - LSA is a refinement: never lose the window over it
+                message = f"layer-wise scale alignment failed ({type(exc).__name__}: {exc}); kept the Sim(3)"
+                log.warning(message)
+                warnings.append(message)
+    diag["scale"] = sim.s
+
+    out = _apply(cur, sim, scale_map, labels, layer_scales, diag)
+    diag["overlap_pose_error"] = _overlap_pose_error(prev, out, overlap)
+    if not _all_finite(out):  # cannot happen with finite inputs; never hand NaN downstream regardless
+        message = "non-finite aligned output; using the overlap camera poses"
+        log.warning(message)
+        warnings.append(message)
+        sim, info = pose_fallback_sim3(prev, cur, overlap, config)
+        diag.update(path="pose_fallback", fallback=info, scale=sim.s)
+        out = _apply(cur, sim, None, labels, [torch.ones_like(s) for s in layer_scales] if layer_scales else None, diag)
+    diag["time_ms"] = 1e3 * (time.perf_counter() - t0)
+    return out
+
+
+# -------------------------------------------------------------------------------------- pieces
+def _check_overlap(prev: AlignedWindow, cur: WindowPrediction, overlap: int) -> None:
+    if not 1 <= overlap <= min(len(prev), len(cur)):
+        raise ContractError(f"align_window: overlap {overlap} must be in 1..{min(len(prev), len(cur))} (frames of both windows)")
+    if list(prev.frame_indices[-overlap:]) != list(cur.frame_indices[:overlap]):
+        raise ContractError(
+            f"align_window: the first {overlap} frames of the new window {cur.frame_indices[:overlap]} must be the last "
+            f"{overlap} of the previous window {prev.frame_indices[-overlap:]}"
+        )
+    if tuple(prev.depth.shape[1:]) != tuple(cur.depth.shape[1:]):
+        raise ContractError(
+            f"align_window: windows have different resolutions {tuple(prev.depth.shape[1:])} vs {tuple(cur.depth.shape[1:])}; "
+            "overlap frames must be predicted at the same size"
+        )
+
+
+def _segment(cur: WindowPrediction, config: AlignConfig) -> torch.Tensor:
+    labels = segment_depth_layers_batch(cur.depth, cur.depth_conf, config.layers)
+    return torch.from_numpy(labels).to(cur.depth.device)
+
+
+def _first_window(cur: WindowPrediction, labels: torch.Tensor | None) -> AlignedWindow:
+    scales = [torch.ones(int(labels[j].max()) + 1) for j in range(len(cur))] if labels is not None else None
+    return AlignedWindow(
+        frame_indices=list(cur.frame_indices),
+        cam_from_world=cur.cam_from_world,  # shared with the prediction, not copied (read-only by contract)
+        depth=cur.depth,
+        points_world=cur.points,
+        conf=cur.points_conf,
+        world_from_window=Sim3.identity(),
+        layer_labels=labels,
+        layer_scales=scales,
+        diagnostics={"path": "first", "warnings": [], "scale": 1.0},
+    )
+
+
+def _stride_for(num_pixels: int, max_points: int) -> int:
+    return max(1, int(np.ceil(np.sqrt(num_pixels / max(max_points, 1)))))
+
+
+def _conf_threshold(c_prev: torch.Tensor, c_cur: torch.Tensor, config: AlignConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-window thresholds (strict >) for the candidate confidences [M] of both windows."""
+    # Quantiles from every 4th candidate: thresholds need not be exact, and selection is ~n log n.
+    c_prev, c_cur = c_prev[::4], c_cur[::4]
+    if config.conf_mode == "top_p":
+        k = max(1, int(round((1.0 - config.top_p) * c_prev.numel())))
+        return torch.kthvalue(c_prev, k).values, torch.kthvalue(c_cur, k).values
+    thr = config.conf_rel * torch.minimum(c_prev.median(), c_cur.median())
+    return thr, thr
+
+
+def select_correspondences(prev: AlignedWindow, cur: WindowPrediction, overlap: int, config: AlignConfig) -> Correspondences:
+    """Overlap pixels (on a stride) confident in both windows with positive depth in both."""
+    dev = cur.depth.device
+    O = overlap
+    H, W = cur.hw
+    stride = _stride_for(O * H * W, config.max_correspondences)
+    o = stride // 2  # centred grid, so a stride of 8 does not always skip the last rows/cols
+    sl = (slice(None), slice(o, None, stride), slice(o, None, stride))
+    # One strided gather per map into contiguous [O*hs*ws] vectors; everything after is contiguous.
+    c_prev = prev.conf[-O:].to(dev)[sl].reshape(-1)
+    c_cur = cur.points_conf[:O][sl].reshape(-1)
+    d_prev = prev.depth[-O:].to(dev)[sl].reshape(-1)
+    d_cur = cur.depth[:O][sl].reshape(-1)
+    hs, ws = cur.points_conf[:1][sl].shape[1:]
+    thr_prev, thr_cur = _conf_threshold(c_prev, c_cur, config)
+    keep = (c_prev > thr_prev) & (c_cur > thr_cur) & (d_prev > 0) & (d_cur > 0)
+    idx = torch.nonzero(keep).squeeze(1)  # into the strided grid [O*hs*ws]
+    frame, rest = idx.div(hs * ws, rounding_mode="floor"), idx.remainder(hs * ws)
+    v = rest.div(ws, rounding_mode="floor") * stride + o
+    u = rest.remainder(ws) * stride + o
+    source = cur.points[:O][sl].reshape(-1, 3).index_select(0, idx)
+    target = prev.points_world[-O:].to(dev)[sl].reshape(-1, 3).index_select(0, idx)
+    weights = torch.sqrt(c_prev.index_select(0, idx) * c_cur.index_select(0, idx))
+    return Correspondences(frame, v, u, source, target, weights, num_candidates=O * hs * ws, stride=stride)
+
+
+def _degenerate_reason(corr: Correspondences, sim: Sim3 | None, fit: Sim3Fit | None, config: AlignConfig) -> str | None:
+    n = int(corr.weights.shape[0])
+    if n < config.min_correspondences:
+        return f"{n} confident correspondences (< {config.min_correspondences})"
+    if sim is None or fit is None:
+        return "the Sim(3) fit failed"
+    if not fit.valid or fit.rank_ratio < config.min_rank_ratio:
+        return f"correspondences are (nearly) collinear (rank ratio {fit.rank_ratio:.2e})"
+    if fit.inlier_share < config.min_inlier_share:
+        share, delta = fit.inlier_share, fit.huber_delta
+        return f"bad fit: inlier share {share:.2f} (< {config.min_inlier_share}), median residual above {delta:.3g}"
+    lo, hi = config.scale_bounds
+    if not lo <= sim.s <= hi:
+        return f"implausible scale {sim.s:.3g}"
+    return None
+
+
+def pose_fallback_sim3(prev: AlignedWindow, cur: WindowPrediction, overlap: int, config: AlignConfig) -> tuple[Sim3, dict[str, Any]]:
+    """`world_from_window` from the overlap camera poses alone: 3 points per camera (centre, centre +
+    arm x viewing direction, centre + arm x up) so rotation is defined even for one camera or collinear
+    centres. Scale: ratio of the centres' spreads when the window's baseline is non-negligible, else the
+    median ratio of the two windows' positive depths over the overlap, else 1."""
+    O = overlap
+    world_from_cam_prev = invert_rigid(prev.cam_from_world[-O:].double().cpu().numpy())  # [O,4,4]
+    window_from_cam_cur = invert_rigid(cur.cam_from_world[:O].double().cpu().numpy())
+    c_world = world_from_cam_prev[:, :3, 3]
+    c_win = window_from_cam_cur[:, :3, 3]
+    spread_world = float(np.sqrt(((c_world - c_world.mean(0)) ** 2).sum(1).mean()))
+    spread_win = float(np.sqrt(((c_win - c_win.mean(0)) ** 2).sum(1).mean()))
+    d_prev = prev.depth[-O:].to(cur.depth.device)
+    d_cur = cur.depth[:O]
+    both = (d_prev > 0) & (d_cur > 0)
+    depth_win = float(d_cur[d_cur > 0].median()) if bool((d_cur > 0).any()) else 0.0
+    depth_world = float(d_prev[d_prev > 0].median()) if bool((d_prev > 0).any()) else 0.0
+
+    if O >= 2 and spread_world > 0 and spread_win > max(config.fallback_min_baseline_rel * depth_win, 1e-12):
+        s, source = spread_world / spread_win, "baseline"
+    elif int(both.sum()) >= config.min_correspondences:
+        s, source = float((d_prev[both] / d_cur[both]).median()), "depth_ratio"
+    else:
+        s, source = 1.0, "unit"
+    lo, hi = config.scale_bounds
+    if not (np.isfinite(s) and lo <= s <= hi):
+        s, source = 1.0, "unit"
+
+    arm = depth_world if depth_world > 0 else (spread_world if spread_world > 0 else 1.0)
+    view_world, up_world = world_from_cam_prev[:, :3, 2], -world_from_cam_prev[:, :3, 1]  # OpenCV: +z view, -y up
+    view_win, up_win = window_from_cam_cur[:, :3, 2], -window_from_cam_cur[:, :3, 1]
+    target = np.concatenate([c_world, c_world + arm * view_world, c_world + arm * up_world])
+    source_pts = np.concatenate([s * c_win, s * c_win + arm * view_win, s * c_win + arm * up_win])
+    rigid = umeyama_sim3(source_pts, target, with_scale=False)  # target = R (s x) + t
+    return Sim3(s, rigid.R, rigid.t), {"scale_source": source, "baseline_world": spread_world, "baseline_window": spread_win}
+
+
+def _layer_scale_alignment(
+    prev: AlignedWindow,
+    cur: WindowPrediction,
+    overlap: int,
+    corr: Correspondences,
+    sim: Sim3,
+    labels: torch.Tensor,
+    delta: float,
+    config: AlignConfig,
+    warnings: list[str],
+) -> tuple[Sim3, torch.Tensor, list[torch.Tensor], dict[str, Any]]:
+    """LSA on top of `sim`. Returns the (possibly re-fitted) Sim(3), the per-pixel scale [S,H,W], the
+    per-frame layer scales and diagnostics."""
+    dev = cur.depth.device
+    O = overlap
+    t0 = time.perf_counter()
+    prev_labels = prev.layer_labels[-O:].to(dev) if prev.layer_labels is not None else None
+    if prev_labels is None:  # previous window aligned without LSA: segment its overlap frames now
+        prev_labels = torch.from_numpy(segment_depth_layers_batch(prev.depth[-O:], prev.conf[-O:], config.layers)).to(dev)
+    iou_stride = _stride_for(labels.shape[1] * labels.shape[2], config.iou_pixels)
+    cross = link_layers(prev_labels, labels[:O], config.cross_iou, iou_stride)
+    within = None
+    if len(cur) > 1 and config.within_links == "warp":
+        within = link_layers_warped(labels, cur.points, cur.cam_from_world, cur.K, config.within_iou, iou_stride)
+    elif len(cur) > 1:
+        within = link_layers(labels[:-1], labels[1:], config.within_iou, iou_stride)
+
+    # Each correspondence sample belongs to at most one cross link: (frame, prev layer, cur layer).
+    la = prev_labels[corr.frame, corr.v, corr.u].long()
+    lb = labels[:O][corr.frame, corr.v, corr.u].long()
+    nb = cross.num_b.to(dev)
+    na = cross.num_a.to(dev)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), (na * nb).cumsum(0)[:-1]])
+    table = torch.full((int((na * nb).sum()) + 1,), -1, dtype=torch.int64, device=dev)  # +1: a dump slot
+    table[offsets[cross.pair] + cross.a * nb[cross.pair] + cross.b] = torch.arange(len(cross), device=dev)
+    ok = (la >= 0) & (lb >= 0)
+    slot = torch.where(ok, offsets[corr.frame] + la.clamp_min(0) * nb[corr.frame] + lb.clamp_min(0), table.shape[0] - 1)
+    group = table[slot]
+    d_prev = prev.depth[-O:].to(dev)[corr.frame, corr.v, corr.u]
+    d_cur = cur.depth[:O][corr.frame, corr.v, corr.u]
+    centres = torch.from_numpy(invert_rigid(cur.cam_from_world.double().cpu().numpy())[:, :3, 3]).float().to(dev)  # [S,3]
+
+    refine_rounds = 1 if config.lsa_refine else 0
+    for round_ in range(refine_rounds + 1):
+        link_scale, support = robust_log_scale_grouped(
+            sim.s * d_cur, d_prev, corr.weights, group, len(cross), config.scale_huber_delta, config.scale_iterations
+        )
+        good = support >= config.min_link_samples
+        frame_scales, reached = _propagate(cross, within, link_scale, good, labels, O)
+        frame_scales, clamped = _clamp_scales(frame_scales, config.max_layer_scale)
+        if round_ == refine_rounds:
+            break
+        # Re-fit the Sim(3) on layer-corrected points: scaling the camera-frame point by k is scaling
+        # the window point about the camera centre, p' = c + k (p - c).
+        k = _scale_lookup(frame_scales[:O], labels[:O][corr.frame, corr.v, corr.u], corr.frame)
+        c = centres[corr.frame]
+        src = c + k[:, None] * (corr.source - c)
+        sim2, fit2 = robust_sim3(src, corr.target, corr.weights, delta, config.irls_iterations)
+        if not (fit2.valid and config.scale_bounds[0] <= sim2.s <= config.scale_bounds[1]):
+            warnings.append("LSA re-fit of the Sim(3) was degenerate; kept the first fit")
+            break
+        sim = sim2
+    if clamped:
+        warnings.append(f"{clamped} layer scales clamped to [1/{config.max_layer_scale}, {config.max_layer_scale}]")
+
+    scale_map = torch.ones_like(cur.depth)
+    for j in range(len(cur)):
+        lab = labels[j].long()
+        if frame_scales[j].numel():
+            scale_map[j] = torch.where(lab >= 0, frame_scales[j].to(dev)[lab.clamp_min(0)], scale_map[j])
+    sub = labels[:, ::4, ::4].cpu()  # a diagnostic: every 16th pixel is plenty
+    labelled_px = int((sub >= 0).sum())
+    reached_px = sum(int(torch.bincount(sub[j][sub[j] >= 0].long(), minlength=r.numel())[r].sum()) for j, r in enumerate(reached))
+    diag = {
+        "layers_per_frame": [int(s.numel()) for s in frame_scales],
+        "cross_links": [
+            {"frame": p, "prev_layer": a, "layer": b, "iou": i, "scale": k, "samples": int(n)}
+            for p, a, b, i, k, n in zip(
+                cross.pair.tolist(), cross.a.tolist(), cross.b.tolist(), cross.iou.tolist(), link_scale.tolist(), support.tolist(), strict=True
+            )
+        ],
+        "within_links": 0 if within is None else len(within),
+        "layer_scales": [s.tolist() for s in frame_scales],
+        "reached_layers": [int(r.sum()) for r in reached],
+        "reached_share": reached_px / max(labelled_px, 1),  # labelled pixels whose layer got a scale
+        "refined": config.lsa_refine,
+        "time_ms": 1e3 * (time.perf_counter() - t0),
+    }
+    return sim, scale_map, frame_scales, diag
+
+
+def _propagate(
+    cross: LayerLinks, within: LayerLinks | None, link_scale: torch.Tensor, good: torch.Tensor, labels: torch.Tensor, overlap: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Forward in time: each layer's scale is the IoU-weighted mean of what reaches it — cross-window
+    links (overlap frames) and links from reached layers of the previous frame; unreached: 1.
+    Returns per frame the layer scales [L_j] and which layers were reached [L_j] bool (CPU)."""
+    S = labels.shape[0]
+    scales: list[torch.Tensor] = []
+    reached_all: list[torch.Tensor] = []
+    reached_prev: torch.Tensor | None = None
+    for j in range(S):
+        n = int(labels[j].max()) + 1
+        num = torch.zeros(max(n, 0), dtype=torch.float64)
+        den = torch.zeros(max(n, 0), dtype=torch.float64)
+        if j < overlap and len(cross):
+            m = (cross.pair == j).cpu() & good.cpu()
+            b, iou = cross.b.cpu()[m], cross.iou.cpu()[m].double()
+            num.index_add_(0, b, iou * link_scale.cpu()[m].double())
+            den.index_add_(0, b, iou)
+        if j > 0 and within is not None and len(within) and reached_prev is not None:
+            m = within.pair.cpu() == j - 1
+            a, b, iou = within.a.cpu()[m], within.b.cpu()[m], within.iou.cpu()[m].double()
+            use = reached_prev[a]
+            num.index_add_(0, b[use], iou[use] * scales[j - 1][a[use]].double())
+            den.index_add_(0, b[use], iou[use])
+        reached = den > 0
+        scales.append(torch.where(reached, num / den.clamp_min(1e-30), torch.ones_like(num)).float())
+        reached_all.append(reached)
+        reached_prev = reached
+    return scales, reached_all
+
+
+def _clamp_scales(scales: list[torch.Tensor], max_scale: float) -> tuple[list[torch.Tensor], int]:
+    clamped = sum(int(((s > max_scale) | (s < 1.0 / max_scale)).sum()) for s in scales)
+    return [s.clamp(1.0 / max_scale, max_scale) for s in scales], clamped
+
+
+def _scale_lookup(frame_scales: list[torch.Tensor], layer: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """Scale of each sample [N] given its layer (-1: 1) and frame."""
+    sizes = [int(s.numel()) for s in frame_scales]
+    flat = torch.cat([torch.cat(frame_scales) if sum(sizes) else torch.zeros(0), torch.ones(1)]).to(layer.device)
+    offsets = torch.tensor([0] + sizes[:-1], dtype=torch.int64).cumsum(0).to(layer.device)
+    idx = torch.where(layer >= 0, offsets[frame] + layer.long().clamp_min(0), flat.shape[0] - 1)
+    return flat[idx]
+
+
+def _apply(
+    cur: WindowPrediction,
+    sim: Sim3,
+    scale_map: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    layer_scales: list[torch.Tensor] | None,
+    diag: dict[str, Any],
+) -> AlignedWindow:
+    """Map the window into the world with `sim` and the per-pixel layer scale [S,H,W] (None = 1)."""
+    dev = cur.depth.device
+    cam_from_world = torch.from_numpy(sim.apply_to_cam_from_world(cur.cam_from_world.double().cpu().numpy())).float().to(dev)
+    points = cur.points
+    depth = cur.depth * sim.s
+    if scale_map is not None:
+        # k x the camera-frame point == scaling the window point about the camera centre.
+        centres = torch.from_numpy(invert_rigid(cur.cam_from_world.double().cpu().numpy())[:, :3, 3]).float().to(dev)
+        c = centres[:, None, None, :]
+        points = torch.addcmul(c, points - c, scale_map[..., None])
+        depth = depth.mul_(scale_map)
+    sR = torch.as_tensor(sim.s * sim.R, dtype=torch.float32, device=dev)
+    t = torch.as_tensor(sim.t, dtype=torch.float32, device=dev)
+    points_world = torch.addmm(t, points.reshape(-1, 3), sR.T).view(points.shape)
+    return AlignedWindow(
+        frame_indices=list(cur.frame_indices),
+        cam_from_world=cam_from_world,
+        depth=depth,
+        points_world=points_world,
+        conf=cur.points_conf,
+        world_from_window=sim,
+        layer_labels=labels,
+        layer_scales=layer_scales,
+        diagnostics=diag,
+    )
+
+
+def _overlap_pose_error(prev: AlignedWindow, out: AlignedWindow, overlap: int) -> dict[str, float]:
+    """How far the aligned overlap cameras are from the map's copies: max rotation (deg) and max centre
+    distance relative to the map's median overlap depth — the trajectory's continuity at the seam."""
+    a = invert_rigid(prev.cam_from_world[-overlap:].double().cpu().numpy())
+    b = invert_rigid(out.cam_from_world[:overlap].double().cpu().numpy())
+    rot = rotation_distance_deg(a[:, :3, :3], b[:, :3, :3])
+    dist = np.linalg.norm(a[:, :3, 3] - b[:, :3, 3], axis=1)
+    d = prev.depth[-overlap:]
+    ref = float(d[d > 0].median()) if bool((d > 0).any()) else 1.0
+    return {"rotation_deg": float(rot.max()), "centre_rel": float(dist.max() / max(ref, 1e-12))}
+
+
+def _all_finite(w: AlignedWindow) -> bool:
+    # A sum of finite values is finite (barring overflow, which the exact check then settles).
+    return all(bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all()) for t in (w.cam_from_world, w.depth, w.points_world))

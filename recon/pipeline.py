@@ -1,0 +1,261 @@
+"""The streaming pipeline (DESIGN §1): source -> windows -> model -> alignment -> map -> outputs.
+
+Two threads joined by a bounded queue: the producer reads frames, cuts windows and runs the model (one
+window at a time); the consumer aligns each window to the map, fuses it and writes the outputs. Nothing
+holds more than a few windows of frames, so memory does not grow with the stream."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import resource
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from recon.align import AlignConfig, AlignedWindow, align_window
+from recon.datasets.base import FrameSource
+from recon.fusion import VoxelMap
+from recon.geometry import invert_rigid
+from recon.models.base import GeometryModel
+from recon.outputs import TrajectoryWriter, atomic_write_json, prepare_out_dir
+from recon.schedule import KeyframeConfig, KeyframeSelector, WindowScheduler
+from recon.types import Frame, WindowPrediction
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    window: int = 16
+    overlap: int = 4
+    align: str = "lsa"
+    voxel: float | None = None  # run units; None: 1% of the first window's median depth
+    max_map_points: int = 1_000_000
+    keyframes: bool = True
+    keyframe_min_flow_px: float = 1.0
+    map_every: int = 1  # rewrite map.ply every N windows (and at the end)
+    map_pixel_stride: int = 2
+    map_conf_quantile: float = 0.5  # fuse pixels at or above this quantile of the window's confidence
+    queue_windows: int = 2
+
+
+@dataclass
+class RunState:
+    """What the run has done so far; becomes summary.json."""
+
+    frames_read: int = 0
+    frames_used: int = 0
+    frames_skipped: int = 0
+    frames_written: int = 0
+    windows: int = 0
+    status: str = "running"
+    timings_s: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in ("read", "infer", "align", "fuse", "write")})
+    alignment: list[dict[str, Any]] = field(default_factory=list)
+    flags: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Window:
+    frames_meta: list[tuple[int, float, np.ndarray | None]]  # (index, timestamp_s, gt_cam_from_world)
+    colors: np.ndarray  # [S,H,W,3] uint8 at model resolution
+    pred: WindowPrediction
+
+
+_DONE = object()
+
+
+class Pipeline:
+    def __init__(self, source: FrameSource, model: GeometryModel, out_dir: Path, config: PipelineConfig = PipelineConfig(),
+                 on_window: Callable[[RunState, VoxelMap | None], None] | None = None) -> None:
+        self.source, self.model, self.config = source, model, config
+        self.out_dir = prepare_out_dir(Path(out_dir))
+        self.on_window = on_window
+        self.state = RunState()
+        self.map: VoxelMap | None = None
+        self._stop = threading.Event()
+        self._queue: queue.Queue = queue.Queue(maxsize=config.queue_windows)
+        self._error: BaseException | None = None
+        self._t0 = 0.0
+        self._gt_writer: TrajectoryWriter | None = None
+
+    # -- the run, top to bottom ------------------------------------------------------------------
+    def run(self) -> RunState:
+        self._t0 = time.perf_counter()
+        producer = threading.Thread(target=self._produce, name="recon-model", daemon=True)
+        writer = TrajectoryWriter(self.out_dir)
+        # The source's ground truth for the same frames, so any tool (ours, evo) can compare the two files.
+        self._gt_writer = TrajectoryWriter(self.out_dir, "ground_truth") if self.source.has_ground_truth else None
+        prev: AlignedWindow | None = None
+        try:
+            self._write_summary()
+            producer.start()
+            while (item := self._queue.get()) is not _DONE:
+                prev = self._consume(item, prev, writer)
+            if self._error is not None:
+                raise self._error
+            self.state.status = "finished"
+        except KeyboardInterrupt:
+            self.state.status = "interrupted"
+            raise
+        except BaseException:
+            self.state.status = "failed"
+            raise
+        finally:
+            self._stop.set()
+            self._drain()
+            writer.close()
+            if self._gt_writer is not None:
+                self._gt_writer.close()
+            self._write_map()
+            self._write_summary()
+        return self.state
+
+    # -- producer thread: read, cut windows, infer ---------------------------------------------------
+    def _produce(self) -> None:
+        try:
+            scheduler = WindowScheduler(self.config.window, self.config.overlap)
+            keyframes = KeyframeSelector(KeyframeConfig(min_flow_px=self.config.keyframe_min_flow_px)) if self.config.keyframes else None
+            t_read = time.perf_counter()
+            for frame in self.source:
+                self.state.timings_s["read"] += time.perf_counter() - t_read
+                if self._stop.is_set():
+                    return
+                self.state.frames_read += 1
+                if keyframes is not None and not keyframes.accept(frame):
+                    self.state.frames_skipped += 1
+                else:
+                    self.state.frames_used += 1
+                    if (window := scheduler.push(frame)) is not None:
+                        self._infer_and_queue(window)
+                t_read = time.perf_counter()
+            if (window := scheduler.finish()) is not None and not self._stop.is_set():
+                self._infer_and_queue(window)
+        except BaseException as e:  # handed to the consumer, which re-raises it in the main thread
+            self._error = e
+        finally:
+            self._put(_DONE)
+
+    def _infer_and_queue(self, frames: list[Frame]) -> None:
+        t = time.perf_counter()
+        pred = self.model.infer(frames)
+        self.state.timings_s["infer"] += time.perf_counter() - t
+        H, W = pred.hw
+        colors = np.stack([f.image_rgb if f.hw == (H, W) else cv2.resize(f.image_rgb, (W, H), interpolation=cv2.INTER_AREA) for f in frames])
+        meta = [(f.index, f.timestamp_s, f.gt_cam_from_world) for f in frames]
+        self._put(_Window(meta, colors, pred))
+
+    def _put(self, item: object) -> None:
+        while True:  # a bounded put that still notices a stop request
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if self._stop.is_set() and item is not _DONE:
+                    return
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    # -- consumer: align, fuse, write ---------------------------------------------------------------
+    def _consume(self, item: _Window, prev: AlignedWindow | None, writer: TrajectoryWriter) -> AlignedWindow:
+        cfg, st = self.config, self.state
+        overlap = cfg.overlap if prev is not None else 0
+        t = time.perf_counter()
+        aligned = align_window(prev, item.pred, overlap, AlignConfig(mode=cfg.align))
+        st.timings_s["align"] += time.perf_counter() - t
+        new = slice(overlap, len(aligned))  # overlap frames were written with the previous window
+
+        t = time.perf_counter()
+        if self.map is None:
+            self.map = VoxelMap(voxel_m=cfg.voxel or self._default_voxel(aligned), max_points=cfg.max_map_points)
+        world_from_cam = invert_rigid(aligned.cam_from_world.double().numpy())
+        # The map takes the window's more confident pixels on a grid: denser would only repeat them.
+        k = cfg.map_pixel_stride
+        conf = aligned.conf[new, ::k, ::k]
+        if conf.numel():
+            conf = torch.where(conf >= torch.quantile(conf.flatten().float(), cfg.map_conf_quantile), conf, torch.zeros_like(conf))
+        self.map.integrate(aligned.points_world[new, ::k, ::k], item.colors[new, ::k, ::k], conf, camera_centre=world_from_cam[-1, :3, 3])
+        st.timings_s["fuse"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        stamps = [m[1] for m in item.frames_meta[new]]
+        writer.append(stamps, world_from_cam[new])
+        if self._gt_writer is not None and all(m[2] is not None for m in item.frames_meta[new]):
+            self._gt_writer.append(stamps, invert_rigid(np.stack([m[2] for m in item.frames_meta[new]])))
+        st.frames_written = writer.count
+        st.windows += 1
+        for flag in item.pred.flags:
+            st.flags[flag] = st.flags.get(flag, 0) + 1
+        st.alignment.append({"frames": [item.frames_meta[0][0], item.frames_meta[-1][0]], **_brief(aligned.diagnostics)})
+        if st.windows % cfg.map_every == 0:
+            self._write_map()
+        self._write_summary()
+        st.timings_s["write"] += time.perf_counter() - t
+        if self.on_window is not None:
+            self.on_window(st, self.map)
+        return aligned
+
+    @staticmethod
+    def _default_voxel(first: AlignedWindow) -> float:
+        depth = first.depth[first.conf > 0]
+        median = float(depth.median()) if depth.numel() else 1.0
+        return 0.01 * median
+
+    def _write_map(self) -> None:
+        if self.map is not None and len(self.map):
+            self.map.export_ply(self.out_dir / "map.ply", outlier_removal=False)
+
+    def _write_summary(self) -> None:
+        st = self.state
+        elapsed = time.perf_counter() - self._t0
+        summary = {
+            "status": st.status,
+            "source": getattr(self.source, "name", str(self.source)),
+            "model": getattr(self.model, "name", type(self.model).__name__),
+            "frames_read": st.frames_read,
+            "frames_used": st.frames_used,
+            "frames_skipped_no_motion": st.frames_skipped,
+            "frames_in_trajectory": st.frames_written,
+            "windows": st.windows,
+            "elapsed_s": elapsed,
+            "fps": st.frames_read / elapsed if elapsed > 0 else 0.0,
+            "peak_rss_mb": peak_rss_mb(),
+            "timings_s": st.timings_s,
+            "map_points": len(self.map) if self.map is not None else 0,
+            "map_voxel": self.map.voxel_m if self.map is not None else None,
+            "scale": scale_note(self.model, self.source),
+            "settings": asdict(self.config),
+            "model_flags": st.flags,
+            "alignment": st.alignment,
+        }
+        atomic_write_json(self.out_dir / "summary.json", summary)
+
+
+def _brief(diag: dict[str, Any]) -> dict[str, Any]:
+    keys = ("path", "scale", "residual_rms", "inlier_share", "num_correspondences", "time_ms", "warnings")
+    return {k: diag[k] for k in keys if k in diag}
+
+
+def scale_note(model: object, source: object) -> dict[str, Any]:
+    metric = bool(getattr(model, "metric", False))
+    return {
+        "metric": metric,
+        "note": "metres" if metric else "arbitrary but consistent units: the first window's median sparse depth is 1; "
+        "align to ground truth with a Sim(3) to compare",
+    }
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -1,0 +1,80 @@
+"""Cutting a frame stream into overlapping windows, skipping frames that add no motion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from recon.types import Frame
+
+
+@dataclass(frozen=True)
+class KeyframeConfig:
+    min_flow_px: float = 1.0  # median motion (in pixels of a 320-px-wide image) below which a frame is skipped
+    grid: int = 12  # points per side of the grid the motion is measured on
+    width_px: int = 320
+
+
+class KeyframeSelector:
+    """Keeps a frame when the scene moved enough since the last kept one (median sparse flow), so a parked
+    camera does not fill windows with copies of one view."""
+
+    def __init__(self, config: KeyframeConfig = KeyframeConfig()) -> None:
+        self.config = config
+        self._last: np.ndarray | None = None
+        self._points: np.ndarray | None = None
+
+    def _small_gray(self, image_rgb: np.ndarray) -> np.ndarray:
+        H, W = image_rgb.shape[:2]
+        scale = self.config.width_px / W
+        gray = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
+        return cv2.resize(gray, (self.config.width_px, max(8, round(H * scale))), interpolation=cv2.INTER_AREA)
+
+    def accept(self, frame: Frame) -> bool:
+        gray = self._small_gray(frame.image_rgb)
+        if self._last is None or self._last.shape != gray.shape:
+            self._keep(gray)
+            return True
+        moved, status, _ = cv2.calcOpticalFlowPyrLK(self._last, gray, self._points, None, winSize=(15, 15), maxLevel=3)
+        ok = status.ravel() == 1
+        # Lost tracks mean the view changed a lot: keep the frame.
+        if ok.mean() < 0.5 or np.median(np.linalg.norm((moved - self._points).reshape(-1, 2)[ok], axis=1)) >= self.config.min_flow_px:
+            self._keep(gray)
+            return True
+        return False
+
+    def _keep(self, gray: np.ndarray) -> None:
+        H, W = gray.shape
+        n = self.config.grid
+        u, v = np.meshgrid(np.linspace(0.1 * W, 0.9 * W, n), np.linspace(0.1 * H, 0.9 * H, n))
+        self._last = gray
+        self._points = np.stack([u.ravel(), v.ravel()], -1).astype(np.float32).reshape(-1, 1, 2)
+
+
+class WindowScheduler:
+    """push(frame) returns a full window of `size` frames whenever one is ready; consecutive windows
+    share `overlap` frames. finish() returns the last, shorter window if it adds frames beyond the
+    overlap. Holds at most `size` frames."""
+
+    def __init__(self, size: int, overlap: int) -> None:
+        if not (size >= 2 and 0 <= overlap < size):
+            raise ValueError(f"need window >= 2 and 0 <= overlap < window, got window {size}, overlap {overlap}")
+        self.size, self.overlap = size, overlap
+        self._frames: list[Frame] = []
+        self._emitted = False
+
+    def push(self, frame: Frame) -> list[Frame] | None:
+        self._frames.append(frame)
+        if len(self._frames) < self.size:
+            return None
+        window = self._frames
+        self._frames = window[len(window) - self.overlap :] if self.overlap else []
+        self._emitted = True
+        return window
+
+    def finish(self) -> list[Frame] | None:
+        carried = self.overlap if self._emitted else 0
+        window, self._frames = self._frames, []
+        return window if len(window) > max(carried, 1) else None
