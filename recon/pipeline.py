@@ -44,6 +44,7 @@ class PipelineConfig:
     map_every: int = 1  # rewrite map.ply every N windows (and at the end)
     map_pixel_stride: int = 2
     map_conf_quantile: float = 0.5  # fuse pixels at or above this quantile of the window's confidence
+    final_outlier_removal: bool = True
     queue_windows: int = 2
 
 
@@ -56,6 +57,7 @@ class RunState:
     frames_skipped: int = 0
     frames_written: int = 0
     windows: int = 0
+    map_ply_points: int = 0
     status: str = "running"
     timings_s: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in ("read", "infer", "align", "fuse", "write")})
     alignment: list[dict[str, Any]] = field(default_factory=list)
@@ -114,7 +116,7 @@ class Pipeline:
             writer.close()
             if self._gt_writer is not None:
                 self._gt_writer.close()
-            self._write_map()
+            self._write_map(final=self.state.status == "finished")
             self._write_summary()
         return self.state
 
@@ -213,9 +215,10 @@ class Pipeline:
         median = float(depth.median()) if depth.numel() else 1.0
         return 0.01 * median
 
-    def _write_map(self) -> None:
+    def _write_map(self, final: bool = False) -> None:
+        """Every window: the map as it is. At the end of a finished run: without statistical outliers."""
         if self.map is not None and len(self.map):
-            self.map.export_ply(self.out_dir / "map.ply", outlier_removal=False)
+            self.state.map_ply_points = self.map.export_ply(self.out_dir / "map.ply", outlier_removal=final and self.config.final_outlier_removal)
 
     def _write_summary(self) -> None:
         st = self.state
@@ -234,6 +237,7 @@ class Pipeline:
             "peak_rss_mb": peak_rss_mb(),
             "timings_s": st.timings_s,
             "map_points": len(self.map) if self.map is not None else 0,
+            "map_ply_points": st.map_ply_points,
             "map_voxel": self.map.voxel_m if self.map is not None else None,
             "scale": scale_note(self.model, self.source),
             "settings": asdict(self.config),

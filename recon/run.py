@@ -81,7 +81,7 @@ def run_command(args: argparse.Namespace) -> int:
     bar.update(state.frames_read - bar.n)
     bar.close()
     print(f"{state.frames_read} frames ({state.frames_skipped} without motion skipped), {state.windows} windows -> {out}/")
-    print(f"  trajectory.tum, trajectory.kitti ({state.frames_written} poses), map.ply ({len(pipeline.map) if pipeline.map else 0} points), summary.json")
+    print(f"  trajectory.tum, trajectory.kitti ({state.frames_written} poses), map.ply ({state.map_ply_points} points), summary.json")
     if source.has_ground_truth and state.frames_written >= 3:
         report_ate(out)
     return 0

@@ -53,3 +53,19 @@ def test_demo_runs_twice_in_the_same_folder(tmp_path: Path, capsys: pytest.Captu
         assert main(["demo", "--out", str(tmp_path), "--frames", "20"]) == 0
     out = capsys.readouterr().out
     assert "ATE RMSE" in out and (tmp_path / "run" / "map.ply").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "synthetic:street", "--window", "8", "--overlap", "8"], "--overlap must be in [1, 7]"),
+        (["run", "synthetic:street", "--stride", "0"], "--stride must be >= 1"),
+        (["run", "synthetic:street", "--intrinsics", "1,2,3"], "--intrinsics must be four numbers"),
+        (["run", "/nonexistent/video.mp4"], "cannot open"),
+        (["run", "synthetic:street", "--model", "nope"], "unknown model 'nope'"),
+    ],
+)
+def test_run_rejects_bad_input_in_one_line(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("recon: error:") and message in err[0]
