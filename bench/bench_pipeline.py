@@ -49,6 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--accuracy-frames", type=int, default=2000)
     ap.add_argument("--memory-frames", type=int, nargs=2, default=[1000, 4000])
+    ap.add_argument("--no-memory", action="store_true", help="skip the two memory runs")
     args = ap.parse_args()
 
     seq = sequence(args.accuracy_frames)
@@ -64,6 +65,8 @@ def main() -> None:
           f"{100 * (1 - t['infer'] / summary['elapsed_s']):.1f}% of wall time (target <= 10%); "
           f"{summary['fps']:.1f} frames/s; consumer thread (in parallel): align {t['align']:.1f} s, fuse {t['fuse']:.1f} s, write {t['write']:.1f} s; read {t['read']:.1f} s")
 
+    if args.no_memory:
+        return
     rss = {}
     for n in args.memory_frames:
         s, _ = run(sequence(n), OUT / f"run_mem_{n}")

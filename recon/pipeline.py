@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    window: int = 16
-    overlap: int = 4
+    window: int = 20
+    overlap: int = 5
     align: str = "lsa"
     voxel: float | None = None  # run units; None: 1% of the first window's median depth
     max_map_points: int = 1_000_000
