@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -13,9 +12,7 @@ from recon.errors import SourceError
 from recon.types import Frame
 
 from .base import check_stride_max_frames, intrinsics_matrix, strided_length
-from .image_files import IMAGE_EXTENSIONS, list_images, read_image_rgb, unusable_reason
-
-logger = logging.getLogger(__name__)
+from .image_files import IMAGE_EXTENSIONS, list_images, readable_images
 
 
 class ImageFolderSource:
@@ -70,22 +67,8 @@ class ImageFolderSource:
     def __iter__(self) -> Iterator[Frame]:
         self.skipped = []
         yielded = 0
-        first_hw: tuple[int, int] | None = None
-        for file_index in range(0, len(self._files), self.stride):
-            if self.max_frames is not None and yielded >= self.max_frames:
-                return
-            path = self._files[file_index]
-            rgb = read_image_rgb(path)
-            why = unusable_reason(rgb, first_hw)
-            if why is not None or rgb is None:
-                self._skip(path, why or "")
-                continue
-            first_hw = rgb.shape[:2]
-            yield Frame(index=yielded, timestamp_s=file_index / self.fps, image_rgb=rgb, K=self._K)
+        for position, rgb in readable_images(self._files[:: self.stride], self.max_frames, self.skipped):
+            yield Frame(index=yielded, timestamp_s=position * self.stride / self.fps, image_rgb=rgb, K=self._K)
             yielded += 1
         if yielded == 0 and self.skipped:
             raise SourceError(f"none of the {len(self.skipped)} images in '{self.path}' could be read; check the files")
-
-    def _skip(self, path: Path, why: str) -> None:
-        self.skipped.append(path.name)
-        logger.warning("skipping %s: %s", path, why)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from recon.errors import SourceError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -92,3 +96,23 @@ def encode_depth_u16(depth_m: np.ndarray, scale_per_m: float) -> np.ndarray:
     store a wrong depth as if it were measured."""
     scaled = np.rint(np.asarray(depth_m, dtype=np.float64) * scale_per_m)
     return np.where((scaled > 0) & (scaled <= np.iinfo(np.uint16).max), scaled, 0).astype(np.uint16)
+
+
+def readable_images(paths: Sequence[Path], max_frames: int | None, skipped: list[str]) -> Iterator[tuple[int, np.ndarray]]:
+    """(position in `paths`, RGB image) for each image that reads and has the first image's size, in order,
+    at most `max_frames` of them. An unusable file is logged and its name appended to `skipped`: one bad
+    file among good ones never stops a run."""
+    yielded = 0
+    first_hw: tuple[int, int] | None = None
+    for position, path in enumerate(paths):
+        if max_frames is not None and yielded >= max_frames:
+            return
+        rgb = read_image_rgb(path)
+        why = unusable_reason(rgb, first_hw)
+        if why is not None or rgb is None:
+            skipped.append(path.name)
+            logger.warning("skipping %s: %s", path, why)
+            continue
+        first_hw = rgb.shape[:2]
+        yield position, rgb
+        yielded += 1

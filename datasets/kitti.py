@@ -27,7 +27,7 @@ from recon.trajectory_io import format_kitti_line, read_kitti
 from recon.types import Frame
 
 from .base import check_stride_max_frames, strided_length
-from .image_files import encode_depth_u16, list_images, read_depth_u16, read_image_rgb, unusable_reason, write_png
+from .image_files import encode_depth_u16, list_images, read_depth_u16, readable_images, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -201,20 +201,11 @@ class KittiSource:
     def __iter__(self) -> Iterator[Frame]:
         self.skipped = []
         yielded = 0
-        first_hw: tuple[int, int] | None = None
         anchor_cam_from_world: np.ndarray | None = None
         warned_depth = False
-        for file_index in range(0, len(self._files), self.stride):
-            if self.max_frames is not None and yielded >= self.max_frames:
-                return
+        for position, rgb in readable_images(self._files[:: self.stride], self.max_frames, self.skipped):
+            file_index = position * self.stride
             path = self._files[file_index]
-            rgb = read_image_rgb(path)
-            why = unusable_reason(rgb, first_hw)
-            if why is not None or rgb is None:
-                self.skipped.append(path.name)
-                logger.warning("skipping %s: %s", path, why)
-                continue
-            first_hw = rgb.shape[:2]
             gt_cam_from_world = None
             if self._world_from_cam2 is not None:
                 if anchor_cam_from_world is None:

@@ -24,7 +24,7 @@ from recon.trajectory_io import format_tum_line, read_tum
 from recon.types import Frame
 
 from .base import check_stride_max_frames, intrinsics_matrix, strided_length
-from .image_files import encode_depth_u16, read_depth_u16, read_image_rgb, unusable_reason, write_png
+from .image_files import encode_depth_u16, read_depth_u16, readable_images, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -184,19 +184,11 @@ class TumSource:
     def __iter__(self) -> Iterator[Frame]:
         self.skipped = []
         yielded = 0
-        first_hw: tuple[int, int] | None = None
         anchor_cam_from_world: np.ndarray | None = None
-        for row in self._rows[:: self.stride]:
-            if self.max_frames is not None and yielded >= self.max_frames:
-                return
-            path = self.dir / self._rgb_names[row]
-            rgb = read_image_rgb(path)
-            why = unusable_reason(rgb, first_hw)
-            if why is not None or rgb is None:
-                self.skipped.append(self._rgb_names[row])
-                logger.warning("skipping %s: %s", path, why)
-                continue
-            first_hw = rgb.shape[:2]
+        rows = self._rows[:: self.stride]
+        paths = [self.dir / self._rgb_names[row] for row in rows]
+        for position, rgb in readable_images(paths, self.max_frames, self.skipped):
+            row = rows[position]
             gt_cam_from_world = None
             if self._world_from_cam is not None and self._gt_index is not None:
                 world_from_cam = self._world_from_cam[self._gt_index[row]]
