@@ -13,9 +13,9 @@ class TrackerConfig:
     max_corners: int = 1200
     quality: float = 0.003
     min_distance_px: int = 8
-    win_px: int = 21
+    win_px: int = 15
     pyramid_levels: int = 4
-    fb_max_px: float = 0.5  # forward–backward round-trip error allowed
+    fb_max_px: float = 0.3  # forward–backward round-trip error allowed: repeated facades breed drifting tracks
     redetect_below: float = 0.8  # re-detect when fewer than this share of max_corners is alive
 
 
