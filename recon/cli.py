@@ -16,7 +16,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from recon.run import run_command
 
