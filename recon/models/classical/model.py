@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from recon.datasets.resize import plan_resize
 from recon.errors import ReconError
 from recon.geometry import invert_rigid, project_to_rotation, transform_points
 from recon.models.classical.bundle import BundleConfig, bundle_adjust
@@ -61,16 +62,10 @@ class _Sparse:
     info: dict
 
 
-def _working_size(hw: tuple[int, int], max_side: int) -> tuple[int, int]:
-    H, W = hw
-    s = min(1.0, max_side / max(H, W))
-    return max(8, int(round(H * s))), max(8, int(round(W * s)))
-
-
-def _resize_map(orig_hw: tuple[int, int], model_hw: tuple[int, int]) -> ResizeMap:
-    sx, sy = model_hw[1] / orig_hw[1], model_hw[0] / orig_hw[0]
-    # pixel centres at integers: u' = s (u + 0.5) - 0.5
-    return ResizeMap(tuple(orig_hw), tuple(model_hw), (sx, sy), (0.5 * sx - 0.5, 0.5 * sy - 0.5))
+def _working_map(hw: tuple[int, int], max_side: int) -> ResizeMap:
+    """Original pixels -> the working resolution (longer side at most `max_side`)."""
+    s = min(1.0, max_side / max(hw))
+    return plan_resize(hw, width=max(8, round(hw[1] * s)), height=max(8, round(hw[0] * s)), mode="fit", multiple_of=1)
 
 
 class ClassicalModel:
@@ -100,8 +95,8 @@ class ClassicalModel:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
 
-        model_hw = _working_size(orig_hw, cfg.max_side_px)
-        resize = _resize_map(orig_hw, model_hw)
+        resize = _working_map(orig_hw, cfg.max_side_px)
+        model_hw = tuple(resize.model_hw)
         gray = [self._gray(f.image_rgb, model_hw) for f in frames]
         K, k_known = self._intrinsics(frames, resize, model_hw)
         tracks = track_window(gray, cfg.tracker)
