@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from recon.geometry import project_to_rotation
 from recon.types import Sim3
 
 
@@ -25,3 +26,21 @@ def umeyama_sim3(source: np.ndarray, target: np.ndarray, weights: np.ndarray | N
     var_s = float(w @ np.sum(xs**2, axis=1))
     s = float(np.trace(np.diag(D) @ E) / var_s) if with_scale and var_s > 0 else 1.0
     return Sim3(s, R, mu_d - s * R @ mu_s)
+
+
+def sim3_from_poses(est_world_from_cam: np.ndarray, gt_world_from_cam: np.ndarray, with_scale: bool = True) -> Sim3:
+    """`gt_from_est` from whole poses [N,4,4] (N >= 2 for a scale): the rotation is the chordal mean of
+    R_gt R_est^T over all frames, then scale and translation fit the camera centres. Unlike Umeyama on
+    centres alone it stays determined for a straight drive, where the roll about the path is free."""
+    est = np.asarray(est_world_from_cam, dtype=np.float64)
+    gt = np.asarray(gt_world_from_cam, dtype=np.float64)
+    M = np.einsum("nij,nkj->ik", gt[:, :3, :3], est[:, :3, :3])
+    R = project_to_rotation(M)
+    c_est, c_gt = est[:, :3, 3], gt[:, :3, 3]
+    rotated = c_est @ R.T
+    d_est, d_gt = rotated - rotated.mean(0), c_gt - c_gt.mean(0)
+    var = float(np.sum(d_est**2))
+    s = float(np.sum(d_est * d_gt) / var) if with_scale and var > 0 else 1.0
+    if not s > 0:
+        s = 1.0  # an estimate moving against ground truth: no meaningful scale, keep the rotation
+    return Sim3(s, R, c_gt.mean(0) - s * rotated.mean(0))

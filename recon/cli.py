@@ -23,7 +23,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    raise ReconError("`recon eval` needs the evaluation module, which is not built yet (roadmap step 4)")
+    from recon.eval.run_eval import eval_command
+
+    return eval_command(args)
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    from recon.viz.view import run_view
+
+    return run_view(args)
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
@@ -55,10 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("eval", help="measure a run's trajectory and geometry against ground truth")
-    p.add_argument("run_dir", help="output directory of `recon run`")
-    p.add_argument("--gt", help="ground-truth trajectory file")
-    p.add_argument("--format", choices=["kitti", "tum"], help="format of --gt")
+    from recon.eval.run_eval import add_eval_args
+
+    add_eval_args(p)
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("view", help="open a saved recording (.rrd) in the Rerun viewer")
+    from recon.viz.view import add_view_args
+
+    add_view_args(p)
+    p.set_defaults(func=_cmd_view)
 
     p = sub.add_parser("render", help="render a synthetic sequence with exact depth and poses (KITTI or TUM layout)")
     from recon.datasets.synthetic.cli import add_render_args

@@ -1,6 +1,6 @@
 """`recon demo` / `make demo`: render a synthetic street drive in the KITTI layout, then run the main job
-on it exactly as a user would (`recon run demo_out/kitti/sequences/demo`), and report the trajectory
-error against the renderer's ground truth."""
+on it exactly as a user would (`recon run demo_out/kitti/sequences/demo`), saving a Rerun recording, and
+report its accuracy against the renderer's ground truth."""
 
 from __future__ import annotations
 
@@ -17,8 +17,12 @@ def run_demo(args: argparse.Namespace) -> int:
     shutil.rmtree(out / "kitti", ignore_errors=True)  # the demo owns this folder: a second run starts fresh
     seq_dir = render_sequence(out / "kitti", scene="street", name="demo", fmt="kitti", num_frames=args.frames, seed=0, progress=True)
     print(f"rendered {args.frames} frames of a street drive with turns to {seq_dir}")
-    run_args = [str(seq_dir), "--out", str(out / "run")]
+    rrd = out / "run" / "recording.rrd"
+    run_args = [str(seq_dir), "--out", str(out / "run"), "--rrd", str(rrd)]
     print("running: recon run " + " ".join(run_args))
     parser = argparse.ArgumentParser(prog="recon run")
     add_run_args(parser)
-    return run_command(parser.parse_args(run_args))
+    code = run_command(parser.parse_args(run_args))
+    if code == 0:
+        print(f"watch it: recon view {rrd}   (or add --viewer spawn / --viewer serve to `recon run` to watch live)")
+    return code

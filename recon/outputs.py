@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from recon.errors import ReconError
-from recon.trajectory_io import format_kitti_line, format_tum_line
+from recon.trajectory_io import FRAMES_HEADER, format_frames_line, format_kitti_line, format_tum_line
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -59,25 +59,34 @@ def prepare_out_dir(out_dir: Path) -> Path:
 
 
 class TrajectoryWriter:
-    """Appends poses to OUT/STEM.tum and OUT/STEM.kitti (world_from_cam), flushed per call."""
+    """Appends poses to OUT/STEM.tum and OUT/STEM.kitti (world_from_cam), flushed per call. With
+    `frames_file`, also each pose's source frame index to OUT/frames.txt: KITTI lines carry no
+    timestamp, and a trajectory holds keyframes only, so this is how a pose finds its ground truth."""
 
-    def __init__(self, out_dir: Path, stem: str = "trajectory") -> None:
+    def __init__(self, out_dir: Path, stem: str = "trajectory", frames_file: bool = False) -> None:
         self.tum_path = Path(out_dir) / f"{stem}.tum"
         self.kitti_path = Path(out_dir) / f"{stem}.kitti"
-        self._tum: TextIO = open(self.tum_path, "w")
-        self._kitti: TextIO = open(self.kitti_path, "w")
+        self._files: list[TextIO] = [open(self.tum_path, "w"), open(self.kitti_path, "w")]
+        if frames_file:
+            self._files.append(open(Path(out_dir) / "frames.txt", "w"))
+            self._files[2].write(FRAMES_HEADER + "\n")
         self.count = 0
 
-    def append(self, timestamps_s: list[float], world_from_cam: np.ndarray) -> None:
-        for ts, T in zip(timestamps_s, world_from_cam):
-            self._tum.write(format_tum_line(float(ts), T) + "\n")
-            self._kitti.write(format_kitti_line(T) + "\n")
+    def append(self, timestamps_s: list[float], world_from_cam: np.ndarray, frame_indices: list[int] | None = None) -> None:
+        tum, kitti, *frames = self._files
+        if frames and (frame_indices is None or len(frame_indices) != len(timestamps_s)):
+            raise ValueError("this writer keeps frames.txt: pass one frame index per pose")
+        for i, (ts, T) in enumerate(zip(timestamps_s, world_from_cam)):
+            tum.write(format_tum_line(float(ts), T) + "\n")
+            kitti.write(format_kitti_line(T) + "\n")
+            if frames:
+                frames[0].write(format_frames_line(frame_indices[i], float(ts)) + "\n")
         self.count += len(timestamps_s)
-        for f in (self._tum, self._kitti):
+        for f in self._files:
             f.flush()
             os.fsync(f.fileno())
 
     def close(self) -> None:
-        for f in (self._tum, self._kitti):
+        for f in self._files:
             if not f.closed:
                 f.close()

@@ -22,12 +22,14 @@ import torch
 
 from recon.align import AlignConfig, AlignedWindow, align_window
 from recon.datasets.base import FrameSource
+from recon.depth_samples import DepthSample, write_depth_sample
 from recon.fusion import VoxelMap
 from recon.geometry import invert_rigid
 from recon.models.base import GeometryModel
 from recon.outputs import TrajectoryWriter, atomic_write_json, prepare_out_dir
 from recon.schedule import KeyframeConfig, KeyframeSelector, WindowScheduler
 from recon.types import Frame, WindowPrediction
+from recon.viz.viewer import NullViewer, Viewer, WindowView
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class PipelineConfig:
     map_conf_quantile: float = 0.5  # fuse pixels at or above this quantile of the window's confidence
     final_outlier_removal: bool = True
     queue_windows: int = 2
+    depth_every: int = 10  # keep every N-th trajectory frame's depth in OUT/depth/ (0: none)
 
 
 @dataclass
@@ -69,6 +72,7 @@ class _Window:
     frames_meta: list[tuple[int, float, np.ndarray | None]]  # (index, timestamp_s, gt_cam_from_world)
     colors: np.ndarray  # [S,H,W,3] uint8 at model resolution
     pred: WindowPrediction
+    infer_s: float
 
 
 _DONE = object()
@@ -76,10 +80,15 @@ _DONE = object()
 
 class Pipeline:
     def __init__(self, source: FrameSource, model: GeometryModel, out_dir: Path, config: PipelineConfig = PipelineConfig(),
-                 on_window: Callable[[RunState, VoxelMap | None], None] | None = None) -> None:
+                 on_window: Callable[[RunState, VoxelMap | None], None] | None = None, viewer: Viewer | None = None,
+                 input_spec: dict[str, Any] | None = None) -> None:
+        """`input_spec`: how the source was opened (recorded in summary.json so `recon eval` can reopen it
+        for ground truth)."""
         self.source, self.model, self.config = source, model, config
         self.out_dir = prepare_out_dir(Path(out_dir))
         self.on_window = on_window
+        self.viewer: Viewer = viewer if viewer is not None else NullViewer()
+        self.input_spec = input_spec
         self.state = RunState()
         self.map: VoxelMap | None = None
         self._stop = threading.Event()
@@ -92,7 +101,7 @@ class Pipeline:
     def run(self) -> RunState:
         self._t0 = time.perf_counter()
         producer = threading.Thread(target=self._produce, name="recon-model", daemon=True)
-        writer = TrajectoryWriter(self.out_dir)
+        writer = TrajectoryWriter(self.out_dir, frames_file=True)
         # The source's ground truth for the same frames, so any tool (ours, evo) can compare the two files.
         self._gt_writer = TrajectoryWriter(self.out_dir, "ground_truth") if self.source.has_ground_truth else None
         prev: AlignedWindow | None = None
@@ -118,6 +127,7 @@ class Pipeline:
                 self._gt_writer.close()
             self._write_map(final=self.state.status == "finished")
             self._write_summary()
+            self.viewer.close()
         return self.state
 
     # -- producer thread: read, cut windows, infer ---------------------------------------------------
@@ -148,11 +158,12 @@ class Pipeline:
     def _infer_and_queue(self, frames: list[Frame]) -> None:
         t = time.perf_counter()
         pred = self.model.infer(frames)
-        self.state.timings_s["infer"] += time.perf_counter() - t
+        infer_s = time.perf_counter() - t
+        self.state.timings_s["infer"] += infer_s
         H, W = pred.hw
         colors = np.stack([f.image_rgb if f.hw == (H, W) else cv2.resize(f.image_rgb, (W, H), interpolation=cv2.INTER_AREA) for f in frames])
         meta = [(f.index, f.timestamp_s, f.gt_cam_from_world) for f in frames]
-        self._put(_Window(meta, colors, pred))
+        self._put(_Window(meta, colors, pred, infer_s))
 
     def _put(self, item: object) -> None:
         while True:  # a bounded put that still notices a stop request
@@ -193,7 +204,9 @@ class Pipeline:
 
         t = time.perf_counter()
         stamps = [m[1] for m in item.frames_meta[new]]
-        writer.append(stamps, world_from_cam[new])
+        indices = [m[0] for m in item.frames_meta[new]]
+        self._write_depth_samples(aligned, item.pred, new, first_ordinal=writer.count)
+        writer.append(stamps, world_from_cam[new], indices)
         if self._gt_writer is not None and all(m[2] is not None for m in item.frames_meta[new]):
             self._gt_writer.append(stamps, invert_rigid(np.stack([m[2] for m in item.frames_meta[new]])))
         st.frames_written = writer.count
@@ -205,9 +218,53 @@ class Pipeline:
             self._write_map()
         self._write_summary()
         st.timings_s["write"] += time.perf_counter() - t
+        self.viewer.log_window(self._window_view(item, aligned, new))
         if self.on_window is not None:
             self.on_window(st, self.map)
         return aligned
+
+    def _write_depth_samples(self, aligned: AlignedWindow, pred: WindowPrediction, new: slice, first_ordinal: int) -> None:
+        every = self.config.depth_every
+        if every <= 0:
+            return
+        for ordinal, j in enumerate(range(*new.indices(len(aligned))), start=first_ordinal):
+            if ordinal % every == 0:
+                sample = DepthSample(aligned.frame_indices[j], aligned.depth[j].cpu().numpy(), aligned.conf[j].cpu().numpy(),
+                                     pred.K[j].double().cpu().numpy(), aligned.cam_from_world[j].double().cpu().numpy(), pred.resize)
+                write_depth_sample(self.out_dir, sample)
+
+    def _window_view(self, item: _Window, aligned: AlignedWindow, new: slice) -> WindowView:
+        st, voxel_map = self.state, self.map
+        assert voxel_map is not None  # made by the first window
+        elapsed = time.perf_counter() - self._t0
+        stats: dict[str, float] = {
+            "fps": st.frames_read / elapsed if elapsed > 0 else 0.0,
+            "rss_mb": rss_mb(),
+            "peak_rss_mb": peak_rss_mb(),
+            "map_points": float(len(voxel_map)) if voxel_map is not None else 0.0,
+            "infer_ms_per_frame": 1e3 * item.infer_s / max(len(aligned), 1),
+            **{f"timings_s/{k}": v for k, v in st.timings_s.items()},
+            # Model-reported numbers (e.g. KV-cache bytes of a streaming model) are plotted as they come.
+            **{f"model/{k}": float(v) for k, v in item.pred.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        }
+        gt = [m[2] for m in item.frames_meta]
+        return WindowView(
+            window=st.windows - 1,
+            frame_indices=list(aligned.frame_indices),
+            timestamps_s=[m[1] for m in item.frames_meta],
+            new=new,
+            images_rgb=item.colors,
+            depth=aligned.depth.cpu().numpy(),
+            conf=aligned.conf.cpu().numpy(),
+            points_world=aligned.points_world.cpu().numpy(),
+            cam_from_world=aligned.cam_from_world.double().cpu().numpy(),
+            K=item.pred.K.double().cpu().numpy(),
+            world_from_window=aligned.world_from_window,
+            gt_cam_from_world=np.stack(gt) if all(g is not None for g in gt) else None,
+            alignment=_brief(aligned.diagnostics),
+            stats=stats,
+            map_points=lambda: voxel_map.points()[:2],
+        )
 
     @staticmethod
     def _default_voxel(first: AlignedWindow) -> float:
@@ -226,6 +283,7 @@ class Pipeline:
         summary = {
             "status": st.status,
             "source": getattr(self.source, "name", str(self.source)),
+            "input": self.input_spec,
             "model": getattr(self.model, "name", type(self.model).__name__),
             "frames_read": st.frames_read,
             "frames_used": st.frames_used,
@@ -263,3 +321,12 @@ def scale_note(model: object, source: object) -> dict[str, Any]:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_mb() -> float:
+    """Resident memory now (Linux /proc); the peak where /proc is missing."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return peak_rss_mb()
+    return pages * resource.getpagesize() / 2**20

@@ -24,7 +24,15 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, default=1, help="use every K-th frame (default 1)")
     p.add_argument("--no-keyframes", action="store_true", help="keep every frame, even when the camera does not move")
     p.add_argument("--intrinsics", help="fx,fy,cx,cy in pixels of the input images (default: from the source, else estimated)")
+    p.add_argument("--depth-every", type=int, default=10, metavar="N",
+                   help="keep every N-th trajectory frame's depth in OUT/depth/ for `recon eval` (default 10; 0: none)")
     p.add_argument("--out", default="out", help="output directory (default: out)")
+    v = p.add_argument_group("viewing (Rerun)")
+    v.add_argument("--viewer", choices=["none", "spawn", "serve"], default="none",
+                   help="none (default), spawn the native Rerun viewer, or serve the web viewer")
+    v.add_argument("--rrd", metavar="FILE", help="also save the recording to FILE (.rrd; open it later with `recon view FILE`)")
+    v.add_argument("--bind", default="127.0.0.1", help="address the --viewer serve servers listen on (default 127.0.0.1: this machine only)")
+    v.add_argument("--port", type=int, default=None, help="port of the web viewer with --viewer serve (default: Rerun's)")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -38,6 +46,12 @@ def _check(args: argparse.Namespace) -> None:
         raise ReconError(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.voxel is not None and not args.voxel > 0:
         raise ReconError(f"--voxel must be > 0, got {args.voxel}")
+    if args.depth_every < 0:
+        raise ReconError(f"--depth-every must be >= 0 (0: keep no depth), got {args.depth_every}")
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise ReconError(f"--port must be in [1, 65535], got {args.port}")
+    if args.rrd is not None and Path(args.rrd).suffix.lower() != ".rrd":
+        raise ReconError(f"--rrd must name a .rrd file, got {args.rrd!r}")
 
 
 def _intrinsics(text: str | None) -> tuple[float, float, float, float] | None:
@@ -48,6 +62,12 @@ def _intrinsics(text: str | None) -> tuple[float, float, float, float] | None:
     except ValueError:
         raise ReconError(f"--intrinsics must be four numbers fx,fy,cx,cy, got {text!r}") from None
     return fx, fy, cx, cy
+
+
+def _absolute_if_path(spec: str) -> str:
+    """Recorded so `recon eval` can reopen the source from any working directory."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if ":" not in spec and path.exists() else spec
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -62,8 +82,11 @@ def run_command(args: argparse.Namespace) -> int:
         options["intrinsics"] = K
     source = open_source(args.source, kind=args.source_kind, **options)
     model = create_model(args.model)
+    from recon.viz import open_viewer
+
     config = PipelineConfig(window=args.window, overlap=args.overlap, align=args.align, voxel=args.voxel,
-                            max_map_points=args.max_map_points, keyframes=not args.no_keyframes)
+                            max_map_points=args.max_map_points, keyframes=not args.no_keyframes, depth_every=args.depth_every)
+    input_spec = {"source": _absolute_if_path(args.source), "kind": args.source_kind, **options}
     bar = tqdm(total=length_hint(source), unit="frame", desc="recon", disable=None, dynamic_ncols=True)
 
     def progress(state, voxel_map) -> None:  # type: ignore[no-untyped-def]
@@ -71,7 +94,8 @@ def run_command(args: argparse.Namespace) -> int:
         bar.set_postfix(windows=state.windows, map=len(voxel_map) if voxel_map is not None else 0)
 
     out = Path(args.out)
-    pipeline = Pipeline(source, model, out, config, on_window=progress)
+    viewer = open_viewer(args.viewer, Path(args.rrd) if args.rrd else None, bind=args.bind, port=args.port)
+    pipeline = Pipeline(source, model, out, config, on_window=progress, viewer=viewer, input_spec=input_spec)
     try:
         state = pipeline.run()
     except KeyboardInterrupt:
@@ -83,15 +107,20 @@ def run_command(args: argparse.Namespace) -> int:
     print(f"{state.frames_read} frames ({state.frames_skipped} without motion skipped), {state.windows} windows -> {out}/")
     print(f"  trajectory.tum, trajectory.kitti ({state.frames_written} poses), map.ply ({state.map_ply_points} points), summary.json")
     if source.has_ground_truth and state.frames_written >= 3:
-        report_ate(out)
+        report_metrics(out)
     return 0
 
 
-def report_ate(out: Path) -> None:
-    from recon.eval.trajectory import absolute_trajectory_error
-    from recon.trajectory_io import read_kitti
+def report_metrics(out: Path) -> None:
+    """The run measured against its source's ground truth (`recon eval OUT` does the same later). A
+    failure here costs the metrics, never the run's outputs."""
+    from recon.eval.run_eval import PLOTS_DIR, evaluate_run, format_table
 
-    est, gt = read_kitti(out / "trajectory.kitti"), read_kitti(out / "ground_truth.kitti")
-    ate = absolute_trajectory_error(est, gt)
-    print(f"  vs ground truth ({len(gt)} frames, path {ate.length:.1f} m): ATE RMSE after Sim(3) {ate.rmse:.3f} m "
-          f"= {ate.rmse_percent_of_length:.2f}% of the path length")
+    try:
+        metrics = evaluate_run(out)
+    except ReconError as e:
+        print(f"recon: warning: evaluation skipped: {e}", file=sys.stderr)
+        return
+    print("vs ground truth:")
+    print(format_table(metrics))
+    print(f"  -> {out}/metrics.json, {out}/{PLOTS_DIR}/*.png")

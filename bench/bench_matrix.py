@@ -1,0 +1,114 @@
+"""Sequences x settings -> one markdown table of accuracy, speed and memory, so any change can be compared
+with the last in one run.
+
+Each cell is its own `recon run` process (peak RSS is per run) on a sequence read from disk as a user's
+data would be; `recon run` evaluates itself against the source's ground truth (metrics.json), and the
+table reads that and summary.json. Synthetic sequences are rendered once to bench/out/matrix/data/.
+
+Run: .venv/bin/python bench/bench_matrix.py [--sequences street room fox] [--frames 300]
+     [--setting NAME='--flags ...' ...] [--out bench/out/matrix/table.md]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out" / "matrix"
+REAL = HERE.parent.parent / "shared" / "data" / "real" / "sequences"
+
+DEFAULT_SETTINGS = {
+    "default": "",
+    "sim3-only": "--align sim3",
+    "window 12/3": "--window 12 --overlap 3",
+}
+
+
+def synthetic_sequence(scene: str, frames: int) -> Path:
+    """Rendered once in the KITTI layout (it carries the calibration) and reused."""
+    from recon.datasets.synthetic import render_sequence
+
+    root = OUT / "data" / f"{scene}_{frames}"
+    seq = root / "sequences" / scene
+    marker = root / ".complete"
+    if not marker.exists():
+        print(f"rendering {scene}, {frames} frames ...", file=sys.stderr, flush=True)
+        render_sequence(root, scene=scene, name=scene, fmt="kitti", num_frames=frames, seed=5)
+        marker.write_text("ok")
+    return seq
+
+
+def sequence_path(name: str, frames: int) -> Path | None:
+    if name in ("street", "room"):
+        return synthetic_sequence(name, frames)
+    path = REAL / name
+    return path if path.is_dir() else None
+
+
+def run_cell(seq: Path, out: Path, flags: str) -> dict[str, object]:
+    cmd = [sys.executable, "-m", "recon", "run", str(seq), "--out", str(out), "--depth-every", "10", *shlex.split(flags)]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    summary = json.loads((out / "summary.json").read_text())
+    metrics_path = out / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    traj = metrics.get("trajectory") or {}
+    depth = metrics.get("depth") or {}
+    return {
+        "frames": summary["frames_read"],
+        "ate_pct": (traj.get("ate") or {}).get("rmse_percent_of_path"),
+        "rpe_rot": ((traj.get("rpe_frame") or {}).get("rotation_deg") or {}).get("rmse"),
+        "abs_rel": depth.get("abs_rel"),
+        "fps": summary["frames_read"] / wall,
+        "rss": summary["peak_rss_mb"],
+    }
+
+
+def fmt(value: object, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sequences", nargs="+", default=["street", "room", "fox"], help="street, room (rendered) or a folder name under shared/data/real/sequences")
+    ap.add_argument("--frames", type=int, default=300, help="length of the rendered sequences (default 300)")
+    ap.add_argument("--setting", action="append", metavar="NAME=FLAGS", help="a column of `recon run` flags (repeatable; default: a built-in set)")
+    ap.add_argument("--out", type=Path, default=OUT / "table.md")
+    args = ap.parse_args()
+    settings = dict(s.split("=", 1) for s in args.setting) if args.setting else DEFAULT_SETTINGS
+
+    lines = [
+        "| sequence | setting | frames | ATE % of path | RPE rot (deg/frame) | depth AbsRel | frames/s | peak RSS (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in args.sequences:
+        seq = sequence_path(name, args.frames)
+        if seq is None:
+            print(f"skipping {name}: not found", file=sys.stderr)
+            continue
+        for label, flags in settings.items():
+            cell = run_cell(seq, OUT / "runs" / f"{name}_{label.replace(' ', '_').replace('/', '-')}", flags)
+            if "error" in cell:
+                lines.append(f"| {name} | {label} | error: {cell['error']} | | | | | |")
+            else:
+                lines.append(
+                    f"| {name} | {label} | {cell['frames']} | {fmt(cell['ate_pct'], '.2f')} | {fmt(cell['rpe_rot'], '.3f')} | "
+                    f"{fmt(cell['abs_rel'], '.3f')} | {fmt(cell['fps'], '.1f')} | {fmt(cell['rss'], '.0f')} |"
+                )
+            print(lines[-1], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"(written to {args.out})")
+
+
+if __name__ == "__main__":
+    main()

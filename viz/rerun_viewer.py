@@ -1,0 +1,647 @@
+"""The live Rerun viewer: what the pipeline's windows look like in Rerun, logged off the pipeline's thread.
+
+`log_window` (pipeline thread) takes cheap copies of what one window shows and puts them on a bounded queue;
+a viewer thread turns them into Rerun archetypes. When that thread is behind, whole windows are dropped
+(the camera path still includes their frames) and a warning says so once: the run never waits for the viewer.
+
+Sinks: a native viewer (`spawn`), an in-process gRPC server plus a web viewer (`serve`), an .rrd file, or a
+file beside either. rerun is imported lazily: `recon view --help` and runs without a viewer never load it."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+
+from recon.errors import ReconError
+from recon.geometry import invert_rigid
+from recon.types import Sim3
+from recon.viz import blueprint as paths
+from recon.viz.viewer import WindowView
+
+if TYPE_CHECKING:
+    import rerun as rr
+
+logger = logging.getLogger(__name__)
+
+MODES = ("none", "spawn", "serve")
+DEFAULT_GRPC_PORT = 9876  # Rerun's own defaults, so `rerun --connect` finds a spawned viewer
+DEFAULT_WEB_PORT = 9090
+TRAJECTORY_RGB = (255, 150, 0)
+TRAJECTORY_GT_RGB = (40, 200, 80)
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+@dataclass(frozen=True)
+class ViewerOptions:
+    queue_windows: int = 4  # windows waiting for the viewer thread; one more is dropped
+    jpeg_quality: int = 80
+    window_points_max: int = 20_000  # per world/windows/<k>
+    map_points_max: int = 200_000  # world/map
+    map_interval_s: float = 2.0  # the global map (a copy of up to millions of points) at most this often
+    trajectory_points_max: int = 20_000  # vertices per trajectory strip (longer paths are strided)
+    flush_timeout_s: float = 30.0
+
+
+# -- what crosses from the pipeline thread to the viewer thread ---------------------------------------------
+@dataclass(frozen=True)
+class _WindowPacket:
+    window: int
+    frame_indices: list[int]  # [N] the window's new frames
+    timestamps_s: list[float]  # [N]
+    window_frame: int  # timeline position of per-window data: the window's last new frame
+    window_time_s: float
+    images_rgb: np.ndarray  # [N,H,W,3] uint8
+    depth: np.ndarray  # [N,H,W] float32
+    conf: np.ndarray  # [N,H,W] float32
+    world_from_cam: np.ndarray  # [N,4,4]
+    K: np.ndarray  # [N,3,3]
+    points_world: np.ndarray  # [P,3] float32, strided pixels of the new frames
+    points_conf: np.ndarray  # [P]
+    points_rgb: np.ndarray  # [P,3] uint8
+    world_from_window: Sim3
+    centres_world: np.ndarray  # [F,3] every camera centre so far (F >= frames logged)
+    gt_centres_gt_world: np.ndarray | None  # [F,3] ground-truth centres in the source's world, NaN where unknown
+    alignment: dict[str, Any]
+    stats: dict[str, float]
+    map_xyz_world: np.ndarray | None  # [M,3] float32, only on windows that log the map
+    map_rgb: np.ndarray | None
+    frame_range: tuple[int, int]  # first and last source frame of the whole window (overlap included)
+    dropped_windows: int  # windows dropped before this one
+
+
+@dataclass(frozen=True)
+class _TransformUpdate:
+    window: int
+    world_from_window: Sim3
+
+
+_STOP = object()
+
+
+class _Rows:
+    """Append-only [n, width] float64 rows. `snapshot()` returns a view the appender never writes into again
+    (appends go past it or into a new buffer), so the viewer thread can read it without a lock or a copy."""
+
+    def __init__(self, width: int) -> None:
+        self._buf = np.empty((256, width))
+        self._n = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        k = len(rows)
+        if self._n + k > len(self._buf):
+            grown = np.empty((max(2 * len(self._buf), self._n + k), self._buf.shape[1]))
+            grown[: self._n] = self._buf[: self._n]
+            self._buf = grown
+        self._buf[self._n : self._n + k] = rows
+        self._n += k
+
+    def snapshot(self) -> np.ndarray:
+        return self._buf[: self._n]
+
+    def __len__(self) -> int:
+        return self._n
+
+
+# -- the viewer --------------------------------------------------------------------------------------------
+class RerunViewer:
+    """A `Viewer` that logs to a ready `rr.RecordingStream` (sinks already set). `cleanup` runs after the
+    sinks are closed (e.g. stopping a web-viewer process)."""
+
+    def __init__(self, recording: rr.RecordingStream, options: ViewerOptions | None = None,
+                 cleanup: Callable[[], None] | None = None) -> None:
+        import rerun as rr
+
+        self._rr = rr
+        self._rec = recording
+        self.options = options or ViewerOptions()
+        self._cleanup = cleanup
+        self._queue: queue.Queue[object] = queue.Queue()  # unbounded: `_slots` bounds the heavy items
+        self._slots = threading.Semaphore(self.options.queue_windows)
+        self._map_pending = threading.Event()
+        self._last_map_s = -math.inf
+        self._centres_world = _Rows(3)
+        self._gt_centres = _Rows(3)
+        self._has_gt = False
+        self._closed = False
+        self._failed = False
+        self.windows_seen = 0
+        self.windows_dropped = 0
+        self._warned_drop = False
+        # viewer-thread state
+        self._series: set[str] = set()
+        self._plane_distance: float | None = None
+        self._time: tuple[int, float] = (0, 0.0)
+        self._reported_drops = 0
+        self._warned_worker = False
+
+        recording.log(paths.WORLD, rr.ViewCoordinates.RDF, static=True)
+        self._thread = threading.Thread(target=self._serve, name="recon-viewer", daemon=True)
+        self._thread.start()
+
+    # -- pipeline thread ----------------------------------------------------------------------------------
+    def log_window(self, view: WindowView) -> None:
+        if self._closed or self._failed:
+            return
+        try:
+            self._accept(view)
+        except Exception:  # a viewer bug must not end a run
+            self._failed = True
+            logger.exception("viewer: cannot log window %d; viewing is off for the rest of the run", view.window)
+
+    def update_window_transform(self, window: int, world_from_window: Sim3) -> None:
+        """Move window `window`'s points to a corrected pose: re-logs only its Transform3D (tiny, never dropped)."""
+        if not self._closed:
+            self._queue.put(_TransformUpdate(window, world_from_window))
+
+    def wait_until_idle(self) -> None:
+        """Block until the viewer thread has logged everything queued so far (tests, and callers that want
+        a window fully on screen before going on)."""
+        if not self._closed:
+            self._queue.join()
+
+    def close(self) -> None:
+        """Log what is queued, then flush and close the sinks (the .rrd is complete afterwards)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+        try:
+            self._rec.flush(timeout_sec=self.options.flush_timeout_s)
+            self._rec.disconnect()  # ends the sinks: the file sink writes its footer
+        finally:
+            if self._cleanup is not None:
+                self._cleanup()
+        if self.windows_dropped:
+            logger.info("viewer: %d of %d windows were not shown (the viewer was behind)", self.windows_dropped, self.windows_seen)
+
+    def _accept(self, view: WindowView) -> None:
+        self.windows_seen += 1
+        new = range(*view.new.indices(len(view.frame_indices)))
+        world_from_cam = invert_rigid(np.asarray(view.cam_from_world[view.new], dtype=np.float64))
+        # The camera path is kept for every window, dropped or not, so the strip has no gaps.
+        self._centres_world.append(world_from_cam[:, :3, 3])
+        self._gt_centres.append(self._gt_centres_of(view))
+        if not self._slots.acquire(blocking=False):
+            self.windows_dropped += 1
+            if not self._warned_drop:
+                self._warned_drop = True
+                logger.warning("viewer: the viewer is behind, dropping windows (the run is not slowed; "
+                               "the viewer shows fewer windows)")
+            return
+        try:
+            packet = self._packet(view, new, world_from_cam)
+        except BaseException:
+            self._slots.release()
+            raise
+        self._queue.put(packet)
+
+    def _gt_centres_of(self, view: WindowView) -> np.ndarray:
+        n = len(range(*view.new.indices(len(view.frame_indices))))
+        if view.gt_cam_from_world is None:
+            return np.full((n, 3), np.nan)
+        self._has_gt = True
+        return invert_rigid(np.asarray(view.gt_cam_from_world[view.new], dtype=np.float64))[:, :3, 3]
+
+    def _packet(self, view: WindowView, new: range, world_from_cam: np.ndarray) -> _WindowPacket:
+        o = self.options
+        last = new[-1] if len(new) else len(view.frame_indices) - 1
+        stride = _pixel_stride(len(new), view.depth.shape[1:], 4 * o.window_points_max)
+        sel = (view.new, slice(None, None, stride), slice(None, None, stride))
+        map_xyz, map_rgb = self._map_if_due(view)
+        return _WindowPacket(
+            window=view.window,
+            frame_indices=[int(view.frame_indices[i]) for i in new],
+            timestamps_s=[float(view.timestamps_s[i]) for i in new],
+            window_frame=int(view.frame_indices[last]) if last >= 0 else 0,
+            window_time_s=float(view.timestamps_s[last]) if last >= 0 else 0.0,
+            images_rgb=np.array(view.images_rgb[view.new]),
+            depth=np.array(view.depth[view.new], dtype=np.float32),
+            conf=np.array(view.conf[view.new], dtype=np.float32),
+            world_from_cam=world_from_cam,
+            K=np.array(view.K[view.new], dtype=np.float64),
+            points_world=np.array(view.points_world[sel], dtype=np.float32).reshape(-1, 3),
+            points_conf=np.array(view.conf[sel], dtype=np.float32).reshape(-1),
+            points_rgb=np.array(view.images_rgb[sel], dtype=np.uint8).reshape(-1, 3),
+            world_from_window=view.world_from_window,
+            centres_world=self._centres_world.snapshot(),
+            gt_centres_gt_world=self._gt_centres.snapshot() if self._has_gt else None,
+            alignment=dict(view.alignment),
+            stats=dict(view.stats),
+            map_xyz_world=map_xyz,
+            map_rgb=map_rgb,
+            frame_range=(int(view.frame_indices[0]), int(view.frame_indices[-1])) if view.frame_indices else (0, 0),
+            dropped_windows=self.windows_dropped,
+        )
+
+    def _map_if_due(self, view: WindowView) -> tuple[np.ndarray | None, np.ndarray | None]:
+        # `map_points()` copies the whole map on this thread: only when it will be logged, never while the
+        # viewer thread still holds the previous copy, and at most every `map_interval_s`.
+        now = time.monotonic()
+        if self._map_pending.is_set() or now - self._last_map_s < self.options.map_interval_s:
+            return None, None
+        xyz, rgb = view.map_points()
+        self._last_map_s = now
+        self._map_pending.set()
+        return xyz, rgb
+
+    # -- viewer thread --------------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        while (item := self._queue.get()) is not _STOP:
+            try:
+                self._handle(item)
+            except Exception:
+                if not self._warned_worker:
+                    self._warned_worker = True
+                    logger.exception("viewer: logging failed (the run goes on; further failures are not reported)")
+            finally:
+                if isinstance(item, _WindowPacket):
+                    if item.map_xyz_world is not None:
+                        self._map_pending.clear()
+                    self._slots.release()
+                self._queue.task_done()
+
+    def _handle(self, item: object) -> None:
+        if isinstance(item, _WindowPacket):
+            self._log_packet(item)
+        elif isinstance(item, _TransformUpdate):
+            self._set_time(*self._time)
+            self._rec.log(paths.window_path(item.window), self._sim3_transform(item.world_from_window))
+
+    def _set_time(self, frame: int, time_s: float) -> None:
+        self._time = (frame, time_s)
+        self._rec.set_time("frame", sequence=frame)
+        self._rec.set_time("time", duration=time_s)
+
+    def _log_packet(self, p: _WindowPacket) -> None:
+        if self._plane_distance is None:
+            self._plane_distance = _frustum_size(p.depth)
+        conf_top = _robust_max(p.conf)
+        for j, (frame, time_s) in enumerate(zip(p.frame_indices, p.timestamps_s, strict=True)):
+            self._set_time(frame, time_s)
+            self._log_frame(p, j, conf_top)
+        self._set_time(p.window_frame, p.window_time_s)
+        self._log_trajectories(p)
+        self._log_window_points(p)
+        if p.map_xyz_world is not None and p.map_rgb is not None:
+            self._log_map(p.map_xyz_world, p.map_rgb)
+        self._log_window_text(p)
+        self._log_series(p)
+
+    def _log_frame(self, p: _WindowPacket, j: int, conf_top: float) -> None:
+        rr, rec = self._rr, self._rec
+        world_from_cam = p.world_from_cam[j]
+        H, W = p.depth.shape[1:]
+        rec.log(paths.CAMERA, rr.Transform3D(translation=world_from_cam[:3, 3], mat3x3=world_from_cam[:3, :3]))
+        rec.log(paths.IMAGE_PLANE, rr.Pinhole(image_from_camera=p.K[j], width=W, height=H,
+                                              camera_xyz=rr.ViewCoordinates.RDF, image_plane_distance=self._plane_distance))
+        rec.log(paths.RGB, rr.Image(p.images_rgb[j]).compress(jpeg_quality=self.options.jpeg_quality))
+        # float16 halves the recording's largest stream; ~0.05 % relative precision is plenty to look at.
+        depth = np.where(np.isfinite(p.depth[j]), np.clip(p.depth[j], 0.0, _F16_MAX), 0.0).astype(np.float16)
+        rec.log(paths.DEPTH, rr.DepthImage(depth, meter=1.0))
+        rec.log(paths.CONFIDENCE, rr.Image(_confidence_u8(p.conf[j], conf_top)))
+
+    def _log_trajectories(self, p: _WindowPacket) -> None:
+        rr, rec = self._rr, self._rec
+        centres = p.centres_world
+        radius = rr.components.Radius.ui_points(1.5)
+        if len(centres) >= 2:
+            rec.log(paths.TRAJECTORY, rr.LineStrips3D([_strided(centres, self.options.trajectory_points_max)],
+                                                     colors=[TRAJECTORY_RGB], radii=radius))
+        if p.gt_centres_gt_world is None:
+            return
+        known = np.all(np.isfinite(p.gt_centres_gt_world), axis=1)
+        if known.sum() < 3:
+            return
+        # GT lives in the source's world and units: move it onto the estimate with one Sim(3) over all
+        # frames so far (re-fitted every window, so the whole strip is re-logged).
+        from recon.kernels.umeyama import umeyama_sim3
+
+        try:
+            est_from_gt = umeyama_sim3(p.gt_centres_gt_world[known], centres[known])
+        except (ReconError, ValueError, np.linalg.LinAlgError):  # degenerate so far (e.g. no motion yet)
+            return
+        gt_in_est = est_from_gt.apply(p.gt_centres_gt_world[known])
+        rec.log(paths.TRAJECTORY_GT, rr.LineStrips3D([_strided(gt_in_est, self.options.trajectory_points_max)],
+                                                    colors=[TRAJECTORY_GT_RGB], radii=radius))
+
+    def _log_window_points(self, p: _WindowPacket) -> None:
+        # Logged once, in the window's own frame: a later correction re-logs only the transform.
+        rr = self._rr
+        keep = _confident(p.points_world, p.points_conf)
+        stride = max(1, math.ceil(len(keep) / self.options.window_points_max))
+        keep = keep[::stride]
+        points_window = p.world_from_window.inverse().apply(p.points_world[keep].astype(np.float64))
+        self._rec.log(paths.window_path(p.window), self._sim3_transform(p.world_from_window),
+                      rr.Points3D(points_window.astype(np.float32), colors=p.points_rgb[keep],
+                                  radii=rr.components.Radius.ui_points(1.0)))
+
+    def _sim3_transform(self, world_from_window: Sim3) -> rr.Transform3D:
+        return self._rr.Transform3D(translation=world_from_window.t, mat3x3=world_from_window.R, scale=world_from_window.s)
+
+    def _log_map(self, xyz_world: np.ndarray, rgb: np.ndarray) -> None:
+        stride = max(1, math.ceil(len(xyz_world) / self.options.map_points_max))
+        self._rec.log(paths.MAP, self._rr.Points3D(np.ascontiguousarray(xyz_world[::stride], dtype=np.float32),
+                                                   colors=np.ascontiguousarray(rgb[::stride], dtype=np.uint8),
+                                                   radii=self._rr.components.Radius.ui_points(1.5)))
+
+    def _log_window_text(self, p: _WindowPacket) -> None:
+        a = p.alignment
+        parts = [f"window {p.window}: frames {p.frame_range[0]}-{p.frame_range[1]} ({len(p.frame_indices)} new)"]
+        if "path" in a:
+            parts.append(str(a["path"]))
+        for key, fmt in (("scale", ".4g"), ("residual_rms", ".3g"), ("inlier_share", ".0%")):
+            if isinstance(a.get(key), (int, float)) and not isinstance(a.get(key), bool):
+                parts.append(f"{key} {a[key]:{fmt}}")
+        level = "INFO"
+        if p.dropped_windows > self._reported_drops:
+            parts.append(f"viewer behind: {p.dropped_windows} windows not shown so far")
+            self._reported_drops = p.dropped_windows
+            level = "WARN"
+        self._rec.log(paths.WINDOW_LOG, self._rr.TextLog(", ".join(parts), level=level))
+
+    def _log_series(self, p: _WindowPacket) -> None:
+        for key, value in _numeric(p.alignment):
+            self._scalar(f"{paths.ALIGNMENT_PLOTS}/{_entity_part(key)}", value)
+        for key, value in _numeric(p.stats):
+            self._scalar(stats_path(key), value)
+        self._scalar(f"{paths.PLOTS}/viewer/dropped_windows", float(p.dropped_windows))
+
+    def _scalar(self, path: str, value: float) -> None:
+        if path not in self._series:
+            self._series.add(path)
+            self._rec.log(path, self._rr.SeriesLines(names=[path.rsplit("/", 1)[-1]]), static=True)
+        self._rec.log(path, self._rr.Scalars(value))
+
+
+# -- small numeric helpers ------------------------------------------------------------------------------
+def stats_path(key: str) -> str:
+    """`fps` -> plots/run/fps; `timings_s/infer` -> plots/timings_s/infer (grouped keys keep their group)."""
+    key = _entity_part(key)
+    return f"{paths.PLOTS}/{key}" if "/" in key else f"{paths.RUN_PLOTS}/{key}"
+
+
+def _entity_part(key: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "_-./" else "_" for c in str(key)).strip("/")
+    return cleaned or "_"
+
+
+def _numeric(values: dict[str, Any]) -> list[tuple[str, float]]:
+    return [(k, float(v)) for k, v in values.items()
+            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(float(v))]
+
+
+def _pixel_stride(frames: int, hw: tuple[int, ...], max_samples: int) -> int:
+    pixels = frames * int(hw[0]) * int(hw[1])
+    return max(1, math.ceil(math.sqrt(pixels / max(max_samples, 1))))
+
+
+def _confident(points: np.ndarray, conf: np.ndarray) -> np.ndarray:
+    """Indices of valid points at or above the median confidence of the valid ones."""
+    valid = np.all(np.isfinite(points), axis=1) & np.isfinite(conf) & (conf > 0)
+    if not valid.any():
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(valid & (conf >= np.median(conf[valid])))
+
+
+def _strided(rows: np.ndarray, max_rows: int) -> np.ndarray:
+    if len(rows) <= max_rows:
+        return rows
+    stride = math.ceil(len(rows) / max_rows)
+    return np.concatenate([rows[::stride], rows[-1:]])  # keep the current position
+
+
+def _robust_max(values: np.ndarray) -> float:
+    """The 99th percentile of the finite values (1 when none is > 0): one outlier cannot darken the rest."""
+    finite = values[np.isfinite(values)]
+    top = float(np.percentile(finite, 99)) if finite.size else 1.0
+    return top if top > 0 else 1.0
+
+
+def _confidence_u8(conf: np.ndarray, top: float) -> np.ndarray:
+    # One scale per window (`top`), so the frames of a window compare.
+    scaled = np.nan_to_num(conf, nan=0.0, posinf=top, neginf=0.0) / top
+    return (np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _frustum_size(depth: np.ndarray) -> float:
+    valid = depth[np.isfinite(depth) & (depth > 0)]
+    return 0.1 * float(np.median(valid)) if valid.size else 0.1
+
+
+# -- sinks ----------------------------------------------------------------------------------------------------
+def open_rerun_viewer(mode: str, rrd: Path | None, bind: str = "127.0.0.1", port: int | None = None,
+                      name: str = "recon", options: ViewerOptions | None = None) -> RerunViewer:
+    """mode `spawn`: native viewer (port = its gRPC port); `serve`: gRPC server + web viewer (port = the web
+    viewer's); `none`: no live viewer. `rrd`: also (or only) write the recording to this file."""
+    import rerun as rr
+
+    if mode not in MODES:
+        raise ReconError(f"unknown viewer mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode == "none" and rrd is None:
+        raise ReconError("nothing to view: viewer mode 'none' needs an .rrd file")
+    recording = rr.RecordingStream(name)
+    sinks: list[Any] = []
+    cleanup: Callable[[], None] | None = None
+    try:
+        if mode == "spawn":
+            sinks.append(_spawn_native_viewer(recording, port))
+        elif mode == "serve":
+            sink, cleanup = serve_web_viewer(bind, port)
+            sinks.append(sink)
+        if rrd is not None:
+            sinks.append(rr.FileSink(str(_rrd_target(rrd))))
+        recording.set_sinks(*sinks)
+        recording.send_blueprint(paths.default_blueprint(), make_active=True, make_default=True)
+    except BaseException:
+        if cleanup is not None:
+            cleanup()
+        raise
+    return RerunViewer(recording, options, cleanup)
+
+
+def _rrd_target(rrd: Path) -> Path:
+    rrd = Path(rrd)
+    if rrd.is_dir():
+        raise ReconError(f"--rrd {rrd}: is a directory; give a file name such as {rrd / 'recording.rrd'}")
+    try:
+        rrd.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReconError(f"--rrd {rrd}: cannot create its folder ({e.strerror})") from e
+    return rrd
+
+
+def _spawn_native_viewer(recording: rr.RecordingStream, port: int | None) -> Any:
+    import rerun as rr
+
+    require_display("--viewer spawn", "use --viewer serve (web viewer), or --rrd FILE and `recon view FILE` on a machine with a screen")
+    binary = rerun_binary()
+    port = port or DEFAULT_GRPC_PORT
+    try:
+        # An already running viewer on `port` is reused; otherwise a new one starts and waits for data.
+        rr.spawn(port=port, connect=False, hide_welcome_screen=True, executable_path=str(binary), recording=recording)
+    except RuntimeError as e:
+        raise ReconError(f"cannot start the Rerun viewer ({str(e).splitlines()[0]})") from e
+    if not wait_for_port("127.0.0.1", port, timeout_s=2.0):
+        raise ReconError(f"the Rerun viewer did not start (nothing listens on port {port}; see its message above); "
+                         "use --viewer serve, or --rrd FILE")
+    return rr.GrpcSink(f"rerun+http://127.0.0.1:{port}/proxy")
+
+
+def serve_web_viewer(bind: str, web_port: int | None, server_memory_limit: str = "1GiB") -> tuple[Any, Callable[[], None]]:
+    """-> (a gRPC server sink bound to `bind`, a function that stops the web viewer). Prints the address to open."""
+    import rerun as rr
+
+    binary = rerun_binary()
+    grpc_port = pick_port(bind, None, DEFAULT_GRPC_PORT)
+    try:
+        sink = rr.GrpcServerSink(bind_ip=bind, port=grpc_port, server_memory_limit=server_memory_limit)
+    except Exception as e:
+        raise ReconError(f"cannot serve the recording on {bind}:{grpc_port} ({e})") from e
+    web_port = pick_port(bind, web_port, DEFAULT_WEB_PORT)
+    grpc_url = f"rerun+http://{url_host(bind)}:{grpc_port}/proxy"
+    # The in-process web server of rerun-sdk listens on all interfaces; the CLI's honours --bind.
+    process = start_rerun_process([str(binary), "--serve-web", "--bind", bind, "--web-viewer-port", str(web_port), grpc_url],
+                                  wait_for=(url_host(bind), web_port), what="the web viewer")
+    print_viewer_url(bind, web_port, grpc_url)
+    return sink, process.stop
+
+
+# -- the rerun binary, displays, ports ---------------------------------------------------------------------
+def rerun_binary() -> Path:
+    """The Rerun viewer/CLI executable: $RERUN_CLI_PATH, the one rerun-sdk ships, or `rerun` on PATH."""
+    candidates: list[Path] = []
+    if env := os.environ.get("RERUN_CLI_PATH"):
+        candidates.append(Path(env))
+    spec = importlib.util.find_spec("rerun_cli")
+    if spec is not None and spec.submodule_search_locations:
+        base = Path(next(iter(spec.submodule_search_locations)))
+        candidates += [base / "Rerun.app" / "Contents" / "MacOS" / "Rerun", base / ("rerun.exe" if sys.platform.startswith("win") else "rerun")]
+    if found := shutil.which("rerun"):
+        candidates.append(Path(found))
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise ReconError("the Rerun viewer executable was not found; install rerun-sdk in this environment "
+                     "(`pip install 'rerun-sdk>=0.36,<0.42'`) or set RERUN_CLI_PATH")
+
+
+def require_display(what: str, hint: str) -> None:
+    if sys.platform.startswith("linux") and not any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "WAYLAND_SOCKET")):
+        raise ReconError(f"{what} needs a display and none is set (DISPLAY / WAYLAND_DISPLAY); {hint}")
+
+
+def url_host(bind: str) -> str:
+    """Where a local client reaches a server bound to `bind`."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(bind, bind)
+    return f"[{host}]" if ":" in host else host
+
+
+def web_viewer_url(bind: str, web_port: int, grpc_url: str) -> str:
+    return f"http://{url_host(bind)}:{web_port}/?url={urllib.parse.quote(grpc_url, safe='')}"
+
+
+def print_viewer_url(bind: str, web_port: int, grpc_url: str) -> None:
+    print(f"recon: open {web_viewer_url(bind, web_port, grpc_url)} in a browser "
+          f"(or run `rerun --connect {grpc_url}`)", file=sys.stderr, flush=True)
+    if bind in ("0.0.0.0", "::", ""):
+        print(f"recon: serving on all interfaces ({bind}); from another machine use this machine's address",
+              file=sys.stderr, flush=True)
+
+
+def pick_port(bind: str, wanted: int | None, default: int) -> int:
+    """`wanted` as given; else `default`, or a free port when `default` is taken."""
+    if wanted is not None:
+        return wanted
+    return default if _can_bind(bind, default) else _free_port(bind)
+
+
+def _can_bind(bind: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((bind, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(bind: str) -> int:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((bind, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(host: str, port: int, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        if port_is_open(host, port):
+            return True
+        time.sleep(0.1)
+    return port_is_open(host, port)
+
+
+@dataclass
+class RerunProcess:
+    """A rerun CLI process this module started; `stop()` ends exactly it."""
+
+    popen: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.log.close()
+
+    def output_tail(self, lines: int = 3) -> str:
+        self.log.seek(0)
+        text = self.log.read().decode("utf-8", "replace").strip().splitlines()
+        return " / ".join(line.strip() for line in text[-lines:])
+
+
+def start_rerun_process(cmd: list[str], wait_for: tuple[str, int], what: str, timeout_s: float = 15.0) -> RerunProcess:
+    """Start the rerun CLI and wait until it listens on `wait_for`; a ReconError with its last output if not.
+    Its output goes to a temporary file (a pipe nobody reads would stall it)."""
+    log = tempfile.TemporaryFile()
+    try:
+        popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    except OSError as e:
+        log.close()
+        raise ReconError(f"cannot start {what} ({e.strerror}: {cmd[0]})") from e
+    process = RerunProcess(popen, log)
+    if not wait_for_port(*wait_for, timeout_s=timeout_s, alive=lambda: popen.poll() is None):
+        tail = process.output_tail()
+        process.stop()
+        raise ReconError(f"{what} did not start on port {wait_for[1]}" + (f": {tail}" if tail else ""))
+    return process

@@ -1,0 +1,59 @@
+"""What the pipeline tells a viewer, and the viewer that does nothing.
+
+The pipeline calls `viewer.log_window(view)` once per aligned window from its consumer thread, and
+`viewer.close()` when the run ends. It never branches on whether anyone is watching: with viewing off it
+talks to `NullViewer`. A real viewer must return from `log_window` quickly (copy what it needs, hand the
+rest to its own thread, drop when behind): the pipeline's speed must not depend on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from recon.types import Sim3
+
+
+@dataclass(frozen=True)
+class WindowView:
+    """One aligned window as the viewer sees it. Arrays are the pipeline's own (do not modify them);
+    S frames at model resolution H x W; world = the run's world frame (the first camera), run units.
+
+    Frames `new` (a slice) appear here for the first time; the others are the overlap with the
+    previous window, already shown."""
+
+    window: int  # 0, 1, 2, ... in stream order
+    frame_indices: list[int]  # [S] source frame indices
+    timestamps_s: list[float]  # [S] capture times
+    new: slice
+    images_rgb: np.ndarray  # [S,H,W,3] uint8
+    depth: np.ndarray  # [S,H,W] float32, z-depth in run units (0 = none)
+    conf: np.ndarray  # [S,H,W] float32, >= 0, higher = more trusted
+    points_world: np.ndarray  # [S,H,W,3] float32
+    cam_from_world: np.ndarray  # [S,4,4] float64
+    K: np.ndarray  # [S,3,3] float64, model pixels
+    world_from_window: Sim3  # the window's own frame -> world, as fitted by the alignment
+    gt_cam_from_world: np.ndarray | None  # [S,4,4] ground truth in the source's world, when known
+    alignment: dict[str, Any]  # path, scale, residual_rms, inlier_share, num_correspondences, time_ms
+    stats: dict[str, float]  # run-level series: fps, peak_rss_mb, map_points, timings_s/<stage>, ...
+    map_points: Callable[[], tuple[np.ndarray, np.ndarray]] = field(repr=False, default=lambda: (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)))
+    """-> (xyz [M,3] float32 world, rgb [M,3] uint8): the global map now. Call it inside `log_window`
+    only (the map changes after it returns); it copies the map, so call it only when you will log it."""
+
+
+class Viewer(Protocol):
+    def log_window(self, view: WindowView) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullViewer:
+    """Viewing off."""
+
+    def log_window(self, view: WindowView) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
