@@ -90,10 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Our own messages at INFO; libraries' (numexpr, open3d, ...) only when they warn, unless --verbose.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="recon: %(levelname)s: %(message)s" if not args.debug else "%(name)s: %(levelname)s: %(message)s",
     )
+    logging.getLogger("recon").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)
     except ReconError as e:

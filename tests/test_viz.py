@@ -240,3 +240,25 @@ def test_recon_view_rejects_missing_and_non_rrd_files(tmp_path: Path) -> None:
     text.write_text("hello")
     with pytest.raises(ReconError, match="not a Rerun recording"):
         run_view(parser.parse_args([str(text), "--web"]))
+
+
+def test_recon_run_records_every_frame_and_window(tmp_path: Path) -> None:
+    """The real pipeline through `recon run --rrd`: what a user opens with `recon view`."""
+    import json
+
+    from recon.cli import main
+
+    rrd = tmp_path / "rec.rrd"
+    out = tmp_path / "out"
+    assert main(["run", "synthetic:street", "--max-frames", "30", "--window", "10", "--overlap", "3", "--out", str(out),
+                 "--rrd", str(rrd)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    chunks, rows = _read(rrd)
+    entity = {e.lstrip("/"): c for e, c in chunks.items()}
+    frames, windows = summary["frames_in_trajectory"], summary["windows"]
+    assert rows[("/" + paths.CAMERA, "Transform3D:translation")] == frames == 30
+    assert sum(c.num_rows for c in entity[paths.RGB]) == frames
+    assert sorted(e for e in entity if e.startswith(paths.WINDOWS + "/")) == sorted(paths.window_path(k) for k in range(windows))
+    assert rows[("/" + paths.TRAJECTORY_GT, "LineStrips3D:strips")] >= 1  # the synthetic source has ground truth
+    assert rows[("/" + paths.MAP, "Points3D:positions")] >= 1
+    assert rows[("/plots/run/fps", "Scalars:scalars")] == windows
