@@ -22,3 +22,7 @@ class FormatError(SourceError):
 
 class ContractError(ReconError, ValueError):
     """A data contract (Frame, WindowPrediction, Sim3) was violated: wrong shape, dtype or non-finite values."""
+
+
+class ModelError(ReconError):
+    """A model cannot be built or its weights cannot be read or do not match (missing/unexpected/mis-shaped keys)."""

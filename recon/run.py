@@ -14,7 +14,16 @@ from recon.errors import ReconError
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="video file, image folder, KITTI sequence dir, TUM RGB-D dir, camera index, rtsp/http URL, or synthetic:street|room")
     p.add_argument("--source-kind", choices=["folder", "video", "stream", "kitti", "tum", "synthetic"], help="override source detection")
-    p.add_argument("--model", default="classical", help="geometry model (default: classical, needs no weights)")
+    p.add_argument("--model", default="classical", help="geometry model: classical (default, needs no weights), vggt, streamvggt")
+    m = p.add_argument_group("learned models (vggt, streamvggt)")
+    m.add_argument("--weights", metavar="PATH", help="checkpoint: .safetensors, or a torch file of plain tensors (never unpickles code)")
+    m.add_argument("--model-config", default="1b", help="architecture of the checkpoint: 1b (VGGT-1B, default) or tiny (tests)")
+    m.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="compute precision of the aggregator (heads stay fp32)")
+    m.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    m.add_argument("--cache", choices=["none", "queue", "sink-window", "keydiff"], default="keydiff",
+                   help="streamvggt: KV-cache policy (default keydiff; none = unbounded)")
+    m.add_argument("--cache-budget", type=int, default=None, metavar="TOKENS",
+                   help="streamvggt: tokens kept per global-attention layer (required unless --cache none)")
     p.add_argument("--window", type=int, default=20, help="frames per window (default 20)")
     p.add_argument("--overlap", type=int, default=5, help="frames shared by consecutive windows (default 5)")
     p.add_argument("--align", choices=["sim3", "lsa"], default="lsa", help="window alignment: one Sim(3), or Sim(3) + layer-wise scale (default)")
@@ -64,6 +73,29 @@ def _intrinsics(text: str | None) -> tuple[float, float, float, float] | None:
     return fx, fy, cx, cy
 
 
+LEARNED_MODELS = ("vggt", "streamvggt")
+
+
+def model_options(args: argparse.Namespace) -> dict[str, object]:
+    """The flags a model takes; a flag given to a model that ignores it is an error, not a surprise."""
+    if args.model not in LEARNED_MODELS:
+        given = [flag for flag, value in (("--weights", args.weights), ("--device", args.device), ("--cache-budget", args.cache_budget))
+                 if value is not None]
+        if given:
+            raise ReconError(f"{', '.join(given)} only apply to --model {' or '.join(LEARNED_MODELS)}; the {args.model} model takes none")
+        return {}
+    options: dict[str, object] = {"weights": args.weights, "config": args.model_config, "dtype": args.dtype, "device": args.device}
+    if args.model == "streamvggt":
+        if args.cache != "none" and args.cache_budget is None:
+            raise ReconError(f"--cache {args.cache} needs --cache-budget TOKENS (per global-attention layer), or use --cache none")
+        if args.cache_budget is not None and args.cache_budget < 1:
+            raise ReconError(f"--cache-budget must be >= 1 token, got {args.cache_budget}")
+        options.update(cache=args.cache, cache_budget=args.cache_budget)
+    elif args.cache_budget is not None:
+        raise ReconError("--cache-budget applies to --model streamvggt only (vggt runs each window offline)")
+    return options
+
+
 def _absolute_if_path(spec: str) -> str:
     """Recorded so `recon eval` can reopen the source from any working directory."""
     path = Path(spec).expanduser()
@@ -81,7 +113,7 @@ def run_command(args: argparse.Namespace) -> int:
     if (K := _intrinsics(args.intrinsics)) is not None:
         options["intrinsics"] = K
     source = open_source(args.source, kind=args.source_kind, **options)
-    model = create_model(args.model)
+    model = create_model(args.model, **model_options(args))
     from recon.viz import open_viewer
 
     config = PipelineConfig(window=args.window, overlap=args.overlap, align=args.align, voxel=args.voxel,

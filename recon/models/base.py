@@ -34,6 +34,7 @@ class StreamingModel(Protocol):
 # name -> "module:attribute"; imported only when picked so `recon --help` stays fast.
 MODEL_FACTORIES: dict[str, str] = {
     "classical": "recon.models.classical:ClassicalModel",
+    "vggt": "recon.models.vggt:VGGTModel",
 }
 
 DEFAULT_MODEL = "classical"

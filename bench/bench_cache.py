@@ -1,0 +1,140 @@
+"""Step latency and memory of the bounded KV cache (issue 6) without the model.
+
+Simulates StreamVGGT's global-attention steps: per frame and per layer, append the new frame's k, v to the
+cache, then a toy attention of the frame's q over the cache view (torch SDPA). Inputs come from a small
+pool made before the timer, so the timer sees cache work + attention only. Prints, per policy, the median
+step latency around frame 100 and at the end, their ratio (target <= 1.1 for bounded policies), the share
+of step time spent pruning (eviction + compaction), and the cache bytes; then latency / MiB vs frame.
+
+Default sizes are StreamVGGT's shape scaled down so 2,000 steps x 3 bounded policies fit a few minutes on 2
+CPU cores: 24 layers, 8 heads, head dim 32, 64 tokens per frame (5 special), budget 16 frames per layer,
+float32. `none` grows without bound, so it runs only --none-steps frames (its latency grows linearly).
+Each bounded policy runs with evict_slack 0 (exactly full, compacts every step) and 0.25 (amortised).
+
+Run: .venv/bin/python bench/bench_cache.py [--steps 2000] [--none-steps 200] [--policies queue keydiff]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from recon.cache import CacheConfig, KVCache
+
+CHECKPOINTS = (10, 100, 500, 1000, 2000, 5000, 10_000)
+POOL = 8  # distinct frames of random q/k/v reused cyclically
+
+
+@dataclass
+class Sizes:
+    layers: int
+    heads: int
+    head_dim: int
+    tokens: int
+    special: int
+    budget_frames: int
+
+
+@dataclass
+class Trace:
+    policy: str
+    step_s: list[float] = field(default_factory=list)
+    prune_s: list[float] = field(default_factory=list)
+    bytes_in_use: list[int] = field(default_factory=list)
+
+
+def make_pool(sizes: Sizes, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    shape = (1, sizes.heads, sizes.tokens, sizes.head_dim)
+    return [tuple(torch.randn(shape, generator=gen).to(dtype) for _ in range(3)) for _ in range(POOL)]  # type: ignore[misc]
+
+
+def make_cache(policy: str, sizes: Sizes, dtype: torch.dtype, slack: float) -> KVCache:
+    budget = None if policy == "none" else sizes.budget_frames * sizes.tokens
+    config = CacheConfig(policy=policy, budget_tokens=budget, evict_slack=0.0 if policy == "none" else slack)  # type: ignore[arg-type]
+    return KVCache(config, sizes.layers, 1, sizes.heads, sizes.head_dim, sizes.tokens, sizes.special, dtype=dtype)
+
+
+def run_policy(policy: str, steps: int, sizes: Sizes, dtype: torch.dtype, slack: float) -> Trace:
+    cache, pool = make_cache(policy, sizes, dtype, slack), make_pool(sizes, dtype)
+    trace = Trace(policy if slack == 0 or policy == "none" else f"{policy}+{slack:g}")
+    for f in range(steps):
+        q, k, v = pool[f % POOL]
+        pruned_before = cache.stats()["prune_seconds"]
+        start = time.perf_counter()
+        for layer in range(sizes.layers):
+            cache.append(layer, k, v, f)
+            k_all, v_all = cache.view(layer)
+            torch.nn.functional.scaled_dot_product_attention(q, k_all, v_all)
+        trace.step_s.append(time.perf_counter() - start)
+        stats = cache.stats()
+        trace.prune_s.append(stats["prune_seconds"] - pruned_before)
+        trace.bytes_in_use.append(int(stats["bytes_in_use"]))
+    return trace
+
+
+def median_ms(values: list[float], centre: int, half: int = 10) -> float:
+    lo, hi = max(0, centre - half), min(len(values), centre + half + 1)
+    return 1e3 * statistics.median(values[lo:hi])
+
+
+def summary_row(trace: Trace) -> str:
+    n = len(trace.step_s)
+    at100, at_end = median_ms(trace.step_s, 100), median_ms(trace.step_s, n - 11)
+    prune_pct = 100 * sum(trace.prune_s[100:]) / max(sum(trace.step_s[100:]), 1e-12)
+    mib100, mib_end = trace.bytes_in_use[100] / 2**20, trace.bytes_in_use[-1] / 2**20
+    return (f"{trace.policy:<16} {n:>6} {at100:>9.2f} {at_end:>9.2f} {at_end / at100:>7.2f} "
+            f"{prune_pct:>7.1f}% {mib100:>9.1f} {mib_end:>9.1f}")
+
+
+def curve_rows(traces: list[Trace]) -> list[str]:
+    rows = []
+    for t in traces:
+        points = [c for c in CHECKPOINTS if c <= len(t.step_s)]
+        cells = [f"{c}: {median_ms(t.step_s, c - 1):.1f} ms / {t.bytes_in_use[c - 1] / 2**20:.1f} MiB" for c in points]
+        rows.append(f"{t.policy:<16} " + " | ".join(cells))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--none-steps", type=int, default=200, help="frames for the unbounded policy")
+    parser.add_argument("--policies", nargs="+", default=["none", "queue", "sink-window", "keydiff"])
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--special", type=int, default=5)
+    parser.add_argument("--budget-frames", type=int, default=16)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--slack", type=float, nargs="+", default=[0.0, 0.25], help="evict_slack values to run")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    sizes = Sizes(args.layers, args.heads, args.head_dim, args.tokens, args.special, args.budget_frames)
+    dtype = getattr(torch, args.dtype)
+    print(f"sizes: {sizes}, dtype {args.dtype}, {args.threads} threads; budget {sizes.budget_frames * sizes.tokens} "
+          f"tokens/layer; none capped at {args.none_steps} frames")
+    traces = []
+    runs = [(p, 0.0) for p in args.policies if p == "none"]
+    runs += [(p, slack) for p in args.policies if p != "none" for slack in args.slack]
+    for policy, slack in runs:
+        steps = min(args.steps, args.none_steps) if policy == "none" else args.steps
+        wall = time.perf_counter()
+        traces.append(run_policy(policy, steps, sizes, dtype, slack))
+        print(f"  {traces[-1].policy}: {steps} steps in {time.perf_counter() - wall:.0f} s", flush=True)
+    print(f"\n{'policy':<16} {'frames':>6} {'ms@100':>9} {'ms@end':>9} {'end/100':>7} {'prune':>8} "
+          f"{'MiB@100':>9} {'MiB@end':>9}")
+    for t in traces:
+        print(summary_row(t))
+    print("\nmedian step latency / cache bytes vs frame:")
+    print("\n".join(curve_rows(traces)))
+
+
+if __name__ == "__main__":
+    main()

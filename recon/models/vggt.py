@@ -1,0 +1,178 @@
+"""VGGT as a GeometryModel (DESIGN §4, specs/vggt.md), registered as `vggt`.
+
+    model = VGGTModel(weights="model.safetensors")      # or create_model("vggt", weights=...)
+    pred = model.infer(frames)                          # WindowPrediction in frame 0's camera
+
+The network lives in `vggt_net` (config, aggregator, heads), its layers in `vggt_layers` and `dpt`,
+strict safe loading in `weights`. Here: building + loading (`load_vggt`), the official "crop"
+preprocessing with its exact map back to original pixels (`plan_vggt_resize`, `preprocess`), and packing
+the outputs into the contract."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from recon.errors import ModelError, ReconError
+from recon.models.vggt_net import VGGT, VGGTConfig, VGGTOutput, pose_encoding_to_extrinsics_intrinsics
+from recon.models.weights import LoadReport, load_weights
+from recon.types import Frame, ResizeMap, WindowPrediction
+
+TRACK_HEAD_PREFIX = "track_head."  # the tracker is not built: its 394 tensors are skipped, and counted
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CONFIGS = {"1b": VGGTConfig.vggt_1b, "vggt_1b": VGGTConfig.vggt_1b, "tiny": VGGTConfig.tiny}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ModelError(f"unsupported dtype {dtype}; use one of {', '.join(DTYPES)}")
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_vggt(
+    path: str | Path,
+    config: VGGTConfig | None = None,
+    dtype: str | torch.dtype | None = "fp32",
+    device: str | torch.device = "cpu",
+) -> tuple[VGGT, LoadReport]:
+    """Build VGGT on the meta device (no random init, no second copy), load `path` strictly (track head
+    skipped knowingly), move to `device`. `dtype` is the aggregator's compute precision (autocast over
+    float32 weights, as the official inference); the heads always run in float32."""
+    with torch.device("meta"):
+        net = VGGT(config or VGGTConfig.vggt_1b())
+    report = load_weights(net, path, device=device, skip_prefixes=(TRACK_HEAD_PREFIX,))
+    net.amp_dtype = resolve_dtype(dtype)
+    return net.eval(), report
+
+
+# -- preprocessing (spec §8, mode "crop") --------------------------------------------------------------
+
+
+def plan_vggt_resize(original_hw: tuple[int, int], img_size: int = 518, patch_size: int = 14) -> tuple[tuple[int, int], int, ResizeMap]:
+    """Width -> img_size, height -> round(h·img_size/w / patch)·patch (Python round, half-even, as the
+    official code), then centre-crop rows to img_size if taller. Returns ((resized_w, resized_h), crop_top,
+    map original -> model pixels) with pixel centres at integers: u' = s(u + ½) − ½ − crop."""
+    h, w = original_hw
+    new_w = img_size
+    new_h = max(patch_size, round(h * (new_w / w) / patch_size) * patch_size)
+    top = (new_h - img_size) // 2 if new_h > img_size else 0
+    sx, sy = new_w / w, new_h / h
+    rmap = ResizeMap(
+        original_hw=(h, w),
+        model_hw=(min(new_h, img_size), new_w),
+        scale_xy=(sx, sy),
+        offset_xy=(0.5 * sx - 0.5, 0.5 * sy - 0.5 - top),
+    )
+    return (new_w, new_h), top, rmap
+
+
+def preprocess(frames: Sequence[Frame], img_size: int = 518, patch_size: int = 14) -> tuple[torch.Tensor, ResizeMap]:
+    """Frames (one size) -> images [S,3,H,W] float32 in [0,1] (PIL bicubic, as the official loader) and the map."""
+    hw = frames[0].hw
+    if any(f.hw != hw for f in frames):
+        raise ReconError(f"frames of one window differ in size {sorted({f.hw for f in frames})}; resize the input to one size")
+    (new_w, new_h), top, rmap = plan_vggt_resize(hw, img_size, patch_size)
+    H = rmap.model_hw[0]
+    arrays = []
+    for f in frames:
+        img = np.asarray(Image.fromarray(f.image_rgb).resize((new_w, new_h), Image.Resampling.BICUBIC))
+        arrays.append(img[top : top + H])
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    return images.contiguous(), rmap
+
+
+# -- the GeometryModel ---------------------------------------------------------------------------------
+
+
+class VGGTModel:
+    """GeometryModel `vggt`: one offline forward per window.
+
+    Outputs: depth/depth_conf from the depth head, points/points_conf from the point head, cam_from_world
+    and K (model pixels, principal point (W/2, H/2) as VGGT predicts it) from the camera head; `metric`
+    False (VGGT's scale is normalised per window). VGGT is trained to put frame 0 at [I|0]; with
+    `reanchor` (default) the small residual is removed by one rigid change of coordinates applied to poses
+    and points alike, so frame 0 is exactly the window's reference frame (the residual is reported in
+    `info`)."""
+
+    name = "vggt"
+
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        config: VGGTConfig | str | None = None,
+        dtype: str | torch.dtype | None = "fp32",
+        device: str | torch.device | None = None,
+        reanchor: bool = True,
+        causal_frames: bool = False,
+        **unknown: object,
+    ) -> None:
+        if unknown:
+            raise ReconError(f"vggt: unknown options {', '.join(sorted(unknown))}")
+        if weights is None:
+            raise ReconError("the vggt model needs weights: pass --weights PATH (model.safetensors or model.pt of facebook/VGGT-1B)")
+        if isinstance(config, str):
+            if config not in CONFIGS:
+                raise ReconError(f"vggt: unknown config {config!r}; choose one of {', '.join(CONFIGS)}")
+            config = CONFIGS[config]()
+        self.config = config or VGGTConfig.vggt_1b()
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.reanchor = reanchor
+        self.causal_frames = causal_frames
+        self.net, self.load_report = load_vggt(weights, self.config, dtype, self.device)
+
+    def forward_images(self, images: torch.Tensor) -> VGGTOutput:
+        """images [S,3,H,W] in [0,1] -> raw network outputs (batch of one scene)."""
+        with torch.inference_mode():
+            return self.net(images.to(self.device), causal_frames=self.causal_frames)
+
+    def infer(self, frames: Sequence[Frame]) -> WindowPrediction:
+        if len(frames) < 1:
+            raise ReconError("vggt needs at least one frame per window")
+        t0 = time.perf_counter()
+        images, rmap = preprocess(frames, self.config.img_size, self.config.patch_size)
+        t1 = time.perf_counter()
+        out = self.forward_images(images)
+        t2 = time.perf_counter()
+        H, W = rmap.model_hw
+        cam_from_world, K = pose_encoding_to_extrinsics_intrinsics(out.pose_enc[0].double(), (H, W))
+        points = out.world_points[0].double()
+        info: dict[str, object] = {}
+        if self.reanchor:
+            # new world = frame 0's predicted camera: cam_s_from_new = cam_s_from_world @ world_from_cam0.
+            T0 = cam_from_world[0].clone()
+            R0, t0_vec = T0[:3, :3], T0[:3, 3]
+            info["frame0_rotation_deg"] = float(torch.rad2deg(torch.arccos(((torch.trace(R0) - 1) / 2).clamp(-1, 1))))
+            info["frame0_translation"] = float(t0_vec.norm())
+            cam_from_world = cam_from_world @ torch.linalg.inv(T0)
+            points = points @ R0.T + t0_vec
+        fov = out.pose_enc[0, :, 7:9]
+        info.update(
+            timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1, "total_s": time.perf_counter() - t0},
+            fov_clamped=bool(((fov < 1e-3) | (fov > math.pi - 1e-3)).any()),
+            dtype=str(self.net.amp_dtype).removeprefix("torch."),
+            causal_frames=self.causal_frames,
+        )
+        return WindowPrediction(
+            frame_indices=[f.index for f in frames],
+            depth=out.depth[0].float(),
+            depth_conf=out.depth_conf[0].float(),
+            points=points.float(),
+            points_conf=out.world_points_conf[0].float(),
+            cam_from_world=cam_from_world.float(),
+            K=K.float(),
+            resize=rmap,
+            metric=False,
+            info=info,
+        )
