@@ -315,3 +315,23 @@ def test_frame_by_frame_causal_attention_equals_the_dense_mask() -> None:
     k2, v2 = hook(k, v)
     dense = attn.attend(q, k2, v2, frame_causal_mask(15, 25, 5, x.device))
     assert torch.allclose(attn(x, pos, frame_tokens=5, kv_fn=hook), dense, atol=1e-6)
+
+
+def test_recon_run_with_a_tiny_vggt_checkpoint_end_to_end(tmp_path: Path) -> None:
+    """`recon run --model vggt --weights CKPT`: the pipeline runs a learned model window by window."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from recon.cli import main
+    from recon.models.vggt_net import VGGT, VGGTConfig
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in VGGT(VGGTConfig.tiny()).state_dict().items()}, str(ckpt))
+    out = tmp_path / "out"
+    args = ["run", "synthetic:street", "--max-frames", "16", "--model", "vggt", "--weights", str(ckpt), "--model-config", "tiny",
+            "--window", "8", "--overlap", "2", "--out", str(out), "--depth-every", "0"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "vggt" and summary["status"] == "finished" and summary["frames_in_trajectory"] == 16
