@@ -241,7 +241,7 @@ class Pipeline:
             "fps": st.frames_read / elapsed if elapsed > 0 else 0.0,
             "rss_mb": rss_mb(),
             "peak_rss_mb": peak_rss_mb(),
-            "map_points": float(len(voxel_map)) if voxel_map is not None else 0.0,
+            "map_points": float(len(voxel_map)),
             "infer_ms_per_frame": 1e3 * item.infer_s / max(len(aligned), 1),
             **{f"timings_s/{k}": v for k, v in st.timings_s.items()},
             # Model-reported numbers (e.g. KV-cache bytes of a streaming model) are plotted as they come.
