@@ -116,7 +116,7 @@ def pair_trajectories(run_dir: Path, summary: dict[str, Any], gt_path: Path | No
 
 # -- trajectory -----------------------------------------------------------------------------------------
 def _stats(s: ErrorStats) -> dict[str, float]:
-    return {k: v for k, v in asdict(s).items()}
+    return asdict(s)
 
 
 def rpe_distance_step(path_length: float) -> float:

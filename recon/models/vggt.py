@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from recon.errors import ModelError, ReconError
+from recon.geometry import rotation_angle_deg
 from recon.models.vggt_net import VGGT, VGGTConfig, VGGTOutput, pose_encoding_to_extrinsics_intrinsics
 from recon.models.weights import LoadReport, load_weights
 from recon.types import Frame, ResizeMap, WindowPrediction
@@ -153,7 +154,7 @@ class VGGTModel:
             # new world = frame 0's predicted camera: cam_s_from_new = cam_s_from_world @ world_from_cam0.
             T0 = cam_from_world[0].clone()
             R0, t0_vec = T0[:3, :3], T0[:3, 3]
-            info["frame0_rotation_deg"] = float(torch.rad2deg(torch.arccos(((torch.trace(R0) - 1) / 2).clamp(-1, 1))))
+            info["frame0_rotation_deg"] = float(rotation_angle_deg(R0.cpu().numpy()))
             info["frame0_translation"] = float(t0_vec.norm())
             cam_from_world = cam_from_world @ torch.linalg.inv(T0)
             points = points @ R0.T + t0_vec
