@@ -335,3 +335,14 @@ def test_recon_run_with_a_tiny_vggt_checkpoint_end_to_end(tmp_path: Path) -> Non
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "vggt" and summary["status"] == "finished" and summary["frames_in_trajectory"] == 16
+
+
+def test_a_corrupt_weights_file_is_a_model_error(tmp_path: Path) -> None:
+    from recon.errors import ModelError
+    from recon.models.weights import read_state_dict
+
+    for name in ("junk.pt", "junk.safetensors"):
+        path = tmp_path / name
+        path.write_text("junk\n")
+        with pytest.raises(ModelError, match="cannot read"):
+            read_state_dict(path)

@@ -47,8 +47,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
                 f"refusing {path}: not a weights-only torch file (loading it would run pickled code, or it is not a "
                 f"torch file); convert it to .safetensors or a plain state dict ({reason})"
             ) from None
-        except (RuntimeError, OSError, EOFError) as e:
-            raise ModelError(f"cannot read torch file {path}: {e}") from None
+        except Exception as e:  # a corrupt or foreign file fails anywhere inside the unpickler (KeyError, ValueError, ...)
+            raise ModelError(f"cannot read torch file {path}: {type(e).__name__}: {e}; is it a PyTorch checkpoint?") from None
         # Training checkpoints often nest the weights one level down.
         for key in ("model", "state_dict"):
             if isinstance(state, Mapping) and isinstance(state.get(key), Mapping) and len(state) <= 4:
