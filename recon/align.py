@@ -224,6 +224,13 @@ def _segment(cur: WindowPrediction, config: AlignConfig) -> torch.Tensor:
     return torch.from_numpy(labels).to(cur.depth.device)
 
 
+def anchored_window(cur: WindowPrediction) -> AlignedWindow:
+    """A prediction already in the run's world frame (a streaming model's anchor frame): nothing to align."""
+    out = _first_window(cur, None)
+    out.diagnostics["path"] = "anchored"
+    return out
+
+
 def _first_window(cur: WindowPrediction, labels: torch.Tensor | None) -> AlignedWindow:
     scales = [torch.ones(int(labels[j].max()) + 1) for j in range(len(cur))] if labels is not None else None
     return AlignedWindow(

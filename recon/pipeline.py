@@ -20,12 +20,12 @@ import cv2
 import numpy as np
 import torch
 
-from recon.align import AlignConfig, AlignedWindow, align_window
+from recon.align import AlignConfig, AlignedWindow, align_window, anchored_window
 from recon.datasets.base import FrameSource
 from recon.depth_samples import DepthSample, write_depth_sample
 from recon.fusion import VoxelMap
 from recon.geometry import invert_rigid
-from recon.models.base import GeometryModel
+from recon.models.base import GeometryModel, StreamingModel
 from recon.outputs import TrajectoryWriter, atomic_write_json, prepare_out_dir
 from recon.schedule import KeyframeConfig, KeyframeSelector, WindowScheduler
 from recon.types import Frame, WindowPrediction
@@ -79,12 +79,17 @@ _DONE = object()
 
 
 class Pipeline:
-    def __init__(self, source: FrameSource, model: GeometryModel, out_dir: Path, config: PipelineConfig = PipelineConfig(),
+    """A GeometryModel runs on overlapping windows, each aligned to the map; a StreamingModel takes
+    consecutive groups of `window` frames (no overlap: its cache carries the context) whose predictions are
+    already in the run's world frame (its anchor frame)."""
+
+    def __init__(self, source: FrameSource, model: GeometryModel | StreamingModel, out_dir: Path, config: PipelineConfig = PipelineConfig(),
                  on_window: Callable[[RunState, VoxelMap | None], None] | None = None, viewer: Viewer | None = None,
                  input_spec: dict[str, Any] | None = None) -> None:
         """`input_spec`: how the source was opened (recorded in summary.json so `recon eval` can reopen it
         for ground truth)."""
         self.source, self.model, self.config = source, model, config
+        self.streaming = isinstance(model, StreamingModel)
         self.out_dir = prepare_out_dir(Path(out_dir))
         self.on_window = on_window
         self.viewer: Viewer = viewer if viewer is not None else NullViewer()
@@ -105,6 +110,8 @@ class Pipeline:
         # The source's ground truth for the same frames, so any tool (ours, evo) can compare the two files.
         self._gt_writer = TrajectoryWriter(self.out_dir, "ground_truth") if self.source.has_ground_truth else None
         prev: AlignedWindow | None = None
+        if isinstance(self.model, StreamingModel):
+            self.model.reset()  # a new sequence: the model's anchor is this run's first frame
         try:
             self._write_summary()
             producer.start()
@@ -133,7 +140,8 @@ class Pipeline:
     # -- producer thread: read, cut windows, infer ---------------------------------------------------
     def _produce(self) -> None:
         try:
-            scheduler = WindowScheduler(self.config.window, self.config.overlap)
+            cfg = self.config
+            scheduler = WindowScheduler(cfg.window, 0, min_size=1) if self.streaming else WindowScheduler(cfg.window, cfg.overlap)
             keyframes = KeyframeSelector(KeyframeConfig(min_flow_px=self.config.keyframe_min_flow_px)) if self.config.keyframes else None
             t_read = time.perf_counter()
             for frame in self.source:
@@ -157,7 +165,7 @@ class Pipeline:
 
     def _infer_and_queue(self, frames: list[Frame]) -> None:
         t = time.perf_counter()
-        pred = self.model.infer(frames)
+        pred = self.model.step(frames) if isinstance(self.model, StreamingModel) else self.model.infer(frames)
         infer_s = time.perf_counter() - t
         self.state.timings_s["infer"] += infer_s
         H, W = pred.hw
@@ -184,9 +192,12 @@ class Pipeline:
     # -- consumer: align, fuse, write ---------------------------------------------------------------
     def _consume(self, item: _Window, prev: AlignedWindow | None, writer: TrajectoryWriter) -> AlignedWindow:
         cfg, st = self.config, self.state
-        overlap = cfg.overlap if prev is not None else 0
+        overlap = cfg.overlap if prev is not None and not self.streaming else 0
         t = time.perf_counter()
-        aligned = align_window(prev, item.pred, overlap, AlignConfig(mode=cfg.align))
+        if self.streaming:
+            aligned = anchored_window(item.pred)
+        else:
+            aligned = align_window(prev, item.pred, overlap, AlignConfig(mode=cfg.align))
         st.timings_s["align"] += time.perf_counter() - t
         new = slice(overlap, len(aligned))  # overlap frames were written with the previous window
 

@@ -24,8 +24,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="streamvggt: KV-cache policy (default keydiff; none = unbounded)")
     m.add_argument("--cache-budget", type=int, default=None, metavar="TOKENS",
                    help="streamvggt: tokens kept per global-attention layer (required unless --cache none)")
-    p.add_argument("--window", type=int, default=20, help="frames per window (default 20)")
-    p.add_argument("--overlap", type=int, default=5, help="frames shared by consecutive windows (default 5)")
+    p.add_argument("--window", type=int, default=20,
+                   help="frames per window (default 20); streamvggt: frames per step, block-causal inside the step")
+    p.add_argument("--overlap", type=int, default=None,
+                   help="frames shared by consecutive windows (default 5; streamvggt: none, its KV cache carries the context)")
     p.add_argument("--align", choices=["sim3", "lsa"], default="lsa", help="window alignment: one Sim(3), or Sim(3) + layer-wise scale (default)")
     p.add_argument("--voxel", type=float, default=None, help="map voxel size in run units (default: 1%% of the first window's median depth)")
     p.add_argument("--max-map-points", type=int, default=1_000_000, help="hard cap on map points (default 1,000,000)")
@@ -44,11 +46,21 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     v.add_argument("--port", type=int, default=None, help="port of the web viewer with --viewer serve (default: Rerun's)")
 
 
+DEFAULT_OVERLAP = 5
+
+
 def _check(args: argparse.Namespace) -> None:
-    if args.window < 2:
-        raise ReconError(f"--window must be >= 2, got {args.window}")
-    if not 1 <= args.overlap < args.window:
-        raise ReconError(f"--overlap must be in [1, {args.window - 1}] for --window {args.window}, got {args.overlap}")
+    if args.model == "streamvggt":
+        if args.window < 1:
+            raise ReconError(f"--window (frames per step) must be >= 1, got {args.window}")
+        if args.overlap is not None:
+            raise ReconError("--overlap does not apply to --model streamvggt: steps do not overlap, its KV cache carries the context")
+    else:
+        if args.window < 2:
+            raise ReconError(f"--window must be >= 2, got {args.window}")
+        overlap = DEFAULT_OVERLAP if args.overlap is None else args.overlap
+        if not 1 <= overlap < args.window:
+            raise ReconError(f"--overlap must be in [1, {args.window - 1}] for --window {args.window}, got {overlap}")
     if args.stride < 1:
         raise ReconError(f"--stride must be >= 1, got {args.stride}")
     if args.max_frames is not None and args.max_frames < 1:
@@ -90,7 +102,7 @@ def model_options(args: argparse.Namespace) -> dict[str, object]:
             raise ReconError(f"--cache {args.cache} needs --cache-budget TOKENS (per global-attention layer), or use --cache none")
         if args.cache_budget is not None and args.cache_budget < 1:
             raise ReconError(f"--cache-budget must be >= 1 token, got {args.cache_budget}")
-        options.update(cache=args.cache, cache_budget=args.cache_budget)
+        options.update(cache=args.cache, cache_budget=args.cache_budget, frames_per_step=args.window)
     elif args.cache_budget is not None:
         raise ReconError("--cache-budget applies to --model streamvggt only (vggt runs each window offline)")
     return options
@@ -116,7 +128,8 @@ def run_command(args: argparse.Namespace) -> int:
     model = create_model(args.model, **model_options(args))
     from recon.viz import open_viewer
 
-    config = PipelineConfig(window=args.window, overlap=args.overlap, align=args.align, voxel=args.voxel,
+    overlap = 0 if args.model == "streamvggt" else DEFAULT_OVERLAP if args.overlap is None else args.overlap
+    config = PipelineConfig(window=args.window, overlap=overlap, align=args.align, voxel=args.voxel,
                             max_map_points=args.max_map_points, keyframes=not args.no_keyframes, depth_every=args.depth_every)
     input_spec = {"source": _absolute_if_path(args.source), "kind": args.source_kind, **options}
     bar = tqdm(total=length_hint(source), unit="frame", desc="recon", disable=None, dynamic_ncols=True)

@@ -56,12 +56,12 @@ class KeyframeSelector:
 class WindowScheduler:
     """push(frame) returns a full window of `size` frames whenever one is ready; consecutive windows
     share `overlap` frames. finish() returns the last, shorter window if it adds frames beyond the
-    overlap. Holds at most `size` frames."""
+    overlap (and has at least `min_size` frames). Holds at most `size` frames."""
 
-    def __init__(self, size: int, overlap: int) -> None:
-        if not (size >= 2 and 0 <= overlap < size):
-            raise ValueError(f"need window >= 2 and 0 <= overlap < window, got window {size}, overlap {overlap}")
-        self.size, self.overlap = size, overlap
+    def __init__(self, size: int, overlap: int, min_size: int = 2) -> None:
+        if not (size >= min_size >= 1 and 0 <= overlap < size):
+            raise ValueError(f"need window >= {min_size} and 0 <= overlap < window, got window {size}, overlap {overlap}")
+        self.size, self.overlap, self.min_size = size, overlap, min_size
         self._frames: list[Frame] = []
         self._emitted = False
 
@@ -77,4 +77,4 @@ class WindowScheduler:
     def finish(self) -> list[Frame] | None:
         carried = self.overlap if self._emitted else 0
         window, self._frames = self._frames, []
-        return window if len(window) > max(carried, 1) else None
+        return window if len(window) > carried and len(window) >= self.min_size else None

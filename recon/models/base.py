@@ -35,6 +35,7 @@ class StreamingModel(Protocol):
 MODEL_FACTORIES: dict[str, str] = {
     "classical": "recon.models.classical:ClassicalModel",
     "vggt": "recon.models.vggt:VGGTModel",
+    "streamvggt": "recon.models.streamvggt:StreamVGGTModel",
 }
 
 DEFAULT_MODEL = "classical"

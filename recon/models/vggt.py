@@ -58,6 +58,22 @@ def load_vggt(
     return net.eval(), report
 
 
+def load_for_model(
+    model_name: str, weights: str | Path | None, config: VGGTConfig | str | None, dtype: str | torch.dtype | None,
+    device: str | torch.device | None,
+) -> tuple[VGGT, LoadReport]:
+    """The user-facing options of `vggt` / `streamvggt` (same checkpoint) -> loaded network; one-line errors."""
+    if weights is None:
+        raise ReconError(f"the {model_name} model needs weights: pass --weights PATH (model.safetensors or model.pt of "
+                         f"facebook/VGGT-1B{', or checkpoints.pth of StreamVGGT' if model_name == 'streamvggt' else ''})")
+    if isinstance(config, str):
+        if config not in CONFIGS:
+            raise ReconError(f"{model_name}: unknown config {config!r}; choose one of {', '.join(CONFIGS)}")
+        config = CONFIGS[config]()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return load_vggt(weights, config or VGGTConfig.vggt_1b(), dtype, device)
+
+
 # -- preprocessing (spec §8, mode "crop") --------------------------------------------------------------
 
 
@@ -121,17 +137,10 @@ class VGGTModel:
     ) -> None:
         if unknown:
             raise ReconError(f"vggt: unknown options {', '.join(sorted(unknown))}")
-        if weights is None:
-            raise ReconError("the vggt model needs weights: pass --weights PATH (model.safetensors or model.pt of facebook/VGGT-1B)")
-        if isinstance(config, str):
-            if config not in CONFIGS:
-                raise ReconError(f"vggt: unknown config {config!r}; choose one of {', '.join(CONFIGS)}")
-            config = CONFIGS[config]()
-        self.config = config or VGGTConfig.vggt_1b()
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.net, self.load_report = load_for_model(self.name, weights, config, dtype, device)
+        self.config, self.device = self.net.cfg, next(self.net.parameters()).device
         self.reanchor = reanchor
         self.causal_frames = causal_frames
-        self.net, self.load_report = load_vggt(weights, self.config, dtype, self.device)
 
     def forward_images(self, images: torch.Tensor) -> VGGTOutput:
         """images [S,3,H,W] in [0,1] -> raw network outputs (batch of one scene)."""
@@ -146,34 +155,45 @@ class VGGTModel:
         t1 = time.perf_counter()
         out = self.forward_images(images)
         t2 = time.perf_counter()
-        H, W = rmap.model_hw
-        cam_from_world, K = pose_encoding_to_extrinsics_intrinsics(out.pose_enc[0].double(), (H, W))
-        points = out.world_points[0].double()
         info: dict[str, object] = {}
-        if self.reanchor:
-            # new world = frame 0's predicted camera: cam_s_from_new = cam_s_from_world @ world_from_cam0.
-            T0 = cam_from_world[0].clone()
-            R0, t0_vec = T0[:3, :3], T0[:3, 3]
-            info["frame0_rotation_deg"] = float(rotation_angle_deg(R0.cpu().numpy()))
-            info["frame0_translation"] = float(t0_vec.norm())
-            cam_from_world = cam_from_world @ torch.linalg.inv(T0)
-            points = points @ R0.T + t0_vec
-        fov = out.pose_enc[0, :, 7:9]
-        info.update(
-            timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1, "total_s": time.perf_counter() - t0},
-            fov_clamped=bool(((fov < 1e-3) | (fov > math.pi - 1e-3)).any()),
-            dtype=str(self.net.amp_dtype).removeprefix("torch."),
-            causal_frames=self.causal_frames,
-        )
-        return WindowPrediction(
-            frame_indices=[f.index for f in frames],
-            depth=out.depth[0].float(),
-            depth_conf=out.depth_conf[0].float(),
-            points=points.float(),
-            points_conf=out.world_points_conf[0].float(),
-            cam_from_world=cam_from_world.float(),
-            K=K.float(),
-            resize=rmap,
-            metric=False,
-            info=info,
-        )
+        anchor_from_world = anchor_correction(out.pose_enc[0, 0], rmap.model_hw, info) if self.reanchor else None
+        info.update(timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1, "total_s": time.perf_counter() - t0},
+                    dtype=str(self.net.amp_dtype).removeprefix("torch."), causal_frames=self.causal_frames)
+        return pack_prediction(frames, out, rmap, anchor_from_world, info)
+
+
+def anchor_correction(anchor_pose_enc: torch.Tensor, model_hw: tuple[int, int], info: dict[str, object]) -> torch.Tensor:
+    """VGGT is trained to put the anchor frame at [I|0]. From the anchor's pose encoding [9], returns the
+    rigid change of coordinates (float64 [4,4]) that makes it exactly so (new world = the anchor's predicted
+    camera), and records the residual it removes in `info`."""
+    cam0_from_world = pose_encoding_to_extrinsics_intrinsics(anchor_pose_enc.double(), model_hw)[0]
+    info["frame0_rotation_deg"] = float(rotation_angle_deg(cam0_from_world[:3, :3].cpu().numpy()))
+    info["frame0_translation"] = float(cam0_from_world[:3, 3].norm())
+    return cam0_from_world
+
+
+def pack_prediction(
+    frames: Sequence[Frame], out: VGGTOutput, rmap: ResizeMap, anchor_from_world: torch.Tensor | None, info: dict[str, object]
+) -> WindowPrediction:
+    """Network outputs for `frames` (batch row 0) -> WindowPrediction, with poses and points moved into the
+    anchor's camera by `anchor_from_world` (float64 [4,4]) when given."""
+    cam_from_world, K = pose_encoding_to_extrinsics_intrinsics(out.pose_enc[0].double(), rmap.model_hw)
+    points = out.world_points[0].double()
+    if anchor_from_world is not None:
+        # cam_s_from_anchor = cam_s_from_world @ world_from_anchor; x_anchor = anchor_from_world(x_world).
+        cam_from_world = cam_from_world @ torch.linalg.inv(anchor_from_world)
+        points = points @ anchor_from_world[:3, :3].T + anchor_from_world[:3, 3]
+    fov = out.pose_enc[0, :, 7:9]
+    info["fov_clamped"] = bool(((fov < 1e-3) | (fov > math.pi - 1e-3)).any())
+    return WindowPrediction(
+        frame_indices=[f.index for f in frames],
+        depth=out.depth[0].float(),
+        depth_conf=out.depth_conf[0].float(),
+        points=points.float(),
+        points_conf=out.world_points_conf[0].float(),
+        cam_from_world=cam_from_world.float(),
+        K=K.float(),
+        resize=rmap,
+        metric=False,
+        info=info,
+    )
