@@ -20,6 +20,11 @@ class FormatError(SourceError):
         self.line_no = line_no
 
 
+class OutputError(ReconError):
+    """An output folder or file cannot be written (not a folder, no permission, disk full); the message
+    names the path and the fix."""
+
+
 class ContractError(ReconError, ValueError):
     """A data contract (Frame, WindowPrediction, Sim3) was violated: wrong shape, dtype or non-finite values."""
 

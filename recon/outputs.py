@@ -7,28 +7,47 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from io import FileIO
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
-from recon.errors import ReconError
+from recon.errors import OutputError
 from recon.trajectory_io import FRAMES_HEADER, format_frames_line, format_kitti_line, format_tum_line
+
+
+# The pre-run probe writes this much: a folder that cannot take it (a full disk, a quota) fails before any
+# work instead of after the first window. About the first map.ply of a short run.
+PROBE_BYTES = 256 << 10
+_FIX = "free space there or pass --out to a writable folder on another disk"
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An OSError while writing an output (ENOSPC, EFBIG, EACCES, EROFS, ...) -> OutputError naming the file:
+    the user's fix is the same whichever write hit it."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}; {_FIX}") from None
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """`write(tmp_path)` into a temporary file beside `path`, then rename over it: readers only ever see
-    the old or the new file, never half of one."""
+    the old or the new file, never half of one (a failed write leaves the old file and no temporary)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        try:
+            write(Path(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -45,48 +64,83 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def prepare_out_dir(out_dir: Path) -> Path:
-    """Create the output folder and prove it is writable before any work starts."""
+def prepare_out_dir(out_dir: Path, probe_bytes: int = PROBE_BYTES) -> Path:
+    """Create the output folder and prove it takes `probe_bytes` before any work starts (the probe file is
+    removed again, whatever happens): no permission, a read-only or full disk is one line up front."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"output folder '{out_dir}' is a file; pass --out to a folder (it is created if missing)")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".recon-write-test"
-        probe.write_text("ok")
-        probe.unlink()
     except OSError as e:
-        raise ReconError(f"output folder '{out_dir}' is not writable ({e.strerror or e}); pass --out to a writable folder") from None
+        raise OutputError(f"cannot create output folder '{out_dir}' ({e.strerror or e}); pass --out to a writable folder") from None
+    probe = out_dir / ".recon-write-test"
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(probe_bytes))
+            f.flush()
+    except OSError as e:
+        raise OutputError(f"output folder '{out_dir}' cannot take {probe_bytes >> 10} KiB ({e.strerror or e}); {_FIX}") from None
+    finally:
+        with suppress(OSError):
+            probe.unlink(missing_ok=True)
     return out_dir
 
 
 class TrajectoryWriter:
     """Appends poses to OUT/STEM.tum and OUT/STEM.kitti (world_from_cam), flushed per call. With
     `frames_file`, also each pose's source frame index to OUT/frames.txt: KITTI lines carry no
-    timestamp, and a trajectory holds keyframes only, so this is how a pose finds its ground truth."""
+    timestamp, and a trajectory holds keyframes only, so this is how a pose finds its ground truth.
+    An append is all or nothing: when a write fails (full disk) every file is cut back to where the call
+    found it, so the files stay whole lines and agree with each other, and an OutputError names the file."""
 
     def __init__(self, out_dir: Path, stem: str = "trajectory", frames_file: bool = False) -> None:
         self.tum_path = Path(out_dir) / f"{stem}.tum"
         self.kitti_path = Path(out_dir) / f"{stem}.kitti"
-        self._files: list[TextIO] = [open(self.tum_path, "w"), open(self.kitti_path, "w")]
-        if frames_file:
-            self._files.append(open(Path(out_dir) / "frames.txt", "w"))
-            self._files[2].write(FRAMES_HEADER + "\n")
+        self._paths = [self.tum_path, self.kitti_path] + ([Path(out_dir) / "frames.txt"] if frames_file else [])
+        self._files: list[FileIO] = []
+        for path in self._paths:
+            with _writing(path):
+                self._files.append(open(path, "wb", buffering=0))  # unbuffered: a failed write leaves nothing pending
         self.count = 0
+        if frames_file:
+            self._append_all(["", "", FRAMES_HEADER + "\n"])
 
     def append(self, timestamps_s: list[float], world_from_cam: np.ndarray, frame_indices: list[int] | None = None) -> None:
-        tum, kitti, *frames = self._files
-        if frames and (frame_indices is None or len(frame_indices) != len(timestamps_s)):
+        frames_file = len(self._files) == 3
+        if frames_file and (frame_indices is None or len(frame_indices) != len(timestamps_s)):
             raise ValueError("this writer keeps frames.txt: pass one frame index per pose")
-        for i, (ts, T) in enumerate(zip(timestamps_s, world_from_cam)):
-            tum.write(format_tum_line(float(ts), T) + "\n")
-            kitti.write(format_kitti_line(T) + "\n")
-            if frames:
-                frames[0].write(format_frames_line(frame_indices[i], float(ts)) + "\n")
-        self.count += len(timestamps_s)
-        for f in self._files:
-            f.flush()
-            os.fsync(f.fileno())
+        poses = list(zip((float(ts) for ts in timestamps_s), world_from_cam))
+        texts = ["".join(format_tum_line(ts, T) + "\n" for ts, T in poses), "".join(format_kitti_line(T) + "\n" for _, T in poses)]
+        if frames_file and frame_indices is not None:
+            texts.append("".join(format_frames_line(i, ts) + "\n" for i, (ts, _) in zip(frame_indices, poses)))
+        self._append_all(texts)
+        self.count += len(poses)
+
+    def _append_all(self, texts: list[str]) -> None:
+        """texts[k] to file k (one per file, in order), durable; on failure every file is truncated back
+        and OutputError raised."""
+        starts = [f.tell() for f in self._files]
+        k = 0
+        try:
+            for k, text in enumerate(texts):
+                _write_all(self._files[k], text.encode("ascii"))
+                os.fsync(self._files[k].fileno())
+        except OSError as e:
+            for f, start in zip(self._files, starts):
+                with suppress(OSError):  # shrinking a file needs no space; if even that fails, report the first error
+                    f.truncate(start)
+                    f.seek(start)
+            raise OutputError(f"cannot write {self._paths[k]}: {e.strerror or e}; {_FIX}") from None
 
     def close(self) -> None:
         for f in self._files:
             if not f.closed:
                 f.close()
+
+
+def _write_all(f: FileIO, data: bytes) -> None:
+    """A raw write may take part of the buffer; loop until all of it is written (or an OSError says why not)."""
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view) or 0 :]
