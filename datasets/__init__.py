@@ -9,10 +9,11 @@ from pathlib import Path
 
 from recon.errors import SourceError
 
-from .base import FrameSource, length_hint
+from .base import FrameSource, length_hint, source_notes
 from .folder import ImageFolderSource
 from .image_files import IMAGE_EXTENSIONS, list_images
 from .kitti import KittiSource, write_kitti_sequence
+from .native_logs import quiet_native_logs
 from .resize import apply_resize, plan_resize, resize_for_model
 from .stream import StreamSource, is_stream_url
 from .tum import TumSource, write_tum_sequence
@@ -32,9 +33,12 @@ __all__ = [
     "open_source",
     "plan_resize",
     "resize_for_model",
+    "source_notes",
     "write_kitti_sequence",
     "write_tum_sequence",
 ]
+
+quiet_native_logs()  # before any capture opens: see native_logs
 
 SYNTHETIC_PREFIX = "synthetic:"
 KINDS: tuple[str, ...] = ("folder", "video", "stream", "kitti", "tum", "synthetic")
@@ -101,6 +105,12 @@ def detect_kind(spec: str | int | Path) -> str:
             return "tum"
         if list_images(path):
             return "folder"
+        if (path / "image_2").is_dir():
+            raise SourceError(f"'{text}' looks like a KITTI sequence (image_2/) but has no calib.txt; add calib.txt "
+                              "with a 'P2: 12 numbers' line (3x4 projection of the image_2 camera)")
+        if (path / "rgb").is_dir():
+            raise SourceError(f"'{text}' looks like a TUM RGB-D sequence (rgb/) but has no rgb.txt; add rgb.txt "
+                              "with 'timestamp rgb/NAME.png' lines")
         raise SourceError(f"cannot open '{text}': a folder without images; {_EXPECTED}")
     if path.is_file():
         suffix = path.suffix.lower()

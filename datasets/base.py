@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from recon.errors import SourceError
+from recon.errors import FormatError, SourceError
+from recon.trajectory_io import content_lines
 from recon.types import Frame
 
 
@@ -19,7 +21,9 @@ class FrameSource(Protocol):
     `name` is a short human label (used in outputs). `intrinsics` is K [3,3] in pixels of the yielded
     images when known, else None. `has_ground_truth` says whether yielded frames carry
     `gt_cam_from_world` (and possibly `gt_depth_m`); `metric` whether that ground truth is in metres.
-    `__len__` is defined only where the length is known up front; use `length_hint()` otherwise."""
+    `__len__` is defined only where the length is known up front; use `length_hint()` otherwise.
+    A source may also keep `notes`: one-line reports of what its last iteration skipped or survived
+    (unreadable files, a truncated video, a dropped stream); use `source_notes()`."""
 
     name: str
 
@@ -41,6 +45,46 @@ def length_hint(source: object) -> int | None:
         return len(source)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def source_notes(source: object) -> list[str]:
+    """What the source's last iteration had to skip or survive, one line each ([] where it keeps none)."""
+    return list(getattr(source, "notes", []))
+
+
+def entry_line_no(path: Path, entry: int) -> int:
+    """The line number of the `entry`-th (0-based) entry of a text file whose blank and '#' lines are not
+    entries; for an entry past the end, the line where it is missing (one past the last entry). Used only
+    to name the line in a message, so re-reading the file costs nothing on the good path."""
+    entries = content_lines(path)
+    if entry < len(entries):
+        return entries[entry][0]
+    return (entries[-1][0] if entries else 0) + 1
+
+
+def check_one_per_image(path: Path, count: int, what: str, image_dir: Path, num_images: int) -> None:
+    """A per-image list (times.txt, poses) must have one entry per image; FormatError at the first line
+    that has no image, or where the first missing line belongs."""
+    if count == num_images:
+        return
+    where = "this line and those after it have no image" if count > num_images else "the lines for the last images are missing"
+    raise FormatError(
+        path, entry_line_no(path, num_images if count > num_images else count),
+        f"{count} {what} but {image_dir} has {num_images} images ({where}); one line per image, in order",
+    )
+
+
+def check_increasing(path: Path, timestamps_s: np.ndarray) -> None:
+    """Frame timestamps must strictly increase (a stream runs forward); FormatError at the first line whose
+    timestamp does not."""
+    bad = np.flatnonzero(np.diff(timestamps_s) <= 0)
+    if bad.size:
+        i = int(bad[0]) + 1
+        raise FormatError(
+            path, entry_line_no(path, i),
+            f"timestamp {float(timestamps_s[i])!r} is not after the one before it ({float(timestamps_s[i - 1])!r}); "
+            "timestamps must increase line by line: fix or sort the file",
+        )
 
 
 def check_stride_max_frames(stride: int, max_frames: int | None) -> None:

@@ -12,7 +12,7 @@ from recon.errors import SourceError
 from recon.types import Frame
 
 from .base import check_stride_max_frames, intrinsics_matrix, strided_length
-from .image_files import IMAGE_EXTENSIONS, list_images, readable_images
+from .image_files import IMAGE_EXTENSIONS, list_images, readable_images, skipped_images_notes
 
 
 class ImageFolderSource:
@@ -60,6 +60,10 @@ class ImageFolderSource:
     @property
     def metric(self) -> bool:
         return False
+
+    @property
+    def notes(self) -> list[str]:
+        return skipped_images_notes(self.skipped, self.path)
 
     def __len__(self) -> int:
         return strided_length(len(self._files), self.stride, self.max_frames)

@@ -98,6 +98,20 @@ def encode_depth_u16(depth_m: np.ndarray, scale_per_m: float) -> np.ndarray:
     return np.where((scaled > 0) & (scaled <= np.iinfo(np.uint16).max), scaled, 0).astype(np.uint16)
 
 
+SHOW_NAMES = 5  # file names listed in a note (all are counted)
+
+
+def skipped_images_notes(skipped: Sequence[str], where: Path) -> list[str]:
+    """The one-line report of the images an iteration skipped (each was logged with its reason as it went)."""
+    if not skipped:
+        return []
+    more = f" (+{len(skipped) - SHOW_NAMES} more)" if len(skipped) > SHOW_NAMES else ""
+    return [
+        f"skipped {len(skipped)} image{'s' if len(skipped) > 1 else ''} of {where} that cannot be read or differ in size "
+        f"from the first frame: {', '.join(skipped[:SHOW_NAMES])}{more}; fix or remove them"
+    ]
+
+
 def readable_images(paths: Sequence[Path], max_frames: int | None, skipped: list[str]) -> Iterator[tuple[int, np.ndarray]]:
     """(position in `paths`, RGB image) for each image that reads and has the first image's size, in order,
     at most `max_frames` of them. An unusable file is logged and its name appended to `skipped`: one bad

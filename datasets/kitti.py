@@ -26,8 +26,8 @@ from recon.geometry import invert_rigid, make_rigid
 from recon.trajectory_io import format_kitti_line, read_kitti
 from recon.types import Frame
 
-from .base import check_stride_max_frames, strided_length
-from .image_files import encode_depth_u16, list_images, read_depth_u16, readable_images, write_png
+from .base import check_increasing, check_one_per_image, check_stride_max_frames, strided_length
+from .image_files import encode_depth_u16, list_images, read_depth_u16, readable_images, skipped_images_notes, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -151,11 +151,8 @@ class KittiSource:
         times_path = self.seq_dir / "times.txt"
         if times_path.is_file():
             self._times_s = read_times(times_path)
-            if len(self._times_s) != n:
-                raise SourceError(
-                    f"{times_path} has {len(self._times_s)} timestamps but {image_dir} has {n} images; "
-                    "they must match one to one"
-                )
+            check_one_per_image(times_path, len(self._times_s), "timestamps", image_dir, n)
+            check_increasing(times_path, self._times_s)
         else:
             logger.warning("%s has no times.txt; assuming 10 Hz (KITTI's rate)", self.seq_dir)
             self._times_s = np.arange(n) / 10.0
@@ -166,11 +163,7 @@ class KittiSource:
             candidate = self.seq_dir.parent.parent / "poses" / f"{self.name}.txt"
             if candidate.is_file():
                 world_from_cam0 = read_kitti(candidate)
-                if len(world_from_cam0) != n:
-                    raise SourceError(
-                        f"{candidate} has {len(world_from_cam0)} poses but {image_dir} has {n} images; "
-                        "they must match one to one"
-                    )
+                check_one_per_image(candidate, len(world_from_cam0), "poses", image_dir, n)
                 self.poses_path = candidate
                 self._world_from_cam2 = world_from_cam0 @ cam0_from_cam2(self._P2)
 
@@ -194,6 +187,10 @@ class KittiSource:
     @property
     def timestamps_s(self) -> np.ndarray:
         return self._times_s.copy()
+
+    @property
+    def notes(self) -> list[str]:
+        return skipped_images_notes(self.skipped, self.seq_dir / "image_2")
 
     def __len__(self) -> int:
         return strided_length(len(self._files), self.stride, self.max_frames)

@@ -101,8 +101,10 @@ class StreamSource:
     reconnect resets that count, so an endless stream survives occasional drops but a dead one ends.
     A local file spec ends at its last frame (a file does not drop). Ctrl-C (KeyboardInterrupt) during
     iteration ends it cleanly: the capture is released and the caller keeps the frames it got.
-    After an iteration, `reconnects` and `interrupted` say what happened. The capture opens when iteration
-    starts (a stream is a side effect): an unopenable camera/URL raises SourceError from the first next()."""
+    After an iteration, `reconnects`, `gave_up` and `interrupted` say what happened, `notes` in words. The
+    capture opens when iteration starts (a stream is a side effect): a camera is tried 1 + max_reconnects
+    times (a device can be busy for a moment), a URL once (it already waited `open_timeout_s`, and a refused
+    one is a typo); then SourceError from the first next()."""
 
     def __init__(
         self,
@@ -126,6 +128,7 @@ class StreamSource:
                 raise SourceError(f"{label} must be a number >= 0, got {value!r}")
         self.max_reconnects = max_reconnects
         self.reconnect_delay_s = float(reconnect_delay_s)
+        self.open_timeout_s = float(open_timeout_s)
         self.max_frames = max_frames
         self.stride = int(stride)
         self._K = intrinsics_matrix(intrinsics)
@@ -135,7 +138,17 @@ class StreamSource:
         self._is_file = isinstance(self.spec, str) and not is_stream_url(self.spec) and Path(self.spec).is_file()
         self.name = redact(self.spec) if not self._is_file else Path(self.spec).stem
         self.reconnects = 0
+        self.gave_up = False
         self.interrupted = False
+
+    @property
+    def notes(self) -> list[str]:
+        if self.gave_up:
+            return [f"{self.name}: the stream dropped and {self.max_reconnects} reconnect attempts failed; "
+                    "the run ended there with the frames it had"]
+        if self.reconnects:
+            return [f"{self.name}: the stream dropped and was reconnected ({self.reconnects} reconnect attempts)"]
+        return []
 
     @property
     def intrinsics(self) -> np.ndarray | None:
@@ -162,20 +175,26 @@ class StreamSource:
             return None
         return cap
 
+    def _open_first(self) -> Capture:
+        attempts = 1 + self.max_reconnects if isinstance(self.spec, int) else 1
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(self.reconnect_delay_s)
+            started = time.monotonic()
+            if (cap := self._try_open()) is not None:
+                return cap
+        raise SourceError(open_failure_message(self.spec, attempts, time.monotonic() - started, self.open_timeout_s))
+
     def __iter__(self) -> Iterator[Frame]:
         self.reconnects = 0
+        self.gave_up = False
         self.interrupted = False
         cap: Capture | None = None
         yielded = 0
         frames_read = 0
         failures_in_row = 0
         try:
-            cap = self._try_open()
-            if cap is None:
-                hint = "check the camera index (ls /dev/video*) and permissions" if isinstance(self.spec, int) else (
-                    "check the URL, network and credentials"
-                )
-                raise SourceError(f"cannot open stream {redact(self.spec)!r}; {hint}")
+            cap = self._open_first()
             start = time.monotonic()
             while self.max_frames is None or yielded < self.max_frames:
                 ok, bgr = cap.read() if cap is not None else (False, None)
@@ -186,6 +205,7 @@ class StreamSource:
                         logger.warning(
                             "%s: no frames after %d reconnect attempts in a row; ending the stream", self.name, failures_in_row
                         )
+                        self.gave_up = True
                         break
                     failures_in_row += 1
                     self.reconnects += 1
@@ -214,3 +234,13 @@ class StreamSource:
             if cap is not None:
                 cap.release()
         logger.info("%s: stream ended after %d frames, %d reconnects", self.name, yielded, self.reconnects)
+
+
+def open_failure_message(spec: int | str, attempts: int, last_attempt_s: float, open_timeout_s: float) -> str:
+    """Why a camera/URL did not open, as far as we can tell, and what to check."""
+    if isinstance(spec, int):
+        return (f"cannot open stream {redact(spec)!r} ({attempts} attempts); check the camera index (ls /dev/video*), "
+                "that no other program holds it, and permissions")
+    # FFmpeg gives up at the timeout without saying so; an attempt that lasted that long timed out.
+    why = f"no answer within {open_timeout_s:g} s" if last_attempt_s >= 0.9 * open_timeout_s > 0 else "refused or not a stream"
+    return f"cannot open stream {redact(spec)!r}: {why}; check the URL, network and credentials (or raise --timeout)"

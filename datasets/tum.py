@@ -23,8 +23,8 @@ from recon.geometry import invert_rigid
 from recon.trajectory_io import format_tum_line, read_tum
 from recon.types import Frame
 
-from .base import check_stride_max_frames, intrinsics_matrix, strided_length
-from .image_files import encode_depth_u16, read_depth_u16, readable_images, write_png
+from .base import check_increasing, check_stride_max_frames, intrinsics_matrix, strided_length
+from .image_files import encode_depth_u16, read_depth_u16, readable_images, skipped_images_notes, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,8 @@ class TumSource:
 
         rgb_s, self._rgb_names = read_file_list(rgb_list)
         if len(rgb_s) == 0:
-            raise SourceError(f"{rgb_list} lists no images")
+            raise SourceError(f"{rgb_list} lists no images; expected 'timestamp rgb/NAME.png' lines")
+        check_increasing(rgb_list, rgb_s)  # depth and ground truth are matched by time, in any order
         keep = np.ones(len(rgb_s), dtype=bool)
         why: list[str] = []
 
@@ -177,6 +178,10 @@ class TumSource:
     @property
     def metric(self) -> bool:
         return self.has_ground_truth
+
+    @property
+    def notes(self) -> list[str]:
+        return skipped_images_notes(self.skipped, self.dir / "rgb.txt")
 
     def __len__(self) -> int:
         return strided_length(len(self._rows), self.stride, self.max_frames)

@@ -26,7 +26,9 @@ class VideoSource:
     """Frames of a video file. `timestamp_s` comes from the container (CAP_PROP_POS_MSEC), falling back
     to frame_no / fps where the container gives none. `index` counts yielded frames. `len()` exists when
     the container states its frame count (an estimate for some formats: iteration stops at the real end).
-    Each iteration opens its own capture, so the source can be iterated again."""
+    A video that ends well before the count it states, or whose frame stops decoding, is read up to there and
+    reported in `notes` (a truncated or damaged file keeps its good part). Each iteration opens its own
+    capture, so the source can be iterated again."""
 
     def __init__(
         self,
@@ -39,10 +41,13 @@ class VideoSource:
         check_stride_max_frames(stride, max_frames)
         if not self.path.is_file():
             raise SourceError(f"video '{self.path}' not found; pass the path of a video file")
+        if self.path.stat().st_size == 0:
+            raise SourceError(f"video '{self.path}' is empty (0 bytes); the recording or copy did not finish: pass a complete file")
         self.stride = int(stride)
         self.max_frames = max_frames
         self._K = intrinsics_matrix(intrinsics)
         self.name = self.path.stem
+        self.notes: list[str] = []
         cap = self._open()
         try:
             count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
@@ -53,12 +58,15 @@ class VideoSource:
             cap.release()
 
     def _open(self) -> cv2.VideoCapture:
-        cap = cv2.VideoCapture(str(self.path))
+        # FFmpeg only: when it fails, OpenCV's fallback readers (its own MJPEG/AVI parser) print to stderr
+        # and never read what FFmpeg could not.
+        api = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
+        cap = cv2.VideoCapture(str(self.path), api)
         if not cap.isOpened():
             cap.release()
             raise SourceError(
-                f"cannot open video '{self.path}': OpenCV cannot decode it; check it is a complete video file "
-                "(mp4, avi, mkv, mov, webm ...) or convert it with ffmpeg"
+                f"cannot open video '{self.path}': it is truncated, corrupt or not a video; check it is a complete "
+                "video file (mp4, avi, mkv, mov, webm ...) or repair/convert it with ffmpeg"
             )
         return cap
 
@@ -80,6 +88,7 @@ class VideoSource:
         return strided_length(self.frame_count, self.stride, self.max_frames)
 
     def __iter__(self) -> Iterator[Frame]:
+        self.notes = []
         cap = self._open()
         try:
             yield from self._frames(cap)
@@ -100,8 +109,9 @@ class VideoSource:
                 continue
             ok, bgr = cap.retrieve()
             if not ok or bgr is None:
-                logger.warning("%s: frame %d could not be decoded; stopping there", self.path, frame_no)
-                break
+                self.notes.append(f"video '{self.path}': frame {frame_no} could not be decoded, so the run stopped there; "
+                                  "the file is damaged: repair or re-encode it with ffmpeg to use the rest")
+                return
             timestamp_s = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
             # Some containers report 0 or a stale time for every frame; a time that does not advance
             # is not a time, so use the nominal frame rate instead.
@@ -118,3 +128,20 @@ class VideoSource:
             yielded += 1
         if frame_no < 0 and self.max_frames != 0:
             raise SourceError(f"video '{self.path}' has no decodable frame; check the file is not truncated")
+        if (note := ended_early_note(self.path, frame_no + 1, self.frame_count, self.max_frames, yielded)) is not None:
+            self.notes.append(note)
+
+
+# Containers estimate their frame count (from duration x rate for some): a few frames short is normal.
+COUNT_TOLERANCE = 0.02
+
+
+def ended_early_note(path: Path, frames_read: int, stated: int | None, max_frames: int | None, yielded: int) -> str | None:
+    """A note when the video ran out well before the frame count its header states: the sign of a file cut
+    short (a copy or recording that did not finish). None when it ended where it said, or we stopped it."""
+    if stated is None or (max_frames is not None and yielded >= max_frames):
+        return None
+    if frames_read >= stated - max(1, math.ceil(COUNT_TOLERANCE * stated)):
+        return None
+    return (f"video '{path}' ended at frame {frames_read} of the {stated} its header states; the file looks truncated: "
+            "the run used the frames up to there")
