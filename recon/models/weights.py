@@ -24,7 +24,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """File -> {name: tensor} on the CPU, without executing anything from the file."""
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"weights file {path} does not exist")
+        raise ModelError(f"weights file {path} does not exist; pass --weights PATH to a .safetensors or .pt checkpoint")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -79,10 +79,13 @@ class LoadReport:
         )
 
     def details(self) -> str:
+        """The summary and the first SHOW keys of each kind with their shapes, on one line: it becomes the
+        one-line error a user reads."""
+
         def shape(s: Sequence[int]) -> str:
             return "[" + ", ".join(map(str, s)) + "]"
 
-        lines = [self.summary()]
+        parts = [self.summary()]
         for title, rows in (
             ("missing (expected shape)", [f"{k} {shape(s)}" for k, s in self.missing]),
             ("unexpected (shape in file)", [f"{k} {shape(s)}" for k, s in self.unexpected]),
@@ -90,9 +93,8 @@ class LoadReport:
         ):
             if rows:
                 more = f" (+{len(rows) - SHOW} more)" if len(rows) > SHOW else ""
-                lines.append(f"  {title}, {len(rows)}{more}:")
-                lines += [f"    {r}" for r in rows[:SHOW]]
-        return "\n".join(lines)
+                parts.append(f"{title}: " + ", ".join(rows[:SHOW]) + more)
+        return "; ".join(parts)
 
 
 def check_state_dict(
@@ -128,7 +130,7 @@ def load_weights(
     state = read_state_dict(path)
     keep, report = check_state_dict(module, state, skip_prefixes, str(path))
     if not report.ok:
-        raise ModelError("weights do not match the model: " + report.details())
+        raise ModelError(f"weights do not match the model: {report.details()}; check --model and --model-config match the checkpoint")
     for k, v in keep.items():
         if not v.is_floating_point():
             raise ModelError(f"{path}: tensor {k} has dtype {v.dtype}, expected floating point")
