@@ -8,10 +8,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from recon import __version__
 from recon.errors import ReconError
 
+EXIT_FAILURE = 1  # a bug, not the user's doing
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -46,8 +48,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints its whole usage block above an error; a user gets the one line that says what is wrong
+    and where the help is. Subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="recon",
         description="Streaming 3D reconstruction: video in, camera trajectory and 3D map out, on bounded memory.",
     )
@@ -103,6 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"recon: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:  # a bug: still one line, the traceback is one flag away
+        if args.debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"recon: error: internal error ({type(e).__name__}: {first}); rerun with --debug for the traceback and report it",
+              file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("recon: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -14,6 +14,8 @@ from recon.errors import ReconError
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="video file, image folder, KITTI sequence dir, TUM RGB-D dir, camera index, rtsp/http URL, or synthetic:street|room")
     p.add_argument("--source-kind", choices=["folder", "video", "stream", "kitti", "tum", "synthetic"], help="override source detection")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="camera / stream sources: how long to wait for the stream to open or for a frame (default 10)")
     p.add_argument("--model", default="classical", help="geometry model: classical (default, needs no weights), vggt, streamvggt")
     m = p.add_argument_group("learned models (vggt, streamvggt)")
     m.add_argument("--weights", metavar="PATH", help="checkpoint: .safetensors, or a torch file of plain tensors (never unpickles code)")
@@ -69,10 +71,25 @@ def _check(args: argparse.Namespace) -> None:
         raise ReconError(f"--voxel must be > 0, got {args.voxel}")
     if args.depth_every < 0:
         raise ReconError(f"--depth-every must be >= 0 (0: keep no depth), got {args.depth_every}")
+    if args.max_map_points < 1:
+        raise ReconError(f"--max-map-points must be >= 1, got {args.max_map_points}")
+    if args.timeout is not None and not args.timeout > 0:
+        raise ReconError(f"--timeout must be > 0 seconds, got {args.timeout}")
     if args.port is not None and not 1 <= args.port <= 65535:
         raise ReconError(f"--port must be in [1, 65535], got {args.port}")
+    if args.port is not None and args.viewer != "serve":
+        raise ReconError(f"--port sets the web viewer's port and needs --viewer serve (got --viewer {args.viewer})")
     if args.rrd is not None and Path(args.rrd).suffix.lower() != ".rrd":
         raise ReconError(f"--rrd must name a .rrd file, got {args.rrd!r}")
+
+
+def stream_options(kind: str, timeout_s: float | None) -> dict[str, float]:
+    """--timeout -> the stream source's open and read timeouts; a flag no other kind takes is an error."""
+    if timeout_s is None:
+        return {}
+    if kind != "stream":
+        raise ReconError(f"--timeout applies to camera and stream sources only; this source is a {kind}")
+    return {"open_timeout_s": timeout_s, "read_timeout_s": timeout_s}
 
 
 def _intrinsics(text: str | None) -> tuple[float, float, float, float] | None:
@@ -115,17 +132,22 @@ def _absolute_if_path(spec: str) -> str:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from recon.datasets import open_source
+    from recon.datasets import detect_kind, open_source, source_notes
     from recon.datasets.base import length_hint
+    from recon.outputs import prepare_out_dir
     from recon.models.base import create_model
     from recon.pipeline import Pipeline, PipelineConfig
 
     _check(args)
+    model_opts = model_options(args)
     options: dict = {"stride": args.stride, "max_frames": args.max_frames}
     if (K := _intrinsics(args.intrinsics)) is not None:
         options["intrinsics"] = K
-    source = open_source(args.source, kind=args.source_kind, **options)
-    model = create_model(args.model, **model_options(args))
+    kind = args.source_kind or detect_kind(args.source)
+    options.update(stream_options(kind, args.timeout))
+    source = open_source(args.source, kind=kind, **options)
+    out = prepare_out_dir(Path(args.out))  # before the model loads (minutes for a large checkpoint)
+    model = create_model(args.model, **model_opts)
     from recon.viz import open_viewer
 
     overlap = 0 if args.model == "streamvggt" else DEFAULT_OVERLAP if args.overlap is None else args.overlap
@@ -138,7 +160,6 @@ def run_command(args: argparse.Namespace) -> int:
         bar.update(state.frames_read - bar.n)
         bar.set_postfix(windows=state.windows, map=len(voxel_map) if voxel_map is not None else 0)
 
-    out = Path(args.out)
     viewer = open_viewer(args.viewer, Path(args.rrd) if args.rrd else None, bind=args.bind, port=args.port)
     pipeline = Pipeline(source, model, out, config, on_window=progress, viewer=viewer, input_spec=input_spec)
     try:
@@ -151,6 +172,8 @@ def run_command(args: argparse.Namespace) -> int:
     bar.close()
     print(f"{state.frames_read} frames ({state.frames_skipped} without motion skipped), {state.windows} windows -> {out}/")
     print(f"  trajectory.tum, trajectory.kitti ({state.frames_written} poses), map.ply ({state.map_ply_points} points), summary.json")
+    for note in source_notes(source):
+        print(f"recon: warning: {note}", file=sys.stderr)
     if source.has_ground_truth and state.frames_written >= 3:
         report_metrics(out)
     return 0
