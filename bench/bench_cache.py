@@ -1,6 +1,6 @@
-"""Step latency and memory of the bounded KV cache (issue 6) without the model.
+"""Step latency and memory of the bounded KV cache (issue 6): the cache alone, or StreamVGGT's real step.
 
-Simulates StreamVGGT's global-attention steps: per frame and per layer, append the new frame's k, v to the
+Default (cache alone): simulates StreamVGGT's global-attention steps: per frame and per layer, append the new frame's k, v to the
 cache, then a toy attention of the frame's q over the cache view (torch SDPA). Inputs come from a small
 pool made before the timer, so the timer sees cache work + attention only. Prints, per policy, the median
 step latency around frame 100 and at the end, their ratio (target <= 1.1 for bounded policies), the share
@@ -11,19 +11,31 @@ CPU cores: 24 layers, 8 heads, head dim 32, 64 tokens per frame (5 special), bud
 float32. `none` grows without bound, so it runs only --none-steps frames (its latency grows linearly).
 Each bounded policy runs with evict_slack 0 (exactly full, compacts every step) and 0.25 (amortised).
 
+With --model: the whole StreamVGGT step (`StreamVGGTModel.step_images`: DINO, frame and global blocks
+through the cache, camera head with its cache, depth and point heads) on a scaled-down VGGT with random
+weights, loaded from a checkpoint file like real weights: embed 128, 4 + 4 blocks, 4 heads, 112x84 input
+(53 tokens per frame), budget --budget-frames frames per layer. Prune share = eviction + compaction time
+over the whole step time.
+
 Run: .venv/bin/python bench/bench_cache.py [--steps 2000] [--none-steps 200] [--policies queue keydiff]
+     .venv/bin/python bench/bench_cache.py --model [--steps 2000] [--none-steps 1000] [--budget-frames 32]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from recon.cache import CacheConfig, KVCache
+from recon.models.streamvggt import StreamVGGTModel
+from recon.models.vggt_net import VGGT, VGGTConfig
 
 CHECKPOINTS = (10, 100, 500, 1000, 2000, 5000, 10_000)
 POOL = 8  # distinct frames of random q/k/v reused cyclically
@@ -77,6 +89,41 @@ def run_policy(policy: str, steps: int, sizes: Sizes, dtype: torch.dtype, slack:
     return trace
 
 
+BENCH_CONFIG = VGGTConfig(
+    img_size=112, embed_dim=128, depth=4, num_heads=4, dino_depth=4, dino_num_heads=4, camera_trunk_depth=2,
+    camera_num_heads=4, dpt_features=32, dpt_out_channels=(16, 32, 64, 64), dpt_layers=(0, 1, 2, 3), dpt_hidden=16,
+)
+MODEL_INPUT_HW = (84, 112)
+
+
+def write_random_checkpoint(config: VGGTConfig, folder: Path) -> Path:
+    torch.manual_seed(0)
+    path = folder / "bench.safetensors"
+    save_file({k: v.contiguous() for k, v in VGGT(config).state_dict().items()}, str(path))
+    return path
+
+
+def run_model_policy(policy: str, steps: int, budget_frames: int, slack: float, weights: Path) -> Trace:
+    """StreamVGGT steps of one frame each, the frames cycling through a small pool made before the timer."""
+    cfg = BENCH_CONFIG
+    P = cfg.patch_start_idx + (MODEL_INPUT_HW[0] // cfg.patch_size) * (MODEL_INPUT_HW[1] // cfg.patch_size)
+    cache = CacheConfig(policy=policy, budget_tokens=None if policy == "none" else budget_frames * P, evict_slack=slack)  # type: ignore[arg-type]
+    model = StreamVGGTModel(weights=weights, config=cfg, device="cpu", cache=cache)
+    gen = torch.Generator().manual_seed(0)
+    pool = [torch.rand(1, 3, *MODEL_INPUT_HW, generator=gen) for _ in range(POOL)]
+    trace = Trace(policy if slack == 0 or policy == "none" else f"{policy}+{slack:g}")
+    for f in range(steps):
+        pruned_before = model.kv.stats()["prune_seconds"] if model.kv is not None else 0.0
+        start = time.perf_counter()
+        model.step_images(pool[f % POOL])
+        trace.step_s.append(time.perf_counter() - start)
+        assert model.kv is not None
+        stats = model.kv.stats()
+        trace.prune_s.append(stats["prune_seconds"] - pruned_before)
+        trace.bytes_in_use.append(int(stats["bytes_in_use"]))
+    return trace
+
+
 def median_ms(values: list[float], centre: int, half: int = 10) -> float:
     lo, hi = max(0, centre - half), min(len(values), centre + half + 1)
     return 1e3 * statistics.median(values[lo:hi])
@@ -102,6 +149,7 @@ def curve_rows(traces: list[Trace]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="store_true", help="time StreamVGGT's real step, not the cache alone")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--none-steps", type=int, default=200, help="frames for the unbounded policy")
     parser.add_argument("--policies", nargs="+", default=["none", "queue", "sink-window", "keydiff"])
@@ -118,15 +166,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sizes = Sizes(args.layers, args.heads, args.head_dim, args.tokens, args.special, args.budget_frames)
     dtype = getattr(torch, args.dtype)
-    print(f"sizes: {sizes}, dtype {args.dtype}, {args.threads} threads; budget {sizes.budget_frames * sizes.tokens} "
-          f"tokens/layer; none capped at {args.none_steps} frames")
+    folder = tempfile.TemporaryDirectory()
+    weights = write_random_checkpoint(BENCH_CONFIG, Path(folder.name)) if args.model else None
+    if args.model:
+        print(f"StreamVGGT step, {BENCH_CONFIG}, input {MODEL_INPUT_HW}, float32, {args.threads} threads; budget "
+              f"{args.budget_frames} frames/layer; none capped at {args.none_steps} frames")
+    else:
+        print(f"sizes: {sizes}, dtype {args.dtype}, {args.threads} threads; budget {sizes.budget_frames * sizes.tokens} "
+              f"tokens/layer; none capped at {args.none_steps} frames")
     traces = []
     runs = [(p, 0.0) for p in args.policies if p == "none"]
     runs += [(p, slack) for p in args.policies if p != "none" for slack in args.slack]
     for policy, slack in runs:
         steps = min(args.steps, args.none_steps) if policy == "none" else args.steps
         wall = time.perf_counter()
-        traces.append(run_policy(policy, steps, sizes, dtype, slack))
+        if weights is not None:
+            traces.append(run_model_policy(policy, steps, args.budget_frames, slack, weights))
+        else:
+            traces.append(run_policy(policy, steps, sizes, dtype, slack))
         print(f"  {traces[-1].policy}: {steps} steps in {time.perf_counter() - wall:.0f} s", flush=True)
     print(f"\n{'policy':<16} {'frames':>6} {'ms@100':>9} {'ms@end':>9} {'end/100':>7} {'prune':>8} "
           f"{'MiB@100':>9} {'MiB@end':>9}")

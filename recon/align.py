@@ -224,11 +224,14 @@ def _segment(cur: WindowPrediction, config: AlignConfig) -> torch.Tensor:
     return torch.from_numpy(labels).to(cur.depth.device)
 
 
-def anchored_window(cur: WindowPrediction) -> AlignedWindow:
-    """A prediction already in the run's world frame (a streaming model's anchor frame): nothing to align."""
-    out = _first_window(cur, None)
-    out.diagnostics["path"] = "anchored"
-    return out
+def anchored_window(cur: WindowPrediction, world_from_anchor: Sim3 | None = None) -> AlignedWindow:
+    """A streaming model's prediction, in its anchor frame's coordinates: nothing to align. The anchor is the
+    world (None), or sits at `world_from_anchor` (a stream re-anchored mid-run)."""
+    if world_from_anchor is None:
+        out = _first_window(cur, None)
+        out.diagnostics["path"] = "anchored"
+        return out
+    return _apply(cur, world_from_anchor, None, None, None, {"path": "anchored", "warnings": [], "scale": world_from_anchor.s})
 
 
 def _first_window(cur: WindowPrediction, labels: torch.Tensor | None) -> AlignedWindow:

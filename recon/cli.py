@@ -15,7 +15,8 @@ from recon.errors import ReconError
 
 EXIT_FAILURE = 1  # a bug, not the user's doing
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -31,3 +31,7 @@ class ContractError(ReconError, ValueError):
 
 class ModelError(ReconError):
     """A model cannot be built or its weights cannot be read or do not match (missing/unexpected/mis-shaped keys)."""
+
+
+class NonFiniteError(ContractError):
+    """A model's prediction holds NaN/inf. The pipeline skips (and reports) the window rather than fuse it."""

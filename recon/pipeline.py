@@ -25,10 +25,11 @@ from recon.datasets.base import FrameSource
 from recon.depth_samples import DepthSample, write_depth_sample
 from recon.fusion import VoxelMap
 from recon.geometry import invert_rigid
+from recon.errors import NonFiniteError, ReconError
 from recon.models.base import GeometryModel, StreamingModel
 from recon.outputs import TrajectoryWriter, atomic_write_json, prepare_out_dir
 from recon.schedule import KeyframeConfig, KeyframeSelector, WindowScheduler
-from recon.types import Frame, WindowPrediction
+from recon.types import Frame, Sim3, WindowPrediction
 from recon.viz.viewer import NullViewer, Viewer, WindowView
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class RunState:
     timings_s: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in ("read", "infer", "align", "fuse", "write")})
     alignment: list[dict[str, Any]] = field(default_factory=list)
     flags: dict[str, int] = field(default_factory=dict)
+    skipped_windows: list[dict[str, Any]] = field(default_factory=list)  # predictions with NaN/inf, not fused
 
 
 @dataclass
@@ -76,6 +78,7 @@ class _Window:
 
 
 _DONE = object()
+_NEW_ANCHOR = object()  # a streaming model was reset mid-run: its next frame is a new anchor
 
 
 class Pipeline:
@@ -101,6 +104,8 @@ class Pipeline:
         self._error: BaseException | None = None
         self._t0 = 0.0
         self._gt_writer: TrajectoryWriter | None = None
+        self._world_from_anchor: Sim3 | None = None  # streaming: where the model's anchor sits in the run's world
+        self._last_world_from_cam: np.ndarray | None = None  # the last pose written
 
     # -- the run, top to bottom ------------------------------------------------------------------
     def run(self) -> RunState:
@@ -116,6 +121,10 @@ class Pipeline:
             self._write_summary()
             producer.start()
             while (item := self._queue.get()) is not _DONE:
+                if item is _NEW_ANCHOR:
+                    # Continue the trajectory from the last written camera (the new anchor's scale is its own).
+                    self._world_from_anchor = Sim3.from_matrix(self._last_world_from_cam) if self._last_world_from_cam is not None else None
+                    continue
                 prev = self._consume(item, prev, writer)
             if self._error is not None:
                 raise self._error
@@ -129,6 +138,11 @@ class Pipeline:
         finally:
             self._stop.set()
             self._drain()
+            # Let the model finish its window before the interpreter exits: a thread killed inside native code
+            # (torch, OpenCV) aborts the process (SIGABRT) and the exit code would lie.
+            while producer.is_alive():
+                producer.join(timeout=0.1)
+                self._drain()
             writer.close()
             if self._gt_writer is not None:
                 self._gt_writer.close()
@@ -153,8 +167,8 @@ class Pipeline:
                     self.state.frames_skipped += 1
                 else:
                     self.state.frames_used += 1
-                    if (window := scheduler.push(frame)) is not None:
-                        self._infer_and_queue(window)
+                    if (window := scheduler.push(frame)) is not None and not self._infer_and_queue(window):
+                        scheduler.reject()
                 t_read = time.perf_counter()
             if (window := scheduler.finish()) is not None and not self._stop.is_set():
                 self._infer_and_queue(window)
@@ -163,15 +177,42 @@ class Pipeline:
         finally:
             self._put(_DONE)
 
-    def _infer_and_queue(self, frames: list[Frame]) -> None:
+    def _infer_and_queue(self, frames: list[Frame]) -> bool:
+        """Run the model on `frames` and queue the result; False when the prediction was unusable (skipped)."""
         t = time.perf_counter()
-        pred = self.model.step(frames) if isinstance(self.model, StreamingModel) else self.model.infer(frames)
+        try:
+            pred = self._infer(frames)
+        except NonFiniteError as e:
+            self._skip(frames, str(e))
+            return False
         infer_s = time.perf_counter() - t
         self.state.timings_s["infer"] += infer_s
         H, W = pred.hw
         colors = np.stack([f.image_rgb if f.hw == (H, W) else cv2.resize(f.image_rgb, (W, H), interpolation=cv2.INTER_AREA) for f in frames])
         meta = [(f.index, f.timestamp_s, f.gt_cam_from_world) for f in frames]
         self._put(_Window(meta, colors, pred, infer_s))
+        return True
+
+    def _infer(self, frames: list[Frame]) -> WindowPrediction:
+        try:
+            return self.model.step(frames) if isinstance(self.model, StreamingModel) else self.model.infer(frames)
+        except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+            if not _is_out_of_memory(e):
+                raise
+            what = "the KV cache budget (--cache-budget) or " if self.streaming else ""
+            raise ReconError(
+                f"out of memory on frames {frames[0].index}..{frames[-1].index} ({len(frames)} frames of {frames[0].hw[1]}x{frames[0].hw[0]}): "
+                f"lower {what}--window (now {self.config.window}), --dtype bf16 for learned models, or the input resolution"
+            ) from e
+
+    def _skip(self, frames: list[Frame], reason: str) -> None:
+        """A prediction with NaN/inf is never fused: report it, drop its frames, keep the run going."""
+        first, last = frames[0].index, frames[-1].index
+        log.warning("frames %d..%d skipped: the model's prediction is not finite (%s)", first, last, reason)
+        self.state.skipped_windows.append({"frames": [first, last], "reason": reason})
+        if isinstance(self.model, StreamingModel):
+            self.model.reset()  # its cache now holds the bad keys: start over from the next frame
+            self._put(_NEW_ANCHOR)
 
     def _put(self, item: object) -> None:
         while True:  # a bounded put that still notices a stop request
@@ -195,7 +236,7 @@ class Pipeline:
         overlap = cfg.overlap if prev is not None and not self.streaming else 0
         t = time.perf_counter()
         if self.streaming:
-            aligned = anchored_window(item.pred)
+            aligned = anchored_window(item.pred, self._world_from_anchor)
         else:
             aligned = align_window(prev, item.pred, overlap, AlignConfig(mode=cfg.align))
         st.timings_s["align"] += time.perf_counter() - t
@@ -218,6 +259,8 @@ class Pipeline:
         indices = [m[0] for m in item.frames_meta[new]]
         self._write_depth_samples(aligned, item.pred, new, first_ordinal=writer.count)
         writer.append(stamps, world_from_cam[new], indices)
+        if len(indices):
+            self._last_world_from_cam = world_from_cam[new][-1]
         if self._gt_writer is not None and all(m[2] is not None for m in item.frames_meta[new]):
             self._gt_writer.append(stamps, invert_rigid(np.stack([m[2] for m in item.frames_meta[new]])))
         st.frames_written = writer.count
@@ -311,9 +354,15 @@ class Pipeline:
             "scale": scale_note(self.model, self.source),
             "settings": asdict(self.config),
             "model_flags": st.flags,
+            "skipped_windows": st.skipped_windows,
             "alignment": st.alignment,
         }
         atomic_write_json(self.out_dir / "summary.json", summary)
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, torch's device OOM, or torch's CPU allocator failing."""
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
 
 
 def _brief(diag: dict[str, Any]) -> dict[str, Any]:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
 
+from recon.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
 from recon.errors import ReconError
 
 
@@ -125,6 +130,28 @@ def model_options(args: argparse.Namespace) -> dict[str, object]:
     return options
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, `kill`, a container stop): unwinds the run like Ctrl-C, so every finished
+    window's output is flushed and summary.json says "interrupted"."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the flush short
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _absolute_if_path(spec: str) -> str:
     """Recorded so `recon eval` can reopen the source from any working directory."""
     path = Path(spec).expanduser()
@@ -163,11 +190,13 @@ def run_command(args: argparse.Namespace) -> int:
     viewer = open_viewer(args.viewer, Path(args.rrd) if args.rrd else None, bind=args.bind, port=args.port)
     pipeline = Pipeline(source, model, out, config, on_window=progress, viewer=viewer, input_spec=input_spec)
     try:
-        state = pipeline.run()
-    except KeyboardInterrupt:
+        with sigterm_as_interrupt():
+            state = pipeline.run()
+    except KeyboardInterrupt as e:
         bar.close()
-        print(f"recon: interrupted; outputs up to the last finished window are in {out}/", file=sys.stderr)
-        return 130
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"recon: {what}; outputs up to the last finished window are in {out}/", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     bar.update(state.frames_read - bar.n)
     bar.close()
     print(f"{state.frames_read} frames ({state.frames_skipped} without motion skipped), {state.windows} windows -> {out}/")

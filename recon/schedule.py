@@ -63,18 +63,24 @@ class WindowScheduler:
             raise ValueError(f"need window >= {min_size} and 0 <= overlap < window, got window {size}, overlap {overlap}")
         self.size, self.overlap, self.min_size = size, overlap, min_size
         self._frames: list[Frame] = []
-        self._emitted = False
+        self._carry: list[Frame] = []  # tail of the last accepted window: the next window starts with it
+        self._carry_before: list[Frame] = []
 
     def push(self, frame: Frame) -> list[Frame] | None:
         self._frames.append(frame)
         if len(self._frames) < self.size:
             return None
         window = self._frames
-        self._frames = window[len(window) - self.overlap :] if self.overlap else []
-        self._emitted = True
+        self._carry_before, self._carry = self._carry, window[len(window) - self.overlap :] if self.overlap else []
+        self._frames = list(self._carry)
         return window
 
+    def reject(self) -> None:
+        """The window push() just returned was not used (e.g. its prediction held NaN): its new frames are
+        dropped and the next window overlaps the last accepted window instead. Call before the next push."""
+        self._carry = self._carry_before
+        self._frames = list(self._carry)
+
     def finish(self) -> list[Frame] | None:
-        carried = self.overlap if self._emitted else 0
         window, self._frames = self._frames, []
-        return window if len(window) > carried and len(window) >= self.min_size else None
+        return window if len(window) > len(self._carry) and len(window) >= self.min_size else None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recon.errors import ContractError
+from recon.errors import ContractError, NonFiniteError
 from recon.geometry import as_4x4, invert_rigid, make_rigid
 
 if TYPE_CHECKING:  # torch is imported where tensors are touched: frame sources and `recon --help` stay light
@@ -165,7 +165,8 @@ class WindowPrediction:
             _check(t.dtype == torch.float32, f"WindowPrediction.{name} must be float32, got {t.dtype}")
             _check(t.shape[0] == S, f"WindowPrediction.{name}: leading dim {t.shape[0]} != {S} frames")
             # The sum of finite values is finite: one cheap pass instead of a boolean map per tensor.
-            _check(bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all()), f"WindowPrediction.{name} contains NaN/inf")
+            if not (bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())):
+                raise NonFiniteError(f"WindowPrediction.{name} contains NaN/inf")
         _check(self.depth.ndim == 3, f"WindowPrediction.depth must be [S,H,W], got {tuple(self.depth.shape)}")
         H, W = self.depth.shape[1:]
         _check(tuple(self.depth_conf.shape) == (S, H, W), "WindowPrediction.depth_conf must be [S,H,W]")

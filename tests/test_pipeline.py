@@ -69,30 +69,51 @@ def test_run_writes_consistent_outputs(tmp_path: Path) -> None:
     assert summary["map_ply_points"] <= summary["map_points"]  # the final map has its outliers removed
 
 
-def test_a_killed_run_leaves_valid_outputs_up_to_the_last_window(tmp_path: Path) -> None:
-    out = tmp_path / "out"
+def start_run_until(out: Path, windows: int) -> subprocess.Popen:
+    """`recon run` of a 400-frame drive in windows of 10 (overlap 2), returned once `windows` are written."""
     cmd = [sys.executable, "-m", "recon", "run", "synthetic:street", "--max-frames", "400", "--window", "10", "--overlap", "2", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            summary = out / "summary.json"
-            if summary.exists() and json.loads(summary.read_text())["windows"] >= 3:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the run produced no windows in time")
-        proc.send_signal(signal.SIGKILL)  # no chance to clean up: only what was already written counts
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        summary = out / "summary.json"
+        if summary.exists() and json.loads(summary.read_text())["windows"] >= windows:
+            return proc
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail("the run produced no windows in time")
+
+
+def assert_whole_windows_written(out: Path) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     est = read_kitti(out / "trajectory.kitti")
-    assert summary["windows"] >= 3 and len(est) >= summary["frames_in_trajectory"]
+    assert len(est) >= summary["frames_in_trajectory"]
     assert (len(est) - 10) % 8 == 0  # whole windows only: the first of 10 frames, then 8 new frames each
     stamps, _ = read_tum(out / "trajectory.tum")
     assert len(stamps) == len(est)
     import open3d as o3d
 
     assert len(o3d.io.read_point_cloud(str(out / "map.ply")).points) > 0
+    return summary
+
+
+def test_a_killed_run_leaves_valid_outputs_up_to_the_last_window(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = start_run_until(out, windows=3)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: only what was already written counts
+    proc.wait(timeout=30)
+    assert assert_whole_windows_written(out)["windows"] >= 3
+
+
+def test_sigterm_flushes_finished_windows_and_exits_143(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = start_run_until(out, windows=2)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143
+    assert "Traceback" not in stderr and "recon: terminated; outputs up to the last finished window are in" in stderr
+    summary = assert_whole_windows_written(out)
+    assert summary["status"] == "interrupted"
+    assert len(read_kitti(out / "trajectory.kitti")) == summary["frames_in_trajectory"]

@@ -21,13 +21,7 @@ from recon.models.vggt_net import VGGT
 from tiny_vggt import frames_2x3, tiny_net, write_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add hand-offs on a shared 2-core box. Restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ from recon.types import Frame, WindowPrediction
 from tiny_vggt import official_keys, run, tiny_net, write_checkpoint, flat, frames_2x3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add hand-offs (6x slower on a shared 2-core box). Restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

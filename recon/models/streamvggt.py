@@ -31,8 +31,9 @@ from recon.types import Frame, ResizeMap, WindowPrediction
 
 
 class StreamVGGTModel:
-    """StreamingModel `streamvggt`. `frames_per_step`: the largest group `step` takes (sizes the minimum
-    cache budget). `camera_frames`: recent frames the camera-head cache keeps besides the anchor.
+    """StreamingModel `streamvggt`. `cache`: a policy name with `cache_budget` (tokens per global layer) and
+    `frames_per_step` (the largest group `step` takes; sizes the minimum budget), or a full CacheConfig.
+    `camera_frames`: recent frames the camera-head cache keeps besides the anchor.
     `reanchor`: as VGGTModel, measured once on the anchor frame and applied to every later step."""
 
     name = "streamvggt"
@@ -44,7 +45,7 @@ class StreamVGGTModel:
         config: VGGTConfig | str | None = None,
         dtype: str | torch.dtype | None = "fp32",
         device: str | torch.device | None = None,
-        cache: str = "keydiff",
+        cache: str | CacheConfig = "keydiff",
         cache_budget: int | None = None,
         frames_per_step: int = 1,
         camera_frames: int = 16,
@@ -54,7 +55,10 @@ class StreamVGGTModel:
         if unknown:
             raise ReconError(f"streamvggt: unknown options {', '.join(sorted(unknown))}")
         # Checked before the (slow) weight loading, so a bad flag fails at once.
-        self.cache_config = CacheConfig(policy=cache, budget_tokens=cache_budget, frames_per_step=frames_per_step)  # type: ignore[arg-type]
+        if isinstance(cache, CacheConfig):  # every knob (evict_slack, dynamic budget, ...) from the API
+            self.cache_config = cache
+        else:
+            self.cache_config = CacheConfig(policy=cache, budget_tokens=cache_budget, frames_per_step=frames_per_step)  # type: ignore[arg-type]
         self.net, self.load_report = load_for_model(self.name, weights, config, dtype, device)
         self.config, self.device = self.net.cfg, next(self.net.parameters()).device
         self.camera_frames, self.reanchor = camera_frames, reanchor
@@ -88,10 +92,9 @@ class StreamVGGTModel:
         t1 = time.perf_counter()
         out = self.step_images(images)
         t2 = time.perf_counter()
-        info: dict[str, object] = dict(self._anchor_info)
         if self.reanchor and self._anchor_from_world is None:
             self._anchor_from_world = anchor_correction(out.pose_enc[0, 0], rmap.model_hw, self._anchor_info)
-            info.update(self._anchor_info)
+        info: dict[str, object] = dict(self._anchor_info)
         assert self.kv is not None and self.camera_kv is not None
         kv = self.kv.stats()
         info.update(
@@ -102,7 +105,7 @@ class StreamVGGTModel:
             cache_bytes=kv["bytes_in_use"],
             cache_bytes_reserved=kv["bytes_reserved"],
             cache_evicted_tokens=kv["evicted_tokens"],
-            cache_prune_s=kv["prune_seconds"],
+            cache_prune_s_total=kv["prune_seconds"],
             camera_cache_bytes=float(self.camera_kv.bytes_in_use()),
             frames_seen=self._seen,
         )
