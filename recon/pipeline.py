@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from recon.align import AlignConfig, AlignedWindow, align_window, anchored_window
-from recon.datasets.base import FrameSource
+from recon.datasets.base import FrameSource, source_notes
 from recon.depth_samples import DepthSample, write_depth_sample
 from recon.fusion import VoxelMap
 from recon.geometry import invert_rigid
@@ -146,9 +146,17 @@ class Pipeline:
             writer.close()
             if self._gt_writer is not None:
                 self._gt_writer.close()
-            self._write_map(final=self.state.status == "finished")
-            self._write_summary()
-            self.viewer.close()
+            try:
+                self._write_map(final=self.state.status == "finished")
+            except ReconError as e:  # e.g. the disk filled up: the summary must still say how the run ended
+                if self.state.status != "finished":
+                    log.warning("%s", e)  # the error that stopped the run is the one to report
+                else:
+                    self.state.status = "failed"
+                    raise
+            finally:
+                self._write_summary()
+                self.viewer.close()
         return self.state
 
     # -- producer thread: read, cut windows, infer ---------------------------------------------------
@@ -355,6 +363,7 @@ class Pipeline:
             "settings": asdict(self.config),
             "model_flags": st.flags,
             "skipped_windows": st.skipped_windows,
+            "source_notes": source_notes(self.source),  # what the source skipped or survived (unreadable images, ...)
             "alignment": st.alignment,
         }
         atomic_write_json(self.out_dir / "summary.json", summary)
