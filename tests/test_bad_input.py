@@ -100,10 +100,6 @@ def kitti(ctx: Ctx) -> Path:
     return write_kitti_sequence(iter(ctx.frames), ctx.tmp / "kitti", "07")
 
 
-def kitti_poses(ctx: Ctx) -> Path:
-    return ctx.tmp / "kitti" / "poses" / "07.txt"
-
-
 def tum(ctx: Ctx) -> Path:
     return write_tum_sequence(iter(ctx.frames), ctx.tmp / "tum")
 
@@ -116,6 +112,29 @@ def set_line(path: Path, line_no: int, text: str | None) -> None:
     else:
         lines[line_no - 1] = text
     path.write_text("\n".join(lines) + "\n")
+
+
+def kitti_edit(file: str, line_no: int, text: str | None) -> Callable[[Ctx], list[str]]:
+    """Setup: a KITTI sequence whose `file` (relative to the sequence folder) has line `line_no` replaced or
+    deleted (None)."""
+
+    def setup(ctx: Ctx) -> list[str]:
+        seq = kitti(ctx)
+        set_line((seq / file).resolve(), line_no, text)
+        return ["run", str(seq)]
+
+    return setup
+
+
+def tum_edit(file: str, line_no: int, text: str | None) -> Callable[[Ctx], list[str]]:
+    """Setup: a TUM RGB-D sequence whose `file` has line `line_no` replaced or deleted (None)."""
+
+    def setup(ctx: Ctx) -> list[str]:
+        root = tum(ctx)
+        set_line(root / file, line_no, text)
+        return ["run", str(root), "--intrinsics", INTRINSICS]
+
+    return setup
 
 
 def line_count(path: Path) -> int:
@@ -291,28 +310,10 @@ def kitti_without_calib(ctx: Ctx) -> list[str]:
     return ["run", str(ctx.tmp / "kitti" / "sequences" / "07")]
 
 
-def kitti_calib_short_p2(ctx: Ctx) -> list[str]:
-    seq = kitti(ctx)
-    set_line(seq / "calib.txt", 3, "P2: 111.36 0 95.5 0 0 111.36 31.5 0 0 0 1")
-    return ["run", str(seq)]
-
-
-def kitti_calib_without_p2(ctx: Ctx) -> list[str]:
-    seq = kitti(ctx)
-    set_line(seq / "calib.txt", 3, None)
-    return ["run", str(seq)]
-
-
-def kitti_times_bad_line(ctx: Ctx) -> list[str]:
-    seq = kitti(ctx)
-    set_line(seq / "times.txt", 4, "0.3s")
-    return ["run", str(seq)]
-
-
-def kitti_times_missing_line(ctx: Ctx) -> list[str]:
-    seq = kitti(ctx)
-    set_line(seq / "times.txt", 8, None)
-    return ["run", str(seq)]
+kitti_calib_short_p2 = kitti_edit("calib.txt", 3, "P2: 111.36 0 95.5 0 0 111.36 31.5 0 0 0 1")
+kitti_calib_without_p2 = kitti_edit("calib.txt", 3, None)
+kitti_times_bad_line = kitti_edit("times.txt", 4, "0.3s")
+kitti_times_missing_line = kitti_edit("times.txt", 8, None)
 
 
 def kitti_times_extra_line(ctx: Ctx) -> list[str]:
@@ -321,22 +322,9 @@ def kitti_times_extra_line(ctx: Ctx) -> list[str]:
     return ["run", str(seq)]
 
 
-def kitti_times_not_increasing(ctx: Ctx) -> list[str]:
-    seq = kitti(ctx)
-    set_line(seq / "times.txt", 5, "0.15")
-    return ["run", str(seq)]
-
-
-def kitti_poses_bad_line(ctx: Ctx) -> list[str]:
-    seq = kitti(ctx)
-    set_line(kitti_poses(ctx), 2, "1 0 0 0 0 1 0 0 0 0 1")
-    return ["run", str(seq)]
-
-
-def kitti_poses_missing_line(ctx: Ctx) -> list[str]:
-    seq = kitti(ctx)
-    set_line(kitti_poses(ctx), 8, None)
-    return ["run", str(seq)]
+kitti_times_not_increasing = kitti_edit("times.txt", 5, "0.15")
+kitti_poses_bad_line = kitti_edit("../../poses/07.txt", 2, "1 0 0 0 0 1 0 0 0 0 1")
+kitti_poses_missing_line = kitti_edit("../../poses/07.txt", 8, None)
 
 
 def tum_without_rgb_txt(ctx: Ctx) -> list[str]:
@@ -344,22 +332,9 @@ def tum_without_rgb_txt(ctx: Ctx) -> list[str]:
     return ["run", str(ctx.tmp / "tum"), "--intrinsics", INTRINSICS]
 
 
-def tum_rgb_bad_timestamp(ctx: Ctx) -> list[str]:
-    root = tum(ctx)
-    set_line(root / "rgb.txt", 5, "0.2oops rgb/000002.png")
-    return ["run", str(root), "--intrinsics", INTRINSICS]
-
-
-def tum_rgb_not_increasing(ctx: Ctx) -> list[str]:
-    root = tum(ctx)
-    set_line(root / "rgb.txt", 7, "0.1 rgb/000004.png")
-    return ["run", str(root), "--intrinsics", INTRINSICS]
-
-
-def tum_groundtruth_short_line(ctx: Ctx) -> list[str]:
-    root = tum(ctx)
-    set_line(root / "groundtruth.txt", 4, "0.1 1 2 3 0 0 0")
-    return ["run", str(root), "--intrinsics", INTRINSICS]
+tum_rgb_bad_timestamp = tum_edit("rgb.txt", 5, "0.2oops rgb/000002.png")
+tum_rgb_not_increasing = tum_edit("rgb.txt", 7, "0.1 rgb/000004.png")
+tum_groundtruth_short_line = tum_edit("groundtruth.txt", 4, "0.1 1 2 3 0 0 0")
 
 
 def tum_lists_a_missing_image(ctx: Ctx) -> list[str]:
