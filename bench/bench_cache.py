@@ -55,7 +55,9 @@ class Sizes:
 class Trace:
     policy: str
     step_s: list[float] = field(default_factory=list)  # wall time
-    step_cpu_s: list[float] = field(default_factory=list)  # this thread's CPU time: immune to other load
+    step_cpu_s: list[float] = field(default_factory=list)  # this thread's CPU time: less sensitive to other load
+    paired_early_cpu_s: list[float] = field(default_factory=list)  # --model: frames 100.., interleaved with
+    paired_late_cpu_s: list[float] = field(default_factory=list)  # ... the frames after the last one
     prune_s: list[float] = field(default_factory=list)
     bytes_in_use: list[int] = field(default_factory=list)
 
@@ -105,26 +107,44 @@ def write_random_checkpoint(config: VGGTConfig, folder: Path) -> Path:
     return path
 
 
+PROBE_FRAME, PAIRS = 100, 60  # the early stream's first timed frame; interleaved steps per stream
+
+
 def run_model_policy(policy: str, steps: int, budget_frames: int, slack: float, weights: Path) -> Trace:
-    """StreamVGGT steps of one frame each, the frames cycling through a small pool made before the timer."""
+    """StreamVGGT steps of one frame each, the frames cycling through a small pool made before the timer.
+    One stream runs `steps` frames (the curve). Then a second, fresh stream is brought to frame 100 and the
+    two step alternately, PAIRS times each: the end/100 ratio compares steps taken under the same machine
+    load (on a shared machine, load drifts more between frame 100 and frame 2,000 than any cache effect)."""
     cfg = BENCH_CONFIG
     P = cfg.patch_start_idx + (MODEL_INPUT_HW[0] // cfg.patch_size) * (MODEL_INPUT_HW[1] // cfg.patch_size)
     cache = CacheConfig(policy=policy, budget_tokens=None if policy == "none" else budget_frames * P, evict_slack=slack)  # type: ignore[arg-type]
-    model = StreamVGGTModel(weights=weights, config=cfg, device="cpu", cache=cache)
+    late = StreamVGGTModel(weights=weights, config=cfg, device="cpu", cache=cache)
+    early = StreamVGGTModel(weights=weights, config=cfg, device="cpu", cache=cache)
     gen = torch.Generator().manual_seed(0)
     pool = [torch.rand(1, 3, *MODEL_INPUT_HW, generator=gen) for _ in range(POOL)]
     trace = Trace(policy if slack == 0 or policy == "none" else f"{policy}+{slack:g}")
     for f in range(steps):
-        pruned_before = model.kv.stats()["prune_seconds"] if model.kv is not None else 0.0
-        start, start_cpu = time.perf_counter(), time.thread_time()
-        model.step_images(pool[f % POOL])
-        trace.step_s.append(time.perf_counter() - start)
-        trace.step_cpu_s.append(time.thread_time() - start_cpu)
-        assert model.kv is not None
-        stats = model.kv.stats()
+        pruned_before = late.kv.stats()["prune_seconds"] if late.kv is not None else 0.0
+        wall, cpu = timed_step(late, pool[f % POOL])
+        trace.step_s.append(wall)
+        trace.step_cpu_s.append(cpu)
+        assert late.kv is not None
+        stats = late.kv.stats()
         trace.prune_s.append(stats["prune_seconds"] - pruned_before)
         trace.bytes_in_use.append(int(stats["bytes_in_use"]))
+    for f in range(PROBE_FRAME):
+        early.step_images(pool[f % POOL])
+    for i in range(PAIRS):
+        trace.paired_early_cpu_s.append(timed_step(early, pool[(PROBE_FRAME + i) % POOL])[1])
+        trace.paired_late_cpu_s.append(timed_step(late, pool[(steps + i) % POOL])[1])
     return trace
+
+
+def timed_step(model: StreamVGGTModel, images: torch.Tensor) -> tuple[float, float]:
+    """(wall, this thread's CPU) seconds of one step."""
+    start, start_cpu = time.perf_counter(), time.thread_time()
+    model.step_images(images)
+    return time.perf_counter() - start, time.thread_time() - start_cpu
 
 
 def median_ms(values: list[float], centre: int, half: int = 10) -> float:
@@ -134,7 +154,10 @@ def median_ms(values: list[float], centre: int, half: int = 10) -> float:
 
 def summary_row(trace: Trace) -> str:
     n = len(trace.step_s)
-    at100, at_end = median_ms(trace.step_cpu_s, 100), median_ms(trace.step_cpu_s, n - 11)
+    if trace.paired_early_cpu_s:
+        at100, at_end = 1e3 * statistics.median(trace.paired_early_cpu_s), 1e3 * statistics.median(trace.paired_late_cpu_s)
+    else:
+        at100, at_end = median_ms(trace.step_cpu_s, 100), median_ms(trace.step_cpu_s, n - 11)
     wall100, wall_end = median_ms(trace.step_s, 100), median_ms(trace.step_s, n - 11)
     prune_pct = 100 * sum(trace.prune_s[100:]) / max(sum(trace.step_s[100:]), 1e-12)
     mib100, mib_end = trace.bytes_in_use[100] / 2**20, trace.bytes_in_use[-1] / 2**20
@@ -189,8 +212,9 @@ def main() -> None:
         else:
             traces.append(run_policy(policy, steps, sizes, dtype, slack))
         print(f"  {traces[-1].policy}: {steps} steps in {time.perf_counter() - wall:.0f} s", flush=True)
-    print("\nstep latency = median over 21 steps of the stepping thread's CPU time (other load on the machine does not"
-          " count; with --threads 1 all compute is on that thread); wall end/100 for reference; prune = share of wall time")
+    print("\nstep latency = median of the stepping thread's CPU time (with --threads 1 all compute is on that thread), over "
+          + (f"{PAIRS} steps at frame {PROBE_FRAME}.. and at the end, interleaved" if args.model else "21 steps")
+          + "; wall end/100 (21 steps, not interleaved) for reference; prune = share of wall time")
     print(f"{'policy':<16} {'frames':>6} {'ms@100':>9} {'ms@end':>9} {'end/100':>7} {'wall e/100':>9} {'prune':>8} "
           f"{'MiB@100':>9} {'MiB@end':>9}")
     for t in traces:

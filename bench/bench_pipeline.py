@@ -59,8 +59,7 @@ def main() -> None:
     t = summary["timings_s"]
     print(f"accuracy: {summary['frames_read']} frames, path {ate.length:.0f} m, {summary['windows']} windows: ATE RMSE {ate.rmse:.2f} m "
           f"= {ate.rmse_percent_of_length:.2f}% of the path (target <= 1%); max {ate.max:.2f} m")
-    paths = [a.get("path") for a in summary["alignment"]]
-    print(f"  alignment paths: " + ", ".join(f"{p} {paths.count(p)}" for p in sorted(set(paths), key=str)))
+    print("  alignment paths: " + ", ".join(f"{p} {n}" for p, n in sorted(summary["alignment_paths"].items())))
     print(f"overhead: wall {summary['elapsed_s']:.1f} s, model.infer {t['infer']:.1f} s -> all but the model "
           f"{100 * (1 - t['infer'] / summary['elapsed_s']):.1f}% of wall time (target <= 10%); "
           f"{summary['fps']:.1f} frames/s; consumer thread (in parallel): align {t['align']:.1f} s, fuse {t['fuse']:.1f} s, write {t['write']:.1f} s; read {t['read']:.1f} s")

@@ -11,6 +11,7 @@ import queue
 import resource
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,8 +25,8 @@ from recon.align import AlignConfig, AlignedWindow, align_window, anchored_windo
 from recon.datasets.base import FrameSource, source_notes
 from recon.depth_samples import DepthSample, write_depth_sample
 from recon.fusion import VoxelMap
-from recon.geometry import invert_rigid
 from recon.errors import NonFiniteError, ReconError
+from recon.geometry import invert_rigid
 from recon.models.base import GeometryModel, StreamingModel
 from recon.outputs import TrajectoryWriter, atomic_write_json, prepare_out_dir
 from recon.schedule import KeyframeConfig, KeyframeSelector, WindowScheduler
@@ -52,6 +53,9 @@ class PipelineConfig:
     depth_every: int = 10  # keep every N-th trajectory frame's depth in OUT/depth/ (0: none)
 
 
+ALIGNMENT_LOG_WINDOWS = 200
+
+
 @dataclass
 class RunState:
     """What the run has done so far; becomes summary.json."""
@@ -64,7 +68,10 @@ class RunState:
     map_ply_points: int = 0
     status: str = "running"
     timings_s: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in ("read", "infer", "align", "fuse", "write")})
-    alignment: list[dict[str, Any]] = field(default_factory=list)
+    # The most recent windows' alignment (a bounded log: summary.json is rewritten every window), and the
+    # count of every path taken over the whole run.
+    alignment: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ALIGNMENT_LOG_WINDOWS))
+    alignment_paths: dict[str, int] = field(default_factory=dict)
     flags: dict[str, int] = field(default_factory=dict)
     skipped_windows: list[dict[str, Any]] = field(default_factory=list)  # predictions with NaN/inf, not fused
 
@@ -276,6 +283,8 @@ class Pipeline:
         for flag in item.pred.flags:
             st.flags[flag] = st.flags.get(flag, 0) + 1
         st.alignment.append({"frames": [item.frames_meta[0][0], item.frames_meta[-1][0]], **_brief(aligned.diagnostics)})
+        path = str(aligned.diagnostics.get("path"))
+        st.alignment_paths[path] = st.alignment_paths.get(path, 0) + 1
         if st.windows % cfg.map_every == 0:
             self._write_map()
         self._write_summary()
@@ -364,7 +373,8 @@ class Pipeline:
             "model_flags": st.flags,
             "skipped_windows": st.skipped_windows,
             "source_notes": source_notes(self.source),  # what the source skipped or survived (unreadable images, ...)
-            "alignment": st.alignment,
+            "alignment_paths": st.alignment_paths,
+            "alignment": list(st.alignment),  # the last ALIGNMENT_LOG_WINDOWS windows
         }
         atomic_write_json(self.out_dir / "summary.json", summary)
 
