@@ -377,6 +377,28 @@ def weights_keys_mismatch(ctx: Ctx) -> list[str]:
     return vggt_args(ctx.tmp / "model.safetensors")
 
 
+def streamvggt_args(ctx: Ctx, *flags: str) -> list[str]:
+    save_file(tiny_vggt_state(), str(ctx.tmp / "model.safetensors"))
+    return ["run", "synthetic:street", "--max-frames", "6", "--model", "streamvggt", "--model-config", "tiny", "--device", "cpu",
+            "--weights", str(ctx.tmp / "model.safetensors"), *flags]
+
+
+def cache_budget_below_one_step(ctx: Ctx) -> list[str]:
+    return streamvggt_args(ctx, "--cache", "keydiff", "--cache-budget", "10", "--window", "2")
+
+
+def cache_without_budget(ctx: Ctx) -> list[str]:
+    return streamvggt_args(ctx, "--cache", "queue")
+
+
+def overlap_for_streamvggt(ctx: Ctx) -> list[str]:
+    return streamvggt_args(ctx, "--cache", "none", "--overlap", "2")
+
+
+def cache_budget_for_vggt(ctx: Ctx) -> list[str]:
+    return [*vggt_args(ctx.tmp / "model.safetensors"), "--cache-budget", "5000"]
+
+
 def out_is_a_file(ctx: Ctx) -> list[str]:
     return ["run", "synthetic:street", "--max-frames", "4", "--out", str(ctx.out / "summary.json")]
 
@@ -554,6 +576,12 @@ CASES = [
     Case("args_max_frames_zero", args_max_frames_zero, 2, r"--max-frames must be >= 1, got 0", Outputs.IDENTICAL),
     Case("args_voxel_negative", args_voxel_negative, 2, r"--voxel must be > 0, got -0\.1", Outputs.IDENTICAL),
     Case("args_max_map_points_zero", args_max_map_points_zero, 2, r"--max-map-points must be >= 1, got 0", Outputs.IDENTICAL),
+    Case("args_cache_budget_below_one_step", cache_budget_below_one_step, 2,
+         r"budget_tokens=10 per layer is smaller than one step needs: at least 24 tokens per layer \(anchor frame 8 \+ 2 new frame\(s\) x 8\)",
+         Outputs.VALID),
+    Case("args_bounded_cache_without_budget", cache_without_budget, 2, r"--cache queue needs --cache-budget TOKENS", Outputs.IDENTICAL),
+    Case("args_overlap_for_streamvggt", overlap_for_streamvggt, 2, r"--overlap does not apply to --model streamvggt", Outputs.IDENTICAL),
+    Case("args_cache_budget_for_vggt", cache_budget_for_vggt, 2, r"--cache-budget applies to --model streamvggt only", Outputs.IDENTICAL),
     Case("args_not_a_number", args_not_a_number, 2,
          r"^recon run: error: argument --window: invalid int value: 'twenty'; see 'recon run --help'$", Outputs.IDENTICAL),
     Case("args_weights_for_classical", args_weights_for_classical, 2,
