@@ -153,6 +153,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
+
+
 def return_large_blocks_to_the_os() -> None:
     """Each window allocates and frees large temporaries (the 1M-voxel merge, the map.ply buffer). glibc
     serves them from its heap and keeps the freed space, fragmented, so RSS crept up 6% over 10,000 frames
@@ -163,9 +166,6 @@ def return_large_blocks_to_the_os() -> None:
         libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
     except (OSError, AttributeError):
         pass
-
-
-M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
 
 
 def _absolute_if_path(spec: str) -> str:
