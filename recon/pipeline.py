@@ -24,8 +24,8 @@ import torch
 from recon.align import AlignConfig, AlignedWindow, align_window, anchored_window
 from recon.datasets.base import FrameSource, source_notes
 from recon.depth_samples import DepthSample, write_depth_sample
-from recon.fusion import VoxelMap
 from recon.errors import NonFiniteError, ReconError
+from recon.fusion import VoxelMap
 from recon.geometry import invert_rigid
 from recon.models.base import GeometryModel, StreamingModel
 from recon.outputs import TrajectoryWriter, atomic_write_json, prepare_out_dir
@@ -171,7 +171,7 @@ class Pipeline:
         try:
             cfg = self.config
             scheduler = WindowScheduler(cfg.window, 0, min_size=1) if self.streaming else WindowScheduler(cfg.window, cfg.overlap)
-            keyframes = KeyframeSelector(KeyframeConfig(min_flow_px=self.config.keyframe_min_flow_px)) if self.config.keyframes else None
+            keyframes = KeyframeSelector(KeyframeConfig(min_flow_px=cfg.keyframe_min_flow_px)) if cfg.keyframes else None
             t_read = time.perf_counter()
             for frame in self.source:
                 self.state.timings_s["read"] += time.perf_counter() - t_read

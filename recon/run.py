@@ -57,6 +57,13 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 DEFAULT_OVERLAP = 5
 
 
+def _overlap(args: argparse.Namespace) -> int:
+    """Frames shared by consecutive windows; a streaming model's steps share none."""
+    if args.model == "streamvggt":
+        return 0
+    return DEFAULT_OVERLAP if args.overlap is None else args.overlap
+
+
 def _check(args: argparse.Namespace) -> None:
     if args.model == "streamvggt":
         if args.window < 1:
@@ -66,7 +73,7 @@ def _check(args: argparse.Namespace) -> None:
     else:
         if args.window < 2:
             raise ReconError(f"--window must be >= 2, got {args.window}")
-        overlap = DEFAULT_OVERLAP if args.overlap is None else args.overlap
+        overlap = _overlap(args)
         if not 1 <= overlap < args.window:
             raise ReconError(f"--overlap must be in [1, {args.window - 1}] for --window {args.window}, got {overlap}")
     if args.stride < 1:
@@ -194,8 +201,7 @@ def run_command(args: argparse.Namespace) -> int:
     model = create_model(args.model, **model_opts)
     from recon.viz import open_viewer
 
-    overlap = 0 if args.model == "streamvggt" else DEFAULT_OVERLAP if args.overlap is None else args.overlap
-    config = PipelineConfig(window=args.window, overlap=overlap, align=args.align, voxel=args.voxel,
+    config = PipelineConfig(window=args.window, overlap=_overlap(args), align=args.align, voxel=args.voxel,
                             max_map_points=args.max_map_points, keyframes=not args.no_keyframes, depth_every=args.depth_every)
     input_spec = {"source": _absolute_if_path(args.source), "kind": args.source_kind, **options}
     bar = tqdm(total=length_hint(source), unit="frame", desc="recon", disable=None, dynamic_ncols=True)

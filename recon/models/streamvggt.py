@@ -16,7 +16,7 @@ kept, and both caches are bounded (except with policy `none`, which keeps every 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -158,26 +158,26 @@ class StreamVGGTModel:
     def _global_hooks(self, first_frame: int) -> list[KVHook | None]:
         kv = self.kv
         assert kv is not None
-
-        def hook_for(layer: int) -> KVHook:
-            def hook(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-                kv.append(layer, k, v, first_frame)
-                k_all, v_all = kv.view(layer)
-                return k_all.to(k.dtype), v_all.to(v.dtype)
-
-            return hook
-
-        return [hook_for(i) for i in range(self.config.depth)]
+        return cache_hooks(self.config.depth, lambda layer, k, v: kv.append(layer, k, v, first_frame), kv.view)
 
     def _camera_hooks(self, frame: int) -> list[KVHook | None]:
         cam = self.camera_kv
         assert cam is not None
+        return cache_hooks(self.config.camera_trunk_depth, lambda layer, k, v: cam.append(layer, k, v, frame), cam.view)
 
-        def hook_for(layer: int) -> KVHook:
-            def hook(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-                cam.append(layer, k, v, frame)
-                return cam.view(layer)
 
-            return hook
+def cache_hooks(
+    num_layers: int, append: Callable[[int, Tensor, Tensor], None], view: Callable[[int], tuple[Tensor, Tensor]]
+) -> list[KVHook | None]:
+    """One KVHook per layer: append this step's (k, v) to the layer's cache, then attend over everything it
+    keeps, at the step's dtype (the cache may store keys at a lower precision)."""
 
-        return [hook_for(i) for i in range(self.config.camera_trunk_depth)]
+    def hook_for(layer: int) -> KVHook:
+        def hook(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+            append(layer, k, v)
+            k_all, v_all = view(layer)
+            return k_all.to(k.dtype), v_all.to(v.dtype)
+
+        return hook
+
+    return [hook_for(i) for i in range(num_layers)]
