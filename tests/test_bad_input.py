@@ -395,6 +395,14 @@ def overlap_for_streamvggt(ctx: Ctx) -> list[str]:
     return streamvggt_args(ctx, "--cache", "none", "--overlap", "2")
 
 
+def device_unknown(ctx: Ctx) -> list[str]:
+    return streamvggt_args(ctx, "--cache", "none", "--device", "gpu0")
+
+
+def device_unavailable(ctx: Ctx) -> list[str]:
+    return streamvggt_args(ctx, "--cache", "none", "--device", "cuda:99")  # no such index, with or without CUDA
+
+
 def cache_budget_for_vggt(ctx: Ctx) -> list[str]:
     return [*vggt_args(ctx.tmp / "model.safetensors"), "--cache-budget", "5000"]
 
@@ -582,6 +590,9 @@ CASES = [
     Case("args_bounded_cache_without_budget", cache_without_budget, 2, r"--cache queue needs --cache-budget TOKENS", Outputs.IDENTICAL),
     Case("args_overlap_for_streamvggt", overlap_for_streamvggt, 2, r"--overlap does not apply to --model streamvggt", Outputs.IDENTICAL),
     Case("args_cache_budget_for_vggt", cache_budget_for_vggt, 2, r"--cache-budget applies to --model streamvggt only", Outputs.IDENTICAL),
+    Case("args_device_unknown", device_unknown, 2, r"unknown --device 'gpu0'; use cpu, cuda or cuda:N", Outputs.IDENTICAL),
+    Case("args_device_unavailable", device_unavailable, 2, r"--device cuda:99 is not available here \(.*\); use --device cpu",
+         Outputs.IDENTICAL),
     Case("args_not_a_number", args_not_a_number, 2,
          r"^recon run: error: argument --window: invalid int value: 'twenty'; see 'recon run --help'$", Outputs.IDENTICAL),
     Case("args_weights_for_classical", args_weights_for_classical, 2,

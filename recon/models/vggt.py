@@ -70,8 +70,23 @@ def load_for_model(
         if config not in CONFIGS:
             raise ReconError(f"{model_name}: unknown config {config!r}; choose one of {', '.join(CONFIGS)}")
         config = CONFIGS[config]()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return load_vggt(weights, config or VGGTConfig.vggt_1b(), dtype, device)
+    return load_vggt(weights, config or VGGTConfig.vggt_1b(), dtype, resolve_device(device))
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """--device -> a torch device that exists here (default: cuda when available); ModelError otherwise."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown --device {str(device)!r}; use cpu, cuda or cuda:N") from None
+    try:
+        torch.empty(0, device=resolved)  # the one check that covers every backend: CUDA built? index exists?
+    except (RuntimeError, AssertionError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"--device {resolved} is not available here ({why}); use --device cpu") from None
+    return resolved
 
 
 # -- preprocessing (spec §8, mode "crop") --------------------------------------------------------------
