@@ -7,7 +7,7 @@ Scale is arbitrary per window (median sparse depth = 1) unless stated otherwise.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -153,42 +153,33 @@ class ClassicalModel:
         if len(tracks) < cfg.min_tracks:
             return _Sparse(poses, nan_pts, K, np.zeros(S, bool), [FLAG_TOO_FEW_TRACKS], {})
 
-        # 1. the initial pair: frame 0 and the frame that balances parallax and shared tracks.
-        best, best_score = None, 0.0
-        for b in np.unique(np.linspace(1, S - 1, min(S - 1, cfg.init_candidates)).round().astype(int)):
-            common = vis[:, 0] & vis[:, b]
-            if common.sum() < cfg.min_tracks:
-                continue
-            angle_deg, n_inliers = pair_parallax_deg(tracks.uv_px[common, 0], tracks.uv_px[common, b], K, cfg.pose)
-            if angle_deg < cfg.pose.min_init_angle_deg or n_inliers < cfg.pose.min_init_inliers:
-                continue
-            score = min(angle_deg, 8.0) * np.sqrt(n_inliers)
-            if score > best_score:
-                best, best_score = b, score
-        init = None
-        if best is not None:
-            common = vis[:, 0] & vis[:, best]
-            init = two_view(tracks.uv_px[common, 0], tracks.uv_px[common, best], K, cfg.pose)
-        if init is None:
+        # 1. the initial pair: frame 0 and the frame that balances parallax and shared tracks; failing that
+        # (frame 0 in the middle of a sharp turn shares tracks with few frames), any well-conditioned pair.
+        pair = self._initial_pair(tracks, K, [0]) or self._initial_pair(tracks, K, range(1, S - 1))
+        if pair is None:
             return self._rotation_only(tracks, K)
-
-        b_from_0, inl = init
-        poses[best] = b_from_0
+        a, b, (b_from_a, inl) = pair
+        poses[b] = b_from_a
         registered = np.zeros(S, bool)
-        registered[[0, best]] = True
+        registered[[a, b]] = True
         points = nan_pts.copy()
-        idx = np.nonzero(vis[:, 0] & vis[:, best])[0][inl]
+        idx = np.nonzero(vis[:, a] & vis[:, b])[0][inl]
         self._triangulate_into(points, idx, tracks, poses, registered, K)
 
-        # 2. PnP for the other frames, nearest to the registered ones first, triangulating as we go.
-        order = sorted(set(range(S)) - {0, best}, key=lambda s: min(abs(s - 0), abs(s - best)))
-        for s in order:
+        # 2. PnP for the other frames, the best-connected first (most triangulated tracks in view), so a
+        # sharp turn is crossed frame by frame; triangulating as we go.
+        failed = np.zeros(S, bool)
+        while (todo := ~registered & ~failed).any():
+            seen = (vis & np.isfinite(points[:, :1])).sum(0)
+            s = int(np.argmax(np.where(todo, seen, -1)))
             has = vis[:, s] & np.isfinite(points[:, 0])
             res = pnp(points[has], tracks.uv_px[has, s], K, cfg.pose)
             if res is None:
+                failed[s] = True
                 continue
             poses[s] = res[0]
             registered[s] = True
+            failed[:] = False  # new points may now reach frames that failed before
             fresh = np.nonzero(np.isnan(points[:, 0]) & ((vis & registered).sum(1) >= 2))[0]
             self._triangulate_into(points, fresh, tracks, poses, registered, K)
 
@@ -214,15 +205,45 @@ class ClassicalModel:
         self._triangulate_into(points, rest, tracks, poses, registered, K)
         timings["ba_s"] = time.perf_counter() - t_ba
 
-        # Gauge: frame 0 is the origin; scale so the median sparse depth is 1.
+        # Gauge: frame 0 (or the first registered frame) is the origin; scale so its median sparse depth is 1.
+        ref = int(np.argmax(registered))
+        ref_from_world = poses[ref].copy()
+        world_from_ref = invert_rigid(ref_from_world)
+        poses[registered] = poses[registered] @ world_from_ref
+        points = transform_points(ref_from_world, points)
         good = np.isfinite(points[:, 0])
-        depths = transform_points(poses[0], points[good])[:, 2]
+        depths = points[good][:, 2]
         scale = 1.0 / float(np.median(depths[depths > 0])) if np.any(depths > 0) else 1.0
         points *= scale
         poses[:, :3, 3] *= scale
         flags = [] if registered.all() else [FLAG_UNREGISTERED]
-        info = {"init_pair": [0, int(best)], "ba_rms_px": result.rms_px, "num_points": int(good.sum())}
+        info = {"init_pair": [a, b], "ba_rms_px": result.rms_px, "num_points": int(good.sum())}
         return _Sparse(poses, points, K, registered, flags, info)
+
+    def _initial_pair(self, tracks: Tracks, K: np.ndarray, anchors: Iterable[int]) -> tuple[int, int, tuple[np.ndarray, np.ndarray]] | None:
+        """(a, b, two-view result) of the pair (a in `anchors`, b later) that best balances parallax and
+        shared tracks, or None when no pair is usable."""
+        cfg = self.config
+        S = tracks.uv_px.shape[1]
+        vis = tracks.visible
+        best, best_score = None, 0.0
+        for a in anchors:
+            for b in np.unique(np.linspace(a + 1, S - 1, min(S - 1 - a, cfg.init_candidates)).round().astype(int)):
+                common = vis[:, a] & vis[:, b]
+                if common.sum() < cfg.min_tracks:
+                    continue
+                angle_deg, n_inliers = pair_parallax_deg(tracks.uv_px[common, a], tracks.uv_px[common, b], K, cfg.pose)
+                if angle_deg < cfg.pose.min_init_angle_deg or n_inliers < cfg.pose.min_init_inliers:
+                    continue
+                score = min(angle_deg, 8.0) * np.sqrt(n_inliers)
+                if score > best_score:
+                    best, best_score = (int(a), int(b)), score
+        if best is None:
+            return None
+        a, b = best
+        common = vis[:, a] & vis[:, b]
+        init = two_view(tracks.uv_px[common, a], tracks.uv_px[common, b], K, cfg.pose)
+        return None if init is None else (a, b, init)
 
     def _ba_subset(self, tracks: Tracks, points: np.ndarray) -> np.ndarray:
         """The longest tracks, up to the BA's point budget: long tracks tie many frames together."""
