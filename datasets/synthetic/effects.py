@@ -1,5 +1,6 @@
 """Optional camera effects on the rendered image (never on the ground truth): motion blur along each
-pixel's own image motion, a smooth exposure drift, and sensor noise. All deterministic in (seed, frame)."""
+pixel's own image motion, a smooth exposure drift, abrupt exposure steps (auto-exposure entering shade
+or a tunnel), and sensor noise. All deterministic in (seed, frame)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .rng import rng_for
+from .rng import hash_uniform, rng_for
 
 
 @dataclass(frozen=True)
@@ -17,16 +18,21 @@ class ImageEffects:
     noise_std: float = 0.0  # Gaussian noise, std in 8-bit grey levels
     exposure_jitter: float = 0.0  # gain = exp(jitter * w(t)), w a smooth drift in [-1, 1]
     motion_blur_px: float = 0.0  # streak length at the image's median motion; each pixel along its own motion
+    exposure_step: float = 0.0  # log-gain jump between consecutive blocks of frames (0.5: x1.6 or more)
+    exposure_step_frames: int = 30  # frames per constant-exposure block
 
     def __post_init__(self) -> None:
-        for name in ("noise_std", "exposure_jitter", "motion_blur_px"):
+        for name in ("noise_std", "exposure_jitter", "motion_blur_px", "exposure_step"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {v}")
+        n = self.exposure_step_frames
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"exposure_step_frames must be a whole number >= 1, got {n!r}")
 
     @property
     def active(self) -> bool:
-        return self.noise_std > 0 or self.exposure_jitter > 0 or self.motion_blur_px > 0
+        return self.noise_std > 0 or self.exposure_jitter > 0 or self.motion_blur_px > 0 or self.exposure_step > 0
 
 
 def exposure_gain(seed: int, index: int, jitter: float) -> float:
@@ -37,6 +43,17 @@ def exposure_gain(seed: int, index: int, jitter: float) -> float:
     periods, phases, amps = rng.uniform(15, 80, 3), rng.uniform(0, 2 * math.pi, 3), rng.uniform(0.5, 1.0, 3)
     w = float(np.sum(amps * np.sin(2 * math.pi * index / periods + phases)) / np.sum(amps))
     return math.exp(jitter * w)
+
+
+def exposure_step_gain(seed: int, index: int, step: float, block_frames: int) -> float:
+    """Piecewise-constant gain: block b = index // block_frames sits at log-gain ±step * (0.5 .. 1),
+    alternating in sign, so every block boundary is a jump of at least `step` (a pure function of the
+    frame index, like everything here)."""
+    if step <= 0:
+        return 1.0
+    b = index // block_frames
+    u = float(hash_uniform(seed, "exposure-step", b))
+    return math.exp(step * (1.0 if b % 2 else -1.0) * (0.5 + 0.5 * u))
 
 
 def pixel_motion(depth_m: np.ndarray, K: np.ndarray, next_from_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +101,9 @@ def apply_effects(image: np.ndarray, fx: ImageEffects, seed: int, index: int, de
     if fx.motion_blur_px > 0 and next_from_cam is not None:
         du, dv = pixel_motion(depth_m, K, next_from_cam)
         out = motion_blur(out, du, dv, fx.motion_blur_px)
-    if fx.exposure_jitter > 0 or fx.noise_std > 0:
-        img = out.astype(np.float32) * np.float32(exposure_gain(seed, index, fx.exposure_jitter))
+    if fx.exposure_jitter > 0 or fx.noise_std > 0 or fx.exposure_step > 0:
+        gain = exposure_gain(seed, index, fx.exposure_jitter) * exposure_step_gain(seed, index, fx.exposure_step, fx.exposure_step_frames)
+        img = out.astype(np.float32) * np.float32(gain)
         if fx.noise_std > 0:
             img += rng_for(seed, "noise", index).standard_normal(img.shape, dtype=np.float32) * np.float32(fx.noise_std)
         out = np.clip(img + 0.5, 0, 255).astype(np.uint8)

@@ -32,6 +32,7 @@ class RoomConfig:
     clearance_m: float = 0.6  # > the 0.5 m the camera must keep from any surface
     look_inward_deg: float = 30.0
     pan_deg: float = 18.0
+    pan_cycles: int = 3  # pan swings per lap (whole, so a lap closes); with pan_deg it sets the turn rate
     pitch_deg: float = -8.0
 
 
@@ -39,6 +40,9 @@ class RoomScene:
     def __init__(self, config: RoomConfig, seed: int, num_frames: int, step_m: float, loop: bool) -> None:
         self.cfg = config
         self.seed = int(seed)
+        cycles = config.pan_cycles
+        if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 0:
+            raise ValueError(f"pan_cycles must be a whole number >= 0, got {cycles!r}")
         self.mat = {name: i for i, name in enumerate(ROOM_MATERIALS)}  # atlas ids: built from ROOM_MATERIALS in order
         rng = rng_for(self.seed, "room-path")
         self._phase = rng.uniform(0, 2 * math.pi, 8)
@@ -68,7 +72,7 @@ class RoomScene:
         tangent = self.path_xyz(th + 1e-4) - self.path_xyz(th - 1e-4)
         p = self._phase
         # Integer multiples of theta only, so a lap closes exactly.
-        yaw = math.atan2(tangent[1], tangent[0]) + math.radians(self.cfg.look_inward_deg + self.cfg.pan_deg * math.sin(3 * th + p[3]))
+        yaw = math.atan2(tangent[1], tangent[0]) + math.radians(self.cfg.look_inward_deg + self.cfg.pan_deg * math.sin(self.cfg.pan_cycles * th + p[3]))
         pitch = math.radians(self.cfg.pitch_deg + 4.0 * math.sin(2 * th + p[4]))
         roll = math.radians(1.5 * math.sin(th + p[5]))
         cy, sy = math.cos(yaw), math.sin(yaw)

@@ -48,10 +48,11 @@ class SyntheticSource:
     """Procedurally rendered frames with exact K, poses (relative to frame 0, metres) and z-depth.
 
     scene: "street" (a drive through a town, 640x192 by default) or "room" (an indoor walk, 640x480).
-    num_frames: length of the sequence; loop=True makes the path a closed loop whose last frame comes
+    num_frames: length of the sequence; loop=True makes the path a closed loop of `loop_frames` frames
+    (default num_frames; more frames drive on past the start, a revisit) whose last frame comes
     back to the first. speed_mps / fps set the spacing of frames (default 10 m/s and 10 fps for the
-    street: 1 m per frame). noise_std, exposure_jitter, motion_blur_px: optional image effects (off by
-    default; the ground truth is unaffected). stride / max_frames: as for every source (every k-th
+    street: 1 m per frame). noise_std, exposure_jitter, motion_blur_px, exposure_step (+ _frames): optional
+    image effects (off by default; the ground truth is unaffected). stride / max_frames: as for every source (every k-th
     frame, at most N). Rendering happens on iteration, one frame at a time."""
 
     def __init__(
@@ -62,11 +63,14 @@ class SyntheticSource:
         height: int | None = None,
         seed: int = 0,
         loop: bool = False,
+        loop_frames: int | None = None,
         speed_mps: float | None = None,
         fps: float = 10.0,
         noise_std: float = 0.0,
         exposure_jitter: float = 0.0,
         motion_blur_px: float = 0.0,
+        exposure_step: float = 0.0,
+        exposure_step_frames: int = 30,
         focal_px: float | None = None,
         stride: int = 1,
         max_frames: int | None = None,
@@ -93,7 +97,8 @@ class SyntheticSource:
         check_stride_max_frames(stride, max_frames)
         self.stride, self.max_frames = int(stride), max_frames
         try:
-            self.effects = ImageEffects(float(noise_std), float(exposure_jitter), float(motion_blur_px))
+            self.effects = ImageEffects(float(noise_std), float(exposure_jitter), float(motion_blur_px), float(exposure_step),
+                                        exposure_step_frames)
         except ValueError as e:
             raise SourceError(str(e)) from None
         f = float(focal_px) if focal_px is not None else d.focal_per_width * self.width
@@ -109,11 +114,13 @@ class SyntheticSource:
         # The scene's geometry is cheap and validates the options (e.g. a loop too short to close), so
         # it is built now; it is a pure function of (options, seed), laid out lazily where large.
         self._scene: StreetScene | RoomScene
+        lap_frames = self.num_frames if loop_frames is None else _positive_int(loop_frames, "loop_frames")
+        self.loop_frames = lap_frames if self.loop else None
         try:
             if scene == "street":
-                self._scene = StreetScene(self.street_config, self.seed, self.num_frames, self.step_m, self.loop)
+                self._scene = StreetScene(self.street_config, self.seed, lap_frames, self.step_m, self.loop)
             else:
-                self._scene = RoomScene(self.room_config, self.seed, self.num_frames, self.step_m, self.loop)
+                self._scene = RoomScene(self.room_config, self.seed, lap_frames, self.step_m, self.loop)
         except ValueError as e:
             raise SourceError(str(e)) from None
         self._first_scene_from_cam = self._scene.scene_from_cam(0)[0]

@@ -31,7 +31,7 @@ from .surface import Lighting, Surface
 from .textures import period_m
 
 STREET_MATERIALS = ("asphalt", "sidewalk", "lot", "kerb", "brick", "plaster", "concrete", "roof", "car_paint",
-                    "glass", "metal", "foliage", "bark", "sign", "plastic")
+                    "glass", "metal", "foliage", "bark", "sign", "plastic", "plain_wall", "plain_road", "plain_walk")
 _SAMPLE_SPACING_M = 0.5  # route sampling for clearance tests; the bound below adds half of it
 _MIN_COS = 1.0 / 32.0
 _CAR_COLOURS = [(235, 235, 235), (190, 192, 195), (40, 40, 45), (170, 30, 30), (30, 60, 140), (30, 90, 60),
@@ -51,6 +51,9 @@ class StreetConfig:
     wobble_deg: float = 0.4  # small smooth pitch/roll/yaw/height motion, as a car body has
     start_offset_m: float = 5.0
     cache_segments: int = 24
+    # Stress options (datasets/synthetic/stress.py), off by default:
+    repeated_facades: bool = False  # every facade the same building (size, material, texture): far places look alike
+    low_texture_every: int = 0  # every n-th route segment (phase from the seed) is bare and nearly plain; 0: none
 
     @property
     def lane_line_m(self) -> float:
@@ -74,6 +77,10 @@ class StreetScene:
         self.cfg = config
         self.seed = int(seed)
         self.step_m = float(step_m)
+        every = config.low_texture_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ValueError(f"low_texture_every must be a whole number >= 0, got {every!r}")
+        self._low_texture_phase = int(rng_for(self.seed, "low-texture").integers(every)) if every else 0
         self.route: Route
         if loop:
             length = num_frames * self.step_m
@@ -132,6 +139,11 @@ class StreetScene:
         return SceneView(concat_boxes([p[0] for p in parts]), concat_cylinders([p[1] for p in parts]), self.lighting,
                          StreetGround(self, ground_units), self.sky)
 
+    def low_texture(self, k: int) -> bool:
+        """Whether route unit k is a low-texture stretch: plain facades and ground, no street furniture."""
+        every = self.cfg.low_texture_every
+        return every > 0 and (self.route.canonical(k) + self._low_texture_phase) % every == 0
+
     def segment(self, k: int) -> tuple[Boxes, Cylinders]:
         key = self.route.canonical(k)
         hit = self._cache.get(key)
@@ -158,6 +170,7 @@ class _SegmentLayout:
     def __init__(self, scene: StreetScene, unit: Unit) -> None:
         self.s, self.u, self.cfg, self.m = scene, unit, scene.cfg, scene.mat
         self.rng = rng_for(scene.seed, "street-segment", unit.index)
+        self.plain = scene.low_texture(unit.index)
         self.b = PrimitiveBuilder()
         self.box_clear: list[float] = []
         self.cyl_clear: list[float] = []
@@ -195,6 +208,8 @@ class _SegmentLayout:
             self._kerb(side, L)
             self._facades(side, L)
             self._background(side, L)
+            if self.plain:  # a bare stretch: no poles, trees, cars or benches to track either
+                continue
             self._lights_and_signs(side, L)
             self._trees(side, L)
             self._cars(side, L)
@@ -205,7 +220,8 @@ class _SegmentLayout:
         r = self.u.radius
         if L - 2 * r > 0.5:
             self.b.new_group()
-            self.box(0.5 * L, side * self.cfg.kerb_m, 0.0, L - 2 * r, 0.2, 0.12, ("kerb",) * 4, self.cfg.kerb_m - 0.45)
+            mat = "plain_walk" if self.plain else "kerb"
+            self.box(0.5 * L, side * self.cfg.kerb_m, 0.0, L - 2 * r, 0.2, 0.12, (mat,) * 4, self.cfg.kerb_m - 0.45)
 
     def _facades(self, side: int, L: float) -> None:
         rng, front = self.rng, self.cfg.sidewalk_outer_m
@@ -216,12 +232,19 @@ class _SegmentLayout:
             depth = rng.uniform(8, 16)
             height = rng.uniform(7, 16) if rng.random() < 0.7 else rng.uniform(16, 26)
             mat = ("brick", "plaster", "concrete")[int(rng.choice(3, p=[0.45, 0.4, 0.15]))]
-            period = period_m(mat)
+            tint = self.tint(0.1)
+            u0 = float(rng.uniform(0, period_m(mat)))
+            if self.cfg.repeated_facades:
+                # Drawn above all the same, so the rest of the layout matches the default town's.
+                w, setback, depth, height, mat, tint, u0 = 16.0, 1.0, 12.0, 12.0, "brick", (1.0, 1.0, 1.0), 0.0
+            roof = "roof"
+            if self.plain:
+                mat = roof = "plain_wall"
             # v = -z + anchor: the window rows sit at the same heights on every building of a material.
-            anchor = period / 6.0 + 2.0 - 0.5 * height
+            anchor = period_m(mat) / 6.0 + 2.0 - 0.5 * height
             self.b.new_group()
-            self.box(x + 0.5 * w, side * (front + setback + 0.5 * depth), 0.0, w, depth, height, (mat, mat, "roof", "roof"),
-                     front - 0.5, self.tint(0.1), (float(rng.uniform(0, period)), anchor))
+            self.box(x + 0.5 * w, side * (front + setback + 0.5 * depth), 0.0, w, depth, height, (mat, mat, roof, roof),
+                     front - 0.5, tint, (u0, anchor))
             gap = rng.uniform(4, 12) if rng.random() < 0.25 else rng.uniform(0.15, 0.8)
             x += w + gap
 
@@ -231,8 +254,12 @@ class _SegmentLayout:
         while x < L + 40.0:
             w, depth, height = rng.uniform(15, 40), rng.uniform(10, 25), rng.uniform(18, 50)
             lateral = rng.uniform(32, 55) + 0.5 * depth
+            tint, uv = self.tint(0.12), self._uv("concrete")
+            if self.cfg.repeated_facades:
+                tint, uv = (1.0, 1.0, 1.0), (0.0, 0.0)
+            mats = ("plain_wall",) * 4 if self.plain else ("concrete", "concrete", "roof", "roof")
             self.b.new_group()
-            self.box(x + 0.5 * w, side * lateral, 0.0, w, depth, height, ("concrete", "concrete", "roof", "roof"), 25.0, self.tint(0.12))
+            self.box(x + 0.5 * w, side * lateral, 0.0, w, depth, height, mats, 25.0, tint, uv)
             x += w + rng.uniform(3, 25)
 
     def _lights_and_signs(self, side: int, L: float) -> None:
@@ -399,10 +426,14 @@ class StreetGround:
                 np.copyto(along[v0:v1, u0:u1], a, where=closer)
                 np.copyto(slot[v0:v1, u0:u1], p, where=closer)
 
-        mats = np.array([sc.mat["asphalt"], sc.mat["sidewalk"], sc.mat["lot"]], np.int32)
+        # Material per (piece, kind: road, sidewalk, lot); low-texture stretches pave theirs plainly.
+        n_slots = 2 * len(self.units) + 1
+        usual = [sc.mat["asphalt"], sc.mat["sidewalk"], sc.mat["lot"]]
+        plain = [sc.mat["plain_road"], sc.mat["plain_walk"], sc.mat["lot"]]
+        mats = np.array([plain if sc.low_texture(u.index) else usual for u in self.units for _ in (0, 1)] + [usual], np.int32)
+        periods = np.vectorize(lambda m: period_m(STREET_MATERIALS[m]))(mats)
         # Per-piece texture offsets, folded with the camera position modulo each material's period in
         # float64, so the float32 coordinates stay small however far the drive goes.
-        n_slots = 2 * len(self.units) + 1
         off = np.zeros((n_slots, 2))
         for i, u in enumerate(self.units):
             key = sc.route.canonical(u.index)
@@ -410,14 +441,13 @@ class StreetGround:
                 off[2 * i + j] = 97.0 * hash_uniform(sc.seed, "ground-uv", np.array([4 * key + 2 * j, 4 * key + 2 * j + 1]))
         base = np.zeros((2, n_slots, 3), np.float32)
         for m in range(3):
-            period = period_m(STREET_MATERIALS[int(mats[m])])
             o = off if m < 2 else np.zeros_like(off)  # the lot is continuous across pieces
-            base[:, :, m] = np.mod(cam[None, :2] + o, period).T
+            base[:, :, m] = np.mod(cam[None, :2] + o, periods[:, m, None]).T
         base_u, base_v = base[0].ravel(), base[1].ravel()
         head_x = np.array([u.direction[0] for u in self.units for _ in (0, 1)] + [1.0], np.float32)
         head_y = np.array([u.direction[1] for u in self.units for _ in (0, 1)] + [0.0], np.float32)
         frame = _GroundFrame(ctx, cfg, best.ravel(), lat.ravel(), along.ravel(), slot.ravel(), gx.ravel(), gy.ravel(),
-                             mats, base_u, base_v, head_x, head_y,
+                             mats.ravel(), base_u, base_v, head_x, head_y,
                              lighting.ambient + lighting.diffuse * max(float(lighting.sun()[2]), 0.0))
         return frame.surface
 
@@ -434,7 +464,7 @@ class _GroundFrame:
     slot: np.ndarray
     gx: np.ndarray
     gy: np.ndarray
-    mats: np.ndarray
+    mats: np.ndarray  # [slot * 3 + kind] material ids
     base_u: np.ndarray
     base_v: np.ndarray
     head_x: np.ndarray
@@ -470,7 +500,7 @@ class _GroundFrame:
         edge = _stripe(alat - np.float32(cfg.edge_line_m), 0.15, fp_across)
         mark = np.maximum(lane, edge) * ((sl % 2 == 0) & (kind == 0))
         lit = np.full(idx.shape, self.light, np.float32)
-        return Surface(idx, take(self.mats, kind), u_m, v_m, fmin, fmaj, du, dv, lit, tint=None, mark=mark.astype(np.float32))
+        return Surface(idx, take(self.mats, tbl), u_m, v_m, fmin, fmaj, du, dv, lit, tint=None, mark=mark.astype(np.float32))
 
 
 def _stripe(d: np.ndarray, width: float, fp: np.ndarray) -> np.ndarray:

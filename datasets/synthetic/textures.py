@@ -420,6 +420,16 @@ def _painting(rng: np.random.Generator, s: int) -> np.ndarray:
     return _grain(img, rng, 0.05)
 
 
+def _plain(base: Rgb) -> Callable[[np.random.Generator, int], np.ndarray]:
+    """A nearly featureless surface (fresh paint, new asphalt): faint large-scale shading only, a few
+    grey levels of contrast, so trackers find little on it (the stress suite's low-texture stretches)."""
+
+    def make(rng: np.random.Generator, s: int) -> np.ndarray:
+        return _u8(_luma(base, (spectral_noise(rng, s, 1.6, 1), 0.03)))
+
+    return make
+
+
 @dataclass(frozen=True)
 class MaterialSpec:
     texel_m: float  # metres per texel at mip level 0; the tile repeats every TILE * texel_m metres
@@ -443,6 +453,10 @@ MATERIALS: dict[str, MaterialSpec] = {
     "bark": MaterialSpec(0.01, _bark),
     "sign": MaterialSpec(0.004, _sign),
     "plastic": MaterialSpec(0.01, _plastic),
+    # the same surfaces nearly plain (low-texture stretches of a drive)
+    "plain_wall": MaterialSpec(0.05, _plain((200, 194, 184))),
+    "plain_road": MaterialSpec(0.05, _plain((94, 94, 98))),
+    "plain_walk": MaterialSpec(0.05, _plain((172, 168, 160))),
     # room
     "wallpaper": MaterialSpec(0.004, _wallpaper),
     "floor_wood": MaterialSpec(0.004, _floor_wood),
