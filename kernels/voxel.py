@@ -35,13 +35,16 @@ _COUNT_MAX = torch.iinfo(torch.int32).max
 class Voxels:
     """A set of voxels, structure of arrays, sorted by `keys` (unique). V voxels:
     keys [V] int64 packed, xyz [V,3] float32 mean position, rgb [V,3] float32 mean colour in [0,255],
-    weight [V] float32 sum of confidences, count [V] int32 points fused (saturates at 2**31-1)."""
+    weight [V] float32 sum of confidences, count [V] int32 points fused (saturates at 2**31-1),
+    window [V] int32 the latest window that fused into the voxel (-1: none given), so a pose-graph
+    correction of that window can move the voxel without reprocessing frames."""
 
     keys: torch.Tensor
     xyz: torch.Tensor
     rgb: torch.Tensor
     weight: torch.Tensor
     count: torch.Tensor
+    window: torch.Tensor
 
     @staticmethod
     def empty(device: torch.device | str = "cpu") -> Voxels:
@@ -51,6 +54,7 @@ class Voxels:
             rgb=torch.zeros(0, 3, dtype=torch.float32, device=device),
             weight=torch.zeros(0, dtype=torch.float32, device=device),
             count=torch.zeros(0, dtype=torch.int32, device=device),
+            window=torch.zeros(0, dtype=torch.int32, device=device),
         )
 
     def __len__(self) -> int:
@@ -99,7 +103,7 @@ def voxel_indices(points: torch.Tensor, voxel_m: float) -> tuple[torch.Tensor, t
 
 
 def scatter_voxels(
-    points: torch.Tensor, colors: torch.Tensor, conf: torch.Tensor, voxel_m: float, min_conf: float = 0.0
+    points: torch.Tensor, colors: torch.Tensor, conf: torch.Tensor, voxel_m: float, min_conf: float = 0.0, window: int = -1
 ) -> tuple[Voxels, ScatterCounts]:
     """Reduce points into voxels. points [N,3] float32, colors [N,3] uint8 (or float in [0,255]),
     conf [N] float32. Points with a non-finite position or confidence, confidence <= min_conf (min_conf
@@ -137,6 +141,7 @@ def scatter_voxels(
         rgb=sums[:, 3:6] / weight[:, None],
         weight=weight,
         count=n_per_voxel.to(torch.int32),
+        window=torch.full((keys.shape[0],), window, dtype=torch.int32, device=points.device),
     )
     return voxels, counts
 
@@ -178,7 +183,25 @@ def merge_voxels(base: Voxels, update: Voxels) -> tuple[Voxels, int]:
     out.rgb[slot] += f * (upd.rgb - out.rgb[slot])
     out.weight[slot] = W
     out.count[slot] = (out.count[slot].to(torch.int64) + upd.count).clamp_(max=_COUNT_MAX).to(torch.int32)
+    out.window[slot] = torch.maximum(out.window[slot], upd.window)
     return out, n_new
+
+
+def revoxelize(vox: Voxels, voxel_m: float) -> Voxels:
+    """Re-key voxels whose positions moved (a pose-graph correction): voxels that now share a key merge
+    into their weight-weighted mean, exactly as if their points had been fused there; counts add up and
+    the latest window wins."""
+    if len(vox) == 0:
+        return vox
+    merged, _ = scatter_voxels(vox.xyz, vox.rgb, vox.weight, voxel_m, min_conf=-math.inf)
+    # scatter counted input rows (voxels) and dropped rows out of range: redo both per surviving voxel.
+    _, ijk_f, in_range = voxel_indices(vox.xyz, voxel_m)
+    keep = torch.nonzero(in_range & torch.isfinite(vox.xyz).all(dim=1)).squeeze(1)
+    slot = torch.searchsorted(merged.keys, pack_keys(ijk_f[keep].to(torch.int64)))
+    count = torch.zeros(len(merged), dtype=torch.int64, device=vox.keys.device).index_add_(0, slot, vox.count[keep].to(torch.int64))
+    merged.count = count.clamp_(max=_COUNT_MAX).to(torch.int32)
+    merged.window = torch.full_like(merged.window, -1).scatter_reduce_(0, slot, vox.window[keep], reduce="amax")
+    return merged
 
 
 class ReferenceVoxels:

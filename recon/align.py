@@ -1,28 +1,29 @@
-"""Window-to-map alignment (DESIGN §5): map each new window into the run's world frame through the frames
-it shares with the previous (already aligned) window.
+"""Joining a window to the previous one (DESIGN §5): the Sim(3) `prev_from_cur` that maps the new window's
+frame into the previous window's frame through the frames both share (the core composes these joins in
+its pose graph; with `prev` None the window defines its own frame).
 
 1. Correspondences: the same pixels of the overlap frames, confident in both windows (VGGT-Long rule:
    confidence > conf_rel x the smaller of the two windows' median confidences; or LASER's top-p),
-   weighted sqrt(c_prev c_cur). Taken on a regular pixel stride chosen so that at most
-   `max_correspondences` candidates remain: Sim(3) accuracy is limited by model error, not by 30k vs 2M
-   samples, and the stride keeps the fit in milliseconds (see bench/bench_align.py).
-2. Sim(3) `world_from_window`: weighted Umeyama, then IRLS with a Huber kernel whose delta is
-   `huber_delta_rel` x the median depth of the correspondences in the map (errors grow with depth).
+   weighted sqrt(c_prev c_cur), on a pixel stride that keeps at most `max_correspondences` candidates.
+2. Joint fit (`fit_join`): rotation from the shared cameras' orientations in both windows; scale from the
+   dense depth ratios of the correspondences and the ratios of the shared cameras' baselines, combined by
+   their uncertainty; translation from the shared camera centres. An overlap that measures no scale
+   (empty, low-parallax, rotation-only) inherits it through the shared frames' median depths, flagged —
+   the scale never jumps. The fit's uncertainty becomes the pose-graph edge's noise.
 3. Layer-wise scale (mode "lsa", specs/streaming_alignment.md): segment every depth map of the window
    into depth layers; link layers of each overlap frame across the two windows (IoU >= cross_iou); per
-   link a robust scale of this window's Sim(3)-aligned depth onto the map's depth over the two layers'
-   intersection; propagate forward through the window's frames along links between consecutive frames
-   (IoU >= within_iou, IoU-weighted mean of the incoming scales; pixels carried to the next frame by the
-   window's own points and poses, LASER compares same pixels); unreached layers keep the window scale
-   (1 after Sim(3)). The per-pixel scale multiplies the camera-frame point, then the point goes to the
-   world through the aligned pose. With `lsa_refine`, the Sim(3) is re-fitted once on the
-   layer-corrected points (layer scale errors bias a single similarity; this removes that bias). With
-   `lsa_depth` False the layer scales serve only that re-fit and the window keeps its own depth.
-4. Degenerate overlap (too few correspondences, a low inlier share — equivalently a high median
-   residual —, collinear points, an absurd scale): fall back to the overlap camera poses and warn.
+   link a robust scale of this window's Sim(3)-aligned depth onto the previous window's depth over the
+   two layers' intersection; propagate forward through the window's frames along links between
+   consecutive frames (IoU >= within_iou, IoU-weighted mean of the incoming scales; pixels carried to the
+   next frame by the window's own points and poses); unreached layers keep the window scale. The
+   per-pixel scale multiplies the camera-frame point. With `lsa_refine`, the Sim(3) is re-fitted on the
+   layer-corrected points (off by default: it would replace the joint fit's camera rotation by a fit to
+   depth). With `lsa_depth` False the layer scales serve only that re-fit.
+4. No shared camera placed by both windows and too few confident pixels: the overlap camera poses as
+   given (`pose_fallback_sim3`), with a warning.
 
-The first window defines the world (identity). Outputs keep the window's own point map (`points`) and
-its depth head (`depth`), each mapped to world units; `conf` is the window's `points_conf`."""
+Outputs keep the window's own point map (`points`) and its depth head (`depth`), mapped by the Sim(3);
+`conf` is the window's `points_conf`."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import torch
 from recon.errors import ContractError
 from recon.geometry import invert_rigid, rotation_distance_deg
 from recon.kernels.layers import LayerLinks, LayerParams, link_layers, link_layers_warped, segment_depth_layers_batch
-from recon.kernels.sim3 import Sim3Fit, robust_log_scale_grouped, robust_sim3
+from recon.kernels.sim3 import robust_log_scale_grouped, robust_sim3
 from recon.kernels.umeyama import umeyama_sim3
 from recon.types import Sim3, WindowPrediction
 
@@ -61,6 +62,13 @@ class AlignConfig:
     min_rank_ratio: float = 1e-3  # 2nd/1st singular value of the cross-covariance (collinear points)
     scale_bounds: tuple[float, float] = (1e-3, 1e3)
     fallback_min_baseline_rel: float = 0.01  # camera-centre spread / median depth to trust it for scale
+    # joint join fit: rotation from the shared cameras, scale from dense depth ratios and camera baselines
+    join_rotation_outlier_deg: float = 2.0  # shared cameras whose relative rotation disagrees by more are dropped
+    join_pose_noise_rel: float = 0.01  # camera-centre noise / scene depth: the baseline scale's sigma
+    join_min_baseline_rel: float = 0.02  # baselines shorter than this x scene depth say nothing of scale
+    join_dense_max_samples: float = 25.0  # effective independent samples per frame (pixel errors are correlated)
+    join_scale_conflict: float = 3.0  # dense and baseline scales further apart than this many sigmas: keep the tighter
+    inherited_log_scale_sigma: float = 0.1  # a scale inherited through the shared frames' median depth
     # layer-wise scale alignment
     layers: LayerParams = field(default_factory=lambda: LayerParams(stride=2))  # half-res segmentation
     iou_pixels: int = 8192  # layer IoUs on a pixel grid of about this many pixels per frame
@@ -71,7 +79,7 @@ class AlignConfig:
     scale_iterations: int = 10
     min_link_samples: int = 20  # strided samples a cross-window link needs for its scale
     max_layer_scale: float = 2.0  # layer scales are clamped to [1/x, x] (with a warning)
-    lsa_refine: bool = True
+    lsa_refine: bool = False  # re-fit the Sim(3) on layer-corrected points (replaces the joint fit's rotation)
     # Apply the layer scales to depth and points (LASER). False: use them only for the Sim(3) re-fit.
     # A model whose windows are each self-consistent (classical) disagrees with the map per layer by a
     # few % of its own correlated error; copying the map's layer scales then swaps one window's errors
@@ -109,6 +117,7 @@ class AlignedWindow:
     layer_labels: torch.Tensor | None  # [S,H,W] int32, -1 = no layer (segmented on this window's depth)
     layer_scales: list[torch.Tensor] | None  # per frame [L_j] float32, on top of the Sim(3) scale
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    registered: np.ndarray | None = None  # [S] bool: frames the model could place (None: all)
 
     def __len__(self) -> int:
         return len(self.frame_indices)
@@ -147,47 +156,31 @@ def align_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int
 
     corr = select_correspondences(prev, cur, overlap, config)
     diag.update(num_candidates=corr.num_candidates, num_correspondences=int(corr.weights.shape[0]), stride=corr.stride)
-    sim: Sim3 | None = None
-    fit: Sim3Fit | None = None
-    delta = 0.0
-    if corr.weights.shape[0] >= config.min_correspondences:
-        scene_depth = float(prev.depth[-overlap:].to(dev)[corr.frame, corr.v, corr.u].median())
-        delta = config.huber_delta_rel * max(scene_depth, 1e-12)
-        try:
-            sim, fit = robust_sim3(corr.source, corr.target, corr.weights, delta, config.irls_iterations)
-        except (np.linalg.LinAlgError, RuntimeError, ValueError) as exc:  # numeric failure: fall back below
-            warnings.append(f"Sim(3) fit failed ({exc})")
-    reason = _degenerate_reason(corr, sim, fit, config)
-    if fit is not None:
-        diag.update(
-            huber_delta=delta, residual_rms=fit.residual_rms, inlier_rms=fit.inlier_rms, inlier_share=fit.inlier_share, rank_ratio=fit.rank_ratio
-        )
+    join = fit_join(prev, cur, overlap, corr, config)
+    sim = join.sim
+    diag.update(path=join.path, join=join.info, noise=join.noise)
+    if join.warning is not None:
+        message = f"window {cur.frame_indices[0]}..{cur.frame_indices[-1]}: {join.warning}"
+        log.warning(message)
+        warnings.append(message)
 
     scale_map = None
     layer_scales = [torch.ones(int(labels[j].max()) + 1) for j in range(len(cur))] if labels is not None else None
-    if reason is not None:
-        message = f"alignment of window {cur.frame_indices[0]}..{cur.frame_indices[-1]}: {reason}; using the overlap camera poses"
-        log.warning(message)
-        warnings.append(message)
-        sim, info = pose_fallback_sim3(prev, cur, overlap, config)
-        diag.update(path="pose_fallback", fallback=info)
-    else:
-        assert sim is not None
-        diag["path"] = "sim3"
-        if config.mode == "lsa" and labels is not None:
-            try:
-                sim, scale_map, layer_scales, lsa_diag = _layer_scale_alignment(
-                    prev, cur, overlap, corr, sim, labels, delta, config, warnings
-                )
-                diag["path"] = "lsa"
-                diag["lsa"] = lsa_diag
-                if not config.lsa_depth:
-                    scale_map = None
-                    layer_scales = [torch.ones_like(k) for k in layer_scales]
-            except Exception as exc:  # noqa: BLE001 - LSA is a refinement: never lose the window over it
-                message = f"layer-wise scale alignment failed ({type(exc).__name__}: {exc}); kept the Sim(3)"
-                log.warning(message)
-                warnings.append(message)
+    n = int(corr.weights.shape[0])
+    if config.mode == "lsa" and labels is not None and join.path == "joint" and n >= config.min_correspondences:
+        scene_depth = float(prev.depth[-overlap:].to(dev)[corr.frame, corr.v, corr.u].median())
+        delta = config.huber_delta_rel * max(scene_depth, 1e-12)
+        try:
+            sim, scale_map, layer_scales, lsa_diag = _layer_scale_alignment(prev, cur, overlap, corr, sim, labels, delta, config, warnings)
+            diag["path"] = "lsa"
+            diag["lsa"] = lsa_diag
+            if not config.lsa_depth:
+                scale_map = None
+                layer_scales = [torch.ones_like(k) for k in layer_scales]
+        except Exception as exc:  # noqa: BLE001 - LSA is a refinement: never lose the window over it
+            message = f"layer-wise scale alignment failed ({type(exc).__name__}: {exc}); kept the joint fit"
+            log.warning(message)
+            warnings.append(message)
     diag["scale"] = sim.s
 
     out = _apply(cur, sim, scale_map, labels, layer_scales, diag)
@@ -246,6 +239,7 @@ def _first_window(cur: WindowPrediction, labels: torch.Tensor | None) -> Aligned
         layer_labels=labels,
         layer_scales=scales,
         diagnostics={"path": "first", "warnings": [], "scale": 1.0},
+        registered=registered_frames(cur),
     )
 
 
@@ -290,21 +284,146 @@ def select_correspondences(prev: AlignedWindow, cur: WindowPrediction, overlap: 
     return Correspondences(frame, v, u, source, target, weights, num_candidates=O * hs * ws, stride=stride)
 
 
-def _degenerate_reason(corr: Correspondences, sim: Sim3 | None, fit: Sim3Fit | None, config: AlignConfig) -> str | None:
+@dataclass(frozen=True)
+class JoinFit:
+    """`sim`: prev_frame_from_cur_frame (target = the previous window's frame). `noise`: 1-sigma
+    rotation (rad), translation (target units) and log-scale of that fit, for the pose graph edge.
+    `path`: "joint" (rotation from the shared cameras, scale measured), "inherited_scale" (nothing in
+    the overlap measures scale: the shared frames' median depths carry it over) or "pose_fallback"
+    (no shared camera is placed by both windows and too few confident pixels: overlap poses as given)."""
+
+    sim: Sim3
+    noise: dict[str, float]
+    path: str
+    info: dict[str, Any]
+    warning: str | None = None
+
+
+def registered_frames(w: AlignedWindow | WindowPrediction) -> np.ndarray:
+    """[S] bool: frames whose pose the model could determine (a model that says nothing placed all)."""
+    if isinstance(w, AlignedWindow):
+        return np.ones(len(w), bool) if w.registered is None else np.asarray(w.registered, bool)
+    reg = w.info.get("registered")
+    return np.ones(len(w), bool) if reg is None else np.asarray(reg, bool)
+
+
+def _rotation_mean(R: np.ndarray, outlier_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Robust chordal mean of rotations [N,3,3]: those further than `outlier_deg` (or 3x the median
+    spread) from the first mean are dropped. -> (R [3,3], kept [N] bool)."""
+    from scipy.spatial.transform import Rotation
+
+    mean = Rotation.from_matrix(R).mean()
+    dev = np.degrees((Rotation.from_matrix(R) * mean.inv()).magnitude())
+    kept = dev <= max(outlier_deg, 3.0 * float(np.median(dev)))
+    if not kept.any():
+        kept = dev <= dev.min()
+    return Rotation.from_matrix(R[kept]).mean().as_matrix(), kept
+
+
+def _log_location(v: np.ndarray, w: np.ndarray, delta: float, iterations: int = 10) -> tuple[float, float]:
+    """Huber IRLS location of values v [N] with weights w -> (location, robust spread = 1.4826 MAD)."""
+    m = float(np.average(v, weights=w))
+    for _ in range(iterations):
+        r = np.abs(v - m)
+        m = float(np.average(v, weights=w * np.minimum(1.0, delta / np.maximum(r, 1e-12))))
+    return m, 1.4826 * float(np.median(np.abs(v - m)))
+
+
+def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Correspondences, config: AlignConfig) -> JoinFit:
+    """The Sim(3) mapping `cur`'s frame into `prev`'s from every constraint the shared frames offer:
+    - rotation: the shared cameras' orientations in both windows (far better than a fit to noisy depth);
+    - scale: dense depth ratios of the same pixels (confident in both), and the ratios of the camera
+      baselines between shared frames, combined by their uncertainty; when neither measures it (an
+      empty, low-parallax or rotation-only overlap) the scale is inherited from the median depths of
+      the shared frames and flagged, so it never jumps;
+    - translation: the shared camera centres under that rotation and scale."""
+    O = overlap
+    reg = registered_frames(prev)[-O:] & registered_frames(cur)[:O]
+    prev_from_cam = invert_rigid(prev.cam_from_world[-O:].double().cpu().numpy())
+    cur_from_cam = invert_rigid(cur.cam_from_world[:O].double().cpu().numpy())
+    d_prev_all = prev.depth[-O:].to(cur.depth.device)
+    positive = d_prev_all[d_prev_all > 0]
+    scene_depth = float(positive.median()) if positive.numel() else 1.0
+    info: dict[str, Any] = {"shared_cameras": int(reg.sum())}
     n = int(corr.weights.shape[0])
-    if n < config.min_correspondences:
-        return f"{n} confident correspondences (< {config.min_correspondences})"
-    if sim is None or fit is None:
-        return "the Sim(3) fit failed"
-    if not fit.valid or fit.rank_ratio < config.min_rank_ratio:
-        return f"correspondences are (nearly) collinear (rank ratio {fit.rank_ratio:.2e})"
-    if fit.inlier_share < config.min_inlier_share:
-        share, delta = fit.inlier_share, fit.huber_delta
-        return f"bad fit: inlier share {share:.2f} (< {config.min_inlier_share}), median residual above {delta:.3g}"
-    lo, hi = config.scale_bounds
-    if not lo <= sim.s <= hi:
-        return f"implausible scale {sim.s:.3g}"
-    return None
+
+    # Rotation.
+    if reg.any():
+        R_each = prev_from_cam[reg, :3, :3] @ cur_from_cam[reg, :3, :3].transpose(0, 2, 1)
+        R, kept = _rotation_mean(R_each, config.join_rotation_outlier_deg)
+        spread = np.radians(rotation_distance_deg(R_each[kept], np.broadcast_to(R, R_each[kept].shape)))
+        sigma_rot = max(float(np.sqrt(np.mean(spread**2))) / np.sqrt(kept.sum()), np.radians(0.05))
+        info["rotation_spread_deg"] = float(np.degrees(spread.max()))
+    elif n >= config.min_correspondences:
+        fit_sim, _ = robust_sim3(corr.source, corr.target, corr.weights, config.huber_delta_rel * scene_depth, config.irls_iterations)
+        R, sigma_rot = fit_sim.R, np.radians(1.0)
+        info["rotation_from"] = "dense points"
+    else:
+        sim, fb = pose_fallback_sim3(prev, cur, overlap, config)
+        noise = {"rot_rad": np.radians(5.0), "trans": 0.2 * scene_depth, "log_scale": 0.3}
+        return JoinFit(sim, noise, "pose_fallback", {**info, "fallback": fb},
+                       "no shared camera placed by both windows and too few confident pixels; using the overlap camera poses")
+
+    # Scale: each source gives (log s, sigma).
+    sources: dict[str, tuple[float, float]] = {}
+    if n >= config.min_correspondences:
+        d_prev = prev.depth[-O:].to(cur.depth.device)[corr.frame, corr.v, corr.u].double().cpu().numpy()
+        d_cur = cur.depth[:O][corr.frame, corr.v, corr.u].double().cpu().numpy()
+        ok = (d_prev > 0) & (d_cur > 0)
+        if ok.sum() >= config.min_correspondences:
+            v = np.log(d_prev[ok] / d_cur[ok])
+            m, spread = _log_location(v, corr.weights.double().cpu().numpy()[ok], config.scale_huber_delta)
+            frames_used = len(np.unique(corr.frame.cpu().numpy()[ok]))
+            n_eff = min(int(ok.sum()), config.join_dense_max_samples * frames_used)
+            sources["dense"] = (m, max(spread / np.sqrt(n_eff), 0.002))
+    idx = np.nonzero(reg)[0]
+    if len(idx) >= 2:
+        c_prev, c_cur = prev_from_cam[idx, :3, 3], cur_from_cam[idx, :3, 3]
+        i, j = np.triu_indices(len(idx), 1)
+        b_prev = np.linalg.norm(c_prev[i] - c_prev[j], axis=1)
+        b_cur = np.linalg.norm(c_cur[i] - c_cur[j], axis=1)
+        use = (b_prev > config.join_min_baseline_rel * scene_depth) & (b_cur > 0)
+        if use.any():
+            v = np.log(b_prev[use] / b_cur[use])
+            sig = config.join_pose_noise_rel * scene_depth / b_prev[use]
+            m, _ = _log_location(v, 1.0 / sig**2, 0.05)
+            # Pairs share cameras: their errors are not independent, so the tightest pair is the sigma.
+            sources["baseline"] = (m, max(float(sig.min()), 0.002))
+    info["scale_sources"] = {k: {"scale": float(np.exp(m)), "log_sigma": sg} for k, (m, sg) in sources.items()}
+
+    path, warning = "joint", None
+    if sources:
+        if len(sources) == 2:
+            (m1, s1), (m2, s2) = sources["dense"], sources["baseline"]
+            if abs(m1 - m2) > config.join_scale_conflict * np.hypot(s1, s2) and abs(m1 - m2) > 0.05:
+                keep = "dense" if s1 <= s2 else "baseline"
+                info["scale_conflict"] = f"dense {np.exp(m1):.4g} vs baseline {np.exp(m2):.4g}: kept {keep}"
+                sources = {keep: sources[keep]}
+        w = {k: 1.0 / sg**2 for k, (_, sg) in sources.items()}
+        log_s = sum(w[k] * m for k, (m, _) in sources.items()) / sum(w.values())
+        sigma_log_s = 1.0 / np.sqrt(sum(w.values()))
+    else:
+        d_cur_all = cur.depth[:O]
+        both = (d_prev_all > 0) & (d_cur_all > 0)
+        log_s = float(torch.log(d_prev_all[both] / d_cur_all[both]).median()) if bool(both.any()) else 0.0
+        sigma_log_s = config.inherited_log_scale_sigma
+        path = "inherited_scale"
+        warning = "no confident depth or baseline in the overlap measures scale; inherited it through the shared frames"
+    s = float(np.exp(np.clip(log_s, *np.log(config.scale_bounds))))
+
+    # Translation: the shared centres (or, without any, the confident points) under R and s.
+    if reg.any():
+        res = prev_from_cam[reg, :3, 3] - s * (cur_from_cam[reg, :3, 3] @ R.T)
+        t = np.median(res, axis=0) if len(res) >= 3 else res.mean(0)
+        sigma_t = max(float(np.sqrt(((res - t) ** 2).sum(1).mean())) / np.sqrt(len(res)), 1e-3 * scene_depth)
+    else:
+        w_pts = corr.weights.double().cpu().numpy()
+        res = corr.target.double().cpu().numpy() - s * (corr.source.double().cpu().numpy() @ R.T)
+        t = (w_pts[:, None] * res).sum(0) / max(w_pts.sum(), 1e-12)
+        sigma_t = 0.05 * scene_depth
+    info["scale"] = s
+    noise = {"rot_rad": float(sigma_rot), "trans": float(sigma_t), "log_scale": float(sigma_log_s)}
+    return JoinFit(Sim3(s, R, t), noise, path, info, warning)
 
 
 def pose_fallback_sim3(prev: AlignedWindow, cur: WindowPrediction, overlap: int, config: AlignConfig) -> tuple[Sim3, dict[str, Any]]:
@@ -513,6 +632,7 @@ def _apply(
         layer_labels=labels,
         layer_scales=layer_scales,
         diagnostics=diag,
+        registered=registered_frames(cur),
     )
 
 

@@ -30,10 +30,10 @@ import torch
 
 from recon.errors import ContractError
 from recon.outputs import atomic_write
-from recon.kernels.voxel import Voxels, merge_voxels, scatter_voxels
+from recon.kernels.voxel import Voxels, merge_voxels, revoxelize, scatter_voxels
 
 DEFAULT_DISTANCE_SCALE_VOXELS = 200.0  # 10 m at 5 cm voxels: in voxel units so it follows the run's scale
-BYTES_PER_VOXEL = 8 + 12 + 12 + 4 + 4  # key, xyz, rgb (float32 mean), weight, count
+BYTES_PER_VOXEL = 8 + 12 + 12 + 4 + 4 + 4  # key, xyz, rgb (float32 mean), weight, count, window
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -104,10 +104,12 @@ class VoxelMap:
         colors_rgb: ArrayLike,
         conf: ArrayLike,
         camera_centre: ArrayLike | Sequence[float] | None = None,
+        window: int = -1,
     ) -> FusionStats:
         """Fuse one window. points_world [...,3] float (world frame), colors_rgb [...,3] uint8,
         conf [...] float (same leading shape, e.g. [S,H,W]); camera_centre [3] world frame, the camera
-        the eviction distance is measured from (kept for later calls that pass None)."""
+        the eviction distance is measured from (kept for later calls that pass None); `window`: the id
+        `move_windows` will know these points by."""
         t0 = time.perf_counter()
         p = _as_tensor(points_world, self.device, torch.float32)
         c = _as_tensor(colors_rgb, self.device)
@@ -122,9 +124,9 @@ class VoxelMap:
             if centre.shape != (3,) or not bool(torch.isfinite(centre).all()):
                 raise ContractError(f"VoxelMap.integrate: camera_centre must be 3 finite numbers, got {camera_centre}")
             self.camera_centre = centre
-        window, counts = scatter_voxels(p.reshape(-1, 3), c.reshape(-1, 3), w.reshape(-1), self.voxel_m, self.min_conf)
-        merged, n_new = merge_voxels(self._vox, window)
-        peak = merged.nbytes + window.nbytes
+        fresh, counts = scatter_voxels(p.reshape(-1, 3), c.reshape(-1, 3), w.reshape(-1), self.voxel_m, self.min_conf, window)
+        merged, n_new = merge_voxels(self._vox, fresh)
+        peak = merged.nbytes + fresh.nbytes
         n_evict = max(0, len(merged) - self.max_points)
         if n_evict:
             merged = merged.select(~self._eviction_mask(merged, n_evict))
@@ -134,7 +136,7 @@ class VoxelMap:
             points_invalid=counts.points_invalid,
             points_out_of_range=counts.points_out_of_range,
             points_fused=counts.points_fused,
-            voxels_touched=len(window),
+            voxels_touched=len(fresh),
             voxels_new=n_new,
             voxels_evicted=n_evict,
             size=len(merged),
@@ -142,6 +144,23 @@ class VoxelMap:
             peak_bytes=peak,
             seconds=time.perf_counter() - t0,
         )
+
+    def move_windows(self, new_from_old: dict[int, np.ndarray]) -> int:
+        """Move every voxel last fused by window k by the similarity new_from_old[k] ([4,4], s R | t), then
+        re-key the map (voxels that now coincide merge). Returns the number of voxels moved."""
+        vox = self._vox
+        moved = 0
+        for k, M in new_from_old.items():
+            sel = torch.nonzero(vox.window == k).squeeze(1)
+            if len(sel) == 0:
+                continue
+            A = torch.as_tensor(np.asarray(M)[:3, :3], dtype=torch.float32, device=self.device)
+            b = torch.as_tensor(np.asarray(M)[:3, 3], dtype=torch.float32, device=self.device)
+            vox.xyz[sel] = torch.addmm(b, vox.xyz[sel], A.T)
+            moved += len(sel)
+        if moved:
+            self._vox = revoxelize(vox, self.voxel_m)
+        return moved
 
     def keep_score(self, vox: Voxels | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(keep_score [V], distance to the current camera [V]) of `vox` (default: the map). Lowest

@@ -50,6 +50,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(path, write)
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, default=_json_default) + "\n"))
 
@@ -107,15 +117,34 @@ class TrajectoryWriter:
             self._append_all(["", "", FRAMES_HEADER + "\n"])
 
     def append(self, timestamps_s: list[float], world_from_cam: np.ndarray, frame_indices: list[int] | None = None) -> None:
-        frames_file = len(self._files) == 3
+        self._append_all(self._texts(timestamps_s, world_from_cam, frame_indices))
+        self.count += len(timestamps_s)
+
+    def rewrite(self, timestamps_s: list[float], world_from_cam: np.ndarray, frame_indices: list[int] | None = None) -> None:
+        """Replace every file's content with these poses (a loop closure corrected earlier ones). Each file
+        is replaced atomically, so a crash leaves either the old or the new poses, whole."""
+        for f in self._files:
+            f.close()
+        self._files = []
+        texts = self._texts(timestamps_s, world_from_cam, frame_indices)
+        if len(self._paths) == 3:
+            texts[2] = FRAMES_HEADER + "\n" + texts[2]
+        for path, text in zip(self._paths, texts):
+            atomic_write_text(path, text)
+        for path in self._paths:
+            with _writing(path):
+                self._files.append(open(path, "ab", buffering=0))
+        self.count = len(timestamps_s)
+
+    def _texts(self, timestamps_s: list[float], world_from_cam: np.ndarray, frame_indices: list[int] | None) -> list[str]:
+        frames_file = len(self._paths) == 3
         if frames_file and (frame_indices is None or len(frame_indices) != len(timestamps_s)):
             raise ValueError("this writer keeps frames.txt: pass one frame index per pose")
         poses = list(zip((float(ts) for ts in timestamps_s), world_from_cam))
         texts = ["".join(format_tum_line(ts, T) + "\n" for ts, T in poses), "".join(format_kitti_line(T) + "\n" for _, T in poses)]
         if frames_file and frame_indices is not None:
             texts.append("".join(format_frames_line(i, ts) + "\n" for i, (ts, _) in zip(frame_indices, poses)))
-        self._append_all(texts)
-        self.count += len(poses)
+        return texts
 
     def _append_all(self, texts: list[str]) -> None:
         """texts[k] to file k (one per file, in order), durable; on failure every file is truncated back

@@ -1,8 +1,9 @@
-"""The streaming pipeline (DESIGN §1): source -> windows -> model -> alignment -> map -> outputs.
+"""The streaming pipeline (DESIGN §1), the driver: source -> windows -> model -> reconstruction core -> outputs.
 
 Two threads joined by a bounded queue: the producer reads frames, cuts windows and runs the model (one
-window at a time); the consumer aligns each window to the map, fuses it and writes the outputs. Nothing
-holds more than a few windows of frames, so memory does not grow with the stream."""
+window at a time); the consumer hands each prediction to the core (recon/core.py: registration, pose
+graph, loop closure, map) and writes what it returns. Nothing holds more than a few windows of frames,
+so memory does not grow with the stream."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import cv2
 import numpy as np
 import torch
 
-from recon.align import AlignConfig, AlignedWindow, align_window, anchored_window
+from recon.align import AlignConfig, AlignedWindow
+from recon.core import CoreConfig, CoreUpdate, FramePose, MapConfig, Reconstruction
 from recon.datasets.base import FrameSource, source_notes
 from recon.depth_samples import DepthSample, write_depth_sample
 from recon.errors import NonFiniteError, ReconError
@@ -29,8 +31,9 @@ from recon.fusion import VoxelMap
 from recon.geometry import invert_rigid
 from recon.models.base import GeometryModel, StreamingModel
 from recon.outputs import TrajectoryWriter, atomic_write_json, prepare_out_dir
+from recon.registration import OverlappingWindows, Registration
 from recon.schedule import KeyframeConfig, KeyframeSelector, WindowScheduler
-from recon.types import Frame, Sim3, WindowPrediction
+from recon.types import Frame, WindowPrediction
 from recon.viz.viewer import NullViewer, Viewer, WindowView
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,16 @@ class PipelineConfig:
     final_outlier_removal: bool = True
     queue_windows: int = 2
     depth_every: int = 10  # keep every N-th trajectory frame's depth in OUT/depth/ (0: none)
+    loop_closure: bool = True
+    places: Any = None  # recon.places.PlaceConfig (None: its defaults)
+
+    def core(self) -> CoreConfig:
+        return CoreConfig(
+            align=AlignConfig(mode=self.align),  # type: ignore[arg-type]
+            map=MapConfig(self.voxel, self.max_map_points, self.map_pixel_stride, self.map_conf_quantile),
+            loop_closure=self.loop_closure,
+            places=self.places,
+        )
 
 
 ALIGNMENT_LOG_WINDOWS = 200
@@ -74,6 +87,9 @@ class RunState:
     alignment_paths: dict[str, int] = field(default_factory=dict)
     flags: dict[str, int] = field(default_factory=dict)
     skipped_windows: list[dict[str, Any]] = field(default_factory=list)  # predictions with NaN/inf, not fused
+    frames_unregistered: int = 0  # trajectory frames no window could place (placeholder poses)
+    loops: list[dict[str, Any]] = field(default_factory=list)  # loop closures (window, matched window, inliers)
+    trajectory_rewrites: int = 0
 
 
 @dataclass
@@ -85,34 +101,33 @@ class _Window:
 
 
 _DONE = object()
-_NEW_ANCHOR = object()  # a streaming model was reset mid-run: its next frame is a new anchor
+_NEW_ANCHOR = object()  # the model restarted mid-run: its next prediction has a new anchor
 
 
 class Pipeline:
-    """A GeometryModel runs on overlapping windows, each aligned to the map; a StreamingModel takes
-    consecutive groups of `window` frames (no overlap: its cache carries the context) whose predictions are
-    already in the run's world frame (its anchor frame)."""
+    """Feeds the model's predictions to the reconstruction core and writes what it returns. How windows are
+    cut and registered is the model's `registration` strategy (its registry entry declares it)."""
 
     def __init__(self, source: FrameSource, model: GeometryModel | StreamingModel, out_dir: Path, config: PipelineConfig = PipelineConfig(),
                  on_window: Callable[[RunState, VoxelMap | None], None] | None = None, viewer: Viewer | None = None,
-                 input_spec: dict[str, Any] | None = None) -> None:
+                 input_spec: dict[str, Any] | None = None, registration: Registration | None = None) -> None:
         """`input_spec`: how the source was opened (recorded in summary.json so `recon eval` can reopen it
-        for ground truth)."""
+        for ground truth). `registration`: recon.models.base.registration_for(name); default overlapping windows."""
         self.source, self.model, self.config = source, model, config
-        self.streaming = isinstance(model, StreamingModel)
+        self.registration: Registration = registration or OverlappingWindows()
+        self.overlap = self.registration.overlap(config.overlap)
+        self.core = Reconstruction(self.overlap, config.core())
         self.out_dir = prepare_out_dir(Path(out_dir))
         self.on_window = on_window
         self.viewer: Viewer = viewer if viewer is not None else NullViewer()
         self.input_spec = input_spec
         self.state = RunState()
-        self.map: VoxelMap | None = None
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue(maxsize=config.queue_windows)
         self._error: BaseException | None = None
         self._t0 = 0.0
         self._gt_writer: TrajectoryWriter | None = None
-        self._world_from_anchor: Sim3 | None = None  # streaming: where the model's anchor sits in the run's world
-        self._last_world_from_cam: np.ndarray | None = None  # the last pose written
+        self._last_pred: WindowPrediction | None = None
 
     # -- the run, top to bottom ------------------------------------------------------------------
     def run(self) -> RunState:
@@ -121,18 +136,15 @@ class Pipeline:
         writer = TrajectoryWriter(self.out_dir, frames_file=True)
         # The source's ground truth for the same frames, so any tool (ours, evo) can compare the two files.
         self._gt_writer = TrajectoryWriter(self.out_dir, "ground_truth") if self.source.has_ground_truth else None
-        prev: AlignedWindow | None = None
-        if isinstance(self.model, StreamingModel):
-            self.model.reset()  # a new sequence: the model's anchor is this run's first frame
+        self.registration.start(self.model)
         try:
             self._write_summary()
             producer.start()
             while (item := self._queue.get()) is not _DONE:
                 if item is _NEW_ANCHOR:
-                    # Continue the trajectory from the last written camera (the new anchor's scale is its own).
-                    self._world_from_anchor = Sim3.from_matrix(self._last_world_from_cam) if self._last_world_from_cam is not None else None
+                    self.core.restart()
                     continue
-                prev = self._consume(item, prev, writer)
+                self._consume(item, writer)
             if self._error is not None:
                 raise self._error
             self.state.status = "finished"
@@ -150,6 +162,7 @@ class Pipeline:
             while producer.is_alive():
                 producer.join(timeout=0.1)
                 self._drain()
+            self._flush_tail(writer)
             writer.close()
             if self._gt_writer is not None:
                 self._gt_writer.close()
@@ -170,7 +183,7 @@ class Pipeline:
     def _produce(self) -> None:
         try:
             cfg = self.config
-            scheduler = WindowScheduler(cfg.window, 0, min_size=1) if self.streaming else WindowScheduler(cfg.window, cfg.overlap)
+            scheduler = WindowScheduler(cfg.window, self.overlap, min_size=1 if self.overlap == 0 else 2)
             keyframes = KeyframeSelector(KeyframeConfig(min_flow_px=cfg.keyframe_min_flow_px)) if cfg.keyframes else None
             t_read = time.perf_counter()
             for frame in self.source:
@@ -210,11 +223,11 @@ class Pipeline:
 
     def _infer(self, frames: list[Frame]) -> WindowPrediction:
         try:
-            return self.model.step(frames) if isinstance(self.model, StreamingModel) else self.model.infer(frames)
+            return self.registration.predict(self.model, frames)
         except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
             if not _is_out_of_memory(e):
                 raise
-            what = "the KV cache budget (--cache-budget) or " if self.streaming else ""
+            what = "the KV cache budget (--cache-budget) or " if hasattr(self.model, "cache") else ""
             raise ReconError(
                 f"out of memory on frames {frames[0].index}..{frames[-1].index} ({len(frames)} frames of {frames[0].hw[1]}x{frames[0].hw[0]}): "
                 f"lower {what}--window (now {self.config.window}), --dtype bf16 for learned models, or the input resolution"
@@ -225,8 +238,7 @@ class Pipeline:
         first, last = frames[0].index, frames[-1].index
         log.warning("frames %d..%d skipped: the model's prediction is not finite (%s)", first, last, reason)
         self.state.skipped_windows.append({"frames": [first, last], "reason": reason})
-        if isinstance(self.model, StreamingModel):
-            self.model.reset()  # its cache now holds the bad keys: start over from the next frame
+        if self.registration.restart(self.model):
             self._put(_NEW_ANCHOR)
 
     def _put(self, item: object) -> None:
@@ -245,67 +257,79 @@ class Pipeline:
             except queue.Empty:
                 return
 
-    # -- consumer: align, fuse, write ---------------------------------------------------------------
-    def _consume(self, item: _Window, prev: AlignedWindow | None, writer: TrajectoryWriter) -> AlignedWindow:
-        cfg, st = self.config, self.state
-        overlap = cfg.overlap if prev is not None and not self.streaming else 0
-        t = time.perf_counter()
-        if self.streaming:
-            aligned = anchored_window(item.pred, self._world_from_anchor)
-        else:
-            aligned = align_window(prev, item.pred, overlap, AlignConfig(mode=cfg.align))
-        st.timings_s["align"] += time.perf_counter() - t
-        new = slice(overlap, len(aligned))  # overlap frames were written with the previous window
+    # -- consumer: the core registers, the driver writes ----------------------------------------------
+    def _consume(self, item: _Window, writer: TrajectoryWriter) -> None:
+        st = self.state
+        t, map_s = time.perf_counter(), self.core.timings_s["map"]
+        update = self.core.add(item.pred, item.frames_meta, item.colors)
+        fuse_s = self.core.timings_s["map"] - map_s
+        st.timings_s["align"] += time.perf_counter() - t - fuse_s  # joins, pose graph, place recognition
+        st.timings_s["fuse"] += fuse_s
+        self._last_pred = item.pred
 
         t = time.perf_counter()
-        if self.map is None:
-            self.map = VoxelMap(voxel_m=cfg.voxel or self._default_voxel(aligned), max_points=cfg.max_map_points)
-        world_from_cam = invert_rigid(aligned.cam_from_world.double().numpy())
-        # The map takes the window's more confident pixels on a grid: denser would only repeat them.
-        k = cfg.map_pixel_stride
-        conf = aligned.conf[new, ::k, ::k]
-        if conf.numel():
-            conf = torch.where(conf >= torch.quantile(conf.flatten().float(), cfg.map_conf_quantile), conf, torch.zeros_like(conf))
-        self.map.integrate(aligned.points_world[new, ::k, ::k], item.colors[new, ::k, ::k], conf, camera_centre=world_from_cam[-1, :3, 3])
-        st.timings_s["fuse"] += time.perf_counter() - t
-
-        t = time.perf_counter()
-        stamps = [m[1] for m in item.frames_meta[new]]
-        indices = [m[0] for m in item.frames_meta[new]]
-        self._write_depth_samples(aligned, item.pred, new, first_ordinal=writer.count)
-        writer.append(stamps, world_from_cam[new], indices)
-        if len(indices):
-            self._last_world_from_cam = world_from_cam[new][-1]
-        if self._gt_writer is not None and all(m[2] is not None for m in item.frames_meta[new]):
-            self._gt_writer.append(stamps, invert_rigid(np.stack([m[2] for m in item.frames_meta[new]])))
-        st.frames_written = writer.count
+        if update.trajectory is not None:  # a loop closure moved earlier poses: rewrite, then append
+            writer.rewrite([p.timestamp_s for p in update.trajectory], np.stack([p.world_from_cam for p in update.trajectory]),
+                           [p.index for p in update.trajectory])
+            st.trajectory_rewrites += 1
+            self.viewer.update_window_transforms(update.moved)
+        if update.loop is not None:
+            st.loops.append(update.loop)
+        self._write_final(update.final, writer, item.pred, update.aligned)
         st.windows += 1
         for flag in item.pred.flags:
             st.flags[flag] = st.flags.get(flag, 0) + 1
-        st.alignment.append({"frames": [item.frames_meta[0][0], item.frames_meta[-1][0]], **_brief(aligned.diagnostics)})
-        path = str(aligned.diagnostics.get("path"))
+        diag = update.aligned.diagnostics
+        st.alignment.append({"frames": [item.frames_meta[0][0], item.frames_meta[-1][0]], **_brief(diag)})
+        path = str(diag.get("path"))
         st.alignment_paths[path] = st.alignment_paths.get(path, 0) + 1
-        if st.windows % cfg.map_every == 0:
+        if st.windows % self.config.map_every == 0:
             self._write_map()
         self._write_summary()
         st.timings_s["write"] += time.perf_counter() - t
-        self.viewer.log_window(self._window_view(item, aligned, new))
+        self.viewer.log_window(self._window_view(item, update))
         if self.on_window is not None:
-            self.on_window(st, self.map)
-        return aligned
+            self.on_window(st, self.core.map)
 
-    def _write_depth_samples(self, aligned: AlignedWindow, pred: WindowPrediction, new: slice, first_ordinal: int) -> None:
+    def _flush_tail(self, writer: TrajectoryWriter) -> None:
+        """The last window's shared tail waited for a next window: however the run ends, its poses are final."""
+        try:
+            self._write_final(self.core.finish(), writer, self._last_pred)
+        except ReconError as e:
+            if self.state.status == "finished":
+                self.state.status = "failed"
+                raise
+            log.warning("%s", e)  # the error that stopped the run is the one to report
+
+    def _write_final(self, final: list[tuple[int, FramePose]], writer: TrajectoryWriter, pred: WindowPrediction | None,
+                     aligned: AlignedWindow | None = None) -> None:
+        """Append the poses that became final (positions in `aligned`, by default the last window), their
+        ground truth and depth samples."""
+        if not final:
+            return
+        poses = [p for _, p in final]
+        aligned = aligned or self.core.last_window
+        if aligned is not None and pred is not None:
+            self._write_depth_samples(aligned, pred, [j for j, _ in final], first_ordinal=writer.count)
+        stamps = [p.timestamp_s for p in poses]
+        writer.append(stamps, np.stack([p.world_from_cam for p in poses]), [p.index for p in poses])
+        if self._gt_writer is not None and all(p.gt_cam_from_world is not None for p in poses):
+            self._gt_writer.append(stamps, invert_rigid(np.stack([p.gt_cam_from_world for p in poses])))  # type: ignore[misc]
+        self.state.frames_written = writer.count
+        self.state.frames_unregistered += sum(not p.registered for p in poses)
+
+    def _write_depth_samples(self, aligned: AlignedWindow, pred: WindowPrediction, positions: list[int], first_ordinal: int) -> None:
         every = self.config.depth_every
         if every <= 0:
             return
-        for ordinal, j in enumerate(range(*new.indices(len(aligned))), start=first_ordinal):
+        for ordinal, j in enumerate(positions, start=first_ordinal):
             if ordinal % every == 0:
                 sample = DepthSample(aligned.frame_indices[j], aligned.depth[j].cpu().numpy(), aligned.conf[j].cpu().numpy(),
                                      pred.K[j].double().cpu().numpy(), aligned.cam_from_world[j].double().cpu().numpy(), pred.resize)
                 write_depth_sample(self.out_dir, sample)
 
-    def _window_view(self, item: _Window, aligned: AlignedWindow, new: slice) -> WindowView:
-        st, voxel_map = self.state, self.map
+    def _window_view(self, item: _Window, update: CoreUpdate) -> WindowView:
+        st, voxel_map, aligned, new = self.state, self.core.map, update.aligned, update.new
         assert voxel_map is not None  # made by the first window
         elapsed = time.perf_counter() - self._t0
         stats: dict[str, float] = {
@@ -337,16 +361,10 @@ class Pipeline:
             map_points=lambda: voxel_map.points()[:2],
         )
 
-    @staticmethod
-    def _default_voxel(first: AlignedWindow) -> float:
-        depth = first.depth[first.conf > 0]
-        median = float(depth.median()) if depth.numel() else 1.0
-        return 0.01 * median
-
     def _write_map(self, final: bool = False) -> None:
         """Every window: the map as it is. At the end of a finished run: without statistical outliers."""
-        if self.map is not None and len(self.map):
-            self.state.map_ply_points = self.map.export_ply(self.out_dir / "map.ply", outlier_removal=final and self.config.final_outlier_removal)
+        if self.core.map is not None and len(self.core.map):
+            self.state.map_ply_points = self.core.map.export_ply(self.out_dir / "map.ply", outlier_removal=final and self.config.final_outlier_removal)
 
     def _write_summary(self) -> None:
         st = self.state
@@ -365,9 +383,16 @@ class Pipeline:
             "fps": st.frames_read / elapsed if elapsed > 0 else 0.0,
             "peak_rss_mb": peak_rss_mb(),
             "timings_s": st.timings_s,
-            "map_points": len(self.map) if self.map is not None else 0,
+            "map_points": len(self.core.map) if self.core.map is not None else 0,
             "map_ply_points": st.map_ply_points,
-            "map_voxel": self.map.voxel_m if self.map is not None else None,
+            "map_voxel": self.core.map.voxel_m if self.core.map is not None else None,
+            "frames_unregistered": st.frames_unregistered,
+            "registration": self.registration.name,
+            "back_end_s": dict(self.core.timings_s),
+            "loops": st.loops[-ALIGNMENT_LOG_WINDOWS:],
+            "loop_closures": len(st.loops),
+            "trajectory_rewrites": st.trajectory_rewrites,
+            "place_database_bytes": self.core.places.nbytes if self.core.places is not None else 0,
             "scale": scale_note(self.model, self.source),
             "settings": asdict(self.config),
             "model_flags": st.flags,

@@ -37,6 +37,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=int, default=None,
                    help="frames shared by consecutive windows (default 5; streamvggt: none, its KV cache carries the context)")
     p.add_argument("--align", choices=["sim3", "lsa"], default="lsa", help="window alignment: one Sim(3), or Sim(3) + layer-wise scale (default)")
+    p.add_argument("--no-loop-closure", action="store_true",
+                   help="no place recognition / loop edges (the pose graph then only chains the windows' joins)")
     p.add_argument("--voxel", type=float, default=None, help="map voxel size in run units (default: 1%% of the first window's median depth)")
     p.add_argument("--max-map-points", type=int, default=1_000_000, help="hard cap on map points (default 1,000,000)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
@@ -58,18 +60,20 @@ DEFAULT_OVERLAP = 5
 
 
 def _overlap(args: argparse.Namespace) -> int:
-    """Frames shared by consecutive windows; a streaming model's steps share none."""
-    if args.model == "streamvggt":
-        return 0
-    return DEFAULT_OVERLAP if args.overlap is None else args.overlap
+    """Frames shared by consecutive windows, as the model's registration strategy allows."""
+    from recon.models.base import registration_for
+
+    return registration_for(args.model).overlap(DEFAULT_OVERLAP if args.overlap is None else args.overlap)
 
 
 def _check(args: argparse.Namespace) -> None:
-    if args.model == "streamvggt":
+    from recon.models.base import registration_for
+
+    if registration_for(args.model).overlap(1) == 0:  # causal steps: the KV cache carries the context
         if args.window < 1:
             raise ReconError(f"--window (frames per step) must be >= 1, got {args.window}")
         if args.overlap is not None:
-            raise ReconError("--overlap does not apply to --model streamvggt: steps do not overlap, its KV cache carries the context")
+            raise ReconError(f"--overlap does not apply to --model {args.model}: steps do not overlap, its KV cache carries the context")
     else:
         if args.window < 2:
             raise ReconError(f"--window must be >= 2, got {args.window}")
@@ -185,7 +189,7 @@ def run_command(args: argparse.Namespace) -> int:
     from recon.datasets import detect_kind, open_source, source_notes
     from recon.datasets.base import length_hint
     from recon.outputs import prepare_out_dir
-    from recon.models.base import create_model
+    from recon.models.base import create_model, registration_for
     from recon.pipeline import Pipeline, PipelineConfig
 
     _check(args)
@@ -202,7 +206,8 @@ def run_command(args: argparse.Namespace) -> int:
     from recon.viz import open_viewer
 
     config = PipelineConfig(window=args.window, overlap=_overlap(args), align=args.align, voxel=args.voxel,
-                            max_map_points=args.max_map_points, keyframes=not args.no_keyframes, depth_every=args.depth_every)
+                            max_map_points=args.max_map_points, keyframes=not args.no_keyframes, depth_every=args.depth_every,
+                            loop_closure=not args.no_loop_closure)
     input_spec = {"source": _absolute_if_path(args.source), "kind": args.source_kind, **options}
     bar = tqdm(total=length_hint(source), unit="frame", desc="recon", disable=None, dynamic_ncols=True)
 
@@ -211,7 +216,8 @@ def run_command(args: argparse.Namespace) -> int:
         bar.set_postfix(windows=state.windows, map=len(voxel_map) if voxel_map is not None else 0)
 
     viewer = open_viewer(args.viewer, Path(args.rrd) if args.rrd else None, bind=args.bind, port=args.port)
-    pipeline = Pipeline(source, model, out, config, on_window=progress, viewer=viewer, input_spec=input_spec)
+    pipeline = Pipeline(source, model, out, config, on_window=progress, viewer=viewer, input_spec=input_spec,
+                        registration=registration_for(args.model))
     try:
         with sigterm_as_interrupt():
             state = pipeline.run()

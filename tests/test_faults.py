@@ -18,6 +18,7 @@ from recon.errors import ReconError
 from recon.geometry import invert_rigid
 from recon.models.classical import ClassicalModel
 from recon.pipeline import Pipeline, PipelineConfig
+from recon.registration import AnchoredSteps
 from recon.trajectory_io import read_frames, read_kitti
 from recon.types import Frame, ResizeMap, WindowPrediction
 
@@ -94,7 +95,7 @@ class OracleStream:
 
 def test_a_streaming_step_with_nan_resets_the_model_and_continues_the_trajectory(tmp_path: Path) -> None:
     model = OracleStream(bad_step=3)
-    state = Pipeline(street(20), model, tmp_path, PipelineConfig(window=4, keyframes=False, depth_every=0)).run()
+    state = Pipeline(street(20), model, tmp_path, PipelineConfig(window=4, keyframes=False, depth_every=0), registration=AnchoredSteps()).run()
     assert state.status == "finished" and model.resets == 2  # at the start, and after the bad step
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [w["frames"] for w in summary["skipped_windows"]] == [[8, 11]]

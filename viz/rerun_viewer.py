@@ -165,6 +165,10 @@ class RerunViewer:
             self._failed = True
             logger.exception("viewer: cannot log window %d; viewing is off for the rest of the run", view.window)
 
+    def update_window_transforms(self, moved: dict[int, Sim3]) -> None:
+        for window, world_from_window in moved.items():
+            self.update_window_transform(window, world_from_window)
+
     def update_window_transform(self, window: int, world_from_window: Sim3) -> None:
         """Move window `window`'s points to a corrected pose: re-logs only its Transform3D (tiny, never dropped)."""
         if not self._closed:

@@ -46,6 +46,10 @@ class WindowView:
 class Viewer(Protocol):
     def log_window(self, view: WindowView) -> None: ...
 
+    def update_window_transforms(self, moved: dict[int, Sim3]) -> None:
+        """A pose-graph correction moved these windows (world_from_window): re-log their transforms only."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -53,6 +57,9 @@ class NullViewer:
     """Viewing off."""
 
     def log_window(self, view: WindowView) -> None:
+        pass
+
+    def update_window_transforms(self, moved: dict[int, Sim3]) -> None:
         pass
 
     def close(self) -> None:

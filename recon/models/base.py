@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from recon.errors import ReconError
 from recon.types import Frame, WindowPrediction
+
+if TYPE_CHECKING:
+    from recon.registration import Registration
 
 
 @runtime_checkable
@@ -31,23 +35,42 @@ class StreamingModel(Protocol):
     def reset(self) -> None: ...
 
 
-# name -> "module:attribute"; imported only when picked so `recon --help` stays fast.
-MODEL_FACTORIES: dict[str, str] = {
-    "classical": "recon.models.classical:ClassicalModel",
-    "vggt": "recon.models.vggt:VGGTModel",
-    "streamvggt": "recon.models.streamvggt:StreamVGGTModel",
+@dataclass(frozen=True)
+class ModelEntry:
+    """`factory`: "module:attribute", imported only when picked so `recon --help` stays fast.
+    `registration`: how its predictions reach the map (a key of recon.registration.REGISTRATIONS)."""
+
+    factory: str
+    registration: str
+
+
+MODELS: dict[str, ModelEntry] = {
+    "classical": ModelEntry("recon.models.classical:ClassicalModel", "overlapping"),
+    "vggt": ModelEntry("recon.models.vggt:VGGTModel", "overlapping"),
+    "streamvggt": ModelEntry("recon.models.streamvggt:StreamVGGTModel", "anchored"),
 }
 
 DEFAULT_MODEL = "classical"
 
 
 def available_models() -> list[str]:
-    return sorted(MODEL_FACTORIES)
+    return sorted(MODELS)
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise ReconError(f"unknown model {name!r}; choose one of: {', '.join(available_models())}")
+    return MODELS[name]
 
 
 def create_model(name: str, **options: Any) -> GeometryModel | StreamingModel:
-    if name not in MODEL_FACTORIES:
-        raise ReconError(f"unknown model {name!r}; choose one of: {', '.join(available_models())}")
-    module_name, attr = MODEL_FACTORIES[name].split(":")
+    module_name, attr = model_entry(name).factory.split(":")
     factory = getattr(importlib.import_module(module_name), attr)
     return factory(**options)
+
+
+def registration_for(name: str) -> Registration:
+    """The registration strategy model `name` declares."""
+    from recon.registration import REGISTRATIONS
+
+    return REGISTRATIONS[model_entry(name).registration]()

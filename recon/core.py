@@ -1,0 +1,367 @@
+"""The reconstruction core (DESIGN §1): one object that takes each window prediction and owns
+registration, the Sim(3) pose graph, loop closure and the map. The driver (recon/pipeline.py) only
+feeds it predictions and writes what it hands back.
+
+    pred -> join to the previous window (registration strategy)  -> graph node + edge (iSAM2)
+         -> keyframe into the place database -> verified loop?    -> loop edge, re-optimise
+         -> world poses from the graph; map points fused under the window's id (a correction moves them)
+
+Frames shared by two windows get one pose, fused from both windows once the later one is registered, so
+the last `overlap` frames of a window wait for the next window (or `finish`). Memory: the graph holds one
+node per window (~0.1 KB), every trajectory frame keeps its window-frame pose(s) so a loop correction can
+rewrite the trajectory (~0.3 KB a frame), the place database is capped (PlaceConfig.max_keyframes) and
+the map is capped (max_map_points)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from recon.align import AlignConfig, AlignedWindow, align_window, anchored_window, registered_frames
+from recon.fusion import VoxelMap
+from recon.geometry import invert_rigid
+from recon.posegraph import EdgeNoise, PoseGraph, PoseGraphConfig
+from recon.types import Sim3, WindowPrediction
+
+log = logging.getLogger(__name__)
+
+# A causal model's consecutive steps share its anchor: tight, not exact (the graph needs some noise).
+_ANCHORED_NOISE = EdgeNoise(rot_rad=1e-3, trans=1e-3, log_scale=1e-3)
+# A restarted causal model: the new anchor sits at the last camera, its scale is its own.
+_REANCHOR_NOISE = EdgeNoise(rot_rad=np.radians(1.0), trans=0.05, log_scale=0.5)
+
+
+@dataclass(frozen=True)
+class MapConfig:
+    voxel: float | None = None  # run units; None: 1% of the first window's median depth
+    max_points: int = 1_000_000
+    pixel_stride: int = 2
+    conf_quantile: float = 0.5  # fuse pixels at or above this quantile of the window's confidence
+
+
+@dataclass(frozen=True)
+class LoopGate:
+    """A verified loop edge must also agree with where the chain of joins puts the two windows, within the
+    drift the chain can have accumulated: look-alike streets pass every single-view check (same facades at
+    the same distance), but not this one. Within the gate a loop is trusted (no robust kernel): a correct
+    loop after real drift is far outside any kernel tuned to the edge's own small residual."""
+
+    max_drift_rel: float = 0.1  # translation disagreement / path length between the two windows
+    max_rotation_deg: float = 30.0
+    max_scale_ratio: float = 2.0
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    align: AlignConfig = field(default_factory=AlignConfig)
+    map: MapConfig = field(default_factory=MapConfig)
+    posegraph: PoseGraphConfig = field(default_factory=lambda: PoseGraphConfig(loop_kernel="none"))
+    loop_closure: bool = True
+    places: Any = None  # recon.places.PlaceConfig; None: its defaults
+    loop_gate: LoopGate = field(default_factory=LoopGate)
+    # Floors of a join's 1-sigma: the overlap agreeing with itself says nothing of the model's systematic
+    # error, and the graph must be able to spread a loop's correction over the joins.
+    join_noise_floor: EdgeNoise = field(default_factory=lambda: EdgeNoise(rot_rad=float(np.radians(0.2)), trans=0.01, log_scale=0.01))
+
+
+@dataclass
+class FramePose:
+    """One trajectory row."""
+
+    index: int
+    timestamp_s: float
+    world_from_cam: np.ndarray  # [4,4]
+    gt_cam_from_world: np.ndarray | None
+    registered: bool
+
+
+@dataclass
+class CoreUpdate:
+    """What one window changed. `final`: (position in `aligned`, pose) of the frames whose pose is final
+    now, in stream order. `trajectory`: every earlier final pose, corrected, when a loop closure moved
+    them (rewrite the trajectory with it, then append `final`), else None. `moved`: world_from_window of
+    the windows that moved."""
+
+    window: int
+    aligned: AlignedWindow  # this window in the world frame
+    new: slice  # frames of `aligned` not in any earlier window
+    final: list[tuple[int, FramePose]]
+    trajectory: list[FramePose] | None = None
+    moved: dict[int, Sim3] = field(default_factory=dict)
+    loop: dict[str, Any] | None = None
+
+
+@dataclass
+class _Frame:
+    index: int
+    timestamp_s: float
+    gt_cam_from_world: np.ndarray | None
+    views: list[tuple[int, np.ndarray, bool]]  # (window, window_from_cam [4,4], registered)
+
+
+class Reconstruction:
+    """Registration + pose graph + loop closure + map for one run. `overlap`: frames consecutive windows
+    share (0 for anchored steps)."""
+
+    def __init__(self, overlap: int, config: CoreConfig = CoreConfig()) -> None:
+        self.overlap, self.config = overlap, config
+        self.graph = PoseGraph(config.posegraph)
+        self.map: VoxelMap | None = None
+        self.places = None
+        if config.loop_closure:
+            from recon.places import PlaceConfig, PlaceDatabase
+
+            self.places = PlaceDatabase(config.places or PlaceConfig())
+        self._prev_tail: AlignedWindow | None = None  # the last window's shared frames, in its own frame
+        self._windows = 0
+        self._reanchor = False
+        self._frames: list[_Frame] = []  # final frames, in stream order
+        self._pending: list[_Frame] = []  # the last window's tail: final when the next window joins
+        self._last: AlignedWindow | None = None
+        self._estimates: dict[int, Sim3] = {}
+        self.loops: list[dict[str, Any]] = []
+        self.rejected_loops: list[dict[str, Any]] = []
+        self.timings_s = {"join": 0.0, "graph": 0.0, "places": 0.0, "map": 0.0}
+
+    def __len__(self) -> int:
+        return self._windows
+
+    # -- one window --------------------------------------------------------------------------------------
+    def add(self, pred: WindowPrediction, meta: list[tuple[int, float, np.ndarray | None]], colors: np.ndarray) -> CoreUpdate:
+        """Register window `pred` (frames `meta`: index, timestamp, ground truth; `colors` [S,H,W,3] uint8)."""
+        k = self._windows
+        t = time.perf_counter()
+        shared, out, edge, noise = self._join(pred)
+        self.timings_s["join"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        self.graph.add_node(k, self._estimates.get(k - 1, Sim3()) @ edge if k else Sim3())
+        if k:
+            self.graph.add_edge(k - 1, k, edge, noise)
+        self.graph.optimize()
+        self.timings_s["graph"] += time.perf_counter() - t
+        self._windows += 1
+        # The window in its own frame (out is in the previous window's frame, under `edge`).
+        local_from_out = edge.inverse()
+        self._prev_tail = _transformed(out, local_from_out, slice(len(out) - self.overlap, len(out))) if self.overlap else None
+
+        loop = self._close_loop(k, out, local_from_out, pred, colors) if self.places is not None else None
+        t = time.perf_counter()
+        before = self._estimates
+        self._estimates = self.graph.estimates()
+        moved = {w: s for w, s in self._estimates.items() if w in before and not _same(s, before[w])}
+        world = _transformed(out, self._estimates[k] @ local_from_out)
+        world.world_from_window = self._estimates[k]
+        self.timings_s["graph"] += time.perf_counter() - t
+
+        final = self._record(k, world, meta, shared)
+        self._fuse(k, world, colors, slice(shared, len(world)), moved, before)
+        self._last = world
+        earlier = self._frames[: len(self._frames) - len(final)]
+        trajectory = [self._pose(f) for f in earlier] if moved else None
+        return CoreUpdate(k, world, slice(shared, len(world)), final, trajectory, moved, loop)
+
+    def finish(self) -> list[tuple[int, FramePose]]:
+        """The last window's tail becomes final: (position in the last window, pose)."""
+        if self._last is None:
+            return []
+        n = len(self._last)
+        tail, self._pending = self._pending, []
+        self._frames.extend(tail)
+        return [(n - len(tail) + i, self._pose(f)) for i, f in enumerate(tail)]
+
+    def restart(self) -> None:
+        """The model restarted on a new anchor (a dropped prediction): the next window continues from the
+        last camera instead of joining through shared frames."""
+        self._reanchor = True
+
+    @property
+    def last_window(self) -> AlignedWindow | None:
+        return self._last
+
+    def trajectory(self) -> list[FramePose]:
+        """Every final pose, under the graph's current estimates."""
+        return [self._pose(f) for f in self._frames]
+
+    # -- pieces ------------------------------------------------------------------------------------------
+    def _join(self, pred: WindowPrediction) -> tuple[int, AlignedWindow, Sim3, EdgeNoise]:
+        """-> (frames shared with the previous window, `pred` in the previous window's frame, the edge
+        prev_from_cur, its noise)."""
+        prev, O = self._prev_tail, self.overlap
+        if self._windows == 0:
+            out = anchored_window(pred) if O == 0 else align_window(None, pred, 0, self.config.align)
+            return 0, out, Sim3(), _ANCHORED_NOISE
+        if O == 0:
+            out = anchored_window(pred)
+            if not self._reanchor:
+                return 0, out, Sim3(), _ANCHORED_NOISE
+            # The new anchor is the next frame, placed where the last camera was (its scale is its own).
+            self._reanchor = False
+            last = self._pose(self._frames[-1]).world_from_cam if self._frames else np.eye(4)
+            edge = self._estimates[self._windows - 1].inverse() @ Sim3.from_matrix(last)
+            out = anchored_window(pred, edge)  # like a join's output: in the previous window's frame
+            out.diagnostics["path"] = "reanchored"
+            return 0, out, edge, _REANCHOR_NOISE
+        assert prev is not None
+        out = align_window(prev, pred, O, self.config.align)
+        fit = out.diagnostics.get("noise", {"rot_rad": 0.01, "trans": 0.1, "log_scale": 0.1})
+        floor, depth = self.config.join_noise_floor, _median_depth(prev)
+        noise = EdgeNoise(rot_rad=max(fit["rot_rad"], floor.rot_rad), trans=max(fit["trans"], floor.trans * depth),
+                          log_scale=max(fit["log_scale"], floor.log_scale))
+        return O, out, out.world_from_window, noise
+
+    def _record(self, k: int, world: AlignedWindow, meta: list[tuple[int, float, np.ndarray | None]],
+                shared: int) -> list[tuple[int, FramePose]]:
+        """Attach this window's view of each frame; the shared head frames (pending from the previous
+        window) and the middle become final; the tail waits for the next window."""
+        window_from_cam = invert_rigid(_transformed_cams(world, self._estimates[k].inverse()))
+        reg = registered_frames(world)
+        S, tail = len(world), min(self.overlap, len(world))
+        for j in range(shared):
+            self._pending[j].views.append((k, window_from_cam[j], bool(reg[j])))
+        final_frames = self._pending[:shared]
+        for j in range(shared, S):
+            f = _Frame(meta[j][0], meta[j][1], meta[j][2], [(k, window_from_cam[j], bool(reg[j]))])
+            final_frames.append(f)
+        keep_pending = final_frames[S - tail:] if tail else []
+        final_frames = final_frames[: S - tail] if tail else final_frames
+        self._pending = keep_pending
+        self._frames.extend(final_frames)
+        return [(j, self._pose(f)) for j, f in enumerate(final_frames)]
+
+    def _pose(self, f: _Frame) -> FramePose:
+        """world_from_cam of a frame: the mean of its windows' views (registered views only, if any)."""
+        views = [v for v in f.views if v[2]] or f.views
+        poses = np.stack([self._estimates[w].apply_to_world_from_cam(T) for w, T, _ in views])
+        pose = poses[0]
+        if len(poses) > 1:
+            from scipy.spatial.transform import Rotation
+
+            pose = np.eye(4)
+            pose[:3, :3] = Rotation.from_matrix(poses[:, :3, :3]).mean().as_matrix()
+            pose[:3, 3] = poses[:, :3, 3].mean(0)
+        return FramePose(f.index, f.timestamp_s, pose, f.gt_cam_from_world, any(v[2] for v in f.views))
+
+    def _close_loop(self, k: int, out: AlignedWindow, local_from_out: Sim3, pred: WindowPrediction,
+                    colors: np.ndarray) -> dict[str, Any] | None:
+        """One keyframe per window (the middle of its new frames) into the place database; a verified
+        loop becomes a robust graph edge and the graph is re-optimised."""
+        from recon.places import Keyframe
+
+        t = time.perf_counter()
+        j = (self.overlap + len(out)) // 2 if len(out) > self.overlap else len(out) // 2
+        reg = registered_frames(out)
+        if not reg[j]:
+            return None
+        window_from_cam = invert_rigid(_transformed_cams(out, local_from_out))[j]
+        kf = Keyframe(
+            keyframe_id=k, window_id=k, image_gray=cv2.cvtColor(np.ascontiguousarray(colors[j]), cv2.COLOR_RGB2GRAY),
+            K=pred.K[j].double().cpu().numpy(), depth=(out.depth[j] * local_from_out.s).float().cpu().numpy(),
+            conf=out.conf[j].float().cpu().numpy(), window_from_cam=window_from_cam,
+        )
+        matches = self.places.add_and_query(kf)  # type: ignore[union-attr]
+        self.timings_s["places"] += time.perf_counter() - t
+        if not matches:
+            return None
+        m = matches[0]
+        if (reason := self._gate(m.match_window, k, m.match_window_from_query_window)) is not None:
+            self.rejected_loops.append({"window": k, "match_window": m.match_window, "reason": reason})
+            log.info("loop candidate window %d -> %d rejected: %s", k, m.match_window, reason)
+            return None
+        t = time.perf_counter()
+        # The loop's uncertainty: its 3D residual (relative to depth) spread over its inliers.
+        sigma = max(m.rmse_rel / np.sqrt(m.inliers), 0.002)
+        depth = float(np.median(kf.depth[kf.depth > 0])) if (kf.depth > 0).any() else 1.0
+        noise = EdgeNoise(rot_rad=max(sigma, np.radians(0.1)), trans=sigma * depth * m.match_window_from_query_window.s,
+                          log_scale=max(sigma, 0.005))
+        self.graph.add_edge(m.match_window, k, m.match_window_from_query_window, noise, loop=True)
+        self.graph.optimize()
+        self.timings_s["graph"] += time.perf_counter() - t
+        info = {"window": k, "match_window": m.match_window, "inliers": m.inliers, "rmse_rel": m.rmse_rel, "score": m.score}
+        self.loops.append(info)
+        log.info("loop closed: window %d -> window %d (%d inliers)", k, m.match_window, m.inliers)
+        return info
+
+    def _gate(self, a: int, b: int, a_from_b: Sim3) -> str | None:
+        """Why the loop edge a_from_b disagrees with the graph's a^-1 b beyond the drift the chain between
+        them can have (None: it agrees)."""
+        gate = self.config.loop_gate
+        W = {w: self.graph.estimate(w) for w in range(a, b + 1)}
+        predicted = W[a].inverse() @ W[b]
+        path = sum(float(np.linalg.norm(W[w + 1].t - W[w].t)) for w in range(a, b))
+        rot = float(np.degrees(np.arccos(np.clip((np.trace(predicted.R.T @ a_from_b.R) - 1) / 2, -1, 1))))
+        drift = float(np.linalg.norm(predicted.t - a_from_b.t)) * W[a].s
+        ratio = max(predicted.s / a_from_b.s, a_from_b.s / predicted.s)
+        if rot > gate.max_rotation_deg:
+            return f"rotation {rot:.1f} deg from the chain's"
+        if ratio > gate.max_scale_ratio:
+            return f"scale x{ratio:.2f} from the chain's"
+        if drift > gate.max_drift_rel * path:
+            return f"{drift:.3g} from the chain's position over a path of {path:.3g}"
+        return None
+
+    def _fuse(self, k: int, world: AlignedWindow, colors: np.ndarray, new: slice, moved: dict[int, Sim3],
+              before: dict[int, Sim3]) -> None:
+        """The window's more confident new pixels on a grid go into the map under its id; a loop correction
+        first moves every voxel of the windows that moved."""
+        t = time.perf_counter()
+        cfg = self.config.map
+        if self.map is None:
+            self.map = VoxelMap(voxel_m=cfg.voxel or _default_voxel(world), max_points=cfg.max_points)
+        if moved:
+            self.map.move_windows({w: s.matrix() @ before[w].inverse().matrix() for w, s in moved.items()})
+        world_from_cam = invert_rigid(world.cam_from_world.double().numpy())
+        s = cfg.pixel_stride
+        conf = world.conf[new, ::s, ::s]
+        if conf.numel():
+            conf = torch.where(conf >= torch.quantile(conf.flatten().float(), cfg.conf_quantile), conf, torch.zeros_like(conf))
+        self.map.integrate(world.points_world[new, ::s, ::s], colors[new, ::s, ::s], conf, camera_centre=world_from_cam[-1, :3, 3], window=k)
+        self.timings_s["map"] += time.perf_counter() - t
+
+
+def _median_depth(w: AlignedWindow) -> float:
+    d = w.depth[w.depth > 0]
+    return float(d.median()) if d.numel() else 1.0
+
+
+def _default_voxel(first: AlignedWindow) -> float:
+    depth = first.depth[first.conf > 0]
+    return 0.01 * (float(depth.median()) if depth.numel() else 1.0)
+
+
+def _same(a: Sim3, b: Sim3, tol: float = 1e-9) -> bool:
+    return bool(np.allclose(a.matrix(), b.matrix(), atol=tol * max(1.0, abs(a.s))))
+
+
+def _transformed_cams(w: AlignedWindow, target_from_w: Sim3) -> np.ndarray:
+    """cam_from_world [S,4,4] of `w`'s cameras in the target frame."""
+    return target_from_w.apply_to_cam_from_world(w.cam_from_world.double().cpu().numpy())
+
+
+def _transformed(w: AlignedWindow, target_from_w: Sim3, frames: slice = slice(None)) -> AlignedWindow:
+    """`w` (frames `frames`) moved into another frame by a similarity: points, cameras and depth follow."""
+    dev = w.points_world.device
+    sR = torch.as_tensor(target_from_w.s * target_from_w.R, dtype=torch.float32, device=dev)
+    t = torch.as_tensor(target_from_w.t, dtype=torch.float32, device=dev)
+    pts = w.points_world[frames]
+    points = torch.addmm(t, pts.reshape(-1, 3), sR.T).view(pts.shape)
+    cams = target_from_w.apply_to_cam_from_world(w.cam_from_world[frames].double().cpu().numpy())
+    reg = None if w.registered is None else np.asarray(w.registered)[frames]
+    return AlignedWindow(
+        frame_indices=list(w.frame_indices[frames]),
+        cam_from_world=torch.from_numpy(cams).float().to(dev),
+        depth=w.depth[frames] * target_from_w.s,
+        points_world=points,
+        conf=w.conf[frames],
+        world_from_window=target_from_w @ w.world_from_window,
+        layer_labels=None if w.layer_labels is None else w.layer_labels[frames],
+        layer_scales=None if w.layer_scales is None else w.layer_scales[frames],
+        diagnostics=w.diagnostics,
+        registered=reg,
+    )

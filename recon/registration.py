@@ -1,0 +1,73 @@
+"""How a model's predictions reach the map: a strategy each model's registry entry declares, so the
+driver and the core never ask which model they run (DESIGN §1, "registration strategy").
+
+- `OverlappingWindows`: an offline model (GeometryModel) runs on windows that share `overlap` frames;
+  each window is joined to the previous one through the shared frames (recon.align.join_windows).
+- `AnchoredSteps`: a causal model (StreamingModel) takes consecutive groups without overlap; every
+  prediction is already in its anchor frame's camera, so consecutive steps are related by the identity
+  (and by the last camera when the model had to restart on a new anchor)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from recon.types import Frame, WindowPrediction
+
+
+class Registration(Protocol):
+    name: str
+
+    def overlap(self, requested: int) -> int:
+        """Frames consecutive windows share."""
+        ...
+
+    def start(self, model: Any) -> None:
+        """A new sequence begins."""
+        ...
+
+    def predict(self, model: Any, frames: Sequence[Frame]) -> WindowPrediction: ...
+
+    def restart(self, model: Any) -> bool:
+        """A prediction was unusable and dropped; True when the next prediction has a new anchor (the
+        core must then continue from the last camera instead of joining through shared frames)."""
+        ...
+
+
+class OverlappingWindows:
+    name = "overlapping"
+
+    def overlap(self, requested: int) -> int:
+        return requested
+
+    def start(self, model: Any) -> None:
+        pass
+
+    def predict(self, model: Any, frames: Sequence[Frame]) -> WindowPrediction:
+        return model.infer(frames)
+
+    def restart(self, model: Any) -> bool:
+        return False  # the scheduler's next window overlaps the last good one
+
+
+class AnchoredSteps:
+    name = "anchored"
+
+    def overlap(self, requested: int) -> int:
+        return 0  # the KV cache carries the context
+
+    def start(self, model: Any) -> None:
+        model.reset()  # the model's anchor is this run's first frame
+
+    def predict(self, model: Any, frames: Sequence[Frame]) -> WindowPrediction:
+        return model.step(frames)
+
+    def restart(self, model: Any) -> bool:
+        model.reset()  # its cache holds the bad keys: start over from the next frame
+        return True
+
+
+REGISTRATIONS: dict[str, type[OverlappingWindows] | type[AnchoredSteps]] = {
+    OverlappingWindows.name: OverlappingWindows,
+    AnchoredSteps.name: AnchoredSteps,
+}
