@@ -45,6 +45,8 @@ class ClassicalConfig:
     min_tracks: int = 40
     ba_max_points: int = 600
     init_candidates: int = 6  # frames tried as the partner of frame 0 for initialisation
+    refine_below: float = 0.7  # bundle-adjust mid-way when a PnP keeps less than this share of its points
+    refine_iterations: int = 5
     seed: int = 0
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
@@ -169,6 +171,8 @@ class ClassicalModel:
         # 2. PnP for the other frames, the best-connected first (most triangulated tracks in view), so a
         # sharp turn is crossed frame by frame; triangulating as we go.
         failed = np.zeros(S, bool)
+        bundle_cfg = BundleConfig(**{**cfg.bundle.__dict__, "refine_focal": cfg.bundle.refine_focal or not k_known})
+        mid_ba_s = 0.0
         while (todo := ~registered & ~failed).any():
             seen = (vis & np.isfinite(points[:, :1])).sum(0)
             s = int(np.argmax(np.where(todo, seen, -1)))
@@ -182,28 +186,17 @@ class ClassicalModel:
             failed[:] = False  # new points may now reach frames that failed before
             fresh = np.nonzero(np.isnan(points[:, 0]) & ((vis & registered).sum(1) >= 2))[0]
             self._triangulate_into(points, fresh, tracks, poses, registered, K)
+            # A PnP that rejects many of its points sees the drift of the frames registered so far (few
+            # or short tracks: a wide-baseline orbit); refined now, later frames do not inherit it.
+            if res[1] < cfg.refine_below * int(has.sum()):
+                t_mid = time.perf_counter()
+                points, K, _ = self._refine(tracks, poses, registered, K, bundle_cfg, rounds=1, iterations=cfg.refine_iterations)
+                mid_ba_s += time.perf_counter() - t_mid
 
         # 3. all tracks from all registered views, then robust BA, outlier cull, BA again.
-        all_idx = np.nonzero((vis & registered).sum(1) >= 2)[0]
-        points[:] = np.nan
-        self._triangulate_into(points, all_idx, tracks, poses, registered, K)
         t_ba = time.perf_counter()
-        bundle_cfg = BundleConfig(**{**cfg.bundle.__dict__, "refine_focal": cfg.bundle.refine_focal or not k_known})
-        for _ in range(2):
-            good = np.isfinite(points[:, 0]) & self._ba_subset(tracks, points)
-            obs = vis & registered[None, :] & good[:, None]
-            sub = np.nonzero(good)[0]
-            result = bundle_adjust(poses[registered], points[sub], tracks.uv_px[sub][:, registered], obs[sub][:, registered], K, bundle_cfg)
-            poses[registered] = result.cam_from_world
-            points[sub] = result.points_w
-            K = result.K
-            err = reprojection_error_px(points[sub], tracks.uv_px[sub], obs[sub], poses, K)
-            bad = np.any(np.where(obs[sub], err, 0.0) > cfg.pose.max_reproj_px, axis=1)
-            points[sub[bad]] = np.nan
-        # Tracks left out of the BA: triangulated against the refined poses.
-        rest = np.nonzero(np.isnan(points[:, 0]) & ((vis & registered).sum(1) >= 2))[0]
-        self._triangulate_into(points, rest, tracks, poses, registered, K)
-        timings["ba_s"] = time.perf_counter() - t_ba
+        points, K, rms_px = self._refine(tracks, poses, registered, K, bundle_cfg, rounds=2, iterations=cfg.bundle.iterations)
+        timings["ba_s"] = time.perf_counter() - t_ba + mid_ba_s
 
         # Gauge: frame 0 (or the first registered frame) is the origin; scale so its median sparse depth is 1.
         ref = int(np.argmax(registered))
@@ -217,8 +210,33 @@ class ClassicalModel:
         points *= scale
         poses[:, :3, 3] *= scale
         flags = [] if registered.all() else [FLAG_UNREGISTERED]
-        info = {"init_pair": [a, b], "ba_rms_px": result.rms_px, "num_points": int(good.sum())}
+        info = {"init_pair": [a, b], "ba_rms_px": rms_px, "num_points": int(good.sum())}
         return _Sparse(poses, points, K, registered, flags, info)
+
+    def _refine(self, tracks: Tracks, poses: np.ndarray, registered: np.ndarray, K: np.ndarray, bundle_cfg: BundleConfig,
+                rounds: int, iterations: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """All tracks triangulated from all registered views, then `rounds` of robust BA and outlier cull;
+        refines poses[registered] in place -> (points [T,3], K, BA rms px)."""
+        vis = tracks.visible
+        points = np.full((len(tracks), 3), np.nan)
+        self._triangulate_into(points, np.nonzero((vis & registered).sum(1) >= 2)[0], tracks, poses, registered, K)
+        ba_cfg = BundleConfig(**{**bundle_cfg.__dict__, "iterations": iterations})
+        rms_px = float("nan")
+        for _ in range(rounds):
+            good = np.isfinite(points[:, 0]) & self._ba_subset(tracks, points)
+            obs = vis & registered[None, :] & good[:, None]
+            sub = np.nonzero(good)[0]
+            result = bundle_adjust(poses[registered], points[sub], tracks.uv_px[sub][:, registered], obs[sub][:, registered], K, ba_cfg)
+            poses[registered] = result.cam_from_world
+            points[sub] = result.points_w
+            K, rms_px = result.K, result.rms_px
+            err = reprojection_error_px(points[sub], tracks.uv_px[sub], obs[sub], poses, K)
+            bad = np.any(np.where(obs[sub], err, 0.0) > self.config.pose.max_reproj_px, axis=1)
+            points[sub[bad]] = np.nan
+        # Tracks left out of the BA: triangulated against the refined poses.
+        rest = np.nonzero(np.isnan(points[:, 0]) & ((vis & registered).sum(1) >= 2))[0]
+        self._triangulate_into(points, rest, tracks, poses, registered, K)
+        return points, K, rms_px
 
     def _initial_pair(self, tracks: Tracks, K: np.ndarray, anchors: Iterable[int]) -> tuple[int, int, tuple[np.ndarray, np.ndarray]] | None:
         """(a, b, two-view result) of the pair (a in `anchors`, b later) that best balances parallax and

@@ -17,11 +17,22 @@ class TrackerConfig:
     pyramid_levels: int = 4
     fb_max_px: float = 0.3  # forward–backward round-trip error allowed: repeated facades breed drifting tracks
     redetect_below: float = 0.8  # re-detect when fewer than this share of max_corners is alive
-    # KLT alone loses most tracks beyond ~30 px of motion (a sharp turn moves the image ~90 px a frame).
-    # When fewer than this share of a step's tracks survive, the step is redone from positions predicted
-    # by an ORB homography between the two frames (the turn's rotation dominates the image motion).
+    # KLT alone loses most tracks beyond ~30 px of motion (a sharp turn moves the image ~90 px a frame). When
+    # fewer than `guided_below` of a step's tracks survive, the step is redone from positions predicted by an
+    # ORB homography between the two frames (the turn's rotation dominates the image motion).
     guided_below: float = 0.6
+    # Below `rescue_below` KLT has lost the step: a wide-baseline orbit rolls each view 10-30° (a patch that
+    # rotates defeats KLT) and its parallax fits no homography. Then KLT runs against the second frame
+    # warped by the homography, lost tracks follow ORB matches and descriptors, every track must fit the
+    # matches' fundamental matrix, and the remaining matches start tracks. Only there: resampling and ORB
+    # positions cost precision that easy steps (forward driving at 30-60%) do not need to pay.
+    rescue_below: float = 0.45
     guided_orb_features: int = 800
+    rescue_orb_features: int = 2000
+    match_ratio: float = 0.8  # Lowe's ratio test on ORB distances
+    epipolar_px: float = 1.5  # Sampson distance to the matches' fundamental matrix a rescued step keeps
+    chain_px: float = 1.0  # a lost track this close to an ORB match in a follows it
+    min_matches: int = 15  # fewer ORB matches agreeing on F or H say nothing reliable about the pair
 
 
 @dataclass
@@ -64,6 +75,109 @@ def _homography(gray_a: np.ndarray, gray_b: np.ndarray, cfg: TrackerConfig) -> n
     return H
 
 
+@dataclass(frozen=True)
+class _PairMatches:
+    """ORB matches between two frames that agree on one fundamental matrix: uv_a, uv_b [M,2] float32."""
+
+    uv_a: np.ndarray
+    uv_b: np.ndarray
+    F: np.ndarray  # b^T F a = 0
+    H: np.ndarray | None  # a -> b homography of the dominant plane (or rotation), None when none fits
+    desc_b: np.ndarray  # ORB descriptors of all keypoints of b
+    kp_b: np.ndarray  # [K,2] their positions
+
+
+def _ratio_matches(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float) -> list:
+    """Matches a -> b whose best distance beats the second best by `ratio`, one per keypoint of b."""
+    if len(desc_a) == 0 or len(desc_b) < 2:
+        return []
+    best: dict[int, cv2.DMatch] = {}
+    for pair in cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(desc_a, desc_b, k=2):
+        if len(pair) == 2 and pair[0].distance < ratio * pair[1].distance:
+            m = pair[0]
+            if m.trainIdx not in best or m.distance < best[m.trainIdx].distance:
+                best[m.trainIdx] = m
+    return list(best.values())
+
+
+def _pair_matches(orb: cv2.ORB, gray_a: np.ndarray, gray_b: np.ndarray, cfg: TrackerConfig) -> _PairMatches | None:
+    """ORB matches a -> b (ratio test, fundamental-matrix RANSAC) or None when too few agree."""
+    ka, da = orb.detectAndCompute(gray_a, None)
+    kb, db = orb.detectAndCompute(gray_b, None)
+    if da is None or db is None:
+        return None
+    matches = _ratio_matches(da, db, cfg.match_ratio)
+    if len(matches) < cfg.min_matches:
+        return None
+    a = np.float32([ka[m.queryIdx].pt for m in matches])
+    b = np.float32([kb[m.trainIdx].pt for m in matches])
+    F, inl = cv2.findFundamentalMat(a, b, cv2.FM_RANSAC, cfg.epipolar_px, 0.999)
+    if F is None or F.shape != (3, 3) or inl is None or int(inl.sum()) < cfg.min_matches:
+        return None
+    inl = inl.ravel() > 0
+    H, h_inl = cv2.findHomography(a, b, cv2.RANSAC, 4.0)
+    usable = H is not None and h_inl is not None and int(h_inl.sum()) >= cfg.min_matches and abs(np.linalg.det(H)) > 1e-6
+    kp_b = np.float32([k.pt for k in kb])
+    return _PairMatches(a[inl], b[inl], F, H if usable else None, db, kp_b)
+
+
+def _sampson_px(F: np.ndarray, uv_a: np.ndarray, uv_b: np.ndarray) -> np.ndarray:
+    """First-order distance [N] in pixels of each correspondence to the epipolar geometry F."""
+    ha = np.c_[uv_a, np.ones(len(uv_a))]
+    hb = np.c_[uv_b, np.ones(len(uv_b))]
+    Fa, Ftb = ha @ F.T, hb @ F
+    num = np.sum(hb * Fa, axis=1) ** 2
+    return np.sqrt(num / np.maximum(Fa[:, 0] ** 2 + Fa[:, 1] ** 2 + Ftb[:, 0] ** 2 + Ftb[:, 1] ** 2, 1e-12))
+
+
+def _chain_matches(uv_a: np.ndarray, pm: _PairMatches, radius_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Continue tracks at uv_a [N,2] along the pair matches that start where they are -> (uv_b, ok). A track
+    that a rescued step started or continued sits exactly on an ORB keypoint, which the next step detects
+    again, so ORB tracks chain over several wide-baseline steps at ORB's own scale and orientation."""
+    uv_b = np.zeros((len(uv_a), 2), np.float32)
+    ok = np.zeros(len(uv_a), bool)
+    if len(uv_a) == 0 or len(pm.uv_a) == 0:
+        return uv_b, ok
+    d2 = ((uv_a[:, None, :] - pm.uv_a[None, :, :]) ** 2).sum(-1)
+    nearest = np.argmin(d2, axis=1)
+    ok = d2[np.arange(len(uv_a)), nearest] <= radius_px**2
+    uv_b[ok] = pm.uv_b[nearest[ok]]
+    return uv_b, ok
+
+
+def _orb_angles_deg(gray: np.ndarray, uv: np.ndarray, radius: int = 15) -> np.ndarray:
+    """ORB's orientation (intensity centroid over a disc) at given points: ORB's compute() takes the
+    keypoints' angles as given, and a track position has none."""
+    offs = np.arange(-radius, radius + 1)
+    du, dv = np.meshgrid(offs, offs)
+    disc = du**2 + dv**2 <= radius**2
+    du, dv = du[disc], dv[disc]
+    padded = cv2.copyMakeBorder(gray, radius, radius, radius, radius, cv2.BORDER_REFLECT_101).astype(np.float32)
+    ui = np.rint(uv[:, 0]).astype(int)[:, None] + radius + du[None]
+    vi = np.rint(uv[:, 1]).astype(int)[:, None] + radius + dv[None]
+    patch = padded[vi, ui]
+    return np.degrees(np.arctan2(patch @ dv.astype(np.float32), patch @ du.astype(np.float32))) % 360.0
+
+
+def _match_tracks(orb: cv2.ORB, gray_a: np.ndarray, uv_a: np.ndarray, pm: _PairMatches, cfg: TrackerConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Continue tracks at uv_a [N,2] into b by ORB descriptors computed at their positions -> (uv_b [N,2], ok [N])."""
+    uv_b = np.zeros((len(uv_a), 2), np.float32)
+    ok = np.zeros(len(uv_a), bool)
+    if len(uv_a) == 0:
+        return uv_b, ok
+    angles = _orb_angles_deg(gray_a, uv_a)
+    kps = [cv2.KeyPoint(float(u), float(v), 31.0, float(ang), 0.0, 0, i) for i, ((u, v), ang) in enumerate(zip(uv_a, angles))]
+    kps, desc = orb.compute(gray_a, kps)  # drops keypoints near the border; class_id keeps the track index
+    if desc is None or len(kps) == 0:
+        return uv_b, ok
+    ids = np.array([k.class_id for k in kps])
+    for m in _ratio_matches(desc, pm.desc_b, cfg.match_ratio):
+        uv_b[ids[m.queryIdx]] = pm.kp_b[m.trainIdx]
+        ok[ids[m.queryIdx]] = True
+    ok[ok] = _sampson_px(pm.F, uv_a[ok], uv_b[ok]) < cfg.epipolar_px
+    return uv_b, ok
+
+
 def _klt_step(gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, lk: dict, cfg: TrackerConfig,
               H: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Track p0 [N,1,2] from a to b with a forward-backward check -> (p1 [N,2], ok [N]). With H, both
@@ -83,28 +197,105 @@ def _klt_step(gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, lk: dict, 
     return p1, (st1.ravel() == 1) & (st0.ravel() == 1) & (fb < cfg.fb_max_px) & inside
 
 
+def _klt_warped(gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, lk: dict, cfg: TrackerConfig,
+                H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_klt_step` against b warped into a's view by H (a -> b): KLT only follows what H leaves, and a
+    patch that rolls with the view (an orbit) is upright again. The resampling costs some precision, so
+    only steps that KLT has lost use it."""
+    H_img, W_img = gray_b.shape
+    warped = cv2.warpPerspective(gray_b, H, (W_img, H_img), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    p1_w, ok = _klt_step(gray_a, warped, p0, lk, cfg)
+    p1 = cv2.perspectiveTransform(p1_w.reshape(-1, 1, 2), H).reshape(-1, 2).astype(np.float32)
+    inside = (p1[:, 0] >= 0) & (p1[:, 0] <= W_img - 1) & (p1[:, 1] >= 0) & (p1[:, 1] <= H_img - 1)
+    return p1, ok & inside
+
+
+def _far_from(uv: np.ndarray, existing: np.ndarray, hw: tuple[int, int], radius: int) -> np.ndarray:
+    """[N] True where uv is farther than `radius` px from every existing point."""
+    mask = np.zeros(hw, np.uint8)
+    for u, v in existing.astype(int):
+        cv2.circle(mask, (int(u), int(v)), radius, 255, -1)
+    ui = np.clip(np.rint(uv[:, 0]).astype(int), 0, hw[1] - 1)
+    vi = np.clip(np.rint(uv[:, 1]).astype(int), 0, hw[0] - 1)
+    return mask[vi, ui] == 0
+
+
+@dataclass
+class _Step:
+    """One frame-to-frame step: where the alive tracks went (uv_b, ok), and new tracks that start at a."""
+
+    uv_b: np.ndarray
+    ok: np.ndarray
+    new_a: np.ndarray
+    new_b: np.ndarray
+
+
+def _rescue(gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, step: _Step, lk: dict, cfg: TrackerConfig, full: bool) -> _Step:
+    """Redo a step that lost many tracks from ORB matches between a and b. Not `full`: KLT under their
+    homography, kept if it tracks more (a turn). `full`: that KLT for the tracks KLT lost, then ORB
+    matches and descriptors for the ones still lost; every continued track must fit the matches'
+    epipolar geometry, and matches away from the continued tracks start new tracks."""
+    if not full:
+        if (H := _homography(gray_a, gray_b, cfg)) is None:
+            return step
+        uv_g, ok_g = _klt_step(gray_a, gray_b, p0, lk, cfg, H)
+        return _Step(uv_g, ok_g, step.new_a, step.new_b) if ok_g.sum() > step.ok.sum() else step
+    orb = cv2.ORB_create(cfg.rescue_orb_features)
+    pm = _pair_matches(orb, gray_a, gray_b, cfg)
+    if pm is None:
+        return step
+    uv_a = p0.reshape(-1, 2)
+    uv_b, ok = step.uv_b.copy(), step.ok.copy()
+    ok[ok] = _sampson_px(pm.F, uv_a[ok], uv_b[ok]) < cfg.epipolar_px  # KLT slips on repeated texture
+    # KLT from the homography's prediction first (no resampling, full precision), on the warped frame
+    # for what it still loses (rolled patches).
+    for klt in (_klt_step, _klt_warped):
+        lost = np.nonzero(~ok)[0]
+        if pm.H is None or not len(lost):
+            break
+        uv_k, ok_k = klt(gray_a, gray_b, p0[lost], lk, cfg, pm.H)
+        ok_k[ok_k] = _sampson_px(pm.F, uv_a[lost[ok_k]], uv_k[ok_k]) < cfg.epipolar_px
+        uv_b[lost[ok_k]], ok[lost[ok_k]] = uv_k[ok_k], True
+    lost = np.nonzero(~ok)[0]
+    uv_c, ok_c = _chain_matches(uv_a[lost], pm, cfg.chain_px)
+    uv_b[lost[ok_c]], ok[lost[ok_c]] = uv_c[ok_c], True
+    lost = np.nonzero(~ok)[0]
+    uv_m, ok_m = _match_tracks(orb, gray_a, uv_a[lost], pm, cfg)
+    uv_b[lost[ok_m]], ok[lost[ok_m]] = uv_m[ok_m], True
+    fresh = _far_from(pm.uv_b, uv_b[ok], gray_b.shape, cfg.min_distance_px)
+    return _Step(uv_b, ok, pm.uv_a[fresh], pm.uv_b[fresh])
+
+
 def track_window(gray_frames: list[np.ndarray], cfg: TrackerConfig = TrackerConfig()) -> Tracks:
     """KLT from each frame to the next. A track ends at its first failed or inconsistent step."""
     S = len(gray_frames)
     win = (cfg.win_px, cfg.win_px)
     lk = dict(winSize=win, maxLevel=cfg.pyramid_levels, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
 
-    uv = np.full((cfg.max_corners * S, S, 2), np.nan)  # upper bound: every frame re-detects fully
+    uv = np.full(((cfg.max_corners + cfg.rescue_orb_features) * S, S, 2), np.nan)  # bound: every step re-detects and is rescued
     alive_px = _detect(gray_frames[0], cfg.max_corners, cfg, np.zeros((0, 2)))
     alive_ids = np.arange(len(alive_px))
     uv[alive_ids, 0] = alive_px
     n_tracks = len(alive_px)
 
     for s in range(S - 1):
+        empty = np.zeros((0, 2), np.float32)
+        step = _Step(empty, np.zeros(0, bool), empty, empty)
         if len(alive_px):
             p0 = alive_px.reshape(-1, 1, 2).astype(np.float32)
-            p1, ok = _klt_step(gray_frames[s], gray_frames[s + 1], p0, lk, cfg)
-            if ok.mean() < cfg.guided_below and (H := _homography(gray_frames[s], gray_frames[s + 1], cfg)) is not None:
-                p1_guided, ok_guided = _klt_step(gray_frames[s], gray_frames[s + 1], p0, lk, cfg, H)
-                if ok_guided.sum() > ok.sum():
-                    p1, ok = p1_guided, ok_guided
-            alive_ids, alive_px = alive_ids[ok], p1[ok]
-            uv[alive_ids, s + 1] = alive_px
+            step = _Step(*_klt_step(gray_frames[s], gray_frames[s + 1], p0, lk, cfg), empty, empty)
+        if not len(alive_px) or step.ok.mean() < cfg.guided_below:
+            p0 = alive_px.reshape(-1, 1, 2).astype(np.float32)
+            full = not len(alive_px) or step.ok.mean() < cfg.rescue_below
+            step = _rescue(gray_frames[s], gray_frames[s + 1], p0, step, lk, cfg, full)
+        alive_ids, alive_px = alive_ids[step.ok], step.uv_b[step.ok]
+        uv[alive_ids, s + 1] = alive_px
+        if len(step.new_a):
+            new_ids = np.arange(n_tracks, n_tracks + len(step.new_a))
+            uv[new_ids, s], uv[new_ids, s + 1] = step.new_a, step.new_b
+            n_tracks += len(new_ids)
+            alive_ids = np.concatenate([alive_ids, new_ids])
+            alive_px = np.concatenate([alive_px.reshape(-1, 2), step.new_b]).astype(np.float32)
         if len(alive_px) < cfg.redetect_below * cfg.max_corners:
             new_px = _detect(gray_frames[s + 1], cfg.max_corners - len(alive_px), cfg, alive_px)
             new_ids = np.arange(n_tracks, n_tracks + len(new_px))
