@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from recon.datasets.resize import plan_resize
 from recon.errors import ReconError
-from recon.geometry import invert_rigid, project_to_rotation, transform_points
+from recon.geometry import invert_rigid, project_to_rotation, rotation_angle_deg, transform_points
 from recon.models.classical.bundle import BundleConfig, bundle_adjust
 from recon.models.classical.dense import DenseConfig, dense_depth
 from recon.models.classical.pose import (
@@ -45,6 +45,10 @@ class ClassicalConfig:
     min_tracks: int = 40
     ba_max_points: int = 600
     init_candidates: int = 6  # frames tried as the partner of frame 0 for initialisation
+    # An initial pair's rotation must agree with the rotations through a frame between them (a -> m -> b) to
+    # within this: few tracks bunched in one corner of the view (a plain wall fills the rest) fit a wrong
+    # essential matrix as well as the true one, with a wrong rotation and a spurious large parallax.
+    init_max_rotation_gap_deg: float = 5.0
     refine_below: float = 0.7  # bundle-adjust mid-way when a PnP keeps less than this share of its points
     refine_iterations: int = 5
     seed: int = 0
@@ -240,11 +244,11 @@ class ClassicalModel:
 
     def _initial_pair(self, tracks: Tracks, K: np.ndarray, anchors: Iterable[int]) -> tuple[int, int, tuple[np.ndarray, np.ndarray]] | None:
         """(a, b, two-view result) of the pair (a in `anchors`, b later) that best balances parallax and
-        shared tracks, or None when no pair is usable."""
+        shared tracks, and whose rotation the frames between confirm; None when no pair is usable."""
         cfg = self.config
         S = tracks.uv_px.shape[1]
         vis = tracks.visible
-        best, best_score = None, 0.0
+        scored: list[tuple[float, int, int]] = []
         for a in anchors:
             for b in np.unique(np.linspace(a + 1, S - 1, min(S - 1 - a, cfg.init_candidates)).round().astype(int)):
                 common = vis[:, a] & vis[:, b]
@@ -253,15 +257,37 @@ class ClassicalModel:
                 angle_deg, n_inliers = pair_parallax_deg(tracks.uv_px[common, a], tracks.uv_px[common, b], K, cfg.pose)
                 if angle_deg < cfg.pose.min_init_angle_deg or n_inliers < cfg.pose.min_init_inliers:
                     continue
-                score = min(angle_deg, 8.0) * np.sqrt(n_inliers)
-                if score > best_score:
-                    best, best_score = (int(a), int(b)), score
-        if best is None:
+                scored.append((min(angle_deg, 8.0) * np.sqrt(n_inliers), int(a), int(b)))
+        # Best first; a pair whose essential matrix the frames between contradict is passed over.
+        for _, a, b in sorted(scored, key=lambda x: -x[0]):
+            common = vis[:, a] & vis[:, b]
+            init = two_view(tracks.uv_px[common, a], tracks.uv_px[common, b], K, cfg.pose)
+            if init is None:
+                continue
+            gap = self._rotation_gap_deg(tracks, K, a, b, init[0])
+            if gap is None or gap <= cfg.init_max_rotation_gap_deg:
+                return a, b, init
+        return None
+
+    def _rotation_gap_deg(self, tracks: Tracks, K: np.ndarray, a: int, b: int, b_from_a: np.ndarray) -> float | None:
+        """Angle between the pair's rotation a -> b and the rotations a -> m -> b of the two halves through the
+        middle frame m, each from its own essential matrix (the halves share more tracks, and rotation is
+        well determined even at a small baseline); None when there is no middle frame or a half is unusable."""
+        m = (a + b) // 2
+        if m in (a, b):
             return None
-        a, b = best
-        common = vis[:, a] & vis[:, b]
-        init = two_view(tracks.uv_px[common, a], tracks.uv_px[common, b], K, cfg.pose)
-        return None if init is None else (a, b, init)
+        vis = tracks.visible
+        rotations = []
+        for i, j in ((a, m), (m, b)):
+            common = vis[:, i] & vis[:, j]
+            if common.sum() < self.config.min_tracks:
+                return None
+            step = max(1, int(common.sum()) // 400)
+            res = two_view(tracks.uv_px[common, i][::step], tracks.uv_px[common, j][::step], K, self.config.pose)
+            if res is None:
+                return None
+            rotations.append(res[0][:3, :3])
+        return float(rotation_angle_deg(rotations[1] @ rotations[0] @ b_from_a[:3, :3].T))
 
     def _ba_subset(self, tracks: Tracks, points: np.ndarray) -> np.ndarray:
         """The longest tracks, up to the BA's point budget: long tracks tie many frames together."""
