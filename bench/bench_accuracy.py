@@ -12,10 +12,13 @@ One markdown row per sequence:
   `sim3_from_poses`, determined on straight lines too); the largest ratio between the scales of
   consecutive windows. Target: <= 1.1.
 - joins: per-step rotation error, the angle between est_i^-1 est_{i+1} and gt_i^-1 gt_{i+1}. Window k
-  covers trajectory ordinals [a_k, b_k]; it shares [a_{k+1}, b_k] with window k+1, which first places
-  b_k + 1. A *join step* is (b_k, b_k + 1): the step where the trajectory passes from frames placed by
-  window k to frames placed by window k+1 (the writer switches windows). Every other step is *within*
-  a window. Printed: the largest join error, the median within error, and their ratio. Target: <= 2.
+  covers trajectory ordinals [a_k, b_k]; it shares [a_{k+1}, b_k] with window k+1 (those frames' poses are
+  fused from both). The *join steps* are the two that bound the shared span, (a_{k+1} - 1, a_{k+1}) and
+  (b_k, b_k + 1): where the trajectory passes from frames placed by window k alone to frames placed by
+  both, and on to frames placed by window k+1 alone. Every other step is *within* a window. Printed: the median and largest join error, the median and largest within error, and the
+  ratio median join / median within. Target: <= 2 (the issue's "rotation error at joins <= 2x the
+  within-window median"; the largest is printed beside the largest within-window step for comparison,
+  since a max over dozens of steps against a median is no like-for-like test).
   Windows come from summary.json "windows_frames" ([first, last] ordinals) when the run writes it, else
   from its settings: window k covers [k (L - O), k (L - O) + L) clipped to the trajectory, which holds
   every used frame once, in order.
@@ -52,7 +55,7 @@ from recon.trajectory_io import read_kitti
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "stress"
 REAL = HERE.parent.parent / "shared" / "data" / "real"
-TARGET_ATE_PCT, TARGET_SCALE_RATIO, TARGET_JOIN_RATIO, TARGET_LOOP_CUT = 1.0, 1.1, 2.0, 3.0
+TARGET_ATE_PCT, TARGET_SCALE_RATIO, TARGET_JOIN_RATIO, TARGET_LOOP_CUT, TARGET_BACK_END_PCT = 1.0, 1.1, 2.0, 3.0, 15.0
 FALLBACK_WORDS = ("fallback", "inherit")
 REAL_NAMES = ("dtu24", "dtu37", "fox", "temple")
 
@@ -68,14 +71,18 @@ class Row:
     ate_pct: float = math.nan
     scale_ratio: float = math.nan
     join_max_deg: float = math.nan
+    join_median_deg: float = math.nan
     within_median_deg: float = math.nan
+    within_max_deg: float = math.nan
     fallbacks: int | None = None
+    back_end_pct: float = math.nan  # joins + pose graph + place recognition, % of the run's wall time
+    loops: int | None = None  # loop closures the run made
     ate_off: float | None = None  # loop closure off; None: not run
     error: str = ""
 
     @property
     def join_ratio(self) -> float:
-        return self.join_max_deg / self.within_median_deg if self.within_median_deg > 0 else math.nan
+        return self.join_median_deg / self.within_median_deg if self.within_median_deg > 0 else math.nan
 
     @property
     def loop_cut(self) -> float:
@@ -92,6 +99,7 @@ class Row:
             "scale": at_most(self.scale_ratio, TARGET_SCALE_RATIO),
             "joins": at_most(self.join_ratio, TARGET_JOIN_RATIO),
             "loop": None if not self.revisits or math.isnan(self.loop_cut) else self.loop_cut >= TARGET_LOOP_CUT,
+            "back end": at_most(self.back_end_pct, TARGET_BACK_END_PCT),
         }
 
 
@@ -125,14 +133,17 @@ def step_rotation_errors_deg(est: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-def join_errors(est: np.ndarray, gt: np.ndarray, windows: list[tuple[int, int]]) -> tuple[float, float]:
-    """(largest join step error, median within-window step error), degrees."""
+def join_errors(est: np.ndarray, gt: np.ndarray, windows: list[tuple[int, int]]) -> tuple[float, float, float, float]:
+    """(largest and median join step error, median and largest within-window step error), degrees."""
     err = step_rotation_errors_deg(est, gt)
-    joins = sorted({b for _, b in windows[:-1] if b < len(err)})
+    # Both steps that bound a shared span: into it (a_{k+1} - 1) and out of it (b_k). The shared frames'
+    # poses are fused from both windows, so a join's discontinuity may sit on either side.
+    spans = [(a_next, b) for (_, b), (a_next, _) in zip(windows[:-1], windows[1:])]
+    joins = sorted({i for a_next, b in spans for i in (a_next - 1, b) if 0 <= i < len(err)})
     within = np.delete(err, joins)
     if not joins or not within.size:
-        return math.nan, math.nan
-    return float(err[joins].max()), float(np.median(within))
+        return math.nan, math.nan, math.nan, math.nan
+    return float(err[joins].max()), float(np.median(err[joins])), float(np.median(within)), float(within.max())
 
 
 def fallback_count(summary: dict[str, Any]) -> int:
@@ -149,8 +160,12 @@ def measure(row: Row, out: Path) -> None:
     row.path, row.ate, row.ate_pct = ate.length, ate.rmse, ate.rmse_percent_of_length
     windows = windows_from(summary, len(est))
     row.scale_ratio = window_scale_ratio(est, gt, windows)
-    row.join_max_deg, row.within_median_deg = join_errors(est, gt, windows)
+    row.join_max_deg, row.join_median_deg, row.within_median_deg, row.within_max_deg = join_errors(est, gt, windows)
     row.fallbacks = fallback_count(summary)
+    if "back_end_s" in summary and summary.get("elapsed_s"):
+        back = summary["back_end_s"]
+        row.back_end_pct = 100.0 * sum(back.get(k, 0.0) for k in ("join", "graph", "places")) / float(summary["elapsed_s"])
+        row.loops = int(summary.get("loop_closures", 0))
     if "frames_unregistered" in summary:
         read = int(summary["frames_read"])
         row.registered = f"{read - int(summary['frames_unregistered'])}/{read}"
@@ -216,8 +231,8 @@ def evaluate(row: Row, seq: Path, out: Path, loop_off: bool) -> Row:
 
 
 # ----------------------------------------------------------------------------------------- output
-HEADER = ("| sequence | registered | path | ATE | ATE % | scale ratio | join max ° | within median ° | join ratio "
-          "| fallbacks | ATE loop off → on | targets |\n|" + "---|" * 12)
+HEADER = ("| sequence | registered | path | ATE | ATE % | scale ratio | join median / max ° | within median / max ° | join ratio "
+          "| fallbacks | loops | back end % | ATE loop off → on | targets |\n|" + "---|" * 14)
 
 
 def _f(x: float, digits: int = 2) -> str:
@@ -229,8 +244,9 @@ def format_row(r: Row) -> str:
     marks = {True: "pass", False: "FAIL", None: "–"}
     targets = ", ".join(f"{k} {marks[v]}" for k, v in r.checks().items()) + (f"; {r.error}" if r.error else "")
     return (f"| {r.name} | {r.registered} | {_f(r.path, 1)} {r.unit} | {_f(r.ate, 3)} {r.unit} | {_f(r.ate_pct)} | "
-            f"{_f(r.scale_ratio, 3)} | {_f(r.join_max_deg, 3)} | {_f(r.within_median_deg, 3)} | {_f(r.join_ratio)} | "
-            f"{'n/a' if r.fallbacks is None else r.fallbacks} | {loop} | {targets} |")
+            f"{_f(r.scale_ratio, 3)} | {_f(r.join_median_deg, 3)} / {_f(r.join_max_deg, 3)} | {_f(r.within_median_deg, 3)} / {_f(r.within_max_deg, 3)} | {_f(r.join_ratio)} | "
+            f"{'n/a' if r.fallbacks is None else r.fallbacks} | {'n/a' if r.loops is None else r.loops} | {_f(r.back_end_pct, 1)} | "
+            f"{loop} | {targets} |")
 
 
 def main() -> None:

@@ -65,6 +65,7 @@ class CoreConfig:
     loop_closure: bool = True
     places: Any = None  # recon.places.PlaceConfig; None: its defaults
     loop_gate: LoopGate = field(default_factory=LoopGate)
+    keyframe_every: int = 5  # new frames between place-database keyframes
     # Floors of a join's 1-sigma: the overlap agreeing with itself says nothing of the model's systematic
     # error, and the graph must be able to spread a loop's correction over the joins.
     join_noise_floor: EdgeNoise = field(default_factory=lambda: EdgeNoise(rot_rad=float(np.radians(0.2)), trans=0.01, log_scale=0.01))
@@ -102,7 +103,7 @@ class _Frame:
     index: int
     timestamp_s: float
     gt_cam_from_world: np.ndarray | None
-    views: list[tuple[int, np.ndarray, bool]]  # (window, window_from_cam [4,4], registered)
+    views: list[tuple[int, np.ndarray, bool, float]]  # (window, window_from_cam [4,4], registered, weight)
 
 
 class Reconstruction:
@@ -127,6 +128,8 @@ class Reconstruction:
         self._estimates: dict[int, Sim3] = {}
         self.loops: list[dict[str, Any]] = []
         self.rejected_loops: list[dict[str, Any]] = []
+        self._loop_pairs: set[tuple[int, int]] = set()
+        self._keyframes = 0
         self.timings_s = {"join": 0.0, "graph": 0.0, "places": 0.0, "map": 0.0}
 
     def __len__(self) -> int:
@@ -151,7 +154,7 @@ class Reconstruction:
         local_from_out = edge.inverse()
         self._prev_tail = _transformed(out, local_from_out, slice(len(out) - self.overlap, len(out))) if self.overlap else None
 
-        loop = self._close_loop(k, out, local_from_out, pred, colors) if self.places is not None else None
+        loop = self._close_loop(k, out, local_from_out, pred, colors, shared) if self.places is not None else None
         t = time.perf_counter()
         before = self._estimates
         self._estimates = self.graph.estimates()
@@ -222,12 +225,22 @@ class Reconstruction:
         window) and the middle become final; the tail waits for the next window."""
         window_from_cam = invert_rigid(_transformed_cams(world, self._estimates[k].inverse()))
         reg = registered_frames(world)
+        if reg.any() and not reg.all():
+            # A frame the model could not place holds its nearest placed neighbour's pose (the model's own
+            # placeholder is meaningless); it stays counted as unregistered.
+            placed = np.nonzero(reg)[0]
+            for j in np.nonzero(~reg)[0]:
+                window_from_cam[j] = window_from_cam[placed[np.argmin(np.abs(placed - j))]]
         S, tail = len(world), min(self.overlap, len(world))
         for j in range(shared):
-            self._pending[j].views.append((k, window_from_cam[j], bool(reg[j])))
+            # Across the shared span the weight passes linearly from the earlier window to this one, so a
+            # disagreement between the two is spread over the span's steps instead of one jump.
+            w = (j + 1) / (shared + 1)
+            f = self._pending[j]
+            f.views = [(v[0], v[1], v[2], v[3] * (1 - w)) for v in f.views] + [(k, window_from_cam[j], bool(reg[j]), w)]
         final_frames = self._pending[:shared]
         for j in range(shared, S):
-            f = _Frame(meta[j][0], meta[j][1], meta[j][2], [(k, window_from_cam[j], bool(reg[j]))])
+            f = _Frame(meta[j][0], meta[j][1], meta[j][2], [(k, window_from_cam[j], bool(reg[j]), 1.0)])
             final_frames.append(f)
         keep_pending = final_frames[S - tail:] if tail else []
         final_frames = final_frames[: S - tail] if tail else final_frames
@@ -236,57 +249,64 @@ class Reconstruction:
         return [(j, self._pose(f)) for j, f in enumerate(final_frames)]
 
     def _pose(self, f: _Frame) -> FramePose:
-        """world_from_cam of a frame: the mean of its windows' views (registered views only, if any)."""
+        """world_from_cam of a frame: the weighted mean of its windows' views (registered views only, if any)."""
         views = [v for v in f.views if v[2]] or f.views
-        poses = np.stack([self._estimates[w].apply_to_world_from_cam(T) for w, T, _ in views])
+        poses = np.stack([self._estimates[w].apply_to_world_from_cam(T) for w, T, _, _ in views])
         pose = poses[0]
         if len(poses) > 1:
             from scipy.spatial.transform import Rotation
 
+            weights = np.array([v[3] for v in views]) + 1e-12
             pose = np.eye(4)
-            pose[:3, :3] = Rotation.from_matrix(poses[:, :3, :3]).mean().as_matrix()
-            pose[:3, 3] = poses[:, :3, 3].mean(0)
+            pose[:3, :3] = Rotation.from_matrix(poses[:, :3, :3]).mean(weights=weights).as_matrix()
+            pose[:3, 3] = weights @ poses[:, :3, 3] / weights.sum()
         return FramePose(f.index, f.timestamp_s, pose, f.gt_cam_from_world, any(v[2] for v in f.views))
 
     def _close_loop(self, k: int, out: AlignedWindow, local_from_out: Sim3, pred: WindowPrediction,
-                    colors: np.ndarray) -> dict[str, Any] | None:
-        """One keyframe per window (the middle of its new frames) into the place database; a verified
-        loop becomes a robust graph edge and the graph is re-optimised."""
+                    colors: np.ndarray, shared: int) -> dict[str, Any] | None:
+        """Every `keyframe_every`-th new frame of the window goes into the place database (a revisit is
+        then never more than a few metres from a keyframe); the best verified loop that agrees with the
+        chain becomes a graph edge and the graph is re-optimised."""
         from recon.places import Keyframe
 
         t = time.perf_counter()
-        j = (self.overlap + len(out)) // 2 if len(out) > self.overlap else len(out) // 2
         reg = registered_frames(out)
-        if not reg[j]:
-            return None
-        window_from_cam = invert_rigid(_transformed_cams(out, local_from_out))[j]
-        kf = Keyframe(
-            keyframe_id=k, window_id=k, image_gray=cv2.cvtColor(np.ascontiguousarray(colors[j]), cv2.COLOR_RGB2GRAY),
-            K=pred.K[j].double().cpu().numpy(), depth=(out.depth[j] * local_from_out.s).float().cpu().numpy(),
-            conf=out.conf[j].float().cpu().numpy(), window_from_cam=window_from_cam,
-        )
-        matches = self.places.add_and_query(kf)  # type: ignore[union-attr]
+        window_from_cam = invert_rigid(_transformed_cams(out, local_from_out))
+        every = self.config.keyframe_every
+        matches = []
+        for j in range(shared + every // 2, len(out), every):
+            if not reg[j]:
+                continue
+            kf = Keyframe(
+                keyframe_id=self._keyframes, window_id=k, image_gray=cv2.cvtColor(np.ascontiguousarray(colors[j]), cv2.COLOR_RGB2GRAY),
+                K=pred.K[j].double().cpu().numpy(), depth=(out.depth[j] * local_from_out.s).float().cpu().numpy(),
+                conf=out.conf[j].float().cpu().numpy(), window_from_cam=window_from_cam[j],
+            )
+            self._keyframes += 1
+            matches += self.places.add_and_query(kf)  # type: ignore[union-attr]
         self.timings_s["places"] += time.perf_counter() - t
-        if not matches:
-            return None
-        m = matches[0]
-        if (reason := self._gate(m.match_window, k, m.match_window_from_query_window)) is not None:
-            self.rejected_loops.append({"window": k, "match_window": m.match_window, "reason": reason})
-            log.info("loop candidate window %d -> %d rejected: %s", k, m.match_window, reason)
-            return None
-        t = time.perf_counter()
-        # The loop's uncertainty: its 3D residual (relative to depth) spread over its inliers.
-        sigma = max(m.rmse_rel / np.sqrt(m.inliers), 0.002)
-        depth = float(np.median(kf.depth[kf.depth > 0])) if (kf.depth > 0).any() else 1.0
-        noise = EdgeNoise(rot_rad=max(sigma, np.radians(0.1)), trans=sigma * depth * m.match_window_from_query_window.s,
-                          log_scale=max(sigma, 0.005))
-        self.graph.add_edge(m.match_window, k, m.match_window_from_query_window, noise, loop=True)
-        self.graph.optimize()
-        self.timings_s["graph"] += time.perf_counter() - t
-        info = {"window": k, "match_window": m.match_window, "inliers": m.inliers, "rmse_rel": m.rmse_rel, "score": m.score}
-        self.loops.append(info)
-        log.info("loop closed: window %d -> window %d (%d inliers)", k, m.match_window, m.inliers)
-        return info
+        for m in sorted(matches, key=lambda m: -m.inliers):
+            pair = (m.match_window, m.query_window)
+            if pair in self._loop_pairs:
+                continue
+            if (reason := self._gate(*pair, m.match_window_from_query_window)) is not None:
+                self.rejected_loops.append({"window": m.query_window, "match_window": m.match_window, "reason": reason})
+                log.info("loop candidate window %d -> %d rejected: %s", m.query_window, m.match_window, reason)
+                continue
+            t = time.perf_counter()
+            # The loop's uncertainty: its 3D residual (relative to depth) spread over its inliers.
+            sigma = max(m.rmse_rel / np.sqrt(m.inliers), 0.002)
+            noise = EdgeNoise(rot_rad=max(sigma, np.radians(0.1)), trans=sigma * _median_depth(out) * local_from_out.s * m.match_window_from_query_window.s,
+                              log_scale=max(sigma, 0.005))
+            self.graph.add_edge(*pair, m.match_window_from_query_window, noise, loop=True)
+            self.graph.optimize()
+            self.timings_s["graph"] += time.perf_counter() - t
+            self._loop_pairs.add(pair)
+            info = {"window": m.query_window, "match_window": m.match_window, "inliers": m.inliers, "rmse_rel": m.rmse_rel, "score": m.score}
+            self.loops.append(info)
+            log.info("loop closed: window %d -> window %d (%d inliers)", m.query_window, m.match_window, m.inliers)
+            return info
+        return None
 
     def _gate(self, a: int, b: int, a_from_b: Sim3) -> str | None:
         """Why the loop edge a_from_b disagrees with the graph's a^-1 b beyond the drift the chain between

@@ -393,6 +393,7 @@ class Pipeline:
             "loop_closures": len(st.loops),
             "trajectory_rewrites": st.trajectory_rewrites,
             "place_database_bytes": self.core.places.nbytes if self.core.places is not None else 0,
+            "place_recognition": _place_stats(self.core),
             "scale": scale_note(self.model, self.source),
             "settings": asdict(self.config),
             "model_flags": st.flags,
@@ -402,6 +403,16 @@ class Pipeline:
             "alignment": list(st.alignment),  # the last ALIGNMENT_LOG_WINDOWS windows
         }
         atomic_write_json(self.out_dir / "summary.json", summary)
+
+
+def _place_stats(core: Reconstruction) -> dict[str, Any] | None:
+    """What the place database did: queries, candidates verified, why they were rejected, loops the
+    drift gate refused."""
+    if core.places is None:
+        return None
+    st = core.places.stats
+    return {"keyframes": len(core.places), "queries": st.queries, "candidates": st.candidates, "verified": st.verified,
+            "rejected": dict(st.rejected), "gate_rejected": core.rejected_loops[-ALIGNMENT_LOG_WINDOWS:]}
 
 
 def _is_out_of_memory(e: BaseException) -> bool:
