@@ -227,7 +227,7 @@ class Pipeline:
         except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
             if not _is_out_of_memory(e):
                 raise
-            what = "the KV cache budget (--cache-budget) or " if hasattr(self.model, "cache") else ""
+            what = "the KV cache budget (--cache-budget) or " if self.registration.overlap(1) == 0 else ""  # causal steps: a KV cache
             raise ReconError(
                 f"out of memory on frames {frames[0].index}..{frames[-1].index} ({len(frames)} frames of {frames[0].hw[1]}x{frames[0].hw[0]}): "
                 f"lower {what}--window (now {self.config.window}), --dtype bf16 for learned models, or the input resolution"
