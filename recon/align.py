@@ -40,7 +40,7 @@ from recon.geometry import invert_rigid, rotation_distance_deg
 from recon.kernels.layers import LayerLinks, LayerParams, link_layers, link_layers_warped, segment_depth_layers_batch
 from recon.kernels.sim3 import robust_log_scale_grouped, robust_sim3
 from recon.kernels.umeyama import umeyama_sim3
-from recon.types import Sim3, WindowPrediction
+from recon.types import Keypoints, Sim3, WindowPrediction
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,10 @@ class AlignConfig:
     join_pose_noise_rel: float = 0.01  # camera-centre noise / scene depth: the baseline scale's sigma
     join_min_baseline_rel: float = 0.02  # baselines shorter than this x scene depth say nothing of scale
     join_dense_max_samples: float = 25.0  # effective independent samples per frame (pixel errors are correlated)
-    join_scale_conflict: float = 3.0  # dense and baseline scales further apart than this many sigmas: keep the tighter
+    join_scale_conflict: float = 3.0  # a scale source further than this many sigmas from the tightest is dropped
     inherited_log_scale_sigma: float = 0.1  # a scale inherited through the shared frames' median depth
+    join_keypoint_px: float = 1.0  # two windows' keypoints this close in a shared frame are the same corner
+    min_join_keypoints: int = 20
     # layer-wise scale alignment
     layers: LayerParams = field(default_factory=lambda: LayerParams(stride=2))  # half-res segmentation
     iou_pixels: int = 8192  # layer IoUs on a pixel grid of about this many pixels per frame
@@ -118,6 +120,7 @@ class AlignedWindow:
     layer_scales: list[torch.Tensor] | None  # per frame [L_j] float32, on top of the Sim(3) scale
     diagnostics: dict[str, Any] = field(default_factory=dict)
     registered: np.ndarray | None = None  # [S] bool: frames the model could place (None: all)
+    keypoints: Keypoints | None = None  # the model's sparse points, depth in this window's (mapped) units
 
     def __len__(self) -> int:
         return len(self.frame_indices)
@@ -240,6 +243,7 @@ def _first_window(cur: WindowPrediction, labels: torch.Tensor | None) -> Aligned
         layer_scales=scales,
         diagnostics={"path": "first", "warnings": [], "scale": 1.0},
         registered=registered_frames(cur),
+        keypoints=cur.keypoints,
     )
 
 
@@ -329,11 +333,38 @@ def _log_location(v: np.ndarray, w: np.ndarray, delta: float, iterations: int = 
     return m, 1.4826 * float(np.median(np.abs(v - m)))
 
 
+_SCALE_PRIORITY = ("tracks", "dense", "baseline")  # ties go to the source tied closest to the cameras
+
+
+def _track_log_ratios(prev: AlignedWindow, cur: WindowPrediction, overlap: int, config: AlignConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """log(depth_prev / depth_cur) of the keypoints both windows placed at the same pixel (within
+    `join_keypoint_px`) of a shared frame, with weights; None when fewer than `min_join_keypoints`."""
+    if prev.keypoints is None or cur.keypoints is None:
+        return None
+    first = len(prev) - overlap
+    a, b = prev.keypoints.select_frames(first, len(prev)), cur.keypoints.select_frames(0, overlap)
+    ratios = []
+    for j in range(overlap):
+        ua, da = a.uv[a.frame == j], a.depth[a.frame == j]
+        ub, db = b.uv[b.frame == j], b.depth[b.frame == j]
+        if not len(ua) or not len(ub):
+            continue
+        d2 = ((ua[:, None, :] - ub[None, :, :]) ** 2).sum(-1)  # a few hundred each: a dense table is fine
+        nearest = d2.argmin(1)
+        close = d2[np.arange(len(ua)), nearest] <= config.join_keypoint_px**2
+        ratios.append(np.log(da[close] / db[nearest[close]]))
+    v = np.concatenate(ratios) if ratios else np.zeros(0)
+    v = v[np.isfinite(v)]
+    return (v, np.ones_like(v)) if len(v) >= config.min_join_keypoints else None
+
+
 def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Correspondences, config: AlignConfig) -> JoinFit:
     """The Sim(3) mapping `cur`'s frame into `prev`'s from every constraint the shared frames offer:
     - rotation: the shared cameras' orientations in both windows (far better than a fit to noisy depth);
-    - scale: dense depth ratios of the same pixels (confident in both), and the ratios of the camera
-      baselines between shared frames, combined by their uncertainty; when neither measures it (an
+    - scale: the depth ratios of the keypoints both windows placed at the same corners of a shared frame
+      (consistent with the windows' own poses), dense depth ratios of the same pixels (confident in
+      both), and the ratios of the camera baselines between shared frames, combined by their
+      uncertainty (the tightest leads; a source that disagrees is dropped); when none measures it (an
       empty, low-parallax or rotation-only overlap) the scale is inherited from the median depths of
       the shared frames and flagged, so it never jumps;
     - translation: the shared camera centres under that rotation and scale."""
@@ -375,7 +406,13 @@ def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Cor
             m, spread = _log_location(v, corr.weights.double().cpu().numpy()[ok], config.scale_huber_delta)
             frames_used = len(np.unique(corr.frame.cpu().numpy()[ok]))
             n_eff = min(int(ok.sum()), config.join_dense_max_samples * frames_used)
-            sources["dense"] = (m, max(spread / np.sqrt(n_eff), 0.002))
+            # Dense errors are correlated across pixels (one frame's depth can be off as a whole): a floor
+            # above the keypoints', whose depths are tied to the window's own cameras by its bundle adjustment.
+            sources["dense"] = (m, max(spread / np.sqrt(n_eff), 0.005))
+    if (tracks := _track_log_ratios(prev, cur, O, config)) is not None:
+        v, w = tracks
+        m, spread = _log_location(v, w, config.scale_huber_delta)
+        sources["tracks"] = (m, max(spread / np.sqrt(min(len(v), config.join_dense_max_samples * O)), 0.002))
     idx = np.nonzero(reg)[0]
     if len(idx) >= 2:
         c_prev, c_cur = prev_from_cam[idx, :3, 3], cur_from_cam[idx, :3, 3]
@@ -393,14 +430,18 @@ def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Cor
 
     path, warning = "joint", None
     if sources:
-        if len(sources) == 2:
-            (m1, s1), (m2, s2) = sources["dense"], sources["baseline"]
-            if abs(m1 - m2) > config.join_scale_conflict * np.hypot(s1, s2) and abs(m1 - m2) > 0.05:
-                keep = "dense" if s1 <= s2 else "baseline"
-                info["scale_conflict"] = f"dense {np.exp(m1):.4g} vs baseline {np.exp(m2):.4g}: kept {keep}"
-                sources = {keep: sources[keep]}
-        w = {k: 1.0 / sg**2 for k, (_, sg) in sources.items()}
-        log_s = sum(w[k] * m for k, (m, _) in sources.items()) / sum(w.values())
+        # The tightest source leads; the others join it where they agree, else they are dropped and the
+        # conflict is reported (a window whose dense depth disagrees with its own cameras must not win).
+        order = sorted(sources, key=lambda k: (sources[k][1], _SCALE_PRIORITY.index(k)))
+        kept = [order[0]]
+        for k in order[1:]:
+            (m0, s0), (m1, s1) = sources[order[0]], sources[k]
+            if abs(m1 - m0) > config.join_scale_conflict * np.hypot(s0, s1) and abs(m1 - m0) > 0.05:
+                info.setdefault("scale_conflict", []).append(f"{k} {np.exp(m1):.4g} vs {order[0]} {np.exp(m0):.4g}: kept {order[0]}")
+            else:
+                kept.append(k)
+        w = {k: 1.0 / sources[k][1] ** 2 for k in kept}
+        log_s = sum(w[k] * sources[k][0] for k in kept) / sum(w.values())
         sigma_log_s = 1.0 / np.sqrt(sum(w.values()))
     else:
         d_cur_all = cur.depth[:O]
@@ -408,7 +449,7 @@ def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Cor
         log_s = float(torch.log(d_prev_all[both] / d_cur_all[both]).median()) if bool(both.any()) else 0.0
         sigma_log_s = config.inherited_log_scale_sigma
         path = "inherited_scale"
-        warning = "no confident depth or baseline in the overlap measures scale; inherited it through the shared frames"
+        warning = "no confident depth, shared keypoint or baseline in the overlap measures scale; inherited it through the shared frames"
     s = float(np.exp(np.clip(log_s, *np.log(config.scale_bounds))))
 
     # Translation: the shared centres (or, without any, the confident points) under R and s.
@@ -633,6 +674,7 @@ def _apply(
         layer_scales=layer_scales,
         diagnostics=diag,
         registered=registered_frames(cur),
+        keypoints=None if cur.keypoints is None else cur.keypoints.select_frames(0, len(cur), sim.s),
     )
 
 

@@ -373,6 +373,8 @@ def _transformed(w: AlignedWindow, target_from_w: Sim3, frames: slice = slice(No
     points = torch.addmm(t, pts.reshape(-1, 3), sR.T).view(pts.shape)
     cams = target_from_w.apply_to_cam_from_world(w.cam_from_world[frames].double().cpu().numpy())
     reg = None if w.registered is None else np.asarray(w.registered)[frames]
+    first, stop, _ = frames.indices(len(w))
+    keypoints = None if w.keypoints is None else w.keypoints.select_frames(first, stop, target_from_w.s)
     return AlignedWindow(
         frame_indices=list(w.frame_indices[frames]),
         cam_from_world=torch.from_numpy(cams).float().to(dev),
@@ -384,4 +386,5 @@ def _transformed(w: AlignedWindow, target_from_w: Sim3, frames: slice = slice(No
         layer_scales=None if w.layer_scales is None else w.layer_scales[frames],
         diagnostics=w.diagnostics,
         registered=reg,
+        keypoints=keypoints,
     )

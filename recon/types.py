@@ -124,6 +124,27 @@ class Frame:
         return int(self.image_rgb.shape[0]), int(self.image_rgb.shape[1])
 
 
+@dataclass(frozen=True)
+class Keypoints:
+    """Sparse points a model placed itself (e.g. bundle-adjusted tracks), observed in the window's frames:
+    frame [N] int (0..S-1), uv [N,2] model pixels, depth [N] z-depth in the window's units (> 0). Two
+    windows that share a frame see many of the same corners there: their depth ratio is the join's scale,
+    consistent with the windows' poses (dense depth can disagree with them)."""
+
+    frame: np.ndarray
+    uv: np.ndarray
+    depth: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.frame)
+        _check(self.uv.shape == (n, 2) and self.depth.shape == (n,), "Keypoints: frame [N], uv [N,2], depth [N]")
+
+    def select_frames(self, first: int, stop: int, scale: float = 1.0) -> Keypoints:
+        """The keypoints of frames first..stop-1, renumbered from 0, depths times `scale`."""
+        keep = (self.frame >= first) & (self.frame < stop)
+        return Keypoints(self.frame[keep] - first, self.uv[keep], self.depth[keep] * scale)
+
+
 @dataclass
 class WindowPrediction:
     """What a geometry model says about S frames of one window, all torch float32 on one device.
@@ -145,6 +166,7 @@ class WindowPrediction:
     metric: bool = False
     flags: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    keypoints: Keypoints | None = None
 
     def __post_init__(self) -> None:
         import torch

@@ -24,7 +24,7 @@ from recon.kernels.sim3 import (
     robust_sim3_reference,
 )
 from recon.kernels.umeyama import umeyama_sim3
-from recon.types import ResizeMap, Sim3, WindowPrediction
+from recon.types import Keypoints, ResizeMap, Sim3, WindowPrediction
 
 
 def random_sim3(rng: np.random.Generator, scale_range: tuple[float, float] = (0.3, 3.0)) -> Sim3:
@@ -455,7 +455,7 @@ def test_a_lost_overlap_with_wrong_depth_keeps_the_scale_through_the_baselines(s
     assert sources["baseline"]["scale"] == pytest.approx(0.5, rel=1e-3)
     assert sources["dense"]["scale"] == pytest.approx(0.1, rel=1e-2)
     assert "scale_conflict" in out.diagnostics["join"]
-    kept = out.diagnostics["join"]["scale_conflict"].rsplit(" ", 1)[-1]
+    kept = out.diagnostics["join"]["scale_conflict"][0].rsplit(" ", 1)[-1]
     assert out.world_from_window.s == pytest.approx(sources[kept]["scale"], rel=1e-9)  # one source, never a blend
 
 
@@ -514,3 +514,28 @@ def test_synthetic_source_windows_align() -> None:
     assert prev.diagnostics["path"] in ("sim3", "lsa")
     rot, centre = pose_errors(prev, real, first_from_world)
     assert rot < 0.1 and centre < 2e-3
+
+
+def with_keypoints(pred: WindowPrediction, every: int = 7) -> WindowPrediction:
+    """The window's own depth sampled on a pixel grid, as a model's sparse points (before any corruption)."""
+    S, H, W = pred.depth.shape
+    s, v, u = np.meshgrid(np.arange(S), np.arange(1, H, every), np.arange(1, W, every), indexing="ij")
+    d = pred.depth.numpy()[s, v, u]
+    ok = d > 0
+    pred.keypoints = Keypoints(s[ok], np.stack([u[ok], v[ok]], -1).astype(np.float32), d[ok].astype(np.float32))
+    return pred
+
+
+def test_shared_keypoints_outvote_dense_depth_that_disagrees_with_the_cameras(scene: Scene) -> None:
+    """A classical window's dense depth can be off in its edge frames while its own cameras and sparse
+    points agree: the keypoints both windows placed at the same corners give the scale."""
+    prev = align_window(None, with_keypoints(make_window(scene, list(range(6)), Sim3(1.0))), 3, AlignConfig())
+    cur = with_keypoints(make_window(scene, list(range(3, 9)), Sim3(2.0)))
+    cur.depth.mul_(1.3)  # dense depth 30% off; the cameras (and keypoints) say x2
+    out = align_window(prev, cur, 3, AlignConfig(mode="sim3"))
+    sources = out.diagnostics["join"]["scale_sources"]
+    assert sources["tracks"]["scale"] == pytest.approx(0.5, rel=1e-4)
+    assert any(c.startswith("dense") for c in out.diagnostics["join"]["scale_conflict"])
+    assert out.world_from_window.s == pytest.approx(0.5, rel=0.02)
+    rot, centre = pose_errors(out, scene, Sim3(1.0))
+    assert rot < 0.1 and centre < 1e-3

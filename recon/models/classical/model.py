@@ -31,7 +31,7 @@ from recon.models.classical.pose import (
     two_view,
 )
 from recon.models.classical.tracks import TrackerConfig, Tracks, track_window
-from recon.types import Frame, ResizeMap, WindowPrediction
+from recon.types import Frame, Keypoints, ResizeMap, WindowPrediction
 
 FLAG_TOO_FEW_TRACKS = "too_few_tracks"
 FLAG_LOW_PARALLAX = "low_parallax"
@@ -128,6 +128,7 @@ class ClassicalModel:
 
         t3 = time.perf_counter()
         pred = self._pack(frames, depth, conf, sparse, resize)
+        pred.keypoints = self._keypoints(sparse, tracks)
         timings["packing_s"] = time.perf_counter() - t3
         timings["total_s"] = time.perf_counter() - t0
         # `registered[s]` is False for frames the model could not place (their pose is a placeholder).
@@ -338,6 +339,19 @@ class ClassicalModel:
                 if np.any(z > 0):
                     out[s] = float(np.median(z[z > 0]))
         return out
+
+    @staticmethod
+    def _keypoints(sparse: _Sparse, tracks: Tracks) -> Keypoints | None:
+        """Every observation of a triangulated track in a registered frame, with its depth there."""
+        good = np.isfinite(sparse.points_w[:, 0])
+        if not good.any():
+            return None
+        t_idx, s_idx = np.nonzero(tracks.visible[good] & sparse.registered[None, :])
+        X = sparse.points_w[good][t_idx]
+        T = sparse.cam_from_world[s_idx]
+        z = np.einsum("nj,nj->n", T[:, 2, :3], X) + T[:, 2, 3]
+        ok = z > 0
+        return Keypoints(s_idx[ok].astype(np.int64), tracks.uv_px[good][t_idx[ok], s_idx[ok]].astype(np.float32), z[ok].astype(np.float32))
 
     @staticmethod
     def _pack(frames: Sequence[Frame], depth: np.ndarray, conf: np.ndarray, sparse: _Sparse, resize: ResizeMap) -> WindowPrediction:
