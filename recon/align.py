@@ -333,7 +333,21 @@ def _log_location(v: np.ndarray, w: np.ndarray, delta: float, iterations: int = 
     return m, 1.4826 * float(np.median(np.abs(v - m)))
 
 
-_SCALE_PRIORITY = ("tracks", "dense", "baseline")  # ties go to the source tied closest to the cameras
+def _consistent_sources(sources: dict[str, tuple[float, float]], n_sigma: float) -> list[str]:
+    """The largest subset of scale sources (log s, sigma) whose every pair agrees within n_sigma combined
+    sigmas (or 5%); among equally large subsets the one with the smallest combined sigma."""
+    from itertools import combinations
+
+    def agree(a: str, b: str) -> bool:
+        (m1, s1), (m2, s2) = sources[a], sources[b]
+        return abs(m1 - m2) <= max(n_sigma * np.hypot(s1, s2), 0.05)
+
+    names = sorted(sources)
+    for size in range(len(names), 0, -1):
+        sets = [c for c in combinations(names, size) if all(agree(a, b) for a, b in combinations(c, 2))]
+        if sets:
+            return list(min(sets, key=lambda c: 1.0 / np.sqrt(sum(sources[k][1] ** -2 for k in c))))
+    return []
 
 
 def _track_log_ratios(prev: AlignedWindow, cur: WindowPrediction, overlap: int, config: AlignConfig) -> tuple[np.ndarray, np.ndarray] | None:
@@ -430,16 +444,13 @@ def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Cor
 
     path, warning = "joint", None
     if sources:
-        # The tightest source leads; the others join it where they agree, else they are dropped and the
-        # conflict is reported (a window whose dense depth disagrees with its own cameras must not win).
-        order = sorted(sources, key=lambda k: (sources[k][1], _SCALE_PRIORITY.index(k)))
-        kept = [order[0]]
-        for k in order[1:]:
-            (m0, s0), (m1, s1) = sources[order[0]], sources[k]
-            if abs(m1 - m0) > config.join_scale_conflict * np.hypot(s0, s1) and abs(m1 - m0) > 0.05:
-                info.setdefault("scale_conflict", []).append(f"{k} {np.exp(m1):.4g} vs {order[0]} {np.exp(m0):.4g}: kept {order[0]}")
-            else:
-                kept.append(k)
+        # The largest set of sources that agree with each other decides (ties: the tighter set); a source
+        # outside it is dropped and reported. One source alone can be wrong in either direction: a window's
+        # dense depth off in its edge frames, or its keypoints badly triangulated there.
+        kept = _consistent_sources(sources, config.join_scale_conflict)
+        for k in sorted(set(sources) - set(kept)):
+            info.setdefault("scale_conflict", []).append(
+                f"{k} {np.exp(sources[k][0]):.4g} disagrees with {'+'.join(kept)}: kept {'+'.join(kept)}")
         w = {k: 1.0 / sources[k][1] ** 2 for k in kept}
         log_s = sum(w[k] * sources[k][0] for k in kept) / sum(w.values())
         sigma_log_s = 1.0 / np.sqrt(sum(w.values()))

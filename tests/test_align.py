@@ -456,6 +456,7 @@ def test_a_lost_overlap_with_wrong_depth_keeps_the_scale_through_the_baselines(s
     assert sources["dense"]["scale"] == pytest.approx(0.1, rel=1e-2)
     assert "scale_conflict" in out.diagnostics["join"]
     kept = out.diagnostics["join"]["scale_conflict"][0].rsplit(" ", 1)[-1]
+    assert kept in sources
     assert out.world_from_window.s == pytest.approx(sources[kept]["scale"], rel=1e-9)  # one source, never a blend
 
 
