@@ -530,13 +530,13 @@ def with_keypoints(pred: WindowPrediction, every: int = 7) -> WindowPrediction:
 def test_shared_keypoints_outvote_dense_depth_that_disagrees_with_the_cameras(scene: Scene) -> None:
     """A classical window's dense depth can be off in its edge frames while its own cameras and sparse
     points agree: the keypoints both windows placed at the same corners give the scale."""
-    prev = align_window(None, with_keypoints(make_window(scene, list(range(6)), Sim3(1.0))), 3, AlignConfig())
-    cur = with_keypoints(make_window(scene, list(range(3, 9)), Sim3(2.0)))
-    cur.depth.mul_(1.3)  # dense depth 30% off; the cameras (and keypoints) say x2
-    out = align_window(prev, cur, 3, AlignConfig(mode="sim3"))
+    prev = align_window(None, with_keypoints(make_window(scene, list(range(12)), Sim3(1.0))), 6, AlignConfig())
+    cur = with_keypoints(make_window(scene, list(range(6, 18)), Sim3(2.0)))
+    cur.depth.mul_(1.5)  # dense depth 50% off; the cameras (and keypoints) say x2
+    out = align_window(prev, cur, 6, AlignConfig(mode="sim3"))
     sources = out.diagnostics["join"]["scale_sources"]
-    assert sources["tracks"]["scale"] == pytest.approx(0.5, rel=1e-4)
-    assert any(c.startswith("dense") for c in out.diagnostics["join"]["scale_conflict"])
+    assert sources["tracks"]["scale"] == pytest.approx(0.5, rel=1e-4) and sources["baseline"]["scale"] == pytest.approx(0.5, rel=1e-4)
+    assert any(c.startswith("dense") for c in out.diagnostics["join"]["scale_conflict"])  # two against one
     assert out.world_from_window.s == pytest.approx(0.5, rel=0.02)
     rot, centre = pose_errors(out, scene, Sim3(1.0))
     assert rot < 0.1 and centre < 1e-3
