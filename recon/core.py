@@ -153,8 +153,9 @@ class Reconstruction:
         # The window in its own frame (out is in the previous window's frame, under `edge`).
         local_from_out = edge.inverse()
         self._prev_tail = _transformed(out, local_from_out, slice(len(out) - self.overlap, len(out))) if self.overlap else None
+        window_from_cam = invert_rigid(_transformed_cams(out, local_from_out))  # [S,4,4] in the window's own frame
 
-        loop = self._close_loop(k, out, local_from_out, pred, colors, shared) if self.places is not None else None
+        loop = self._close_loop(k, out, local_from_out, window_from_cam, pred, colors, shared) if self.places is not None else None
         t = time.perf_counter()
         before = self._estimates
         self._estimates = self.graph.estimates()
@@ -163,7 +164,7 @@ class Reconstruction:
         world.world_from_window = self._estimates[k]
         self.timings_s["graph"] += time.perf_counter() - t
 
-        final = self._record(k, world, meta, shared)
+        final = self._record(k, world, window_from_cam, meta, shared)
         self._fuse(k, world, colors, slice(shared, len(world)), moved, before)
         self._last = world
         earlier = self._frames[: len(self._frames) - len(final)]
@@ -219,11 +220,11 @@ class Reconstruction:
                           log_scale=max(fit["log_scale"], floor.log_scale))
         return O, out, out.world_from_window, noise
 
-    def _record(self, k: int, world: AlignedWindow, meta: list[tuple[int, float, np.ndarray | None]],
+    def _record(self, k: int, world: AlignedWindow, window_from_cam: np.ndarray, meta: list[tuple[int, float, np.ndarray | None]],
                 shared: int) -> list[tuple[int, FramePose]]:
         """Attach this window's view of each frame; the shared head frames (pending from the previous
         window) and the middle become final; the tail waits for the next window."""
-        window_from_cam = invert_rigid(_transformed_cams(world, self._estimates[k].inverse()))
+        window_from_cam = window_from_cam.copy()  # placeholders are replaced below
         reg = registered_frames(world)
         if reg.any() and not reg.all():
             # A frame the model could not place holds its nearest placed neighbour's pose (the model's own
@@ -262,7 +263,7 @@ class Reconstruction:
             pose[:3, 3] = weights @ poses[:, :3, 3] / weights.sum()
         return FramePose(f.index, f.timestamp_s, pose, f.gt_cam_from_world, any(v[2] for v in f.views))
 
-    def _close_loop(self, k: int, out: AlignedWindow, local_from_out: Sim3, pred: WindowPrediction,
+    def _close_loop(self, k: int, out: AlignedWindow, local_from_out: Sim3, window_from_cam: np.ndarray, pred: WindowPrediction,
                     colors: np.ndarray, shared: int) -> dict[str, Any] | None:
         """Every `keyframe_every`-th new frame of the window goes into the place database (a revisit is
         then never more than a few metres from a keyframe); the best verified loop that agrees with the
@@ -271,7 +272,6 @@ class Reconstruction:
 
         t = time.perf_counter()
         reg = registered_frames(out)
-        window_from_cam = invert_rigid(_transformed_cams(out, local_from_out))
         every = self.config.keyframe_every
         matches = []
         for j in range(shared + every // 2, len(out), every):
