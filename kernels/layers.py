@@ -48,6 +48,7 @@ class LayerParams:
     merge_smooth_share: float = 0.5  # ...and only across boundaries mostly free of depth edges (0: LASER)
     range_percentiles: tuple[float, float] = (5.0, 95.0)
     stride: int = 1  # segment every stride-th pixel per axis, labels upsampled (nearest): ~stride^2 faster
+    max_pixels: int = 0  # ...and a larger stride where needed to segment at most this many pixels (0: any)
 
 
 def _as_numpy(a: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -148,8 +149,10 @@ def segment_depth_layers(
     to far, -1 for unconfident pixels."""
     d = _as_numpy(depth)
     c = _as_numpy(conf)
-    if params.stride > 1:
-        k = params.stride
+    k = params.stride
+    if params.max_pixels > 0:
+        k = max(k, int(np.ceil(np.sqrt(d.shape[0] * d.shape[1] / params.max_pixels))))
+    if k > 1:
         coarse = _segment(d[k // 2 :: k, k // 2 :: k], c[k // 2 :: k, k // 2 :: k], params)
         full = np.repeat(np.repeat(coarse, k, 0), k, 1)
         # the coarse grid starts at k // 2: shift by that, then pad/crop to the full size
@@ -329,6 +332,7 @@ def link_layers_warped(
     min_iou: float,
     stride: int = 1,
     with_pixel_iou: bool = True,
+    num_layers: torch.Tensor | None = None,
 ) -> LayerLinks:
     """Links between the layers of consecutive frames (pair p: layer a of frame p -> layer b of frame
     p+1) of one window, following the window's own geometry: every pixel of frame p+1 is carried back
@@ -337,7 +341,8 @@ def link_layers_warped(
     stay linked under fast motion, where they move and grow between frames. Depth bands of a continuous
     surface (road, wall) are not objects, though: under forward motion the road at a given pixel keeps
     its depth, so its bands stay at the same pixels while the road itself moves. With `with_pixel_iou`,
-    a pair's IoU is the larger of the warped and the same-pixel IoU, which links both kinds of layer."""
+    a pair's IoU is the larger of the warped and the same-pixel IoU, which links both kinds of layer.
+    num_layers [S]: layers per frame when known (default: max label + 1)."""
     S, H, W = labels.shape
     o = stride // 2
     lb = labels[1:, o::stride, o::stride]  # [S-1,h,w] frame p+1
@@ -354,7 +359,7 @@ def link_layers_warped(
     frame = torch.arange(0, S - 1, device=labels.device)[:, None, None].expand_as(ui)
     seen = labels[frame, vi.clamp(0, H - 1), ui.clamp(0, W - 1)]
     seen = torch.where(inside & (lb >= 0), seen, torch.full_like(seen, -1))  # frame-p layer at each p+1 pixel
-    num = (labels.flatten(1).amax(1) + 1).clamp_min(0)
+    num = (labels.flatten(1).amax(1).long() + 1).clamp_min(0) if num_layers is None else num_layers.to(labels.device)
     ious = layer_iou(seen, lb, num[:-1], num[1:])
     if with_pixel_iou:
         la = labels[:-1, o::stride, o::stride]

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from recon.errors import ContractError
 from recon.geometry import invert_rigid, rotation_distance_deg
@@ -73,7 +74,8 @@ class AlignConfig:
     min_join_keypoints: int = 20
     join_keypoint_log_sigma_floor: float = 0.02
     # layer-wise scale alignment
-    layers: LayerParams = field(default_factory=lambda: LayerParams(stride=2))  # half-res segmentation
+    # Half-resolution segmentation, coarser on large frames: layers are large, and the cost grows with pixels.
+    layers: LayerParams = field(default_factory=lambda: LayerParams(stride=2, max_pixels=40_000))
     iou_pixels: int = 8192  # layer IoUs on a pixel grid of about this many pixels per frame
     cross_iou: float = 0.4  # links between the two windows' layers of one overlap frame
     within_iou: float = 0.3  # links between consecutive frames of the window
@@ -142,18 +144,36 @@ class Correspondences:
     stride: int
 
 
-# ------------------------------------------------------------------------------------ entry point
+@dataclass
+class WindowFit:
+    """How a window joins the previous one: the Sim(3) `sim` (prev_from_cur) and the layer scales on top of
+    it. Placing the window (`place_window`) is a separate, full-resolution pass, done once by whoever knows
+    where the window ends up (the core: under the pose graph's estimate)."""
+
+    sim: Sim3
+    scale_map: torch.Tensor | None  # [S,H,W] per-pixel layer scale of the camera-frame point (None = 1)
+    labels: torch.Tensor | None  # [S,H,W] int32 depth layers, -1 = none
+    layer_scales: list[torch.Tensor] | None  # per frame [L_j]
+    diagnostics: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------ entry points
 def align_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int, config: AlignConfig = AlignConfig()) -> AlignedWindow:
     """Map `cur` into the world of `prev` (its first `overlap` frames are `prev`'s last ones); with
     `prev` None, `cur` defines the world. Never NaN: a degenerate overlap takes the pose fallback."""
+    return place_window(cur, fit_window(prev, cur, overlap, config))
+
+
+def fit_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int, config: AlignConfig = AlignConfig()) -> WindowFit:
+    """The join of `cur` to `prev` (see `align_window`), without placing its points."""
     t0 = time.perf_counter()
     if prev is not None:
         _check_overlap(prev, cur, overlap)
     labels = _segment(cur, config) if config.mode == "lsa" else None
+    layer_scales = [torch.ones(n) for n in _num_layers(labels).tolist()] if labels is not None else None
     if prev is None:
-        out = _first_window(cur, labels)
-        out.diagnostics["time_ms"] = 1e3 * (time.perf_counter() - t0)
-        return out
+        diag = {"path": "first", "warnings": [], "scale": 1.0, "time_ms": 1e3 * (time.perf_counter() - t0)}
+        return WindowFit(Sim3.identity(), None, labels, layer_scales, diag)
     dev = cur.depth.device
     warnings: list[str] = []
     diag: dict[str, Any] = {"warnings": warnings, "overlap": overlap}
@@ -169,7 +189,6 @@ def align_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int
         warnings.append(message)
 
     scale_map = None
-    layer_scales = [torch.ones(int(labels[j].max()) + 1) for j in range(len(cur))] if labels is not None else None
     n = int(corr.weights.shape[0])
     if config.mode == "lsa" and labels is not None and join.path == "joint" and n >= config.min_correspondences:
         scene_depth = float(prev.depth[-overlap:].to(dev)[corr.frame, corr.v, corr.u].median())
@@ -185,19 +204,63 @@ def align_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int
             message = f"layer-wise scale alignment failed ({type(exc).__name__}: {exc}); kept the joint fit"
             log.warning(message)
             warnings.append(message)
-    diag["scale"] = sim.s
-
-    out = _apply(cur, sim, scale_map, labels, layer_scales, diag)
-    diag["overlap_pose_error"] = _overlap_pose_error(prev, out, overlap)
-    if not _all_finite(out):  # cannot happen with finite inputs; never hand NaN downstream regardless
-        message = "non-finite aligned output; using the overlap camera poses"
+    if not _finite(sim, scale_map):  # cannot happen with finite inputs; never hand NaN downstream regardless
+        message = "non-finite alignment; using the overlap camera poses"
         log.warning(message)
         warnings.append(message)
         sim, info = pose_fallback_sim3(prev, cur, overlap, config)
-        diag.update(path="pose_fallback", fallback=info, scale=sim.s)
-        out = _apply(cur, sim, None, labels, [torch.ones_like(s) for s in layer_scales] if layer_scales else None, diag)
+        diag.update(path="pose_fallback", fallback=info)
+        scale_map, layer_scales = None, [torch.ones_like(s) for s in layer_scales] if layer_scales else None
+    diag["scale"] = sim.s
+    diag["overlap_pose_error"] = _overlap_pose_error(prev, cur, sim, overlap)
     diag["time_ms"] = 1e3 * (time.perf_counter() - t0)
-    return out
+    return WindowFit(sim, scale_map, labels, layer_scales, diag)
+
+
+def anchored_fit(world_from_anchor: Sim3 | None = None) -> WindowFit:
+    """A streaming model's prediction is in its anchor frame's coordinates: nothing to fit. The anchor is
+    the world (None), or sits at `world_from_anchor` (a stream re-anchored mid-run)."""
+    sim = Sim3.identity() if world_from_anchor is None else world_from_anchor
+    return WindowFit(sim, None, None, None, {"path": "anchored", "warnings": [], "scale": sim.s})
+
+
+def place_window(cur: WindowPrediction, fit: WindowFit, target_from_window: Sim3 | None = None, frames: slice = slice(None)) -> AlignedWindow:
+    """Frames `frames` of `cur` mapped by the layer scales and then by `target_from_window` (default:
+    the fit's own Sim(3), i.e. into the previous window's frame). One pass over the point map; with
+    no scale map and the identity the prediction's tensors are shared, not copied (read-only by contract)."""
+    sim = fit.sim if target_from_window is None else target_from_window
+    first, stop, _ = frames.indices(len(cur))
+    dev = cur.depth.device
+    points, depth = cur.points[frames], cur.depth[frames]
+    scale_map = None if fit.scale_map is None else fit.scale_map[frames]
+    identity = sim.s == 1.0 and bool((sim.R == np.eye(3)).all()) and not np.any(sim.t)
+    if identity and scale_map is None:
+        cam_from_world, points_world = cur.cam_from_world[frames], points
+    else:
+        cam_from_world = torch.from_numpy(sim.apply_to_cam_from_world(cur.cam_from_world[frames].double().cpu().numpy())).float().to(dev)
+        depth = depth * sim.s
+        if scale_map is not None:
+            # k x the camera-frame point == scaling the window point about the camera centre.
+            centres = torch.from_numpy(invert_rigid(cur.cam_from_world[frames].double().cpu().numpy())[:, :3, 3]).float().to(dev)
+            c = centres[:, None, None, :]
+            points = torch.addcmul(c, points - c, scale_map[..., None])
+            depth = depth.mul_(scale_map)
+        sR = torch.as_tensor(sim.s * sim.R, dtype=torch.float32, device=dev)
+        t = torch.as_tensor(sim.t, dtype=torch.float32, device=dev)
+        points_world = torch.addmm(t, points.reshape(-1, 3), sR.T).view(points.shape)
+    return AlignedWindow(
+        frame_indices=list(cur.frame_indices[frames]),
+        cam_from_world=cam_from_world,
+        depth=depth,
+        points_world=points_world,
+        conf=cur.points_conf[frames],
+        world_from_window=sim,
+        layer_labels=None if fit.labels is None else fit.labels[frames],
+        layer_scales=None if fit.layer_scales is None else fit.layer_scales[frames],
+        diagnostics=fit.diagnostics,
+        registered=registered_frames(cur)[frames],
+        keypoints=None if cur.keypoints is None else cur.keypoints.select_frames(first, stop, sim.s),
+    )
 
 
 # -------------------------------------------------------------------------------------- pieces
@@ -216,36 +279,14 @@ def _check_overlap(prev: AlignedWindow, cur: WindowPrediction, overlap: int) -> 
         )
 
 
+def _num_layers(labels: torch.Tensor) -> torch.Tensor:
+    """Layers per frame [S] (int64) of label maps [S,H,W] (labels 0..L-1, -1 = none)."""
+    return (labels.flatten(1).amax(1).long() + 1).clamp_min(0)
+
+
 def _segment(cur: WindowPrediction, config: AlignConfig) -> torch.Tensor:
     labels = segment_depth_layers_batch(cur.depth, cur.depth_conf, config.layers)
     return torch.from_numpy(labels).to(cur.depth.device)
-
-
-def anchored_window(cur: WindowPrediction, world_from_anchor: Sim3 | None = None) -> AlignedWindow:
-    """A streaming model's prediction, in its anchor frame's coordinates: nothing to align. The anchor is the
-    world (None), or sits at `world_from_anchor` (a stream re-anchored mid-run)."""
-    if world_from_anchor is None:
-        out = _first_window(cur, None)
-        out.diagnostics["path"] = "anchored"
-        return out
-    return _apply(cur, world_from_anchor, None, None, None, {"path": "anchored", "warnings": [], "scale": world_from_anchor.s})
-
-
-def _first_window(cur: WindowPrediction, labels: torch.Tensor | None) -> AlignedWindow:
-    scales = [torch.ones(int(labels[j].max()) + 1) for j in range(len(cur))] if labels is not None else None
-    return AlignedWindow(
-        frame_indices=list(cur.frame_indices),
-        cam_from_world=cur.cam_from_world,  # shared with the prediction, not copied (read-only by contract)
-        depth=cur.depth,
-        points_world=cur.points,
-        conf=cur.points_conf,
-        world_from_window=Sim3.identity(),
-        layer_labels=labels,
-        layer_scales=scales,
-        diagnostics={"path": "first", "warnings": [], "scale": 1.0},
-        registered=registered_frames(cur),
-        keypoints=cur.keypoints,
-    )
 
 
 def _stride_for(num_pixels: int, max_points: int) -> int:
@@ -364,9 +405,8 @@ def _track_log_ratios(prev: AlignedWindow, cur: WindowPrediction, overlap: int, 
         ub, db = b.uv[b.frame == j], b.depth[b.frame == j]
         if not len(ua) or not len(ub):
             continue
-        d2 = ((ua[:, None, :] - ub[None, :, :]) ** 2).sum(-1)  # a few hundred each: a dense table is fine
-        nearest = d2.argmin(1)
-        close = d2[np.arange(len(ua)), nearest] <= config.join_keypoint_px**2
+        dist, nearest = cKDTree(ub).query(ua, distance_upper_bound=config.join_keypoint_px)
+        close = np.isfinite(dist)
         ratios.append(np.log(da[close] / db[nearest[close]]))
         # A triangulated depth's error grows with depth squared (relative: with depth): near corners weigh more.
         weights.append(1.0 / (da[close] * da[close]))
@@ -391,7 +431,7 @@ def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Cor
     prev_from_cam = invert_rigid(prev.cam_from_world[-O:].double().cpu().numpy())
     cur_from_cam = invert_rigid(cur.cam_from_world[:O].double().cpu().numpy())
     d_prev_all = prev.depth[-O:].to(cur.depth.device)
-    positive = d_prev_all[d_prev_all > 0]
+    positive = d_prev_all[:, ::4, ::4][d_prev_all[:, ::4, ::4] > 0]  # every 16th pixel: plenty for a median
     scene_depth = float(positive.median()) if positive.numel() else 1.0
     info: dict[str, Any] = {"shared_cameras": int(reg.sum())}
     n = int(corr.weights.shape[0])
@@ -538,6 +578,7 @@ def _layer_scale_alignment(
     dev = cur.depth.device
     O = overlap
     t0 = time.perf_counter()
+    num_layers = _num_layers(labels)
     prev_labels = prev.layer_labels[-O:].to(dev) if prev.layer_labels is not None else None
     if prev_labels is None:  # previous window aligned without LSA: segment its overlap frames now
         prev_labels = torch.from_numpy(segment_depth_layers_batch(prev.depth[-O:], prev.conf[-O:], config.layers)).to(dev)
@@ -545,7 +586,7 @@ def _layer_scale_alignment(
     cross = link_layers(prev_labels, labels[:O], config.cross_iou, iou_stride)
     within = None
     if len(cur) > 1 and config.within_links == "warp":
-        within = link_layers_warped(labels, cur.points, cur.cam_from_world, cur.K, config.within_iou, iou_stride)
+        within = link_layers_warped(labels, cur.points, cur.cam_from_world, cur.K, config.within_iou, iou_stride, num_layers=num_layers)
     elif len(cur) > 1:
         within = link_layers(labels[:-1], labels[1:], config.within_iou, iou_stride)
 
@@ -570,7 +611,7 @@ def _layer_scale_alignment(
             sim.s * d_cur, d_prev, corr.weights, group, len(cross), config.scale_huber_delta, config.scale_iterations
         )
         good = support >= config.min_link_samples
-        frame_scales, reached = _propagate(cross, within, link_scale, good, labels, O)
+        frame_scales, reached = _propagate(cross, within, link_scale, good, num_layers.tolist(), O)
         frame_scales, clamped = _clamp_scales(frame_scales, config.max_layer_scale)
         if round_ == refine_rounds:
             break
@@ -587,14 +628,16 @@ def _layer_scale_alignment(
     if clamped:
         warnings.append(f"{clamped} layer scales clamped to [1/{config.max_layer_scale}, {config.max_layer_scale}]")
 
-    scale_map = torch.ones_like(cur.depth)
-    for j in range(len(cur)):
-        lab = labels[j].long()
-        if frame_scales[j].numel():
-            scale_map[j] = torch.where(lab >= 0, frame_scales[j].to(dev)[lab.clamp_min(0)], scale_map[j])
-    sub = labels[:, ::4, ::4].cpu()  # a diagnostic: every 16th pixel is plenty
-    labelled_px = int((sub >= 0).sum())
-    reached_px = sum(int(torch.bincount(sub[j][sub[j] >= 0].long(), minlength=r.numel())[r].sum()) for j, r in enumerate(reached))
+    # Per pixel: its frame's table [1 (no layer), layer scales...] at label + 1 — one gather for the window.
+    lookup = torch.cat([t for j in range(len(cur)) for t in (torch.ones(1), frame_scales[j].cpu())]).to(dev)
+    first = torch.cat([torch.zeros(1, dtype=torch.int64), (num_layers.cpu() + 1).cumsum(0)[:-1]]).to(dev, torch.int32)
+    index = labels + (first[:, None, None] + 1)
+    scale_map = torch.index_select(lookup, 0, index.flatten()).view(labels.shape)
+    # A diagnostic, on every 16th pixel: the share of labelled pixels whose layer got a scale.
+    reached_lookup = torch.cat([t for r in reached for t in (torch.zeros(1), r.float())]).to(dev)
+    sub = index[:, ::4, ::4].flatten()
+    labelled_px = int((labels[:, ::4, ::4] >= 0).sum())
+    reached_px = int(torch.index_select(reached_lookup, 0, sub).sum())
     diag = {
         "layers_per_frame": [int(s.numel()) for s in frame_scales],
         "cross_links": [
@@ -614,17 +657,17 @@ def _layer_scale_alignment(
 
 
 def _propagate(
-    cross: LayerLinks, within: LayerLinks | None, link_scale: torch.Tensor, good: torch.Tensor, labels: torch.Tensor, overlap: int
+    cross: LayerLinks, within: LayerLinks | None, link_scale: torch.Tensor, good: torch.Tensor, num_layers: list[int], overlap: int
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Forward in time: each layer's scale is the IoU-weighted mean of what reaches it — cross-window
     links (overlap frames) and links from reached layers of the previous frame; unreached: 1.
     Returns per frame the layer scales [L_j] and which layers were reached [L_j] bool (CPU)."""
-    S = labels.shape[0]
+    S = len(num_layers)
     scales: list[torch.Tensor] = []
     reached_all: list[torch.Tensor] = []
     reached_prev: torch.Tensor | None = None
     for j in range(S):
-        n = int(labels[j].max()) + 1
+        n = num_layers[j]
         num = torch.zeros(max(n, 0), dtype=torch.float64)
         den = torch.zeros(max(n, 0), dtype=torch.float64)
         if j < overlap and len(cross):
@@ -659,55 +702,20 @@ def _scale_lookup(frame_scales: list[torch.Tensor], layer: torch.Tensor, frame: 
     return flat[idx]
 
 
-def _apply(
-    cur: WindowPrediction,
-    sim: Sim3,
-    scale_map: torch.Tensor | None,
-    labels: torch.Tensor | None,
-    layer_scales: list[torch.Tensor] | None,
-    diag: dict[str, Any],
-) -> AlignedWindow:
-    """Map the window into the world with `sim` and the per-pixel layer scale [S,H,W] (None = 1)."""
-    dev = cur.depth.device
-    cam_from_world = torch.from_numpy(sim.apply_to_cam_from_world(cur.cam_from_world.double().cpu().numpy())).float().to(dev)
-    points = cur.points
-    depth = cur.depth * sim.s
-    if scale_map is not None:
-        # k x the camera-frame point == scaling the window point about the camera centre.
-        centres = torch.from_numpy(invert_rigid(cur.cam_from_world.double().cpu().numpy())[:, :3, 3]).float().to(dev)
-        c = centres[:, None, None, :]
-        points = torch.addcmul(c, points - c, scale_map[..., None])
-        depth = depth.mul_(scale_map)
-    sR = torch.as_tensor(sim.s * sim.R, dtype=torch.float32, device=dev)
-    t = torch.as_tensor(sim.t, dtype=torch.float32, device=dev)
-    points_world = torch.addmm(t, points.reshape(-1, 3), sR.T).view(points.shape)
-    return AlignedWindow(
-        frame_indices=list(cur.frame_indices),
-        cam_from_world=cam_from_world,
-        depth=depth,
-        points_world=points_world,
-        conf=cur.points_conf,
-        world_from_window=sim,
-        layer_labels=labels,
-        layer_scales=layer_scales,
-        diagnostics=diag,
-        registered=registered_frames(cur),
-        keypoints=None if cur.keypoints is None else cur.keypoints.select_frames(0, len(cur), sim.s),
-    )
-
-
-def _overlap_pose_error(prev: AlignedWindow, out: AlignedWindow, overlap: int) -> dict[str, float]:
-    """How far the aligned overlap cameras are from the map's copies: max rotation (deg) and max centre
-    distance relative to the map's median overlap depth — the trajectory's continuity at the seam."""
+def _overlap_pose_error(prev: AlignedWindow, cur: WindowPrediction, sim: Sim3, overlap: int) -> dict[str, float]:
+    """How far the overlap cameras mapped by `sim` are from the map's copies: max rotation (deg) and max
+    centre distance relative to the map's median overlap depth — the trajectory's continuity at the seam."""
     a = invert_rigid(prev.cam_from_world[-overlap:].double().cpu().numpy())
-    b = invert_rigid(out.cam_from_world[:overlap].double().cpu().numpy())
+    b = invert_rigid(sim.apply_to_cam_from_world(cur.cam_from_world[:overlap].double().cpu().numpy()))
     rot = rotation_distance_deg(a[:, :3, :3], b[:, :3, :3])
     dist = np.linalg.norm(a[:, :3, 3] - b[:, :3, 3], axis=1)
-    d = prev.depth[-overlap:]
+    d = prev.depth[-overlap:, ::4, ::4]
     ref = float(d[d > 0].median()) if bool((d > 0).any()) else 1.0
     return {"rotation_deg": float(rot.max()), "centre_rel": float(dist.max() / max(ref, 1e-12))}
 
 
-def _all_finite(w: AlignedWindow) -> bool:
+def _finite(sim: Sim3, scale_map: torch.Tensor | None) -> bool:
     # A sum of finite values is finite (barring overflow, which the exact check then settles).
-    return all(bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all()) for t in (w.cam_from_world, w.depth, w.points_world))
+    return bool(np.isfinite(sim.matrix()).all()) and (
+        scale_map is None or bool(torch.isfinite(scale_map.sum())) or bool(torch.isfinite(scale_map).all())
+    )

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from recon.align import AlignConfig, AlignedWindow, align_window, anchored_window, registered_frames
+from recon.align import AlignConfig, AlignedWindow, WindowFit, anchored_fit, fit_window, place_window, registered_frames
 from recon.fusion import VoxelMap
 from recon.geometry import invert_rigid
 from recon.posegraph import EdgeNoise, PoseGraph, PoseGraphConfig
@@ -140,7 +140,11 @@ class Reconstruction:
         """Register window `pred` (frames `meta`: index, timestamp, ground truth; `colors` [S,H,W,3] uint8)."""
         k = self._windows
         t = time.perf_counter()
-        shared, out, edge, noise = self._join(pred)
+        shared, fit, noise = self._join(pred)
+        edge = fit.sim  # prev_from_cur
+        # The window's shared tail in its own frame (layer scales applied): what the next window joins to.
+        O = self.overlap
+        self._prev_tail = place_window(pred, fit, Sim3.identity(), slice(len(pred) - O, len(pred))) if O else None
         self.timings_s["join"] += time.perf_counter() - t
 
         t = time.perf_counter()
@@ -150,20 +154,18 @@ class Reconstruction:
         self.graph.optimize()
         self.timings_s["graph"] += time.perf_counter() - t
         self._windows += 1
-        # The window in its own frame (out is in the previous window's frame, under `edge`).
-        local_from_out = edge.inverse()
-        self._prev_tail = _transformed(out, local_from_out, slice(len(out) - self.overlap, len(out))) if self.overlap else None
-        window_from_cam = invert_rigid(_transformed_cams(out, local_from_out))  # [S,4,4] in the window's own frame
+        window_from_cam = invert_rigid(pred.cam_from_world.double().cpu().numpy())  # [S,4,4] in the window's own frame
 
-        loop = self._close_loop(k, out, local_from_out, window_from_cam, pred, colors, shared) if self.places is not None else None
+        loop = self._close_loop(k, pred, fit, window_from_cam, colors, shared) if self.places is not None else None
         t = time.perf_counter()
         before = self._estimates
         self._estimates = self.graph.estimates()
         moved = {w: s for w, s in self._estimates.items() if w in before and not _same(s, before[w])}
-        world = _transformed(out, self._estimates[k] @ local_from_out)
-        world.world_from_window = self._estimates[k]
         self.timings_s["graph"] += time.perf_counter() - t
 
+        t = time.perf_counter()
+        world = place_window(pred, fit, self._estimates[k])  # the one full-resolution pass over the points
+        self.timings_s["map"] += time.perf_counter() - t
         final = self._record(k, world, window_from_cam, meta, shared)
         self._fuse(k, world, colors, slice(shared, len(world)), moved, before)
         self._last = world
@@ -194,31 +196,28 @@ class Reconstruction:
         return [self._pose(f) for f in self._frames]
 
     # -- pieces ------------------------------------------------------------------------------------------
-    def _join(self, pred: WindowPrediction) -> tuple[int, AlignedWindow, Sim3, EdgeNoise]:
-        """-> (frames shared with the previous window, `pred` in the previous window's frame, the edge
-        prev_from_cur, its noise)."""
+    def _join(self, pred: WindowPrediction) -> tuple[int, WindowFit, EdgeNoise]:
+        """-> (frames shared with the previous window, the fit whose Sim(3) is the edge prev_from_cur, the
+        edge's noise)."""
         prev, O = self._prev_tail, self.overlap
         if self._windows == 0:
-            out = anchored_window(pred) if O == 0 else align_window(None, pred, 0, self.config.align)
-            return 0, out, Sim3(), _ANCHORED_NOISE
+            return 0, anchored_fit() if O == 0 else fit_window(None, pred, 0, self.config.align), _ANCHORED_NOISE
         if O == 0:
-            out = anchored_window(pred)
             if not self._reanchor:
-                return 0, out, Sim3(), _ANCHORED_NOISE
+                return 0, anchored_fit(), _ANCHORED_NOISE
             # The new anchor is the next frame, placed where the last camera was (its scale is its own).
             self._reanchor = False
             last = self._pose(self._frames[-1]).world_from_cam if self._frames else np.eye(4)
-            edge = self._estimates[self._windows - 1].inverse() @ Sim3.from_matrix(last)
-            out = anchored_window(pred, edge)  # like a join's output: in the previous window's frame
-            out.diagnostics["path"] = "reanchored"
-            return 0, out, edge, _REANCHOR_NOISE
+            fit = anchored_fit(self._estimates[self._windows - 1].inverse() @ Sim3.from_matrix(last))
+            fit.diagnostics["path"] = "reanchored"
+            return 0, fit, _REANCHOR_NOISE
         assert prev is not None
-        out = align_window(prev, pred, O, self.config.align)
-        fit = out.diagnostics.get("noise", {"rot_rad": 0.01, "trans": 0.1, "log_scale": 0.1})
-        floor, depth = self.config.join_noise_floor, _median_depth(prev)
-        noise = EdgeNoise(rot_rad=max(fit["rot_rad"], floor.rot_rad), trans=max(fit["trans"], floor.trans * depth),
-                          log_scale=max(fit["log_scale"], floor.log_scale))
-        return O, out, out.world_from_window, noise
+        fit = fit_window(prev, pred, O, self.config.align)
+        sigma = fit.diagnostics.get("noise", {"rot_rad": 0.01, "trans": 0.1, "log_scale": 0.1})
+        floor, depth = self.config.join_noise_floor, _median_depth(prev.depth)
+        noise = EdgeNoise(rot_rad=max(sigma["rot_rad"], floor.rot_rad), trans=max(sigma["trans"], floor.trans * depth),
+                          log_scale=max(sigma["log_scale"], floor.log_scale))
+        return O, fit, noise
 
     def _record(self, k: int, world: AlignedWindow, window_from_cam: np.ndarray, meta: list[tuple[int, float, np.ndarray | None]],
                 shared: int) -> list[tuple[int, FramePose]]:
@@ -263,24 +262,24 @@ class Reconstruction:
             pose[:3, 3] = weights @ poses[:, :3, 3] / weights.sum()
         return FramePose(f.index, f.timestamp_s, pose, f.gt_cam_from_world, any(v[2] for v in f.views))
 
-    def _close_loop(self, k: int, out: AlignedWindow, local_from_out: Sim3, window_from_cam: np.ndarray, pred: WindowPrediction,
-                    colors: np.ndarray, shared: int) -> dict[str, Any] | None:
+    def _close_loop(self, k: int, pred: WindowPrediction, fit: WindowFit, window_from_cam: np.ndarray, colors: np.ndarray,
+                    shared: int) -> dict[str, Any] | None:
         """Every `keyframe_every`-th new frame of the window goes into the place database (a revisit is
         then never more than a few metres from a keyframe); the best verified loop that agrees with the
         chain becomes a graph edge and the graph is re-optimised."""
         from recon.places import Keyframe
 
         t = time.perf_counter()
-        reg = registered_frames(out)
+        reg = registered_frames(pred)
         every = self.config.keyframe_every
         matches = []
-        for j in range(shared + every // 2, len(out), every):
+        for j in range(shared + every // 2, len(pred), every):
             if not reg[j]:
                 continue
             kf = Keyframe(
                 keyframe_id=self._keyframes, window_id=k, image_gray=cv2.cvtColor(np.ascontiguousarray(colors[j]), cv2.COLOR_RGB2GRAY),
-                K=pred.K[j].double().cpu().numpy(), depth=(out.depth[j] * local_from_out.s).float().cpu().numpy(),
-                conf=out.conf[j].float().cpu().numpy(), window_from_cam=window_from_cam[j],
+                K=pred.K[j].double().cpu().numpy(), depth=_local_depth(pred, fit, j).float().cpu().numpy(),
+                conf=pred.points_conf[j].float().cpu().numpy(), window_from_cam=window_from_cam[j],
             )
             self._keyframes += 1
             matches += self.places.add_and_query(kf)  # type: ignore[union-attr]
@@ -296,7 +295,7 @@ class Reconstruction:
             t = time.perf_counter()
             # The loop's uncertainty: its 3D residual (relative to depth) spread over its inliers.
             sigma = max(m.rmse_rel / np.sqrt(m.inliers), 0.002)
-            noise = EdgeNoise(rot_rad=max(sigma, np.radians(0.1)), trans=sigma * _median_depth(out) * local_from_out.s * m.match_window_from_query_window.s,
+            noise = EdgeNoise(rot_rad=max(sigma, np.radians(0.1)), trans=sigma * _median_depth(_local_depth(pred, fit)) * m.match_window_from_query_window.s,
                               log_scale=max(sigma, 0.005))
             self.graph.add_edge(*pair, m.match_window_from_query_window, noise, loop=True)
             self.graph.optimize()
@@ -345,9 +344,16 @@ class Reconstruction:
         self.timings_s["map"] += time.perf_counter() - t
 
 
-def _median_depth(w: AlignedWindow) -> float:
-    d = w.depth[w.depth > 0]
+def _median_depth(depth: torch.Tensor) -> float:
+    """Median positive depth of [S,H,W], on every 16th pixel: plenty for a scale."""
+    d = depth[:, ::4, ::4]
+    d = d[d > 0]
     return float(d.median()) if d.numel() else 1.0
+
+
+def _local_depth(pred: WindowPrediction, fit: WindowFit, frames: int | slice = slice(None)) -> torch.Tensor:
+    """Depth of `frames` in the window's own frame: the model's depth times the layer scales."""
+    return pred.depth[frames] if fit.scale_map is None else pred.depth[frames] * fit.scale_map[frames]
 
 
 def _default_voxel(first: AlignedWindow) -> float:
@@ -357,34 +363,3 @@ def _default_voxel(first: AlignedWindow) -> float:
 
 def _same(a: Sim3, b: Sim3, tol: float = 1e-9) -> bool:
     return bool(np.allclose(a.matrix(), b.matrix(), atol=tol * max(1.0, abs(a.s))))
-
-
-def _transformed_cams(w: AlignedWindow, target_from_w: Sim3) -> np.ndarray:
-    """cam_from_world [S,4,4] of `w`'s cameras in the target frame."""
-    return target_from_w.apply_to_cam_from_world(w.cam_from_world.double().cpu().numpy())
-
-
-def _transformed(w: AlignedWindow, target_from_w: Sim3, frames: slice = slice(None)) -> AlignedWindow:
-    """`w` (frames `frames`) moved into another frame by a similarity: points, cameras and depth follow."""
-    dev = w.points_world.device
-    sR = torch.as_tensor(target_from_w.s * target_from_w.R, dtype=torch.float32, device=dev)
-    t = torch.as_tensor(target_from_w.t, dtype=torch.float32, device=dev)
-    pts = w.points_world[frames]
-    points = torch.addmm(t, pts.reshape(-1, 3), sR.T).view(pts.shape)
-    cams = target_from_w.apply_to_cam_from_world(w.cam_from_world[frames].double().cpu().numpy())
-    reg = None if w.registered is None else np.asarray(w.registered)[frames]
-    first, stop, _ = frames.indices(len(w))
-    keypoints = None if w.keypoints is None else w.keypoints.select_frames(first, stop, target_from_w.s)
-    return AlignedWindow(
-        frame_indices=list(w.frame_indices[frames]),
-        cam_from_world=torch.from_numpy(cams).float().to(dev),
-        depth=w.depth[frames] * target_from_w.s,
-        points_world=points,
-        conf=w.conf[frames],
-        world_from_window=target_from_w @ w.world_from_window,
-        layer_labels=None if w.layer_labels is None else w.layer_labels[frames],
-        layer_scales=None if w.layer_scales is None else w.layer_scales[frames],
-        diagnostics=w.diagnostics,
-        registered=reg,
-        keypoints=keypoints,
-    )

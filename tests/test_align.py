@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from recon.align import AlignConfig, AlignedWindow, align_window
+from recon.align import AlignConfig, AlignedWindow, align_window, fit_window, place_window
 from recon.geometry import rotation_distance_deg
 from recon.errors import ContractError
 from recon.geometry import invert_rigid, make_rigid, rotation_from_axis_angle
-from recon.kernels.layers import layer_iou, link_layers, link_layers_warped, segment_depth_layers
+from recon.kernels.layers import LayerParams, layer_iou, link_layers, link_layers_warped, segment_depth_layers
 from recon.kernels.sim3 import (
     robust_log_scale_grouped,
     robust_log_scale_reference,
@@ -153,6 +153,15 @@ def test_segmentation_separates_depth_layers_and_ignores_unconfident_pixels() ->
     # near to far, and independent of the depth's unit
     assert labels[60, 120] < labels[30, 50] < labels[5 + 2, 150]
     assert np.array_equal(segment_depth_layers(depth * 13.7, conf), labels)
+
+
+def test_segmentation_pixel_budget_coarsens_the_grid_like_a_stride() -> None:
+    depth, truth = layered_depth()
+    conf = np.ones_like(depth)
+    H, W = depth.shape
+    budget = LayerParams(stride=1, max_pixels=H * W // 16)  # -> every 4th pixel per axis
+    assert np.array_equal(segment_depth_layers(depth, conf, budget), segment_depth_layers(depth, conf, LayerParams(stride=4)))
+    assert np.array_equal(segment_depth_layers(depth, conf, LayerParams(stride=1, max_pixels=H * W)), segment_depth_layers(depth, conf))
 
 
 def test_segmentation_of_empty_and_constant_maps() -> None:
@@ -320,6 +329,20 @@ def test_first_window_defines_the_world(scene: Scene) -> None:
     assert out.diagnostics["path"] == "first" and np.array_equal(out.world_from_window.matrix(), np.eye(4))
     assert torch.equal(out.points_world, pred.points) and torch.equal(out.cam_from_world, pred.cam_from_world)
     assert out.layer_labels is not None and out.layer_labels.shape == pred.depth.shape and out.layer_labels.dtype == torch.int32
+
+
+def test_placing_a_fit_elsewhere_is_the_similarity_applied_to_the_joined_window(scene: Scene) -> None:
+    prev = align_window(None, make_window(scene, list(range(8)), Sim3(1.0)), 3, AlignConfig())
+    cur = make_window(scene, list(range(5, 13)), Sim3(1.7, rotation_from_axis_angle(np.array([0.1, -0.2, 0.05])), np.array([0.3, 0.0, -0.2])))
+    fit = fit_window(prev, cur, 3, AlignConfig())
+    joined = place_window(cur, fit)  # into prev's frame: what align_window returns
+    T = Sim3(0.5, rotation_from_axis_angle(np.array([0.0, 0.3, 0.0])), np.array([1.0, 2.0, 3.0]))
+    moved = place_window(cur, fit, T @ fit.sim, frames=slice(2, 6))
+    expected = torch.from_numpy(T.apply(joined.points_world[2:6].double().numpy().reshape(-1, 3))).float().view(moved.points_world.shape)
+    assert torch.allclose(moved.points_world, expected, atol=1e-4)
+    assert torch.allclose(moved.depth, joined.depth[2:6] * 0.5, rtol=1e-5)
+    assert moved.frame_indices == joined.frame_indices[2:6] and moved.world_from_window is not fit.sim
+    assert fit.scale_map is not None  # the layer scales ride along with the move
 
 
 @pytest.mark.parametrize("mode", ["sim3", "lsa"])
