@@ -195,3 +195,55 @@ def test_a_bare_wall_does_not_skew_the_initial_pair() -> None:
     assert steps.max() / steps.min() < 1.3
     rot_deg, _ = relative_pose_errors(pred.cam_from_world.double().numpy(), gt_poses(frames))
     assert np.median(rot_deg) < 1.0
+
+
+def _cut_tracks_at(step: int):
+    """A track_window that loses every track at `step` -> `step` + 1, as KLT does across a hard wide-baseline
+    step: each track crossing it is split in two, so no track ties the frames before to the frames after."""
+    from recon.models.classical.tracks import Tracks, track_window
+
+    def cut(gray, cfg):
+        uv = track_window(gray, cfg).uv_px
+        before, after = uv.copy(), uv.copy()
+        before[:, step + 1 :] = np.nan
+        after[:, : step + 1] = np.nan
+        both = np.concatenate([before, after])
+        return Tracks(both[(~np.isnan(both[..., 0])).sum(1) >= 2])
+
+    return cut
+
+
+def test_frames_beyond_a_lost_step_are_registered_by_keypoint_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tracks reach no frame beyond the step with a triangulated point, so PnP fails for all of them; ORB
+    keypoint tracks over such a frame and its registered neighbours must register it, and through it the
+    rest, with accurate poses. Without the bridge they stay unregistered."""
+    import recon.models.classical.model as model_module
+    from recon.models.classical.bridge import BridgeConfig
+    from recon.models.classical.model import FLAG_UNREGISTERED
+
+    frames = rendered_window("room")
+    monkeypatch.setattr(model_module, "track_window", _cut_tracks_at(5))
+    off = ClassicalModel(bridge=BridgeConfig(neighbours=0)).infer(frames)
+    assert FLAG_UNREGISTERED in off.flags and not any(off.info["registered"][6:])
+    pred = ClassicalModel().infer(frames)
+    assert all(pred.info["registered"]) and pred.flags == []
+    # The first frame beyond is bridged, and the next (its tracks have one registered view until then); the
+    # frames after are placed by their own tracks again.
+    assert pred.info["bridged"] == [6, 7]
+    rot_deg, dir_deg = relative_pose_errors(pred.cam_from_world.double().numpy(), gt_poses(frames))
+    assert np.max(rot_deg) < 1.0 and np.nanmedian(dir_deg) < 4.0
+
+
+def test_frames_that_share_no_view_are_not_bridged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond the step the window shows another scene: no keypoint matches can agree on a pose, and those
+    frames must stay unregistered rather than be placed on chance matches."""
+    import recon.models.classical.model as model_module
+    from recon.models.classical.model import FLAG_UNREGISTERED
+
+    room = rendered_window("room")
+    other = [f for f in SyntheticSource(scene="room", num_frames=200, seed=11)][-6:]
+    frames = [dataclasses.replace(f, index=i, K=room[0].K) for i, f in enumerate(list(room[:6]) + other)]
+    monkeypatch.setattr(model_module, "track_window", _cut_tracks_at(5))
+    pred = ClassicalModel().infer(frames)
+    assert all(pred.info["registered"][:6]) and not any(pred.info["registered"][6:])
+    assert FLAG_UNREGISTERED in pred.flags and pred.info["bridged"] == []

@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 from recon.datasets.resize import plan_resize
 from recon.errors import ReconError
 from recon.geometry import invert_rigid, project_to_rotation, rotation_angle_deg, transform_points
+from recon.models.classical.bridge import BridgeConfig, DescriptorBridge, bridge_candidate
 from recon.models.classical.bundle import BundleConfig, bundle_adjust
 from recon.models.classical.dense import DenseConfig, dense_depth
 from recon.models.classical.pose import (
@@ -55,6 +56,7 @@ class ClassicalConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
     bundle: BundleConfig = field(default_factory=BundleConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
     dense: DenseConfig = field(default_factory=DenseConfig)
 
 
@@ -109,7 +111,7 @@ class ClassicalModel:
         timings["tracking_s"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        sparse = self._poses(tracks, K, k_known, timings)
+        sparse = self._poses(tracks, K, k_known, timings, gray)
         timings["pose_s"] = time.perf_counter() - t1 - timings.get("ba_s", 0.0)
 
         t2 = time.perf_counter()
@@ -151,7 +153,7 @@ class ClassicalModel:
         f = self.config.focal_guess * max(H, W)
         return np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1.0]]), False
 
-    def _poses(self, tracks: Tracks, K: np.ndarray, k_known: bool, timings: dict[str, float]) -> _Sparse:
+    def _poses(self, tracks: Tracks, K: np.ndarray, k_known: bool, timings: dict[str, float], gray: list[np.ndarray]) -> _Sparse:
         cfg = self.config
         S = tracks.uv_px.shape[1]
         vis = tracks.visible
@@ -174,26 +176,46 @@ class ClassicalModel:
         self._triangulate_into(points, idx, tracks, poses, registered, K)
 
         # 2. PnP for the other frames, the best-connected first (most triangulated tracks in view), so a
-        # sharp turn is crossed frame by frame; triangulating as we go.
+        # sharp turn is crossed frame by frame; triangulating as we go. When the tracks reach no remaining
+        # frame, the frame nearest the registered ones is bridged by descriptor matches (bridge.py).
         failed = np.zeros(S, bool)
+        bridge_failed = np.zeros(S, bool)
+        bridge: DescriptorBridge | None = None  # built on first need: most windows never need it
         bundle_cfg = BundleConfig(**{**cfg.bundle.__dict__, "refine_focal": cfg.bundle.refine_focal or not k_known})
         mid_ba_s = 0.0
-        while (todo := ~registered & ~failed).any():
-            seen = (vis & np.isfinite(points[:, :1])).sum(0)
-            s = int(np.argmax(np.where(todo, seen, -1)))
-            has = vis[:, s] & np.isfinite(points[:, 0])
-            res = pnp(points[has], tracks.uv_px[has, s], K, cfg.pose)
-            if res is None:
-                failed[s] = True
-                continue
-            poses[s] = res[0]
+        bridged: list[int] = []
+        while (~registered & ~bridge_failed).any():
+            if (todo := ~registered & ~failed).any():
+                seen = (vis & np.isfinite(points[:, :1])).sum(0)
+                s = int(np.argmax(np.where(todo, seen, -1)))
+                has = vis[:, s] & np.isfinite(points[:, 0])
+                res = pnp(points[has], tracks.uv_px[has, s], K, cfg.pose)
+                if res is None:
+                    failed[s] = True
+                    continue
+                pose, drifted = res[0], res[1] < cfg.refine_below * int(has.sum())
+            else:
+                s = bridge_candidate(registered, bridge_failed)
+                bridge = bridge or DescriptorBridge(gray, cfg.bridge)
+                reg = bridge.register(s, tracks.uv_px, points, poses, registered, K, cfg.pose)
+                if reg is None:
+                    bridge_failed[s] = True
+                    continue
+                tracks.uv_px = np.concatenate([tracks.uv_px, reg.new_tracks_uv])
+                points = np.concatenate([points, np.full((len(reg.new_tracks_uv), 3), np.nan)])
+                vis = tracks.visible
+                # A bridged pose rests on ORB keypoints across the hardest step of the window: refined
+                # before later frames chain on it.
+                pose, drifted = reg.cam_from_world, True
+                bridged.append(s)
+            poses[s] = pose
             registered[s] = True
-            failed[:] = False  # new points may now reach frames that failed before
+            failed[:] = bridge_failed[:] = False  # new points may now reach frames that failed before
             fresh = np.nonzero(np.isnan(points[:, 0]) & ((vis & registered).sum(1) >= 2))[0]
             self._triangulate_into(points, fresh, tracks, poses, registered, K)
             # A PnP that rejects many of its points sees the drift of the frames registered so far (few
             # or short tracks: a wide-baseline orbit); refined now, later frames do not inherit it.
-            if res[1] < cfg.refine_below * int(has.sum()):
+            if drifted:
                 t_mid = time.perf_counter()
                 points, K, _ = self._refine(tracks, poses, registered, K, bundle_cfg, rounds=1, iterations=cfg.refine_iterations)
                 mid_ba_s += time.perf_counter() - t_mid
@@ -215,7 +237,7 @@ class ClassicalModel:
         points *= scale
         poses[:, :3, 3] *= scale
         flags = [] if registered.all() else [FLAG_UNREGISTERED]
-        info = {"init_pair": [a, b], "ba_rms_px": rms_px, "num_points": int(good.sum())}
+        info = {"init_pair": [a, b], "ba_rms_px": rms_px, "num_points": int(good.sum()), "bridged": bridged}
         return _Sparse(poses, points, K, registered, flags, info)
 
     def _refine(self, tracks: Tracks, poses: np.ndarray, registered: np.ndarray, K: np.ndarray, bundle_cfg: BundleConfig,

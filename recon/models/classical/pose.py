@@ -108,15 +108,17 @@ def max_triangulation_angle_deg(points_w: np.ndarray, visible: np.ndarray, cam_f
     return np.degrees(np.arccos(np.clip(cos.min(axis=(1, 2)), -1, 1)))
 
 
-def pnp(points_w: np.ndarray, uv_px: np.ndarray, K: np.ndarray, cfg: PoseConfig) -> tuple[np.ndarray, int] | None:
-    """cam_from_world [4,4] and the inlier count, or None."""
-    if len(points_w) < 6:
+def pnp(points_w: np.ndarray, uv_px: np.ndarray, K: np.ndarray, cfg: PoseConfig, iterations: int = 200,
+        min_inliers: int = 6) -> tuple[np.ndarray, int] | None:
+    """cam_from_world [4,4] and the inlier count, or None. Track correspondences are mostly right and 200
+    RANSAC iterations find them; descriptor matches need more (`iterations`) and more inliers to be believed."""
+    if len(points_w) < max(6, min_inliers):
         return None
     ok, rvec, tvec, inl = cv2.solvePnPRansac(
         points_w.astype(np.float64), uv_px.astype(np.float64), K, None,
-        reprojectionError=2.0 * cfg.ransac_px + 1.0, iterationsCount=200, confidence=0.999, flags=cv2.SOLVEPNP_SQPNP,
+        reprojectionError=2.0 * cfg.ransac_px + 1.0, iterationsCount=iterations, confidence=0.999, flags=cv2.SOLVEPNP_SQPNP,
     )
-    if not ok or inl is None or len(inl) < 6:
+    if not ok or inl is None or len(inl) < max(6, min_inliers):
         return None
     idx = inl.ravel()
     rvec, tvec = cv2.solvePnPRefineLM(points_w[idx].astype(np.float64), uv_px[idx].astype(np.float64), K, None, rvec, tvec)

@@ -87,7 +87,7 @@ class _PairMatches:
     kp_b: np.ndarray  # [K,2] their positions
 
 
-def _ratio_matches(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float) -> list:
+def ratio_matches(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float) -> list:
     """Matches a -> b whose best distance beats the second best by `ratio`, one per keypoint of b."""
     if len(desc_a) == 0 or len(desc_b) < 2:
         return []
@@ -106,7 +106,7 @@ def _pair_matches(orb: cv2.ORB, gray_a: np.ndarray, gray_b: np.ndarray, cfg: Tra
     kb, db = orb.detectAndCompute(gray_b, None)
     if da is None or db is None:
         return None
-    matches = _ratio_matches(da, db, cfg.match_ratio)
+    matches = ratio_matches(da, db, cfg.match_ratio)
     if len(matches) < cfg.min_matches:
         return None
     a = np.float32([ka[m.queryIdx].pt for m in matches])
@@ -121,7 +121,7 @@ def _pair_matches(orb: cv2.ORB, gray_a: np.ndarray, gray_b: np.ndarray, cfg: Tra
     return _PairMatches(a[inl], b[inl], F, H if usable else None, db, kp_b)
 
 
-def _sampson_px(F: np.ndarray, uv_a: np.ndarray, uv_b: np.ndarray) -> np.ndarray:
+def sampson_px(F: np.ndarray, uv_a: np.ndarray, uv_b: np.ndarray) -> np.ndarray:
     """First-order distance [N] in pixels of each correspondence to the epipolar geometry F."""
     ha = np.c_[uv_a, np.ones(len(uv_a))]
     hb = np.c_[uv_b, np.ones(len(uv_b))]
@@ -171,10 +171,10 @@ def _match_tracks(orb: cv2.ORB, gray_a: np.ndarray, uv_a: np.ndarray, pm: _PairM
     if desc is None or len(kps) == 0:
         return uv_b, ok
     ids = np.array([k.class_id for k in kps])
-    for m in _ratio_matches(desc, pm.desc_b, cfg.match_ratio):
+    for m in ratio_matches(desc, pm.desc_b, cfg.match_ratio):
         uv_b[ids[m.queryIdx]] = pm.kp_b[m.trainIdx]
         ok[ids[m.queryIdx]] = True
-    ok[ok] = _sampson_px(pm.F, uv_a[ok], uv_b[ok]) < cfg.epipolar_px
+    ok[ok] = sampson_px(pm.F, uv_a[ok], uv_b[ok]) < cfg.epipolar_px
     return uv_b, ok
 
 
@@ -246,7 +246,7 @@ def _rescue(gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, step: _Step,
         return step
     uv_a = p0.reshape(-1, 2)
     uv_b, ok = step.uv_b.copy(), step.ok.copy()
-    ok[ok] = _sampson_px(pm.F, uv_a[ok], uv_b[ok]) < cfg.epipolar_px  # KLT slips on repeated texture
+    ok[ok] = sampson_px(pm.F, uv_a[ok], uv_b[ok]) < cfg.epipolar_px  # KLT slips on repeated texture
     # KLT from the homography's prediction first (no resampling, full precision), on the warped frame
     # for what it still loses (rolled patches).
     for klt in (_klt_step, _klt_warped):
@@ -254,7 +254,7 @@ def _rescue(gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, step: _Step,
         if pm.H is None or not len(lost):
             break
         uv_k, ok_k = klt(gray_a, gray_b, p0[lost], lk, cfg, pm.H)
-        ok_k[ok_k] = _sampson_px(pm.F, uv_a[lost[ok_k]], uv_k[ok_k]) < cfg.epipolar_px
+        ok_k[ok_k] = sampson_px(pm.F, uv_a[lost[ok_k]], uv_k[ok_k]) < cfg.epipolar_px
         uv_b[lost[ok_k]], ok[lost[ok_k]] = uv_k[ok_k], True
     lost = np.nonzero(~ok)[0]
     uv_c, ok_c = _chain_matches(uv_a[lost], pm, cfg.chain_px)
