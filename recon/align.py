@@ -6,8 +6,9 @@ its pose graph; with `prev` None the window defines its own frame).
    confidence > conf_rel x the smaller of the two windows' median confidences; or LASER's top-p),
    weighted sqrt(c_prev c_cur), on a pixel stride that keeps at most `max_correspondences` candidates.
 2. Joint fit (`fit_join`): rotation from the shared cameras' orientations in both windows; scale from the
-   dense depth ratios of the correspondences and the ratios of the shared cameras' baselines, combined by
-   their uncertainty; translation from the shared camera centres. An overlap that measures no scale
+   dense depth ratios of the correspondences (the models' own depths: the layer scales the previous
+   window's map points carry are undone, the edge relates the windows' frames), the shared keypoints'
+   depth ratios and the ratios of the shared cameras' baselines, combined by their uncertainty; translation from the shared camera centres. An overlap that measures no scale
    (empty, low-parallax, rotation-only) inherits it through the shared frames' median depths, flagged —
    the scale never jumps. The fit's uncertainty becomes the pose-graph edge's noise.
 3. Layer-wise scale (mode "lsa", specs/streaming_alignment.md): segment every depth map of the window
@@ -377,18 +378,26 @@ def _log_location(v: np.ndarray, w: np.ndarray, delta: float, iterations: int = 
 
 def _consistent_sources(sources: dict[str, tuple[float, float]], n_sigma: float) -> list[str]:
     """The largest subset of scale sources (log s, sigma) whose every pair agrees within n_sigma combined
-    sigmas (or 5%); among equally large subsets the one with the smallest combined sigma."""
+    sigmas (or 5%). Among equally large subsets, the one whose members agree best (smallest chi-square
+    about their weighted mean): a loose source that agrees with two tight ones that disagree with each
+    other sides with the one it is closer to. Then the smallest combined sigma."""
     from itertools import combinations
 
     def agree(a: str, b: str) -> bool:
         (m1, s1), (m2, s2) = sources[a], sources[b]
         return abs(m1 - m2) <= max(n_sigma * np.hypot(s1, s2), 0.05)
 
+    def chi2_then_sigma(c: tuple[str, ...]) -> tuple[float, float]:
+        w = np.array([sources[k][1] ** -2 for k in c])
+        m = np.array([sources[k][0] for k in c])
+        mean = float(w @ m / w.sum())
+        return float(w @ (m - mean) ** 2), 1.0 / float(np.sqrt(w.sum()))
+
     names = sorted(sources)
     for size in range(len(names), 0, -1):
         sets = [c for c in combinations(names, size) if all(agree(a, b) for a, b in combinations(c, 2))]
         if sets:
-            return list(min(sets, key=lambda c: 1.0 / np.sqrt(sum(sources[k][1] ** -2 for k in c))))
+            return list(min(sets, key=chi2_then_sigma))
     return []
 
 
@@ -456,7 +465,13 @@ def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Cor
     # Scale: each source gives (log s, sigma).
     sources: dict[str, tuple[float, float]] = {}
     if n >= config.min_correspondences:
-        d_prev = prev.depth[-O:].to(cur.depth.device)[corr.frame, corr.v, corr.u].double().cpu().numpy()
+        d_prev = prev.depth[-O:].to(cur.depth.device)[corr.frame, corr.v, corr.u]
+        if prev.layer_scales is not None and prev.layer_labels is not None:
+            # The edge relates the two windows' frames, where their cameras live: compare the model's own
+            # depths, without the layer scales the previous window's map points carry.
+            labels = prev.layer_labels[-O:].to(d_prev.device)[corr.frame, corr.v, corr.u]
+            d_prev = d_prev / _scale_lookup(prev.layer_scales[-O:], labels, corr.frame)
+        d_prev = d_prev.double().cpu().numpy()
         d_cur = cur.depth[:O][corr.frame, corr.v, corr.u].double().cpu().numpy()
         ok = (d_prev > 0) & (d_cur > 0)
         if ok.sum() >= config.min_correspondences:

@@ -397,6 +397,18 @@ def test_lsa_carries_across_three_windows(scene: Scene) -> None:
         assert all(abs(r - 1) <= 0.02 for r in ratios.values()), ratios
 
 
+def test_the_join_edge_ignores_the_previous_windows_layer_scales(scene: Scene) -> None:
+    # Layer scales correct the map points; the edge between two windows' frames (where their cameras
+    # live) compares the models' own depths, so it is the same with and without LSA.
+    errors = [None, {0: 0.9, 2: 1.2}, {0: 1.1, 1: 0.85, 2: 0.95}]
+    lsa, _, _ = run_chain(scene, L=8, O=3, n_windows=3, config=AlignConfig(mode="lsa"), errors=errors, noise=0.002)
+    rigid, _, _ = run_chain(scene, L=8, O=3, n_windows=3, config=AlignConfig(mode="sim3"), errors=errors, noise=0.002)
+    assert any(not torch.allclose(s, torch.ones_like(s)) for s in lsa[1].layer_scales)  # the tail does carry layer scales
+    for a, b in zip(lsa[1:], rigid[1:], strict=True):
+        assert abs(np.log(a.world_from_window.s / b.world_from_window.s)) < 1e-4
+        assert np.allclose(a.world_from_window.matrix(), b.world_from_window.matrix(), atol=1e-4 * b.world_from_window.s)
+
+
 def test_unlinked_layers_keep_the_window_scale(scene: Scene) -> None:
     errors = [None, {2: 1.2}]
     sim3_out = run_chain(scene, L=8, O=3, n_windows=2, config=AlignConfig(mode="sim3"), errors=errors)[0][1]
@@ -563,3 +575,14 @@ def test_shared_keypoints_outvote_dense_depth_that_disagrees_with_the_cameras(sc
     assert out.world_from_window.s == pytest.approx(0.5, rel=0.02)
     rot, centre = pose_errors(out, scene, Sim3(1.0))
     assert rot < 0.1 and centre < 1e-3
+
+
+def test_a_loose_scale_source_sides_with_the_tight_one_it_agrees_with() -> None:
+    from recon.align import _consistent_sources
+
+    # Two tight sources 37% apart; the loose one agrees with both within 3 sigma but sits on one of them.
+    sources = {"dense": (np.log(0.83), 0.005), "tracks": (np.log(1.15), 0.02), "baseline": (np.log(1.14), 0.146)}
+    assert sorted(_consistent_sources(sources, 3.0)) == ["baseline", "tracks"]
+    # All agreeing: all kept; two tight sources alone that disagree: the tighter one.
+    assert sorted(_consistent_sources({"a": (0.0, 0.01), "b": (0.01, 0.01), "c": (0.0, 0.1)}, 3.0)) == ["a", "b", "c"]
+    assert _consistent_sources({"a": (0.0, 0.005), "b": (0.3, 0.02)}, 3.0) == ["a"]
