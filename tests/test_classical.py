@@ -247,3 +247,27 @@ def test_frames_that_share_no_view_are_not_bridged(monkeypatch: pytest.MonkeyPat
     pred = ClassicalModel().infer(frames)
     assert all(pred.info["registered"][:6]) and not any(pred.info["registered"][6:])
     assert FLAG_UNREGISTERED in pred.flags and pred.info["bridged"] == []
+
+
+def test_bundle_adjustment_keeps_points_across_every_step() -> None:
+    # Under a fast pan the long tracks all sit in the middle of the window; the frames at its ends only
+    # see short tracks. Every step must still keep its share of the BA's points (else the window bends).
+    from recon.models.classical.model import ClassicalConfig
+    from recon.models.classical.tracks import Tracks
+
+    S, rng = 10, np.random.default_rng(0)
+    long = np.full((900, S, 2), np.nan)
+    long[:, 3:8] = rng.uniform(0, 100, (900, 5, 2))  # 900 tracks over the middle five frames
+    short = np.full((S * 40, S, 2), np.nan)
+    for s in range(S):  # 40 two-frame tracks start in each frame
+        short[s * 40 : (s + 1) * 40, s] = rng.uniform(0, 100, (40, 2))
+        short[s * 40 : (s + 1) * 40, min(s + 1, S - 1)] = rng.uniform(0, 100, (40, 2))
+    uv = np.concatenate([long, short])
+    points = np.zeros((len(uv), 3))
+    model = ClassicalModel(ClassicalConfig(ba_max_points=600))
+    keep = model._ba_subset(Tracks(uv), points)
+    assert keep.sum() == 600
+    seen = ~np.isnan(uv[keep, :, 0])
+    per_step = (seen[:, :-1] & seen[:, 1:]).sum(0)
+    assert per_step.min() >= 600 // (2 * (S - 1)), per_step  # the steps at the ends too, not only the middle ones
+    assert keep[:900].sum() >= 300  # the rest of the budget still goes to the long tracks
