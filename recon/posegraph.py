@@ -79,6 +79,10 @@ class PoseGraph:
         params = gtsam.ISAM2Params()
         params.setRelinearizeThreshold(config.relinearize_threshold)
         params.relinearizeSkip = 1  # check every update: a loop correction must propagate without waiting
+        # QR, not Cholesky: along a chain the newest window's rotation and scale uncertainty, times its lever
+        # arm to the world, outgrows its joins' translation sigmas, and Cholesky (which squares the condition
+        # number) declared a plain chain of ~600 windows at the join floors indeterminate (~9k frames).
+        params.setFactorization("QR")
         self._isam = gtsam.ISAM2(params)
         self._new_factors = gtsam.NonlinearFactorGraph()
         self._new_values = gtsam.Values()
