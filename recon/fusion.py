@@ -125,18 +125,23 @@ class VoxelMap:
                 raise ContractError(f"VoxelMap.integrate: camera_centre must be 3 finite numbers, got {camera_centre}")
             self.camera_centre = centre
         fresh, counts = scatter_voxels(p.reshape(-1, 3), c.reshape(-1, 3), w.reshape(-1), self.voxel_m, self.min_conf, window)
+        del p, c, w  # the window's input copies (float32 points etc.) are not needed past the scatter
         merged, n_new = merge_voxels(self._vox, fresh)
-        peak = merged.nbytes + fresh.nbytes
+        peak, touched = merged.nbytes + fresh.nbytes, len(fresh)
+        # The old map and the window's voxels are folded into `merged`: let them go before eviction copies
+        # the survivors, or the map exists three times at once (old, merged, kept) at the cap, every window.
+        self._vox = merged
+        del fresh
         n_evict = max(0, len(merged) - self.max_points)
         if n_evict:
             merged = merged.select(~self._eviction_mask(merged, n_evict))
-        self._vox = merged
+            self._vox = merged
         return FusionStats(
             points_in=counts.points_in,
             points_invalid=counts.points_invalid,
             points_out_of_range=counts.points_out_of_range,
             points_fused=counts.points_fused,
-            voxels_touched=len(fresh),
+            voxels_touched=touched,
             voxels_new=n_new,
             voxels_evicted=n_evict,
             size=len(merged),
@@ -197,8 +202,9 @@ class VoxelMap:
         accumulated confidence), optionally after statistical outlier removal. Atomic: written to a
         temporary file beside `path` and renamed over it, so `path` is always a whole map. Returns the
         number of points written."""
-        xyz, rgb, conf = self.points()
-        return write_map_ply(path, xyz, rgb, conf, outlier_removal, nb_neighbors, std_ratio)
+        v = self._vox  # read-only views where the map is on the CPU: `points()` copies, a file needs none
+        rgb = v.rgb.round().clamp_(0, 255).to(torch.uint8)
+        return write_map_ply(path, v.xyz.cpu().numpy(), rgb.cpu().numpy(), v.weight.cpu().numpy(), outlier_removal, nb_neighbors, std_ratio)
 
 
 def write_map_ply(
@@ -233,7 +239,7 @@ def write_map_ply(
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(header.encode("ascii"))
-            f.write(vertex.tobytes())
+            f.write(vertex.view(np.uint8))  # the buffer itself: tobytes() would copy the whole map once more
             f.flush()
             os.fsync(f.fileno())  # durable before it becomes visible under the real name
 

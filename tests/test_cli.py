@@ -69,3 +69,21 @@ def test_run_rejects_bad_input_in_one_line(args: list[str], message: str, tmp_pa
     assert main([*args, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("recon: error:") and message in err[0]
+
+
+def test_run_hands_free_heap_pages_back_once_per_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Soak (bench/bench_soak.py): with the map and the place database full, RSS still crept up with the
+    stream: freed heap blocks between live ones stay resident. `recon run` trims the heaps every window."""
+    import json
+
+    import recon.run
+
+    recon.run.heap_trimmer()()  # safe to call anywhere (a no-op off glibc)
+    calls: list[int] = []
+    monkeypatch.setattr(recon.run, "heap_trimmer", lambda: lambda: calls.append(1))
+    monkeypatch.setattr(recon.run, "report_metrics", lambda out: None)  # the evaluation is not under test
+    out = tmp_path / "out"
+    assert main(["run", "synthetic:street", "--max-frames", "8", "--window", "4", "--overlap", "1", "--no-loop-closure",
+                 "--depth-every", "0", "--out", str(out)]) == 0
+    windows = json.loads((out / "summary.json").read_text())["windows"]
+    assert windows >= 2 and len(calls) == windows

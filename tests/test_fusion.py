@@ -184,6 +184,35 @@ def test_cap_holds_and_memory_is_flat_over_many_windows() -> None:
     assert np.median(xyz[:, 0]) > 0.5 * 59 - 10  # what survives is near the current camera
 
 
+def test_at_the_cap_a_window_holds_the_map_twice_not_three_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transient of `integrate` at the cap sets the run's peak RSS every window: the previous map must be
+    released once merged, before eviction copies the survivors (old + merged + kept would be 3x the map).
+    And the map's tensors own exactly their bytes (no view pinning a larger, earlier buffer)."""
+    import weakref
+
+    rng = np.random.default_rng(8)
+    cap = 2000
+    m = VoxelMap(voxel_m=0.1, max_points=cap)
+    alive_at_eviction: list[bool] = []
+    evict = m._eviction_mask
+
+    for i in range(12):
+        previous = weakref.ref(m._vox.xyz)
+
+        def spy(vox, n, previous=previous):  # type: ignore[no-untyped-def]
+            alive_at_eviction.append(previous() is not None)
+            return evict(vox, n)
+
+        monkeypatch.setattr(m, "_eviction_mask", spy)
+        p, c, w = random_window(rng, 3000)
+        m.integrate(p + np.float32(0.5 * i), c, w, camera_centre=[0.5 * i, 0.0, 0.0])
+        v = m._vox
+        owned = sum(getattr(v, f).untyped_storage().nbytes() for f in ("keys", "xyz", "rgb", "weight", "count", "window"))
+        assert owned == m.bytes <= cap * BYTES_PER_VOXEL
+        del v
+    assert len(alive_at_eviction) >= 8 and not any(alive_at_eviction)
+
+
 def test_eviction_lowest_confidence_first() -> None:
     m = VoxelMap(voxel_m=1.0, max_points=3, distance_scale_m=math.inf)
     p = np.array([[0.5, 0.5, 0.5], [1.5, 0.5, 0.5], [2.5, 0.5, 0.5], [3.5, 0.5, 0.5], [4.5, 0.5, 0.5]], np.float32)
