@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,7 +128,7 @@ class Reconstruction:
         self._last: AlignedWindow | None = None
         self._estimates: dict[int, Sim3] = {}
         self.loops: list[dict[str, Any]] = []
-        self.rejected_loops: list[dict[str, Any]] = []
+        self.rejected_loops: deque[dict[str, Any]] = deque(maxlen=200)  # the latest: an endless stream keeps no full log
         self._loop_pairs: set[tuple[int, int]] = set()
         self._keyframes = 0
         self.timings_s = {"join": 0.0, "graph": 0.0, "places": 0.0, "map": 0.0}

@@ -412,7 +412,7 @@ def _place_stats(core: Reconstruction) -> dict[str, Any] | None:
         return None
     st = core.places.stats
     return {"keyframes": len(core.places), "queries": st.queries, "candidates": st.candidates, "verified": st.verified,
-            "rejected": dict(st.rejected), "gate_rejected": core.rejected_loops[-ALIGNMENT_LOG_WINDOWS:]}
+            "rejected": dict(st.rejected), "gate_rejected": list(core.rejected_loops)[-ALIGNMENT_LOG_WINDOWS:]}
 
 
 def _is_out_of_memory(e: BaseException) -> bool:
