@@ -8,7 +8,8 @@ its pose graph; with `prev` None the window defines its own frame).
 2. Joint fit (`fit_join`): rotation from the shared cameras' orientations in both windows; scale from the
    dense depth ratios of the correspondences (the models' own depths: the layer scales the previous
    window's map points carry are undone, the edge relates the windows' frames), the shared keypoints'
-   depth ratios and the ratios of the shared cameras' baselines, combined by their uncertainty; translation from the shared camera centres. An overlap that measures no scale
+   depth ratios and the ratios of the shared cameras' baselines, combined by their uncertainty;
+   translation from the shared camera centres. An overlap that measures no scale
    (empty, low-parallax, rotation-only) inherits it through the shared frames' median depths, flagged —
    the scale never jumps. The fit's uncertainty becomes the pose-graph edge's noise.
 3. Layer-wise scale (mode "lsa", specs/streaming_alignment.md): segment every depth map of the window
@@ -69,7 +70,7 @@ class AlignConfig:
     join_pose_noise_rel: float = 0.01  # camera-centre noise / scene depth: the baseline scale's sigma
     join_min_baseline_rel: float = 0.02  # baselines shorter than this x scene depth say nothing of scale
     join_dense_max_samples: float = 25.0  # effective independent samples per frame (pixel errors are correlated)
-    join_scale_conflict: float = 3.0  # a scale source further than this many sigmas from the tightest is dropped
+    join_scale_conflict: float = 3.0  # two scale sources agree within this many combined sigmas (or 5%)
     inherited_log_scale_sigma: float = 0.1  # a scale inherited through the shared frames' median depth
     join_keypoint_px: float = 1.0  # two windows' keypoints this close in a shared frame are the same corner
     min_join_keypoints: int = 20
@@ -171,7 +172,8 @@ def fit_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int, 
     if prev is not None:
         _check_overlap(prev, cur, overlap)
     labels = _segment(cur, config) if config.mode == "lsa" else None
-    layer_scales = [torch.ones(n) for n in _num_layers(labels).tolist()] if labels is not None else None
+    num_layers = _num_layers(labels) if labels is not None else None  # [S]
+    layer_scales = [torch.ones(n) for n in num_layers.tolist()] if num_layers is not None else None
     if prev is None:
         diag = {"path": "first", "warnings": [], "scale": 1.0, "time_ms": 1e3 * (time.perf_counter() - t0)}
         return WindowFit(Sim3.identity(), None, labels, layer_scales, diag)
@@ -191,11 +193,11 @@ def fit_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int, 
 
     scale_map = None
     n = int(corr.weights.shape[0])
-    if config.mode == "lsa" and labels is not None and join.path == "joint" and n >= config.min_correspondences:
+    if config.mode == "lsa" and labels is not None and num_layers is not None and join.path == "joint" and n >= config.min_correspondences:
         scene_depth = float(prev.depth[-overlap:].to(dev)[corr.frame, corr.v, corr.u].median())
         delta = config.huber_delta_rel * max(scene_depth, 1e-12)
         try:
-            sim, scale_map, layer_scales, lsa_diag = _layer_scale_alignment(prev, cur, overlap, corr, sim, labels, delta, config, warnings)
+            sim, scale_map, layer_scales, lsa_diag = _layer_scale_alignment(prev, cur, overlap, corr, sim, labels, num_layers, delta, config, warnings)
             diag["path"] = "lsa"
             diag["lsa"] = lsa_diag
             if not config.lsa_depth:
@@ -278,6 +280,13 @@ def _check_overlap(prev: AlignedWindow, cur: WindowPrediction, overlap: int) -> 
             f"align_window: windows have different resolutions {tuple(prev.depth.shape[1:])} vs {tuple(cur.depth.shape[1:])}; "
             "overlap frames must be predicted at the same size"
         )
+
+
+def median_depth(depth: torch.Tensor) -> float:
+    """Median positive depth of [S,H,W] (1 when there is none), on every 16th pixel: plenty for a scale."""
+    d = depth[:, ::4, ::4]
+    d = d[d > 0]
+    return float(d.median()) if d.numel() else 1.0
 
 
 def _num_layers(labels: torch.Tensor) -> torch.Tensor:
@@ -431,7 +440,7 @@ def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Cor
     - scale: the depth ratios of the keypoints both windows placed at the same corners of a shared frame
       (consistent with the windows' own poses), dense depth ratios of the same pixels (confident in
       both), and the ratios of the camera baselines between shared frames, combined by their
-      uncertainty (the tightest leads; a source that disagrees is dropped); when none measures it (an
+      uncertainty (the largest set that agrees decides; a source outside it is dropped); when none measures it (an
       empty, low-parallax or rotation-only overlap) the scale is inherited from the median depths of
       the shared frames and flagged, so it never jumps;
     - translation: the shared camera centres under that rotation and scale."""
@@ -440,8 +449,7 @@ def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Cor
     prev_from_cam = invert_rigid(prev.cam_from_world[-O:].double().cpu().numpy())
     cur_from_cam = invert_rigid(cur.cam_from_world[:O].double().cpu().numpy())
     d_prev_all = prev.depth[-O:].to(cur.depth.device)
-    positive = d_prev_all[:, ::4, ::4][d_prev_all[:, ::4, ::4] > 0]  # every 16th pixel: plenty for a median
-    scene_depth = float(positive.median()) if positive.numel() else 1.0
+    scene_depth = median_depth(d_prev_all)
     info: dict[str, Any] = {"shared_cameras": int(reg.sum())}
     n = int(corr.weights.shape[0])
 
@@ -506,8 +514,8 @@ def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Cor
 
     path, warning = "joint", None
     if sources:
-        # The largest set of sources that agree with each other decides (ties: the tighter set); a source
-        # outside it is dropped and reported. One source alone can be wrong in either direction: a window's
+        # The largest set of sources that agree with each other decides (ties: the best-agreeing set); a
+        # source outside it is dropped and reported. One source alone can be wrong in either direction: a window's
         # dense depth off in its edge frames, or its keypoints badly triangulated there.
         kept = _consistent_sources(sources, config.join_scale_conflict)
         for k in sorted(set(sources) - set(kept)):
@@ -584,16 +592,16 @@ def _layer_scale_alignment(
     corr: Correspondences,
     sim: Sim3,
     labels: torch.Tensor,
+    num_layers: torch.Tensor,
     delta: float,
     config: AlignConfig,
     warnings: list[str],
 ) -> tuple[Sim3, torch.Tensor, list[torch.Tensor], dict[str, Any]]:
     """LSA on top of `sim`. Returns the (possibly re-fitted) Sim(3), the per-pixel scale [S,H,W], the
-    per-frame layer scales and diagnostics."""
+    per-frame layer scales and diagnostics. num_layers [S]: layers per frame of `labels`."""
     dev = cur.depth.device
     O = overlap
     t0 = time.perf_counter()
-    num_layers = _num_layers(labels)
     prev_labels = prev.layer_labels[-O:].to(dev) if prev.layer_labels is not None else None
     if prev_labels is None:  # previous window aligned without LSA: segment its overlap frames now
         prev_labels = torch.from_numpy(segment_depth_layers_batch(prev.depth[-O:], prev.conf[-O:], config.layers)).to(dev)
@@ -643,16 +651,14 @@ def _layer_scale_alignment(
     if clamped:
         warnings.append(f"{clamped} layer scales clamped to [1/{config.max_layer_scale}, {config.max_layer_scale}]")
 
-    # Per pixel: its frame's table [1 (no layer), layer scales...] at label + 1 — one gather for the window.
-    lookup = torch.cat([t for j in range(len(cur)) for t in (torch.ones(1), frame_scales[j].cpu())]).to(dev)
-    first = torch.cat([torch.zeros(1, dtype=torch.int64), (num_layers.cpu() + 1).cumsum(0)[:-1]]).to(dev, torch.int32)
-    index = labels + (first[:, None, None] + 1)
-    scale_map = torch.index_select(lookup, 0, index.flatten()).view(labels.shape)
+    # One gather for the whole window (the tables share their layout: one index serves both).
+    scales, start = _layer_table(frame_scales, 1.0, dev)
+    index = labels + (start[:, None, None] + 1)
+    scale_map = torch.index_select(scales, 0, index.flatten()).view(labels.shape)
     # A diagnostic, on every 16th pixel: the share of labelled pixels whose layer got a scale.
-    reached_lookup = torch.cat([t for r in reached for t in (torch.zeros(1), r.float())]).to(dev)
-    sub = index[:, ::4, ::4].flatten()
+    reached_flags, _ = _layer_table(reached, 0.0, dev)
     labelled_px = int((labels[:, ::4, ::4] >= 0).sum())
-    reached_px = int(torch.index_select(reached_lookup, 0, sub).sum())
+    reached_px = int(torch.index_select(reached_flags, 0, index[:, ::4, ::4].flatten()).sum())
     diag = {
         "layers_per_frame": [int(s.numel()) for s in frame_scales],
         "cross_links": [
@@ -708,13 +714,20 @@ def _clamp_scales(scales: list[torch.Tensor], max_scale: float) -> tuple[list[to
     return [s.clamp(1.0 / max_scale, max_scale) for s in scales], clamped
 
 
+def _layer_table(per_frame: list[torch.Tensor], none: float, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-layer values of every frame in one flat table, each frame's run led by the value of its
+    unlabelled pixels: (table, start [S] int32); a pixel of frame j with label l (-1: none) reads
+    table[start[j] + 1 + l]."""
+    table = torch.cat([t for v in per_frame for t in (torch.full((1,), none), v.float().cpu())]).to(dev)
+    sizes = torch.tensor([len(v) + 1 for v in per_frame], dtype=torch.int64)
+    start = torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)[:-1]]).to(dev, torch.int32)
+    return table, start
+
+
 def _scale_lookup(frame_scales: list[torch.Tensor], layer: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
     """Scale of each sample [N] given its layer (-1: 1) and frame."""
-    sizes = [int(s.numel()) for s in frame_scales]
-    flat = torch.cat([torch.cat(frame_scales) if sum(sizes) else torch.zeros(0), torch.ones(1)]).to(layer.device)
-    offsets = torch.tensor([0] + sizes[:-1], dtype=torch.int64).cumsum(0).to(layer.device)
-    idx = torch.where(layer >= 0, offsets[frame] + layer.long().clamp_min(0), flat.shape[0] - 1)
-    return flat[idx]
+    table, start = _layer_table(frame_scales, 1.0, layer.device)
+    return table[(start[frame] + 1 + layer).long()]
 
 
 def _overlap_pose_error(prev: AlignedWindow, cur: WindowPrediction, sim: Sim3, overlap: int) -> dict[str, float]:
@@ -724,8 +737,7 @@ def _overlap_pose_error(prev: AlignedWindow, cur: WindowPrediction, sim: Sim3, o
     b = invert_rigid(sim.apply_to_cam_from_world(cur.cam_from_world[:overlap].double().cpu().numpy()))
     rot = rotation_distance_deg(a[:, :3, :3], b[:, :3, :3])
     dist = np.linalg.norm(a[:, :3, 3] - b[:, :3, 3], axis=1)
-    d = prev.depth[-overlap:, ::4, ::4]
-    ref = float(d[d > 0].median()) if bool((d > 0).any()) else 1.0
+    ref = median_depth(prev.depth[-overlap:])
     return {"rotation_deg": float(rot.max()), "centre_rel": float(dist.max() / max(ref, 1e-12))}
 
 

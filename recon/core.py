@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from recon.align import AlignConfig, AlignedWindow, WindowFit, anchored_fit, fit_window, place_window, registered_frames
+from recon.align import AlignConfig, AlignedWindow, WindowFit, anchored_fit, fit_window, median_depth, place_window, registered_frames
 from recon.fusion import VoxelMap
 from recon.geometry import invert_rigid
 from recon.posegraph import EdgeNoise, PoseGraph, PoseGraphConfig
@@ -215,7 +215,7 @@ class Reconstruction:
         assert prev is not None
         fit = fit_window(prev, pred, O, self.config.align)
         sigma = fit.diagnostics.get("noise", {"rot_rad": 0.01, "trans": 0.1, "log_scale": 0.1})
-        floor, depth = self.config.join_noise_floor, _median_depth(prev.depth)
+        floor, depth = self.config.join_noise_floor, median_depth(prev.depth)
         noise = EdgeNoise(rot_rad=max(sigma["rot_rad"], floor.rot_rad), trans=max(sigma["trans"], floor.trans * depth),
                           log_scale=max(sigma["log_scale"], floor.log_scale))
         return O, fit, noise
@@ -296,7 +296,7 @@ class Reconstruction:
             t = time.perf_counter()
             # The loop's uncertainty: its 3D residual (relative to depth) spread over its inliers.
             sigma = max(m.rmse_rel / np.sqrt(m.inliers), 0.002)
-            noise = EdgeNoise(rot_rad=max(sigma, np.radians(0.1)), trans=sigma * _median_depth(_local_depth(pred, fit)) * m.match_window_from_query_window.s,
+            noise = EdgeNoise(rot_rad=max(sigma, np.radians(0.1)), trans=sigma * median_depth(_local_depth(pred, fit)) * m.match_window_from_query_window.s,
                               log_scale=max(sigma, 0.005))
             self.graph.add_edge(*pair, m.match_window_from_query_window, noise, loop=True)
             self.graph.optimize()
@@ -343,13 +343,6 @@ class Reconstruction:
             conf = torch.where(conf >= torch.quantile(conf.flatten().float(), cfg.conf_quantile), conf, torch.zeros_like(conf))
         self.map.integrate(world.points_world[new, ::s, ::s], colors[new, ::s, ::s], conf, camera_centre=world_from_cam[-1, :3, 3], window=k)
         self.timings_s["map"] += time.perf_counter() - t
-
-
-def _median_depth(depth: torch.Tensor) -> float:
-    """Median positive depth of [S,H,W], on every 16th pixel: plenty for a scale."""
-    d = depth[:, ::4, ::4]
-    d = d[d > 0]
-    return float(d.median()) if d.numel() else 1.0
 
 
 def _local_depth(pred: WindowPrediction, fit: WindowFit, frames: int | slice = slice(None)) -> torch.Tensor:

@@ -123,14 +123,20 @@ def rotation_from_quat_xyzw(q: np.ndarray) -> np.ndarray:
     )
 
 
+def skew(v: np.ndarray) -> np.ndarray:
+    """[...,3] -> [...,3,3] cross-product matrices: skew(a) @ b == a x b."""
+    v = np.asarray(v, dtype=np.float64)
+    out = np.zeros(v.shape[:-1] + (3, 3))
+    out[..., 0, 1], out[..., 0, 2] = -v[..., 2], v[..., 1]
+    out[..., 1, 0], out[..., 1, 2] = v[..., 2], -v[..., 0]
+    out[..., 2, 0], out[..., 2, 1] = -v[..., 1], v[..., 0]
+    return out
+
+
 def rotation_from_axis_angle(axis_angle: np.ndarray) -> np.ndarray:
     """Rodrigues: [...,3] rotation vectors (radians) -> [...,3,3]."""
     v = np.asarray(axis_angle, dtype=np.float64)
     theta = np.linalg.norm(v, axis=-1, keepdims=True)
-    k = v / np.maximum(theta, 1e-300)
-    K = np.zeros(v.shape[:-1] + (3, 3))
-    K[..., 0, 1], K[..., 0, 2] = -k[..., 2], k[..., 1]
-    K[..., 1, 0], K[..., 1, 2] = k[..., 2], -k[..., 0]
-    K[..., 2, 0], K[..., 2, 1] = -k[..., 1], k[..., 0]
+    K = skew(v / np.maximum(theta, 1e-300))
     th = theta[..., None]
     return np.eye(3) + np.sin(th) * K + (1 - np.cos(th)) * (K @ K)

@@ -22,6 +22,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from recon.geometry import skew
 from recon.models.classical.pose import PoseConfig, max_triangulation_angle_deg, pnp, reprojection_error_px, triangulate
 from recon.models.classical.tracks import ratio_matches, sampson_px
 
@@ -57,10 +58,8 @@ def bridge_candidate(registered: np.ndarray, tried: np.ndarray) -> int:
 def _fundamental(cam_from_world: np.ndarray, i: int, j: int, K: np.ndarray) -> np.ndarray:
     """F with x_j^T F x_i = 0 from two known poses."""
     j_from_i = cam_from_world[j] @ np.linalg.inv(cam_from_world[i])
-    t = j_from_i[:3, 3]
-    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
     K_inv = np.linalg.inv(K)
-    return K_inv.T @ tx @ j_from_i[:3, :3] @ K_inv
+    return K_inv.T @ skew(j_from_i[:3, 3]) @ j_from_i[:3, :3] @ K_inv
 
 
 class DescriptorBridge:

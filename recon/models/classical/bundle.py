@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recon.geometry import rotation_from_axis_angle
+from recon.geometry import rotation_from_axis_angle, skew
 
 
 @dataclass(frozen=True)
@@ -28,14 +28,6 @@ class BundleResult:
     K: np.ndarray
     rms_px: float
     iterations: int
-
-
-def _skew(v: np.ndarray) -> np.ndarray:
-    out = np.zeros(v.shape[:-1] + (3, 3))
-    out[..., 0, 1], out[..., 0, 2] = -v[..., 2], v[..., 1]
-    out[..., 1, 0], out[..., 1, 2] = v[..., 2], -v[..., 0]
-    out[..., 2, 0], out[..., 2, 1] = -v[..., 1], v[..., 0]
-    return out
 
 
 def _project(poses: np.ndarray, X: np.ndarray, K: np.ndarray, f_scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +73,7 @@ def bundle_adjust(
         Jproj[..., 1, 2] = -fy * Xc[..., 1] / z**2
         # Small-matrix products as broadcast sums: numpy's batched matmul on 2x3 @ 3x3 is slow.
         J_pt = (Jproj[..., :, :, None] * poses[None, :, None, :3, :3]).sum(-2)  # [T,S,2,3]
-        J_rot = (Jproj[..., :, :, None] * -_skew(Xc)[..., None, :, :]).sum(-2)
+        J_rot = (Jproj[..., :, :, None] * -skew(Xc)[..., None, :, :]).sum(-2)
         J_cam = np.concatenate([J_rot, Jproj], axis=-1)  # [T,S,2,6] (rotation, translation)
         J_f = np.stack([fx * Xc[..., 0] / z, fy * Xc[..., 1] / z], -1)  # [T,S,2]
         sw = np.sqrt(w)[..., None]

@@ -322,10 +322,11 @@ class ClassicalModel:
         idx = np.nonzero(np.isfinite(points[:, 0]))[0]
         vis = tracks.visible[idx]
         order = np.argsort(-vis.sum(1), kind="stable")  # longest first
+        vis_o = vis[order]
         chosen = np.zeros(len(idx), bool)
         per_step = self.config.ba_max_points // (2 * max(vis.shape[1] - 1, 1))
         for s in range(vis.shape[1] - 1):
-            chosen[order[vis[order, s] & vis[order, s + 1]][:per_step]] = True
+            chosen[order[vis_o[:, s] & vis_o[:, s + 1]][:per_step]] = True
         rest = self.config.ba_max_points - int(chosen.sum())
         if rest > 0:
             chosen[order[~chosen[order]][:rest]] = True
