@@ -32,7 +32,7 @@ from recon.geometry import invert_rigid
 from recon.models.base import GeometryModel, StreamingModel
 from recon.outputs import TrajectoryWriter, atomic_write_json, prepare_out_dir
 from recon.registration import OverlappingWindows, Registration
-from recon.schedule import KeyframeConfig, KeyframeSelector, WindowScheduler
+from recon.schedule import DEFAULT_OVERLAP, DEFAULT_WINDOW, KeyframeConfig, KeyframeSelector, WindowScheduler
 from recon.types import Frame, WindowPrediction
 from recon.viz.viewer import NullViewer, Viewer, WindowView
 
@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    window: int = 20
-    overlap: int = 5
+    window: int = DEFAULT_WINDOW
+    overlap: int = DEFAULT_OVERLAP
     align: str = "lsa"
     voxel: float | None = None  # run units; None: 1% of the first window's median depth
     max_map_points: int = 1_000_000

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from recon.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
 from recon.errors import ReconError
+from recon.schedule import DEFAULT_OVERLAP, DEFAULT_WINDOW
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -32,10 +33,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="streamvggt: KV-cache policy (default keydiff; none = unbounded)")
     m.add_argument("--cache-budget", type=int, default=None, metavar="TOKENS",
                    help="streamvggt: tokens kept per global-attention layer (required unless --cache none)")
-    p.add_argument("--window", type=int, default=20,
-                   help="frames per window (default 20); streamvggt: frames per step, block-causal inside the step")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                   help=f"frames per window (default {DEFAULT_WINDOW}); streamvggt: frames per step, block-causal inside the step")
     p.add_argument("--overlap", type=int, default=None,
-                   help="frames shared by consecutive windows (default 5; streamvggt: none, its KV cache carries the context)")
+                   help=f"frames shared by consecutive windows (default {DEFAULT_OVERLAP}; streamvggt: none, its KV cache carries the context)")
     p.add_argument("--align", choices=["sim3", "lsa"], default="lsa", help="window alignment: one Sim(3), or Sim(3) + layer-wise scale (default)")
     p.add_argument("--no-loop-closure", action="store_true",
                    help="no place recognition / loop edges (the pose graph then only chains the windows' joins)")
@@ -55,8 +56,6 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     v.add_argument("--bind", default="127.0.0.1", help="address the --viewer serve servers listen on (default 127.0.0.1: this machine only)")
     v.add_argument("--port", type=int, default=None, help="port of the web viewer with --viewer serve (default: Rerun's)")
 
-
-DEFAULT_OVERLAP = 5
 
 
 def _overlap(args: argparse.Namespace) -> int:
