@@ -465,8 +465,10 @@ def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Cor
         R, sigma_rot = fit_sim.R, np.radians(1.0)
         info["rotation_from"] = "dense points"
     else:
+        # A break in the stream (no view the two windows share: a jump the model could not cross): the
+        # overlap poses are a guess, and a loose one, so that a relocalisation (a loop edge) overrides it.
         sim, fb = pose_fallback_sim3(prev, cur, overlap, config)
-        noise = {"rot_rad": np.radians(5.0), "trans": 0.2 * scene_depth, "log_scale": 0.3}
+        noise = {"rot_rad": np.radians(30.0), "trans": 2.0 * scene_depth, "log_scale": 1.0}
         return JoinFit(sim, noise, "pose_fallback", {**info, "fallback": fb},
                        "no shared camera placed by both windows and too few confident pixels; using the overlap camera poses")
 

@@ -7,7 +7,8 @@ feeds it predictions and writes what it hands back.
          -> world poses from the graph; map points fused under the window's id (a correction moves them)
 
 Frames shared by two windows get one pose, fused from both windows once the later one is registered, so
-the last `overlap` frames of a window wait for the next window (or `finish`). Memory: the graph holds one
+the last `overlap` frames of a window (more after a break: carried_frames) wait for the next window (or
+`finish`). Memory: the graph holds one
 node per window (~0.1 KB), every trajectory frame keeps its window-frame pose(s) so a loop correction can
 rewrite the trajectory (~0.3 KB a frame), the place database is capped (PlaceConfig.max_keyframes) and
 the map is capped (max_map_points)."""
@@ -121,6 +122,7 @@ class Reconstruction:
 
             self.places = PlaceDatabase(config.places or PlaceConfig())
         self._prev_tail: AlignedWindow | None = None  # the last window's shared frames, in its own frame
+        self._carry = 0  # frames the last window shares with the next (carried_frames)
         self._windows = 0
         self._reanchor = False
         self._frames: list[_Frame] = []  # final frames, in stream order
@@ -130,6 +132,10 @@ class Reconstruction:
         self.loops: list[dict[str, Any]] = []
         self.rejected_loops: deque[dict[str, Any]] = deque(maxlen=200)  # the latest: an endless stream keeps no full log
         self._loop_pairs: set[tuple[int, int]] = set()
+        # Breaks: windows whose join found no shared view (the edge to k - 1 is a guess). Until a loop edge
+        # ties the windows from `_detached_from` on to the ones before it, their keyframes relocalise.
+        self._breaks: set[int] = set()
+        self._detached_from: int | None = None
         self._keyframes = 0
         self.timings_s = {"join": 0.0, "graph": 0.0, "places": 0.0, "map": 0.0}
 
@@ -143,9 +149,13 @@ class Reconstruction:
         t = time.perf_counter()
         shared, fit, noise = self._join(pred)
         edge = fit.sim  # prev_from_cur
+        if fit.diagnostics.get("path") == "pose_fallback":
+            self._breaks.add(k)
+            self._detached_from = k
         # The window's shared tail in its own frame (layer scales applied): what the next window joins to.
-        O = self.overlap
-        self._prev_tail = place_window(pred, fit, Sim3.identity(), slice(len(pred) - O, len(pred))) if O else None
+        self._carry = carried_frames(pred, self.overlap)
+        S = len(pred)
+        self._prev_tail = place_window(pred, fit, Sim3.identity(), slice(S - self._carry, S)) if self._carry else None
         self.timings_s["join"] += time.perf_counter() - t
 
         t = time.perf_counter()
@@ -200,9 +210,9 @@ class Reconstruction:
     def _join(self, pred: WindowPrediction) -> tuple[int, WindowFit, EdgeNoise]:
         """-> (frames shared with the previous window, the fit whose Sim(3) is the edge prev_from_cur, the
         edge's noise)."""
-        prev, O = self._prev_tail, self.overlap
+        prev, O = self._prev_tail, self._carry
         if self._windows == 0:
-            return 0, anchored_fit() if O == 0 else fit_window(None, pred, 0, self.config.align), _ANCHORED_NOISE
+            return 0, anchored_fit() if self.overlap == 0 else fit_window(None, pred, 0, self.config.align), _ANCHORED_NOISE
         if O == 0:
             if not self._reanchor:
                 return 0, anchored_fit(), _ANCHORED_NOISE
@@ -232,7 +242,7 @@ class Reconstruction:
             placed = np.nonzero(reg)[0]
             for j in np.nonzero(~reg)[0]:
                 window_from_cam[j] = window_from_cam[placed[np.argmin(np.abs(placed - j))]]
-        S, tail = len(world), min(self.overlap, len(world))
+        S, tail = len(world), self._carry
         for j in range(shared):
             # Across the shared span the weight passes linearly from the earlier window to this one, so a
             # disagreement between the two is spread over the span's steps instead of one jump.
@@ -283,7 +293,7 @@ class Reconstruction:
                 conf=pred.points_conf[j].float().cpu().numpy(), window_from_cam=window_from_cam[j],
             )
             self._keyframes += 1
-            matches += self.places.add_and_query(kf)  # type: ignore[union-attr]
+            matches += self.places.add_and_query(kf, before_window=self._detached_from)  # type: ignore[union-attr]
         self.timings_s["places"] += time.perf_counter() - t
         for m in sorted(matches, key=lambda m: -m.inliers):
             pair = (m.match_window, m.query_window)
@@ -302,6 +312,8 @@ class Reconstruction:
             self.graph.optimize()
             self.timings_s["graph"] += time.perf_counter() - t
             self._loop_pairs.add(pair)
+            if self._detached_from is not None and pair[0] < self._detached_from <= pair[1]:
+                self._detached_from = None  # relocalised: the windows since the break hang on the map again
             info = {"window": m.query_window, "match_window": m.match_window, "inliers": m.inliers, "rmse_rel": m.rmse_rel, "score": m.score}
             self.loops.append(info)
             log.info("loop closed: window %d -> window %d (%d inliers)", m.query_window, m.match_window, m.inliers)
@@ -311,6 +323,8 @@ class Reconstruction:
     def _gate(self, a: int, b: int, a_from_b: Sim3) -> str | None:
         """Why the loop edge a_from_b disagrees with the graph's a^-1 b beyond the drift the chain between
         them can have (None: it agrees)."""
+        if any(a < w <= b for w in self._breaks):
+            return None  # the chain crosses a break: it says nothing about where b lies from a
         gate = self.config.loop_gate
         W = {w: self.graph.estimate(w) for w in range(a, b + 1)}
         predicted = W[a].inverse() @ W[b]
@@ -343,6 +357,17 @@ class Reconstruction:
             conf = torch.where(conf >= torch.quantile(conf.flatten().float(), cfg.conf_quantile), conf, torch.zeros_like(conf))
         self.map.integrate(world.points_world[new, ::s, ::s], colors[new, ::s, ::s], conf, camera_centre=world_from_cam[-1, :3, 3], window=k)
         self.timings_s["map"] += time.perf_counter() - t
+
+
+def carried_frames(pred: WindowPrediction, overlap: int) -> int:
+    """Frames of `pred` the next window starts with: the overlap, or all frames after the last one the
+    model placed when there are more (the stream broke inside the window: nothing matched across the
+    jump), so the next window places them instead of leaving them behind as unregistered."""
+    if overlap == 0:
+        return 0
+    placed = np.nonzero(registered_frames(pred))[0]
+    unplaced_tail = len(pred) - 1 - int(placed[-1]) if len(placed) else 0
+    return min(max(overlap, unplaced_tail), len(pred) - 1)
 
 
 def _local_depth(pred: WindowPrediction, fit: WindowFit, frames: int | slice = slice(None)) -> torch.Tensor:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from recon.align import AlignConfig, AlignedWindow
-from recon.core import CoreConfig, CoreUpdate, FramePose, MapConfig, Reconstruction
+from recon.core import CoreConfig, CoreUpdate, FramePose, MapConfig, Reconstruction, carried_frames
 from recon.datasets.base import FrameSource, source_notes
 from recon.depth_samples import DepthSample, write_depth_sample
 from recon.errors import NonFiniteError, ReconError
@@ -195,8 +195,11 @@ class Pipeline:
                     self.state.frames_skipped += 1
                 else:
                     self.state.frames_used += 1
-                    if (window := scheduler.push(frame)) is not None and not self._infer_and_queue(window):
-                        scheduler.reject()
+                    if (window := scheduler.push(frame)) is not None:
+                        if (pred := self._infer_and_queue(window)) is None:
+                            scheduler.reject()
+                        elif (n := carried_frames(pred, self.overlap)) > self.overlap:
+                            scheduler.carry(n)  # the stream broke inside the window: the next one starts after the break
                 t_read = time.perf_counter()
             if (window := scheduler.finish()) is not None and not self._stop.is_set():
                 self._infer_and_queue(window)
@@ -205,21 +208,21 @@ class Pipeline:
         finally:
             self._put(_DONE)
 
-    def _infer_and_queue(self, frames: list[Frame]) -> bool:
-        """Run the model on `frames` and queue the result; False when the prediction was unusable (skipped)."""
+    def _infer_and_queue(self, frames: list[Frame]) -> WindowPrediction | None:
+        """Run the model on `frames` and queue the result; None when the prediction was unusable (skipped)."""
         t = time.perf_counter()
         try:
             pred = self._infer(frames)
         except NonFiniteError as e:
             self._skip(frames, str(e))
-            return False
+            return None
         infer_s = time.perf_counter() - t
         self.state.timings_s["infer"] += infer_s
         H, W = pred.hw
         colors = np.stack([f.image_rgb if f.hw == (H, W) else cv2.resize(f.image_rgb, (W, H), interpolation=cv2.INTER_AREA) for f in frames])
         meta = [(f.index, f.timestamp_s, f.gt_cam_from_world) for f in frames]
         self._put(_Window(meta, colors, pred, infer_s))
-        return True
+        return pred
 
     def _infer(self, frames: list[Frame]) -> WindowPrediction:
         try:

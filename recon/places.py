@@ -614,17 +614,21 @@ class PlaceDatabase:
         """Stored keyframe ids in insertion order."""
         return [self._slots[s].keyframe_id for s in self._order]  # type: ignore[union-attr]
 
-    def add_and_query(self, kf: Keyframe) -> list[LoopMatch]:
+    def add_and_query(self, kf: Keyframe, before_window: int | None = None) -> list[LoopMatch]:
         """Query the database with `kf` (recent keyframes excluded), then add it. Returns the verified loops,
-        best (most inliers) first: usually none or one."""
+        best (most inliers) first: usually none or one. `before_window`: relocalise instead, against every
+        keyframe of the windows before it, recent ones included (the stream broke there: no join ties the
+        query to them)."""
         cfg, clock = self.config, time.perf_counter()
         self.stats.queries += 1
         entry = self._extract(kf)
         clock = self.stats.tick("features", clock)
-        scores, prev_score = self._score(entry)
+        eligible = self._eligible(entry) if before_window is None else \
+            [s for s in self._order if self._slots[s].window_id < before_window]  # type: ignore[union-attr]
+        scores, prev_score = self._score(entry, eligible)
         clock = self.stats.tick("score", clock)
         verified: list[_Pending] = []
-        for slot, score in self._candidates(entry, scores, prev_score):
+        for slot, score in self._candidates(eligible, scores, prev_score):
             self.stats.candidates += 1
             verdict = verify(entry, self._slots[slot], score, cfg, self._rng)  # type: ignore[arg-type]
             if verdict.match is not None:
@@ -632,7 +636,8 @@ class PlaceDatabase:
             else:
                 self.stats.rejected[verdict.reason] = self.stats.rejected.get(verdict.reason, 0) + 1
         self.stats.verified += len(verified)
-        matches = self._confirm(entry.seq, verified)
+        # A relocalisation takes a single verified view: after a break nothing else can place the query.
+        matches = self._confirm(entry.seq, verified) if before_window is None else [v.match for v in verified]
         self.stats.confirmed += len(matches)
         clock = self.stats.tick("verify", clock)
         self._add(entry, prev_score)
@@ -682,7 +687,7 @@ class PlaceDatabase:
             return bow_score(a.bow, b.bow)
         return len(_matches(a, b, self.config.ratio)) / max(len(a.desc), 1)
 
-    def _score(self, q: _Entry) -> tuple[np.ndarray, float]:
+    def _score(self, q: _Entry, eligible: list[int]) -> tuple[np.ndarray, float]:
         """Raw scores of q against every slot (NaN where not computed) and against the last added keyframe."""
         scores = np.full(len(self._slots), np.nan)
         if not self._order:
@@ -690,7 +695,7 @@ class PlaceDatabase:
         if self._index is not None and q.bow is not None:
             scores[:] = self._index.scores(q.bow, len(self._slots))
         else:  # no vocabulary yet: brute force over the few eligible keyframes
-            for slot in self._eligible(q):
+            for slot in eligible:
                 scores[slot] = self._similarity(q, self._slots[slot])  # type: ignore[arg-type]
         return scores, self._similarity(q, self._slots[self._order[-1]])  # type: ignore[arg-type]
 
@@ -699,13 +704,13 @@ class PlaceDatabase:
         old = self._order[: max(len(self._order) - cfg.exclude_recent, 0)]
         return [s for s in old if q.window_id - self._slots[s].window_id >= cfg.min_window_gap]  # type: ignore[union-attr]
 
-    def _candidates(self, q: _Entry, scores: np.ndarray, prev_score: float) -> list[tuple[int, float]]:
+    def _candidates(self, eligible_slots: list[int], scores: np.ndarray, prev_score: float) -> list[tuple[int, float]]:
         """Up to top_k eligible slots whose score, normalised by the previous keyframe's, reaches min_score,
         best first, at most one per run of `candidate_separation` neighbouring keyframes (like DBoW's
         islands: the budget goes to distinct places, not to three views of one). A floor on the
         normaliser keeps a bland previous view from inflating every score."""
         cfg = self.config
-        eligible = np.array(self._eligible(q), dtype=np.int64)
+        eligible = np.array(eligible_slots, dtype=np.int64)
         if len(eligible) == 0:
             return []
         norm = scores[eligible] / max(prev_score, 0.01)

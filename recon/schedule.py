@@ -74,6 +74,7 @@ class WindowScheduler:
         self._frames: list[Frame] = []
         self._carry: list[Frame] = []  # tail of the last accepted window: the next window starts with it
         self._carry_before: list[Frame] = []
+        self._last: list[Frame] = []
 
     def push(self, frame: Frame) -> list[Frame] | None:
         self._frames.append(frame)
@@ -82,7 +83,16 @@ class WindowScheduler:
         window = self._frames
         self._carry_before, self._carry = self._carry, window[len(window) - self.overlap :] if self.overlap else []
         self._frames = list(self._carry)
+        self._last = window
         return window
+
+    def carry(self, n: int) -> None:
+        """The next window starts with the last `n` frames of the window push() just returned (n >= the
+        overlap, < the window): its model could not place them. Call before the next push."""
+        if not self.overlap <= n < len(self._last):
+            raise ValueError(f"carry {n} frames: need overlap {self.overlap} <= n < {len(self._last)}")
+        self._carry = self._last[len(self._last) - n :]
+        self._frames = list(self._carry)
 
     def reject(self) -> None:
         """The window push() just returned was not used (e.g. its prediction held NaN): its new frames are

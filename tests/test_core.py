@@ -13,10 +13,11 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from recon.core import CoreConfig, Reconstruction
+from recon.core import CoreConfig, Reconstruction, carried_frames
 from recon.datasets.synthetic import SyntheticSource
 from recon.eval.trajectory import absolute_trajectory_error
 from recon.geometry import invert_rigid
+from recon.kernels.umeyama import sim3_from_poses
 from recon.models import base
 from recon.pipeline import Pipeline, PipelineConfig
 from recon.places import PlaceConfig
@@ -68,16 +69,42 @@ def loop_drive() -> list[Frame]:
     return list(SyntheticSource("street", num_frames=140, loop_frames=120, loop=True, seed=3))  # 20 m past the start
 
 
-def run_core(frames: list[Frame], loop_closure: bool) -> tuple[Reconstruction, list[int]]:
+class JumpingOracle(DriftingOracle):
+    """The stream jumps before frame `jump` (frames dropped): like the classical model, a window holding
+    frames from both sides places only those before the jump (nothing matches across it)."""
+
+    def __init__(self, jump: int, **drift: float) -> None:
+        super().__init__(**drift)
+        self.jump = jump
+
+    def infer(self, frames: Sequence[Frame]) -> WindowPrediction:
+        pred = super().infer(frames)
+        placed = np.array([f.index for f in frames]) < self.jump
+        if placed[0] and not placed.all():
+            pred.depth_conf[~placed] = 0.0
+            pred.points_conf[~placed] = 0.0
+            pred.cam_from_world[~placed] = torch.eye(4)  # a placeholder, as the classical model leaves it
+            pred.info["registered"] = placed.tolist()
+        return pred
+
+
+def run_core(frames: list[Frame], loop_closure: bool, model: DriftingOracle | None = None) -> tuple[Reconstruction, list[int]]:
     core = Reconstruction(3, CoreConfig(loop_closure=loop_closure, places=LOOP_PLACES))
-    model, scheduler, rewrites = DriftingOracle(), WindowScheduler(10, 3), []
-    windows = [w for f in frames if (w := scheduler.push(f)) is not None] + [w for w in [scheduler.finish()] if w]
-    for w in windows:
+    model, scheduler, rewrites = model or DriftingOracle(), WindowScheduler(10, 3), []
+
+    def add(w: list[Frame]) -> None:
         pred = model.infer(w)
-        colors = np.stack([f.image_rgb for f in w])
-        update = core.add(pred, [(f.index, f.timestamp_s, f.gt_cam_from_world) for f in w], colors)
+        update = core.add(pred, [(f.index, f.timestamp_s, f.gt_cam_from_world) for f in w], np.stack([f.image_rgb for f in w]))
         if update.trajectory is not None:
             rewrites.append(update.window)
+        if (n := carried_frames(pred, 3)) > 3:
+            scheduler.carry(n)
+
+    for f in frames:
+        if (w := scheduler.push(f)) is not None:
+            add(w)
+    if (w := scheduler.finish()) is not None:
+        add(w)
     core.finish()
     return core, rewrites
 
@@ -85,7 +112,8 @@ def run_core(frames: list[Frame], loop_closure: bool) -> tuple[Reconstruction, l
 def ate(core: Reconstruction, frames: list[Frame]) -> float:
     traj = core.trajectory()
     est = np.stack([p.world_from_cam for p in traj])
-    gt = np.stack([invert_rigid(frames[p.index].gt_cam_from_world) for p in traj])
+    by_index = {f.index: f for f in frames}
+    gt = np.stack([invert_rigid(by_index[p.index].gt_cam_from_world) for p in traj])
     return absolute_trajectory_error(est, gt).rmse
 
 
@@ -116,6 +144,36 @@ def test_without_loops_the_graph_is_the_chain_of_joins(drive: list[Frame]) -> No
     traj = np.stack([p.world_from_cam for p in core.trajectory()])
     steps = np.linalg.norm(np.diff(traj[:, :3, 3], axis=0), axis=1)
     assert steps.max() < 3 * np.median(steps)
+
+
+def after_jump_error_m(core: Reconstruction, frames: list[Frame], jump: int) -> float:
+    """Median camera-centre error of the frames after the jump, in the frame of a Sim(3) fitted to the
+    frames before it: where the map puts the new stretch relative to the old one."""
+    traj = core.trajectory()
+    by_index = {f.index: f for f in frames}
+    est = np.stack([p.world_from_cam for p in traj])
+    gt = np.stack([invert_rigid(by_index[p.index].gt_cam_from_world) for p in traj])
+    before = np.array([p.index < jump for p in traj])
+    sim = sim3_from_poses(est[before], gt[before])
+    centres = sim.s * est[:, :3, 3] @ sim.R.T + sim.t
+    return float(np.median(np.linalg.norm(centres - gt[:, :3, 3], axis=1)[~before]))
+
+
+def test_a_break_in_the_stream_is_relocalised_against_the_map(drive: list[Frame]) -> None:
+    """Ten frames (10 m) dropped: no window places frames on both sides of the jump, so the next window
+    starts after it and its join is a loose guess. The keyframes after the break query every keyframe
+    before it; the first verified view ties the new stretch back onto the map, the trajectory rewritten."""
+    jump, drift = 60, {"yaw_deg_per_frame": 0.02, "scale_per_frame": 0.0005}
+    jumped = drive[:50] + drive[jump:]
+    relocalised, rewrites = run_core(jumped, loop_closure=True, model=JumpingOracle(jump, **drift))
+    lost, _ = run_core(jumped, loop_closure=False, model=JumpingOracle(jump, **drift))
+    assert [p.index for p in relocalised.trajectory()] == [f.index for f in jumped]  # every frame once, in order
+    assert all(p.registered for p in relocalised.trajectory())  # the frames past the jump were placed by the next window
+    (broken,) = relocalised._breaks
+    first = relocalised.loops[0]
+    assert first["match_window"] < broken <= first["window"] and rewrites[0] == first["window"]
+    e_relocalised, e_lost = after_jump_error_m(relocalised, jumped, jump), after_jump_error_m(lost, jumped, jump)
+    assert e_relocalised < 1.0 and e_lost > 10.0, (e_relocalised, e_lost)  # 1 m per frame; the guess misses the jump
 
 
 def test_the_pipeline_rewrites_the_trajectory_while_it_runs(tmp_path: Path, drive: list[Frame]) -> None:

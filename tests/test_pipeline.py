@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recon.core import carried_frames
 from recon.datasets.synthetic import SyntheticSource
 from recon.models.classical import ClassicalModel
 from recon.pipeline import Pipeline, PipelineConfig
@@ -35,6 +36,34 @@ def test_scheduler_cuts_overlapping_windows_and_keeps_a_useful_tail() -> None:
     assert sched.finish() is None  # [3, 4] would add nothing new
     with pytest.raises(ValueError):
         WindowScheduler(size=4, overlap=4)
+
+
+def test_after_a_break_the_next_window_starts_where_the_model_stopped_placing_frames() -> None:
+    sched = WindowScheduler(size=5, overlap=2)
+    first = [w for f in frames(5) if (w := sched.push(f)) is not None][0]
+    sched.carry(3)  # frames 2, 3, 4: the model placed only 0, 1
+    windows = [w for f in frames(12)[5:] if (w := sched.push(f)) is not None]
+    assert [[f.index for f in w] for w in [first, *windows]] == [[0, 1, 2, 3, 4], [2, 3, 4, 5, 6], [5, 6, 7, 8, 9]]
+    with pytest.raises(ValueError):
+        sched.carry(5)  # the next window would add nothing
+
+
+class Pred:
+    """The part of a prediction carried_frames reads: which frames the model placed."""
+
+    def __init__(self, placed: list[bool]) -> None:
+        self.info = {"registered": placed}
+
+    def __len__(self) -> int:
+        return len(self.info["registered"])
+
+
+def test_the_next_window_carries_the_frames_after_the_last_placed_one() -> None:
+    assert carried_frames(Pred([True] * 5), 2) == 2  # placed to the end: the overlap
+    assert carried_frames(Pred([True, True, True, True, False]), 2) == 2  # a short unplaced tail stays within it
+    assert carried_frames(Pred([True, True, False, False, False]), 2) == 3  # the next window starts at the break
+    assert carried_frames(Pred([True, False, False, False, False]), 2) == 4
+    assert carried_frames(Pred([True] * 5), 0) == 0  # causal steps share nothing
 
 
 def test_keyframes_skip_a_parked_camera() -> None:

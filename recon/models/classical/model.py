@@ -76,6 +76,19 @@ def _working_map(hw: tuple[int, int], max_side: int) -> ResizeMap:
     return plan_resize(hw, width=max(8, round(hw[1] * s)), height=max(8, round(hw[0] * s)), mode="fit", multiple_of=1)
 
 
+def _connected_run(visible: np.ndarray, min_tracks: int) -> tuple[int, int]:
+    """(first, last) frame of the longest run of consecutive frames each sharing >= min_tracks tracks with
+    the next (the earliest such run on a tie)."""
+    strong = (visible[:, :-1] & visible[:, 1:]).sum(0) >= min_tracks  # [S-1] per step
+    best, start = (0, 0), 0
+    for i, ok in enumerate([*strong, False]):
+        if not ok:
+            if i - start > best[1] - best[0]:
+                best = (start, i)
+            start = i + 1
+    return best
+
+
 class ClassicalModel:
     """GeometryModel (DESIGN §4) registered as `classical`."""
 
@@ -162,9 +175,14 @@ class ClassicalModel:
         if len(tracks) < cfg.min_tracks:
             return _Sparse(poses, nan_pts, K, np.zeros(S, bool), [FLAG_TOO_FEW_TRACKS], {})
 
-        # 1. the initial pair: frame 0 and the frame that balances parallax and shared tracks; failing that
-        # (frame 0 in the middle of a sharp turn shares tracks with few frames), any well-conditioned pair.
-        pair = self._initial_pair(tracks, K, [0]) or self._initial_pair(tracks, K, range(1, S - 1))
+        # 1. the initial pair: frame 0 and the frame that balances parallax and shared tracks. When a weak
+        # step (a 10-degree jump of a wide-baseline orbit, a cut in the video) splits off the window's
+        # start, the reconstruction could not cross it and would place only the frames before it: the
+        # pair is then the best one inside the longest well-connected stretch, and the frames before are
+        # still tried from there (PnP, the descriptor bridge). Failing that (the anchor in the middle of
+        # a sharp turn shares tracks with few frames), any well-conditioned pair.
+        first, last = _connected_run(vis, cfg.min_tracks)
+        pair = self._initial_pair(tracks, K, [0] if first == 0 else range(first, last)) or self._initial_pair(tracks, K, range(1, S - 1))
         if pair is None:
             return self._rotation_only(tracks, K)
         a, b, (b_from_a, inl) = pair
