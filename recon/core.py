@@ -8,10 +8,12 @@ feeds it predictions and writes what it hands back.
 
 Frames shared by two windows get one pose, fused from both windows once the later one is registered, so
 the last `overlap` frames of a window (more after a break: carried_frames) wait for the next window (or
-`finish`). Memory: the graph holds one
-node per window (~0.1 KB), every trajectory frame keeps its window-frame pose(s) so a loop correction can
-rewrite the trajectory (~0.3 KB a frame), the place database is capped (PlaceConfig.max_keyframes) and
-the map is capped (max_map_points)."""
+`finish`). A break (a join with no shared view) is a loose graph edge; the keyframes after it relocalise
+against the map until a loop edge ties them back.
+
+Memory: the graph holds one node per window (~0.1 KB), every trajectory frame keeps its window-frame
+pose(s) so a loop correction can rewrite the trajectory (~0.3 KB a frame), the place database is capped
+(PlaceConfig.max_keyframes) and the map is capped (max_map_points)."""
 
 from __future__ import annotations
 
@@ -197,6 +199,11 @@ class Reconstruction:
         """The model restarted on a new anchor (a dropped prediction): the next window continues from the
         last camera instead of joining through shared frames."""
         self._reanchor = True
+
+    @property
+    def breaks(self) -> list[int]:
+        """Windows whose join found no view shared with the previous window (their edge is a guess)."""
+        return sorted(self._breaks)
 
     @property
     def last_window(self) -> AlignedWindow | None:

@@ -392,6 +392,7 @@ class Pipeline:
             "frames_unregistered": st.frames_unregistered,
             "registration": self.registration.name,
             "back_end_s": dict(self.core.timings_s),
+            "breaks": self.core.breaks[-ALIGNMENT_LOG_WINDOWS:],  # windows joined across a break in the stream
             "loops": st.loops[-ALIGNMENT_LOG_WINDOWS:],
             "loop_closures": len(st.loops),
             "trajectory_rewrites": st.trajectory_rewrites,

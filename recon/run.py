@@ -57,7 +57,6 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     v.add_argument("--port", type=int, default=None, help="port of the web viewer with --viewer serve (default: Rerun's)")
 
 
-
 def _overlap(args: argparse.Namespace) -> int:
     """Frames shared by consecutive windows, as the model's registration strategy allows."""
     from recon.models.base import registration_for

@@ -169,7 +169,7 @@ def test_a_break_in_the_stream_is_relocalised_against_the_map(drive: list[Frame]
     lost, _ = run_core(jumped, loop_closure=False, model=JumpingOracle(jump, **drift))
     assert [p.index for p in relocalised.trajectory()] == [f.index for f in jumped]  # every frame once, in order
     assert all(p.registered for p in relocalised.trajectory())  # the frames past the jump were placed by the next window
-    (broken,) = relocalised._breaks
+    (broken,) = relocalised.breaks
     first = relocalised.loops[0]
     assert first["match_window"] < broken <= first["window"] and rewrites[0] == first["window"]
     e_relocalised, e_lost = after_jump_error_m(relocalised, jumped, jump), after_jump_error_m(lost, jumped, jump)
