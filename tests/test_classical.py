@@ -285,3 +285,35 @@ def test_bundle_adjustment_keeps_points_across_every_step() -> None:
     per_step = (seen[:, :-1] & seen[:, 1:]).sum(0)
     assert per_step.min() >= 600 // (2 * (S - 1)), per_step  # the steps at the ends too, not only the middle ones
     assert keep[:900].sum() >= 300  # the rest of the budget still goes to the long tracks
+
+
+def test_bundle_adjustment_agrees_with_its_plain_dense_reference() -> None:
+    """The per-observation, sparse-Schur bundle adjustment takes the same steps as the plain dense one in
+    tests/plain_bundle.py: short tracks, outliers, a refined focal length."""
+    from plain_bundle import plain_bundle_adjust
+
+    from recon.geometry import make_rigid
+    from recon.models.classical.bundle import BundleConfig, bundle_adjust
+
+    rng = np.random.default_rng(1)
+    T, S = 250, 9
+    X = rng.uniform([-3, -2, 4], [3, 2, 9], (T, 3))
+    poses = np.stack([make_rigid(rotation_from_axis_angle(np.array([0.0, 0.03 * s, 0.01 * s])), np.array([-0.1 * s, 0, 0]))
+                      for s in range(S)])
+    K = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+    Xc = (poses[None, :, :3, :3] * X[:, None, None, :]).sum(-1) + poses[None, :, :3, 3]
+    uv = 500 * Xc[..., :2] / Xc[..., 2:] + np.array([320, 240]) + rng.normal(0, 0.3, (T, S, 2))
+    uv[rng.random((T, S)) < 0.03] += 15.0  # outliers for the Huber weights
+    first, length = rng.integers(0, S - 1, T), rng.integers(2, 6, T)
+    visible = (np.arange(S) >= first[:, None]) & (np.arange(S) < (first + length)[:, None])
+    start = poses.copy()
+    start[1:, :3, 3] += rng.normal(0, 0.02, (S - 1, 3))
+    X0 = X + rng.normal(0, 0.05, X.shape)
+    cfg = BundleConfig(iterations=8, refine_focal=True)
+    fast, plain = bundle_adjust(start, X0, uv, visible, K, cfg), plain_bundle_adjust(start, X0, uv, visible, K, cfg)
+    assert fast.iterations == plain.iterations
+    np.testing.assert_allclose(fast.cam_from_world, plain.cam_from_world, atol=1e-9)
+    np.testing.assert_allclose(fast.points_w, plain.points_w, atol=1e-8)
+    np.testing.assert_allclose(fast.K, plain.K, rtol=1e-10)
+    assert fast.rms_px == pytest.approx(plain.rms_px, rel=1e-10)
+    assert fast.rms_px < 0.5 * bundle_adjust(start, X0, uv, visible, K, BundleConfig(iterations=0)).rms_px  # it did adjust
