@@ -96,7 +96,7 @@ class StreamSource:
     """Frames from a camera index or a stream URL, read as they arrive; no length.
 
     `timestamp_s` is the arrival time in seconds since the iteration started (monotonic clock). `index`
-    counts yielded frames; `stride` keeps every stride-th frame read. When reading fails the capture is
+    counts the frames read (before stride); `stride` keeps every stride-th frame read. When reading fails the capture is
     reopened up to `max_reconnects` times in a row, `reconnect_delay_s` apart; a frame read after a
     reconnect resets that count, so an endless stream survives occasional drops but a dead one ends.
     A local file spec ends at its last frame (a file does not drop). Ctrl-C (KeyboardInterrupt) during
@@ -225,7 +225,7 @@ class StreamSource:
                 if bgr.ndim == 2:
                     bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
                 rgb = cv2.cvtColor(bgr[..., :3], cv2.COLOR_BGR2RGB)
-                yield Frame(index=yielded, timestamp_s=time.monotonic() - start, image_rgb=rgb, K=self._K)
+                yield Frame(index=frames_read - 1, timestamp_s=time.monotonic() - start, image_rgb=rgb, K=self._K)
                 yielded += 1
         except KeyboardInterrupt:
             self.interrupted = True

@@ -24,7 +24,7 @@ VIDEO_EXTENSIONS = frozenset(
 
 class VideoSource:
     """Frames of a video file. `timestamp_s` comes from the container (CAP_PROP_POS_MSEC), falling back
-    to frame_no / fps where the container gives none. `index` counts yielded frames. `len()` exists when
+    to frame_no / fps where the container gives none. `index` is the frame's number in the video. `len()` exists when
     the container states its frame count (an estimate for some formats: iteration stops at the real end).
     A video that ends well before the count it states, or whose frame stops decoding, is read up to there and
     reported in `notes` (a truncated or damaged file keeps its good part). Each iteration opens its own
@@ -124,7 +124,7 @@ class VideoSource:
             if bgr.ndim == 2:
                 bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
             rgb = cv2.cvtColor(bgr[..., :3], cv2.COLOR_BGR2RGB)
-            yield Frame(index=yielded, timestamp_s=timestamp_s, image_rgb=rgb, K=self._K)
+            yield Frame(index=frame_no, timestamp_s=timestamp_s, image_rgb=rgb, K=self._K)
             yielded += 1
         if frame_no < 0 and self.max_frames != 0:
             raise SourceError(f"video '{self.path}' has no decodable frame; check the file is not truncated")

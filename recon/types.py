@@ -86,7 +86,10 @@ class ResizeMap:
 
 @dataclass
 class Frame:
-    """One input frame. `image_rgb` uint8 [H,W,3]; `K` float64 [3,3] in pixels of this image when known;
+    """One input frame. `index` is the frame's own number in its source (file position in a folder or
+    dataset sequence, frame number in a video, frames read from a stream), whatever was skipped before it
+    (stride, unreadable files): a pose keeps it into frames.txt, and ground truth is found by it.
+    `image_rgb` uint8 [H,W,3]; `K` float64 [3,3] in pixels of this image when known;
     ground truth when the source has it: `gt_cam_from_world` [4,4] (world = the sequence's first camera,
     metres when metric) and `gt_depth_m` float32 [H,W] with 0 = invalid."""
 

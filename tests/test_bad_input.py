@@ -343,6 +343,47 @@ def tum_lists_a_missing_image(ctx: Ctx) -> list[str]:
     return ["run", str(root), "--intrinsics", INTRINSICS]
 
 
+# --- issue 15: inputs -------------------------------------------------------------------------------------
+# "Nothing mixed, nothing leaked, nothing hangs", the input side. Each case runs into a fresh out dir
+# (`fresh_out`): what it promises does not depend on an earlier run being there.
+
+
+def fresh_out(ctx: Ctx) -> None:
+    ctx.out = ctx.tmp / "fresh_out"
+
+
+def eval_ate(out: Path, gt: Path) -> float:
+    assert main(["eval", str(out), "--gt", str(gt), "--no-geometry", "--no-plots"]) == 0
+    return float(json.loads((out / "metrics.json").read_text())["trajectory"]["ate"]["rmse"])
+
+
+def kitti_with_an_unreadable_image(ctx: Ctx) -> list[str]:
+    fresh_out(ctx)
+    seq = kitti(ctx)
+    (seq / "image_2" / "000003.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    return ["run", str(seq)]
+
+
+def frames_keep_their_source_index(ctx: Ctx) -> None:
+    """frames.txt names each pose by its image's number in the sequence, so `recon eval --gt poses.txt` pairs
+    the poses after the unreadable image with their own ground truth: the ATE is the one of the same
+    sequence without that image (it shifted by one and read 0.27 instead of 0.022)."""
+    indices, _ = read_frames(ctx.out / "frames.txt")
+    assert indices.tolist() == [0, 1, 2, 4, 5, 6, 7]
+    without = write_kitti_sequence((f for f in ctx.frames if f.index != 3), ctx.tmp / "kitti_without", "07")
+    out_without = ctx.tmp / "out_without"
+    assert main(["run", str(without), "--out", str(out_without)]) == 0
+    ate = eval_ate(ctx.out, ctx.tmp / "kitti" / "poses" / "07.txt")
+    assert ate == pytest.approx(eval_ate(out_without, ctx.tmp / "kitti_without" / "poses" / "07.txt"), rel=1e-3)
+
+
+INPUT_CASES_15 = [
+    Case("kitti_unreadable_image_keeps_frame_identity", kitti_with_an_unreadable_image, 0,
+         r"skipped 1 image of .*image_2 that cannot be read .*: 000003\.png", Outputs.WRITTEN, frames_keep_their_source_index),
+]
+# --- end of issue 15: inputs
+
+
 def weights_flag_missing(ctx: Ctx) -> list[str]:
     return vggt_args(None)
 
@@ -555,6 +596,7 @@ CASES = [
     Case("tum_groundtruth_short_line", tum_groundtruth_short_line, 2, r"groundtruth\.txt:4: expected 8 numbers, found 7", Outputs.IDENTICAL),
     Case("tum_lists_a_missing_image", tum_lists_a_missing_image, 0, r"skipped 1 image of .*rgb\.txt .*: 000003\.png; fix or remove",
          Outputs.WRITTEN, poses(7)),
+    *INPUT_CASES_15,  # issue 15, defined with their setups above
     # models
     Case("weights_flag_missing", weights_flag_missing, 2, r"the vggt model needs weights: pass --weights PATH", Outputs.IDENTICAL),
     Case("weights_file_missing", weights_file_missing, 2,

@@ -135,6 +135,7 @@ def test_folder_natural_sort_case_insensitive_extensions_and_timestamps(tmp_path
     got = list(strided)
     assert len(strided) == 2
     assert [round(f.image_rgb.mean() / 10) for f in got] == [1, 3]
+    assert [f.index for f in got] == [0, 2]
     assert [f.timestamp_s for f in got] == pytest.approx([0.0, 0.4])  # stride keeps real spacing
 
 
@@ -148,8 +149,8 @@ def test_folder_skips_corrupt_image_with_warning(tmp_path: Path, caplog: pytest.
     with caplog.at_level(logging.WARNING, logger="recon.datasets.folder"):
         frames = list(src)
     assert [int(f.image_rgb[0, 0, 0]) for f in frames] == [10, 40]
-    assert [f.index for f in frames] == [0, 1]
-    assert [f.timestamp_s for f in frames] == [0.0, 3.0]  # file position, not yield count
+    assert [f.index for f in frames] == [0, 3]  # the file's position, not the yield count
+    assert [f.timestamp_s for f in frames] == [0.0, 3.0]
     assert src.skipped == ["a2.png", "a3.jpg", "a5.png"]
     logged = caplog.text
     assert "a2.png" in logged and "a3.jpg" in logged and "a5.png" in logged
@@ -193,7 +194,7 @@ def test_video_frames_timestamps_stride_and_length(tmp_path: Path) -> None:
     got = list(strided)
     assert len(strided) == 4
     assert [video_frame_number(f) for f in got] == [0, 3, 6, 9]
-    assert [f.index for f in got] == [0, 1, 2, 3]
+    assert [f.index for f in got] == [0, 3, 6, 9]
     assert [f.timestamp_s for f in got] == pytest.approx([0.0, 0.3, 0.6, 0.9], abs=1e-6)
 
     capped = VideoSource(path, stride=2, max_frames=3)
@@ -380,6 +381,7 @@ def test_kitti_write_then_read_round_trip(tmp_path: Path) -> None:
 
     strided = list(KittiSource(seq_dir, stride=2, max_frames=2, load_depth=False))
     assert [f.timestamp_s for f in strided] == [0.0, 0.2] and strided[0].gt_depth_m is None
+    assert [f.index for f in strided] == [0, 2]  # the image's number, its line in poses/
     np.testing.assert_allclose(strided[1].gt_cam_from_world, expected_poses[2], atol=1e-7)
     assert isinstance(open_source(str(seq_dir / "image_2")), KittiSource)  # one level too deep still works
 
@@ -556,7 +558,7 @@ def test_tum_associates_by_nearest_timestamp_and_drops_unmatched(tmp_path: Path)
     assert [float(f.gt_depth_m[0, 0]) for f in frames] == [3.0, 4.0, 1.0]  # depth images 2, 3, 0
     # gt nearest: 100.105 (x=2), 100.199 (x=3), 100.31 (x=4); relative to the first yielded frame
     np.testing.assert_allclose([f.gt_cam_from_world[0, 3] for f in frames], [0.0, -1.0, -2.0], atol=1e-9)
-    assert [f.index for f in frames] == [0, 1, 2]
+    assert [f.index for f in frames] == [1, 2, 3]  # rgb.txt entries; entry 0 has no ground truth
 
     with pytest.raises(SourceError, match="max_dt_s") as err:
         TumSource(root, max_dt_s=0.0001)
