@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import logging
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -35,9 +36,19 @@ def list_images(folder: Path) -> list[Path]:
         names = [
             e.name
             for e in entries
-            if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS and e.is_file()
+            if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS and _may_be_image(e)
         ]
     return [folder / n for n in sorted(names, key=natural_key)]
+
+
+def _may_be_image(entry: os.DirEntry[str]) -> bool:
+    """A file, or a link that leads nowhere (dangling, or in a loop): such a link is listed so that reading
+    it fails and the run reports it with the other unreadable images, instead of dropping it unseen or
+    stopping the run on ELOOP."""
+    try:
+        return entry.is_file() or (entry.is_symlink() and not entry.is_dir())
+    except OSError:  # ELOOP: the link leads back to itself
+        return True
 
 
 def read_image_rgb(path: Path) -> np.ndarray | None:

@@ -377,9 +377,45 @@ def frames_keep_their_source_index(ctx: Ctx) -> None:
     assert ate == pytest.approx(eval_ate(out_without, ctx.tmp / "kitti_without" / "poses" / "07.txt"), rel=1e-3)
 
 
+def symlink_loop(d: Path) -> None:
+    """f0010.png -> f0011.png -> f0010.png: opening either fails with ELOOP."""
+    os.symlink("f0011.png", d / "f0010.png")
+    os.symlink("f0010.png", d / "f0011.png")
+
+
+def folder_with_a_symlink_loop(ctx: Ctx) -> list[str]:
+    """Among good images, a link loop is one more unreadable file: skipped and reported like a corrupt one
+    (it stopped the run as an internal error)."""
+    fresh_out(ctx)
+    d = folder(ctx)
+    symlink_loop(d)
+    return ["run", str(d)]
+
+
+def folder_of_only_a_symlink_loop(ctx: Ctx) -> list[str]:
+    """Nothing but a link loop: nothing readable, a user's error (exit 2), not an internal one."""
+    fresh_out(ctx)
+    d = ctx.tmp / "links"
+    d.mkdir()
+    symlink_loop(d)
+    return ["run", str(d)]
+
+
+def trajectory_of(n: int) -> Callable[[Ctx], None]:
+    def check(ctx: Ctx) -> None:
+        assert len(read_tum(ctx.out / "trajectory.tum")[0]) == n
+
+    return check
+
+
 INPUT_CASES_15 = [
     Case("kitti_unreadable_image_keeps_frame_identity", kitti_with_an_unreadable_image, 0,
          r"skipped 1 image of .*image_2 that cannot be read .*: 000003\.png", Outputs.WRITTEN, frames_keep_their_source_index),
+    Case("folder_symlink_loop_skipped", folder_with_a_symlink_loop, 0,
+         r"skipped 2 images of .*frames that cannot be read .*: f0010\.png, f0011\.png; fix or remove them", Outputs.WRITTEN,
+         trajectory_of(8)),
+    Case("folder_of_only_a_symlink_loop", folder_of_only_a_symlink_loop, 2, r"none of the 2 images in '.*links' could be read",
+         Outputs.VALID),
 ]
 # --- end of issue 15: inputs
 
