@@ -200,7 +200,7 @@ class KittiSource:
         self.skipped = []
         anchor_cam_from_world: np.ndarray | None = None
         warned_depth = False
-        for position, rgb in readable_images(self._files[:: self.stride], self.max_frames, self.skipped):
+        for position, rgb in readable_images(self._files[:: self.stride], self.max_frames, self.skipped, self.seq_dir / "image_2"):
             file_index = position * self.stride
             path = self._files[file_index]
             gt_cam_from_world = None

@@ -191,7 +191,7 @@ class TumSource:
         anchor_cam_from_world: np.ndarray | None = None
         rows = self._rows[:: self.stride]
         paths = [self.dir / self._rgb_names[row] for row in rows]
-        for position, rgb in readable_images(paths, self.max_frames, self.skipped):
+        for position, rgb in readable_images(paths, self.max_frames, self.skipped, self.dir / "rgb.txt"):
             row = rows[position]
             gt_cam_from_world = None
             if self._world_from_cam is not None and self._gt_index is not None:

@@ -401,6 +401,23 @@ def folder_of_only_a_symlink_loop(ctx: Ctx) -> list[str]:
     return ["run", str(d)]
 
 
+def folder_with_a_thumbnail_first(ctx: Ctx) -> list[str]:
+    """A thumbnail that sorts first is the odd image out, skipped with the usual report; the 8 real frames
+    make the run (the thumbnail decided the size and all of them were skipped)."""
+    fresh_out(ctx)
+    d = folder(ctx)
+    write_png(d / "a_thumb.png", cv2.resize(ctx.frames[0].image_rgb, (48, 16), interpolation=cv2.INTER_AREA))
+    return ["run", str(d)]
+
+
+def tum_listing_only_missing_images(ctx: Ctx) -> list[str]:
+    """rgb.txt lists 8 images and none is there: nothing to read is an error, not an empty result."""
+    fresh_out(ctx)
+    root = tum(ctx)
+    shutil.rmtree(root / "rgb")
+    return ["run", str(root), "--intrinsics", INTRINSICS]
+
+
 def trajectory_of(n: int) -> Callable[[Ctx], None]:
     def check(ctx: Ctx) -> None:
         assert len(read_tum(ctx.out / "trajectory.tum")[0]) == n
@@ -415,6 +432,11 @@ INPUT_CASES_15 = [
          r"skipped 2 images of .*frames that cannot be read .*: f0010\.png, f0011\.png; fix or remove them", Outputs.WRITTEN,
          trajectory_of(8)),
     Case("folder_of_only_a_symlink_loop", folder_of_only_a_symlink_loop, 2, r"none of the 2 images in '.*links' could be read",
+         Outputs.VALID),
+    Case("folder_thumbnail_sorted_first_skipped", folder_with_a_thumbnail_first, 0,
+         r"skipped 1 image of .*frames that cannot be read or differ in size .*: a_thumb\.png; fix or remove them", Outputs.WRITTEN,
+         trajectory_of(8)),
+    Case("tum_lists_only_missing_images", tum_listing_only_missing_images, 2, r"none of the 8 images in '.*rgb\.txt' could be read",
          Outputs.VALID),
 ]
 # --- end of issue 15: inputs

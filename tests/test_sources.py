@@ -156,6 +156,19 @@ def test_folder_skips_corrupt_image_with_warning(tmp_path: Path, caplog: pytest.
     assert "a2.png" in logged and "a3.jpg" in logged and "a5.png" in logged
 
 
+def test_folder_image_size_is_most_images_size_not_the_first_one(tmp_path: Path) -> None:
+    write_image(tmp_path / "a0.png", solid(5, hw=(4, 5)))  # a thumbnail sorting first
+    for i in range(1, 4):
+        write_image(tmp_path / f"a{i}.png", solid(10 * i))
+    src = ImageFolderSource(tmp_path)
+    assert [(f.index, f.hw) for f in src] == [(1, (8, 10)), (2, (8, 10)), (3, (8, 10))]
+    assert src.skipped == ["a0.png"]
+    (tmp_path / "a2.png").unlink()
+    (tmp_path / "a3.png").unlink()
+    two = ImageFolderSource(tmp_path)
+    assert [f.index for f in two] == [1] and two.skipped == ["a0.png"]  # one each: the larger image wins
+
+
 def test_folder_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="no images") as err:
         ImageFolderSource(tmp_path)
