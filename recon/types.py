@@ -148,6 +148,11 @@ class Keypoints:
         return Keypoints(self.frame[keep] - first, self.uv[keep], self.depth[keep] * scale)
 
 
+# Degeneracies a model names in `WindowPrediction.flags`; a run that reconstructed nothing says why by them.
+FLAG_TOO_FEW_TRACKS = "too_few_tracks"  # too little texture to track (blank, dark, blurred or tiny images)
+FLAG_LOW_PARALLAX = "low_parallax"  # the camera barely moved or only turned: no depth
+
+
 @dataclass
 class WindowPrediction:
     """What a geometry model says about S frames of one window, all torch float32 on one device.
@@ -156,7 +161,7 @@ class WindowPrediction:
     points [S,H,W,3] in the window's reference frame, points_conf [S,H,W], cam_from_world [S,4,4]
     (world = the window's reference frame), K [S,3,3] in model pixels; `resize` maps model pixels to the
     frames' original pixels. `metric` says whether the scale is metres; otherwise it is arbitrary per
-    window and the pipeline aligns it. `flags` names degeneracies (e.g. "low_parallax")."""
+    window and the pipeline aligns it. `flags` names degeneracies (e.g. FLAG_LOW_PARALLAX)."""
 
     frame_indices: list[int]
     depth: torch.Tensor

@@ -418,6 +418,60 @@ def tum_listing_only_missing_images(ctx: Ctx) -> list[str]:
     return ["run", str(root), "--intrinsics", INTRINSICS]
 
 
+def images(ctx: Ctx, rgbs: list[np.ndarray]) -> Path:
+    d = ctx.tmp / "images"
+    d.mkdir()
+    for i, rgb in enumerate(rgbs):
+        write_png(d / f"f{i:04d}.png", rgb)
+    return d
+
+
+def folder_of(count: int, image: Callable[[Ctx, int], np.ndarray], *flags: str) -> Callable[[Ctx], list[str]]:
+    """Setup: a folder of `count` images, image(ctx, i) each, run with `flags`."""
+
+    def setup(ctx: Ctx) -> list[str]:
+        fresh_out(ctx)
+        return ["run", str(images(ctx, [image(ctx, i) for i in range(count)])), *flags]
+
+    return setup
+
+
+def street(ctx: Ctx, i: int) -> np.ndarray:
+    return ctx.frames[i].image_rgb
+
+
+def parked(ctx: Ctx, i: int) -> np.ndarray:
+    return ctx.frames[0].image_rgb
+
+
+def black(ctx: Ctx, i: int) -> np.ndarray:
+    return np.zeros_like(ctx.frames[0].image_rgb)
+
+
+def thumbnail(ctx: Ctx, i: int) -> np.ndarray:
+    return cv2.resize(ctx.frames[i].image_rgb, (16, 16), interpolation=cv2.INTER_AREA)
+
+
+def one_frame_video(ctx: Ctx) -> list[str]:
+    fresh_out(ctx)
+    one = Ctx(ctx.tmp, ctx.out, ctx.frames[:1], ctx.monkeypatch, ctx.stack)
+    return ["run", str(video(one, "one.avi", "MJPG"))]
+
+
+# What a demanding user expects of inputs that cannot give a reconstruction (they all finished with exit 0,
+# empty or identity-only outputs, and at most an alignment warning): exit 2 and the reason, in one line.
+# - 1 frame (a folder, a video, or what --stride leaves): too few frames; the stride is named, it is the fix.
+# - 24 copies of one image: no motion (with keyframes on, all but the first are skipped as copies; with
+#   --no-keyframes the model sees no parallax, where OpenCV's 5-point solver used to assert: exit 1).
+# - 2 frames a step apart: no motion either, too little parallax for one 3D point; a 2-pose trajectory and
+#   no map is no reconstruction, and exit 0 would let a script take it for one.
+# - all-black and 16x16 frames: no texture; the trajectory held only placeholder poses.
+NO_MOTION = r"no motion: the camera did not move in the 24 frames read \(all after the first were skipped as copies of it\)"
+NO_PARALLAX = r"no motion: the camera barely moved or only turned across the {} frames used: too little parallax"
+NO_TEXTURE = r"no texture: the model found too few points to track in the {} frames used, so none could be placed"
+ONE_FRAME = r"too few frames: 1 frame read{}; a reconstruction needs at least 2 frames"
+
+
 def trajectory_of(n: int) -> Callable[[Ctx], None]:
     def check(ctx: Ctx) -> None:
         assert len(read_tum(ctx.out / "trajectory.tum")[0]) == n
@@ -438,6 +492,15 @@ INPUT_CASES_15 = [
          trajectory_of(8)),
     Case("tum_lists_only_missing_images", tum_listing_only_missing_images, 2, r"none of the 8 images in '.*rgb\.txt' could be read",
          Outputs.VALID),
+    Case("folder_of_one_frame", folder_of(1, street), 2, ONE_FRAME.format(""), Outputs.VALID),
+    Case("video_of_one_frame", one_frame_video, 2, ONE_FRAME.format(""), Outputs.VALID),
+    Case("stride_leaves_one_frame", folder_of(8, street, "--stride", "100"), 2, ONE_FRAME.format(r" \(--stride 100 keeps every 100th frame\)"),
+         Outputs.VALID),
+    Case("two_frames_one_step_apart", folder_of(2, street), 2, NO_PARALLAX.format(2), Outputs.VALID),
+    Case("identical_frames", folder_of(24, parked), 2, NO_MOTION, Outputs.VALID),
+    Case("identical_frames_no_keyframes", folder_of(24, parked, "--no-keyframes"), 2, NO_PARALLAX.format(24), Outputs.VALID),
+    Case("all_black_frames", folder_of(24, black), 2, NO_TEXTURE.format(24), Outputs.VALID),
+    Case("frames_of_16x16", folder_of(8, thumbnail), 2, NO_TEXTURE.format(r"\d+"), Outputs.VALID),
 ]
 # --- end of issue 15: inputs
 
