@@ -136,12 +136,17 @@ class VideoSource:
 COUNT_TOLERANCE = 0.02
 
 
+def reached_stated_end(frames_read: int, stated: int) -> bool:
+    """Whether a video that ran out after `frames_read` frames got to the count its header states."""
+    return frames_read >= stated - max(1, math.ceil(COUNT_TOLERANCE * stated))
+
+
 def ended_early_note(path: Path, frames_read: int, stated: int | None, max_frames: int | None, yielded: int) -> str | None:
     """A note when the video ran out well before the frame count its header states: the sign of a file cut
     short (a copy or recording that did not finish). None when it ended where it said, or we stopped it."""
     if stated is None or (max_frames is not None and yielded >= max_frames):
         return None
-    if frames_read >= stated - max(1, math.ceil(COUNT_TOLERANCE * stated)):
+    if reached_stated_end(frames_read, stated):
         return None
     return (f"video '{path}' ended at frame {frames_read} of the {stated} its header states; the file looks truncated: "
             "the run used the frames up to there")

@@ -479,6 +479,17 @@ def trajectory_of(n: int) -> Callable[[Ctx], None]:
     return check
 
 
+def test_a_video_over_http_is_run_once(street_frames: list[Frame], tmp_path: Path, http_file: Callable[..., str],
+                                       capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`recon run http://host/drive.avi` reads the file once and finishes (it replayed it for ever; here
+    --max-frames stops the old loop): each frame once, by its number in the video."""
+    ctx = Ctx(tmp_path, tmp_path / "out", street_frames, monkeypatch, ExitStack())
+    url = http_file(video(ctx, "drive.avi", "MJPG").read_bytes())
+    assert main(["run", url, "--max-frames", "20", "--timeout", "5", "--out", str(ctx.out)]) == 0
+    assert read_frames(ctx.out / "frames.txt")[0].tolist() == list(range(len(street_frames)))
+    assert "recon: warning" not in capfd.readouterr().err
+
+
 INPUT_CASES_15 = [
     Case("kitti_unreadable_image_keeps_frame_identity", kitti_with_an_unreadable_image, 0,
          r"skipped 1 image of .*image_2 that cannot be read .*: 000003\.png", Outputs.WRITTEN, frames_keep_their_source_index),

@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -301,6 +302,46 @@ def test_stream_reconnects_a_bounded_number_of_times_then_finishes(monkeypatch: 
     assert all(c.released for c in opener.handed_out)
     assert opener.specs[0] == "rtsp://user:pw@cam.local/live"
     assert "pw" not in src.name
+
+
+def test_stream_of_a_finite_video_over_http_ends_at_its_end(tmp_path: Path, http_file: Callable[..., str]) -> None:
+    """Each reconnect restarted the file and each of its frames reset the retry count: 155 frames read from
+    a 67-frame file after 62 s, and counting. A video with a stated length ends there."""
+    write_test_video(tmp_path / "clip.avi", n=6)
+    src = StreamSource(http_file((tmp_path / "clip.avi").read_bytes()), reconnect_delay_s=0.0, open_timeout_s=5.0, read_timeout_s=5.0)
+    frames = list(islice(src, 30))  # the guard: the old loop would fill it
+    assert [video_frame_number(f) for f in frames] == [f.index for f in frames] == list(range(6))
+    assert src.reconnects == 0 and src.notes == []
+
+
+def test_stream_of_a_finite_video_over_http_resumes_after_a_drop_without_repeats(tmp_path: Path, http_file: Callable[..., str]) -> None:
+    """The connection drops after most of the video (FFmpeg's probe reads well ahead: a cut sooner fails the
+    open): the reconnect plays the video from its start again; the frames already read are skipped, so each
+    frame comes once, with its own index."""
+    write_test_video(tmp_path / "clip.avi", n=12)
+    data = (tmp_path / "clip.avi").read_bytes()
+    src = StreamSource(http_file(data, cut_first_after=int(0.9 * len(data))), reconnect_delay_s=0.0, open_timeout_s=5.0,
+                       read_timeout_s=5.0)
+    frames = list(islice(src, 50))
+    assert [video_frame_number(f) for f in frames] == [f.index for f in frames] == list(range(12))
+    assert src.reconnects == 1 and not src.gave_up
+
+
+def test_stream_reconnects_are_bounded_over_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream that gives one frame per connection resets the in-a-row count every time: the run's own
+    bound ends it."""
+    monkeypatch.setattr(stream_module.time, "sleep", lambda s: None)
+
+    def one_frame_each_time(spec: int | str) -> FakeCapture:
+        return FakeCapture(bgr_frames([1]))
+
+    default = StreamSource("rtsp://cam.local/live", open_capture=one_frame_each_time)
+    read = len(list(islice(default, 10_000)))
+    assert read < 10_000 and read == default.max_total_reconnects + 1
+    src = StreamSource("rtsp://cam.local/live", max_reconnects=3, max_total_reconnects=20, open_capture=one_frame_each_time)
+    assert len(list(islice(src, 1000))) == 21
+    assert src.gave_up and src.reconnects == 20
+    assert "kept dropping: after 20 reconnects" in src.notes[0]
 
 
 def test_stream_dead_after_start_ends_after_max_reconnects(monkeypatch: pytest.MonkeyPatch) -> None:
