@@ -102,10 +102,10 @@ def nothing_reconstructed(st: RunState, stride: int, images_skipped: int) -> str
     if st.frames_read == 0:
         return "the source gave no frames; nothing to reconstruct"
     if st.frames_used < 2 and st.frames_skipped:
-        return (f"no motion: the camera did not move in the {read} (all after the first were skipped as copies of it); "
+        return (f"no motion: the camera did not move in the {read} (all after the first were skipped as without motion); "
                 "nothing to reconstruct")
     if st.frames_used < 2:
-        why = [f"--stride {stride} keeps every {stride}th frame"] if stride > 1 else []
+        why = [f"--stride {stride} keeps one frame in {stride}"] if stride > 1 else []
         why += [f"{images_skipped} unreadable or odd-sized images were skipped"] if images_skipped else []
         return (f"too few frames: {read}{' (' + '; '.join(why) + ')' if why else ''}; a reconstruction needs at least 2 frames "
                 "of a moving camera")
@@ -117,7 +117,7 @@ def nothing_reconstructed(st: RunState, stride: int, images_skipped: int) -> str
         return (f"no motion: the camera barely moved or only turned across {used}: too little parallax to find depth, "
                 "so no 3D point; move the camera sideways or forward")
     if st.skipped_windows:
-        return f"nothing reconstructed: the model's prediction for every window of {used} was not finite (NaN/inf)"
+        return f"nothing reconstructed from {used}: the model's predictions were not finite (NaN/inf)"
     return f"nothing reconstructed from {used}: no frame could be placed and no 3D point was found"
 
 

@@ -461,12 +461,12 @@ def one_frame_video(ctx: Ctx) -> list[str]:
 # What a demanding user expects of inputs that cannot give a reconstruction (they all finished with exit 0,
 # empty or identity-only outputs, and at most an alignment warning): exit 2 and the reason, in one line.
 # - 1 frame (a folder, a video, or what --stride leaves): too few frames; the stride is named, it is the fix.
-# - 24 copies of one image: no motion (with keyframes on, all but the first are skipped as copies; with
+# - 24 copies of one image: no motion (with keyframes on, all but the first are skipped as without motion; with
 #   --no-keyframes the model sees no parallax, where OpenCV's 5-point solver used to assert: exit 1).
 # - 2 frames a step apart: no motion either, too little parallax for one 3D point; a 2-pose trajectory and
 #   no map is no reconstruction, and exit 0 would let a script take it for one.
 # - all-black and 16x16 frames: no texture; the trajectory held only placeholder poses.
-NO_MOTION = r"no motion: the camera did not move in the 24 frames read \(all after the first were skipped as copies of it\)"
+NO_MOTION = r"no motion: the camera did not move in the 24 frames read \(all after the first were skipped as without motion\)"
 NO_PARALLAX = r"no motion: the camera barely moved or only turned across the {} frames used: too little parallax"
 NO_TEXTURE = r"no texture: the model found too few points to track in the {} frames used, so none could be placed"
 ONE_FRAME = r"too few frames: 1 frame read{}; a reconstruction needs at least 2 frames"
@@ -505,7 +505,7 @@ INPUT_CASES_15 = [
          Outputs.VALID),
     Case("folder_of_one_frame", folder_of(1, street), 2, ONE_FRAME.format(""), Outputs.VALID),
     Case("video_of_one_frame", one_frame_video, 2, ONE_FRAME.format(""), Outputs.VALID),
-    Case("stride_leaves_one_frame", folder_of(8, street, "--stride", "100"), 2, ONE_FRAME.format(r" \(--stride 100 keeps every 100th frame\)"),
+    Case("stride_leaves_one_frame", folder_of(8, street, "--stride", "100"), 2, ONE_FRAME.format(r" \(--stride 100 keeps one frame in 100\)"),
          Outputs.VALID),
     Case("two_frames_one_step_apart", folder_of(2, street), 2, NO_PARALLAX.format(2), Outputs.VALID),
     Case("identical_frames", folder_of(24, parked), 2, NO_MOTION, Outputs.VALID),
