@@ -367,7 +367,8 @@ def kitti_with_an_unreadable_image(ctx: Ctx) -> list[str]:
 def frames_keep_their_source_index(ctx: Ctx) -> None:
     """frames.txt names each pose by its image's number in the sequence, so `recon eval --gt poses.txt` pairs
     the poses after the unreadable image with their own ground truth: the ATE is the one of the same
-    sequence without that image (it shifted by one and read 0.27 instead of 0.022)."""
+    sequence without that image (every pose after it was paired with its neighbour's: ATE 0.27 instead of 0.022
+    on the tester's sequence, 0.216 instead of 0.041 on these 8 frames)."""
     indices, _ = read_frames(ctx.out / "frames.txt")
     assert indices.tolist() == [0, 1, 2, 4, 5, 6, 7]
     without = write_kitti_sequence((f for f in ctx.frames if f.index != 3), ctx.tmp / "kitti_without", "07")
@@ -448,7 +449,7 @@ def black(ctx: Ctx, i: int) -> np.ndarray:
     return np.zeros_like(ctx.frames[0].image_rgb)
 
 
-def thumbnail(ctx: Ctx, i: int) -> np.ndarray:
+def tiny(ctx: Ctx, i: int) -> np.ndarray:
     return cv2.resize(ctx.frames[i].image_rgb, (16, 16), interpolation=cv2.INTER_AREA)
 
 
@@ -511,7 +512,7 @@ INPUT_CASES_15 = [
     Case("identical_frames", folder_of(24, parked), 2, NO_MOTION, Outputs.VALID),
     Case("identical_frames_no_keyframes", folder_of(24, parked, "--no-keyframes"), 2, NO_PARALLAX.format(24), Outputs.VALID),
     Case("all_black_frames", folder_of(24, black), 2, NO_TEXTURE.format(24), Outputs.VALID),
-    Case("frames_of_16x16", folder_of(8, thumbnail), 2, NO_TEXTURE.format(r"\d+"), Outputs.VALID),
+    Case("frames_of_16x16", folder_of(8, tiny), 2, NO_TEXTURE.format(r"\d+"), Outputs.VALID),
 ]
 # --- end of issue 15: inputs
 
