@@ -21,8 +21,8 @@ class ImageFolderSource:
     Frame `index` is the file's position in the sorted list (stride and skipped files leave gaps);
     `timestamp_s` is that position divided by `fps`, so strides keep real spacing. A file that cannot be
     decoded, or whose size differs from the run's (most images' size), is skipped with a warning and listed
-    in `skipped` (names, reset at each iteration); `max_frames` counts yielded frames. `len()` is the number of frames to try, an upper
-    bound when files are skipped."""
+    in `skipped` (names, reset at each iteration); `max_frames` counts yielded frames. `len()` is the number
+    of frames to try, an upper bound when files are skipped."""
 
     def __init__(
         self,

@@ -100,8 +100,8 @@ class TumSource:
     depth is loaded) and a ground-truth pose (when groundtruth.txt exists) within `max_dt_s`; entries
     without them are dropped (logged). `timestamp_s` is the rgb timestamp as written (seconds). Ground
     truth is relative to the first yielded frame (identity there), in metres. K comes from `intrinsics`
-    or the freiburg preset named by the folder. `index` is the image's entry number in rgb.txt (0-based, comments
-    aside); an unreadable image is skipped with a warning and listed in `skipped`."""
+    or the freiburg preset named by the folder. `index` is the image's entry number in rgb.txt (0-based,
+    comments aside); an unreadable image is skipped with a warning and listed in `skipped`."""
 
     def __init__(
         self,

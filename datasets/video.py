@@ -24,8 +24,9 @@ VIDEO_EXTENSIONS = frozenset(
 
 class VideoSource:
     """Frames of a video file. `timestamp_s` comes from the container (CAP_PROP_POS_MSEC), falling back
-    to frame_no / fps where the container gives none. `index` is the frame's number in the video. `len()` exists when
-    the container states its frame count (an estimate for some formats: iteration stops at the real end).
+    to frame_no / fps where the container gives none. `index` is the frame's number in the video. `len()`
+    exists when the container states its frame count (an estimate for some formats: iteration stops at the
+    real end).
     A video that ends well before the count it states, or whose frame stops decoding, is read up to there and
     reported in `notes` (a truncated or damaged file keeps its good part). Each iteration opens its own
     capture, so the source can be iterated again."""
