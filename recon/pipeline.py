@@ -121,6 +121,15 @@ def nothing_reconstructed(st: RunState, stride: int, images_skipped: int) -> str
     return f"nothing reconstructed from {used}: no frame could be placed and no 3D point was found"
 
 
+def unplaced_frames_notes(st: RunState) -> list[str]:
+    """The part of a run that reconstructed something but not everything, one line (or none): frames no
+    window could place (the core gives each its nearest placed neighbour's pose, not a measured one)."""
+    if not st.frames_unregistered:
+        return []
+    return [f"{st.frames_unregistered} of the {st.frames_written} frames in the trajectory could not be placed (too little texture "
+            "or motion there): each holds its nearest placed neighbour's pose (summary.json: frames_unregistered)"]
+
+
 @dataclass
 class _Window:
     frames_meta: list[tuple[int, float, np.ndarray | None]]  # (index, timestamp_s, gt_cam_from_world)

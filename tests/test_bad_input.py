@@ -491,6 +491,21 @@ def test_a_video_over_http_is_run_once(street_frames: list[Frame], tmp_path: Pat
     assert "recon: warning" not in capfd.readouterr().err
 
 
+def test_frames_that_could_not_be_placed_are_a_warning(street_frames: list[Frame], tmp_path: Path, capfd: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The camera's view goes black for its last frames: the run reconstructs the rest (exit 0), and says
+    which part it did not; the black frames' poses are only their placed neighbour's (no word of it before)."""
+    ctx = Ctx(tmp_path, tmp_path / "out", street_frames, monkeypatch, ExitStack())
+    frames = images(ctx, [street(ctx, i) for i in range(len(street_frames))] + [black(ctx, 0)] * 4)
+    capfd.readouterr()
+    assert main(["run", str(frames), "--out", str(ctx.out)]) == 0
+    summary = json.loads((ctx.out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["frames_unregistered"] == 4
+    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and re.match(r"recon: warning: 4 of the 12 frames in the trajectory could not be placed \(too little texture "
+                                      r"or motion there\): each holds its nearest placed neighbour's pose", err[0]), err
+
+
 INPUT_CASES_15 = [
     Case("kitti_unreadable_image_keeps_frame_identity", kitti_with_an_unreadable_image, 0,
          r"skipped 1 image of .*image_2 that cannot be read .*: 000003\.png", Outputs.WRITTEN, frames_keep_their_source_index),
