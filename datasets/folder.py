@@ -18,11 +18,11 @@ from .image_files import IMAGE_EXTENSIONS, list_images, readable_images, skipped
 class ImageFolderSource:
     """Images directly inside one folder, in natural order (`img2` before `img10`).
 
-    Frame `index` counts yielded frames (0, 1, 2, ...); `timestamp_s` is the file's position in the sorted
-    list divided by `fps`, so strides keep real spacing. A file that cannot be decoded, or whose size
-    differs from the first frame's, is skipped with a warning and listed in `skipped` (names, reset at
-    each iteration); `max_frames` counts yielded frames. `len()` is the number of frames to try, an upper
-    bound when files are skipped."""
+    Frame `index` is the file's position in the sorted list (stride and skipped files leave gaps);
+    `timestamp_s` is that position divided by `fps`, so strides keep real spacing. A file that cannot be
+    decoded, or whose size differs from the run's (most images' size), is skipped with a warning and listed
+    in `skipped` (names, reset at each iteration); `max_frames` counts yielded frames. `len()` is the number
+    of frames to try, an upper bound when files are skipped."""
 
     def __init__(
         self,
@@ -70,9 +70,6 @@ class ImageFolderSource:
 
     def __iter__(self) -> Iterator[Frame]:
         self.skipped = []
-        yielded = 0
-        for position, rgb in readable_images(self._files[:: self.stride], self.max_frames, self.skipped):
-            yield Frame(index=yielded, timestamp_s=position * self.stride / self.fps, image_rgb=rgb, K=self._K)
-            yielded += 1
-        if yielded == 0 and self.skipped:
-            raise SourceError(f"none of the {len(self.skipped)} images in '{self.path}' could be read; check the files")
+        for position, rgb in readable_images(self._files[:: self.stride], self.max_frames, self.skipped, self.path):
+            file_index = position * self.stride
+            yield Frame(index=file_index, timestamp_s=file_index / self.fps, image_rgb=rgb, K=self._K)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 import logging
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from itertools import chain
 from pathlib import Path
 
 import cv2
@@ -35,9 +37,19 @@ def list_images(folder: Path) -> list[Path]:
         names = [
             e.name
             for e in entries
-            if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS and e.is_file()
+            if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS and _may_be_image(e)
         ]
     return [folder / n for n in sorted(names, key=natural_key)]
+
+
+def _may_be_image(entry: os.DirEntry[str]) -> bool:
+    """A file, or a link that leads nowhere (dangling, or in a loop): such a link is listed so that reading
+    it fails and the run reports it with the other unreadable images, instead of dropping it unseen or
+    stopping the run on ELOOP."""
+    try:
+        return entry.is_file() or (entry.is_symlink() and not entry.is_dir())
+    except OSError:  # ELOOP: the link leads back to itself
+        return True
 
 
 def read_image_rgb(path: Path) -> np.ndarray | None:
@@ -67,14 +79,26 @@ def read_depth_u16(path: Path) -> np.ndarray | None:
     return raw
 
 
-def unusable_reason(rgb: np.ndarray | None, first_hw: tuple[int, int] | None) -> str | None:
+def unusable_reason(rgb: np.ndarray | None, run_hw: tuple[int, int] | None) -> str | None:
     """Why a decoded image cannot join the run (None when it can). A window stacks frames and K belongs
-    to one size, so an image of another size than the first frame's is as unusable as a corrupt one."""
+    to one size, so an image of another size than the run's is as unusable as a corrupt one."""
     if rgb is None:
         return "cannot be read or decoded"
-    if first_hw is not None and rgb.shape[:2] != first_hw:
-        return f"size {rgb.shape[1]}x{rgb.shape[0]} differs from the first frame's {first_hw[1]}x{first_hw[0]}"
+    if run_hw is not None and rgb.shape[:2] != run_hw:
+        return f"size {rgb.shape[1]}x{rgb.shape[0]} differs from the run's {run_hw[1]}x{run_hw[0]}"
     return None
+
+
+# Readable images that decide the run's image size. A few suffice against a stray thumbnail or crop; they
+# are read ahead and held decoded, so the number bounds the memory the vote costs.
+SIZE_VOTE = 5
+
+
+def run_size(sizes: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """The image size (h, w) most of `sizes` have; a tie goes to the larger image (a thumbnail is the
+    smaller one). None for no sizes."""
+    counts = Counter(sizes)
+    return max(counts, key=lambda hw: (counts[hw], hw[0] * hw[1])) if counts else None
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
@@ -112,21 +136,33 @@ def skipped_images_notes(skipped: Sequence[str], where: Path) -> list[str]:
     ]
 
 
-def readable_images(paths: Sequence[Path], max_frames: int | None, skipped: list[str]) -> Iterator[tuple[int, np.ndarray]]:
-    """(position in `paths`, RGB image) for each image that reads and has the first image's size, in order,
-    at most `max_frames` of them. An unusable file is logged and its name appended to `skipped`: one bad
-    file among good ones never stops a run."""
+def readable_images(
+    paths: Sequence[Path], max_frames: int | None, skipped: list[str], where: Path
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(position in `paths`, RGB image) for each image that reads and has the run's size, in order, at most
+    `max_frames` of them. The run's size is the one most of the first SIZE_VOTE readable images have, so
+    a thumbnail that sorts first is the image skipped, not every real frame after it. An unusable file is
+    logged and its name appended to `skipped`: one bad file among good ones never stops a run, but a
+    SourceError says so when none of them (`where`: the folder or list they come from) can be read."""
+    if max_frames == 0:
+        return
+    decoded = ((position, path, read_image_rgb(path)) for position, path in enumerate(paths))
+    ahead: list[tuple[int, Path, np.ndarray | None]] = []
+    for item in decoded:
+        ahead.append(item)
+        if sum(rgb is not None for _, _, rgb in ahead) == SIZE_VOTE:
+            break
+    run_hw = run_size([rgb.shape[:2] for _, _, rgb in ahead if rgb is not None])
     yielded = 0
-    first_hw: tuple[int, int] | None = None
-    for position, path in enumerate(paths):
-        if max_frames is not None and yielded >= max_frames:
-            return
-        rgb = read_image_rgb(path)
-        why = unusable_reason(rgb, first_hw)
+    for position, path, rgb in chain(ahead, decoded):
+        why = unusable_reason(rgb, run_hw)
         if why is not None or rgb is None:
             skipped.append(path.name)
             logger.warning("skipping %s: %s", path, why)
             continue
-        first_hw = rgb.shape[:2]
         yield position, rgb
         yielded += 1
+        if max_frames is not None and yielded >= max_frames:
+            return
+    if yielded == 0 and skipped:
+        raise SourceError(f"none of the {len(skipped)} images in '{where}' could be read; check the files")

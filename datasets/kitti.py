@@ -119,8 +119,9 @@ class KittiSource:
 
     Frames carry K (= P2[:3,:3]), times.txt timestamps, and when present camera-2 ground truth poses
     (identity at the first yielded frame) and depth from depth_2/ (metres, 0 = invalid; `load_depth=False`
-    skips it). `index` counts yielded frames. An unreadable image is skipped with a warning and listed in
-    `skipped`. `metric` is True unless the sequence's source.json states non-metric units."""
+    skips it). `index` is the image's number in image_2/ (its line in times.txt and poses/). An unreadable
+    image is skipped with a warning and listed in `skipped`. `metric` is True unless the sequence's
+    source.json states non-metric units."""
 
     def __init__(
         self,
@@ -197,10 +198,9 @@ class KittiSource:
 
     def __iter__(self) -> Iterator[Frame]:
         self.skipped = []
-        yielded = 0
         anchor_cam_from_world: np.ndarray | None = None
         warned_depth = False
-        for position, rgb in readable_images(self._files[:: self.stride], self.max_frames, self.skipped):
+        for position, rgb in readable_images(self._files[:: self.stride], self.max_frames, self.skipped, self.seq_dir / "image_2"):
             file_index = position * self.stride
             path = self._files[file_index]
             gt_cam_from_world = None
@@ -222,14 +222,13 @@ class KittiSource:
                     )
                     warned_depth = True
             yield Frame(
-                index=yielded,
+                index=file_index,
                 timestamp_s=float(self._times_s[file_index]),
                 image_rgb=rgb,
                 K=self._K,
                 gt_cam_from_world=gt_cam_from_world,
                 gt_depth_m=depth_m,
             )
-            yielded += 1
 
 
 def _projection_line(key: str, K: np.ndarray) -> str:

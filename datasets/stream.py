@@ -4,6 +4,7 @@ stop on Ctrl-C."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -20,6 +21,7 @@ from recon.errors import SourceError
 from recon.types import Frame
 
 from .base import check_stride_max_frames, intrinsics_matrix
+from .video import reached_stated_end
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,8 @@ _CREDENTIALS = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
 
 
 class Capture(Protocol):
-    """The part of cv2.VideoCapture a stream uses; tests inject fakes through `open_capture`."""
+    """The part of cv2.VideoCapture a stream uses; tests inject fakes through `open_capture`. A capture may
+    also have cv2's `get(prop)`, for the frame count it states (see `stated_length`)."""
 
     def isOpened(self) -> bool: ...
 
@@ -77,6 +80,14 @@ def _rtsp_over_tcp(spec: int | str) -> Iterator[None]:
         os.environ.pop(FFMPEG_OPTIONS_ENV, None)
 
 
+def stated_length(cap: Capture) -> int | None:
+    """The frame count a capture states: a finite video (a file served over http, a VOD playlist) has one,
+    a live stream or camera none (FFmpeg says 0, -1 or NaN); so does a capture without `get`."""
+    get = getattr(cap, "get", None)
+    count = get(cv2.CAP_PROP_FRAME_COUNT) if callable(get) else None
+    return int(count) if isinstance(count, float) and math.isfinite(count) and count > 0 else None
+
+
 def open_cv_capture(spec: int | str, open_timeout_s: float = 10.0, read_timeout_s: float = 10.0) -> Capture:
     """The default capture factory: a camera by index, or a URL/file through FFmpeg with timeouts so a dead
     stream fails instead of blocking forever."""
@@ -96,11 +107,15 @@ class StreamSource:
     """Frames from a camera index or a stream URL, read as they arrive; no length.
 
     `timestamp_s` is the arrival time in seconds since the iteration started (monotonic clock). `index`
-    counts yielded frames; `stride` keeps every stride-th frame read. When reading fails the capture is
-    reopened up to `max_reconnects` times in a row, `reconnect_delay_s` apart; a frame read after a
-    reconnect resets that count, so an endless stream survives occasional drops but a dead one ends.
-    A local file spec ends at its last frame (a file does not drop). Ctrl-C (KeyboardInterrupt) during
-    iteration ends it cleanly: the capture is released and the caller keeps the frames it got.
+    counts the frames read (before stride); `stride` keeps every stride-th frame read. When reading fails
+    the capture is reopened up to `max_reconnects` times in a row, `reconnect_delay_s` apart; a new frame
+    read after a reconnect resets that count, so an endless stream survives occasional drops but a dead one
+    ends; and at most `max_total_reconnects` times over the run, so one that keeps dropping ends too.
+    A local file spec ends at its last frame (a file does not drop). So does a URL to a finite video (a file
+    served over http states its frame count): it ends at the count, and a reconnect after a drop, which
+    starts it over, skips the frames already read (their index stays the frame's number in the video).
+    Ctrl-C (KeyboardInterrupt) during iteration ends it cleanly: the capture is released and the caller
+    keeps the frames it got.
     After an iteration, `reconnects`, `gave_up` and `interrupted` say what happened, `notes` in words. The
     capture opens when iteration starts (a stream is a side effect): a camera is tried 1 + max_reconnects
     times (a device can be busy for a moment), a URL once (it already waited `open_timeout_s`, and a refused
@@ -110,6 +125,7 @@ class StreamSource:
         self,
         spec: int | str,
         max_reconnects: int = 3,
+        max_total_reconnects: int = 100,
         reconnect_delay_s: float = 1.0,
         read_timeout_s: float = 10.0,
         open_timeout_s: float = 10.0,
@@ -120,13 +136,15 @@ class StreamSource:
     ) -> None:
         self.spec = parse_stream_spec(spec)
         check_stride_max_frames(stride, max_frames)
-        if not isinstance(max_reconnects, int) or max_reconnects < 0:
-            raise SourceError(f"max_reconnects must be an integer >= 0, got {max_reconnects!r}")
+        for label, count in {"max_reconnects": max_reconnects, "max_total_reconnects": max_total_reconnects}.items():
+            if not isinstance(count, int) or count < 0:
+                raise SourceError(f"{label} must be an integer >= 0, got {count!r}")
         durations_s = {"reconnect_delay_s": reconnect_delay_s, "read_timeout_s": read_timeout_s, "open_timeout_s": open_timeout_s}
         for label, value in durations_s.items():
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise SourceError(f"{label} must be a number >= 0, got {value!r}")
         self.max_reconnects = max_reconnects
+        self.max_total_reconnects = max_total_reconnects
         self.reconnect_delay_s = float(reconnect_delay_s)
         self.open_timeout_s = float(open_timeout_s)
         self.max_frames = max_frames
@@ -143,6 +161,9 @@ class StreamSource:
 
     @property
     def notes(self) -> list[str]:
+        if self.gave_up and self.reconnects >= self.max_total_reconnects:
+            return [f"{self.name}: the stream kept dropping: after {self.reconnects} reconnects, the most one run makes, "
+                    "the run ended there with the frames it had"]
         if self.gave_up:
             return [f"{self.name}: the stream dropped and {self.max_reconnects} reconnect attempts failed; "
                     "the run ended there with the frames it had"]
@@ -191,20 +212,21 @@ class StreamSource:
         self.interrupted = False
         cap: Capture | None = None
         yielded = 0
-        frames_read = 0
+        frames_read = 0  # of the stream, or of the video a finite one plays: the next frame's index
+        replayed = 0  # frames a reopened finite video plays again before the first new one
         failures_in_row = 0
         try:
             cap = self._open_first()
+            length = stated_length(cap)
             start = time.monotonic()
             while self.max_frames is None or yielded < self.max_frames:
                 ok, bgr = cap.read() if cap is not None else (False, None)
                 if not ok or bgr is None:
-                    if self._is_file:
+                    if self._is_file or (length is not None and reached_stated_end(frames_read, length)):
                         break
-                    if failures_in_row >= self.max_reconnects:
-                        logger.warning(
-                            "%s: no frames after %d reconnect attempts in a row; ending the stream", self.name, failures_in_row
-                        )
+                    if failures_in_row >= self.max_reconnects or self.reconnects >= self.max_total_reconnects:
+                        logger.warning("%s: no new frames after %d reconnect attempts in a row (%d in the run); ending the stream",
+                                       self.name, failures_in_row, self.reconnects)
                         self.gave_up = True
                         break
                     failures_in_row += 1
@@ -216,7 +238,12 @@ class StreamSource:
                         "%s: stream dropped; reconnect attempt %d of %d", self.name, failures_in_row, self.max_reconnects
                     )
                     time.sleep(self.reconnect_delay_s)
-                    cap = self._try_open()
+                    if (cap := self._try_open()) is not None:
+                        length = stated_length(cap)
+                        replayed = frames_read if length is not None else 0  # a video starts over; a live stream goes on
+                    continue
+                if replayed:  # read before the drop: not a new frame, and no sign the stream recovered
+                    replayed -= 1
                     continue
                 failures_in_row = 0
                 frames_read += 1
@@ -225,7 +252,7 @@ class StreamSource:
                 if bgr.ndim == 2:
                     bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
                 rgb = cv2.cvtColor(bgr[..., :3], cv2.COLOR_BGR2RGB)
-                yield Frame(index=yielded, timestamp_s=time.monotonic() - start, image_rgb=rgb, K=self._K)
+                yield Frame(index=frames_read - 1, timestamp_s=time.monotonic() - start, image_rgb=rgb, K=self._K)
                 yielded += 1
         except KeyboardInterrupt:
             self.interrupted = True

@@ -100,8 +100,8 @@ class TumSource:
     depth is loaded) and a ground-truth pose (when groundtruth.txt exists) within `max_dt_s`; entries
     without them are dropped (logged). `timestamp_s` is the rgb timestamp as written (seconds). Ground
     truth is relative to the first yielded frame (identity there), in metres. K comes from `intrinsics`
-    or the freiburg preset named by the folder. `index` counts yielded frames; an unreadable image is
-    skipped with a warning and listed in `skipped`."""
+    or the freiburg preset named by the folder. `index` is the image's entry number in rgb.txt (0-based,
+    comments aside); an unreadable image is skipped with a warning and listed in `skipped`."""
 
     def __init__(
         self,
@@ -188,11 +188,10 @@ class TumSource:
 
     def __iter__(self) -> Iterator[Frame]:
         self.skipped = []
-        yielded = 0
         anchor_cam_from_world: np.ndarray | None = None
         rows = self._rows[:: self.stride]
         paths = [self.dir / self._rgb_names[row] for row in rows]
-        for position, rgb in readable_images(paths, self.max_frames, self.skipped):
+        for position, rgb in readable_images(paths, self.max_frames, self.skipped, self.dir / "rgb.txt"):
             row = rows[position]
             gt_cam_from_world = None
             if self._world_from_cam is not None and self._gt_index is not None:
@@ -209,14 +208,13 @@ class TumSource:
                 else:
                     logger.warning("%s: missing, unreadable or not uint16 of the image's size; frame without depth", depth_path)
             yield Frame(
-                index=yielded,
+                index=int(row),
                 timestamp_s=float(self._rgb_s[row]),
                 image_rgb=rgb,
                 K=self._K,
                 gt_cam_from_world=gt_cam_from_world,
                 gt_depth_m=depth_m,
             )
-            yielded += 1
 
 
 def write_tum_sequence(frames: Iterable[Frame], root: str | Path) -> Path:

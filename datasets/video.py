@@ -24,8 +24,9 @@ VIDEO_EXTENSIONS = frozenset(
 
 class VideoSource:
     """Frames of a video file. `timestamp_s` comes from the container (CAP_PROP_POS_MSEC), falling back
-    to frame_no / fps where the container gives none. `index` counts yielded frames. `len()` exists when
-    the container states its frame count (an estimate for some formats: iteration stops at the real end).
+    to frame_no / fps where the container gives none. `index` is the frame's number in the video. `len()`
+    exists when the container states its frame count (an estimate for some formats: iteration stops at the
+    real end).
     A video that ends well before the count it states, or whose frame stops decoding, is read up to there and
     reported in `notes` (a truncated or damaged file keeps its good part). Each iteration opens its own
     capture, so the source can be iterated again."""
@@ -124,7 +125,7 @@ class VideoSource:
             if bgr.ndim == 2:
                 bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
             rgb = cv2.cvtColor(bgr[..., :3], cv2.COLOR_BGR2RGB)
-            yield Frame(index=yielded, timestamp_s=timestamp_s, image_rgb=rgb, K=self._K)
+            yield Frame(index=frame_no, timestamp_s=timestamp_s, image_rgb=rgb, K=self._K)
             yielded += 1
         if frame_no < 0 and self.max_frames != 0:
             raise SourceError(f"video '{self.path}' has no decodable frame; check the file is not truncated")
@@ -136,12 +137,17 @@ class VideoSource:
 COUNT_TOLERANCE = 0.02
 
 
+def reached_stated_end(frames_read: int, stated: int) -> bool:
+    """Whether a video that ran out after `frames_read` frames got to the count its header states."""
+    return frames_read >= stated - max(1, math.ceil(COUNT_TOLERANCE * stated))
+
+
 def ended_early_note(path: Path, frames_read: int, stated: int | None, max_frames: int | None, yielded: int) -> str | None:
     """A note when the video ran out well before the frame count its header states: the sign of a file cut
     short (a copy or recording that did not finish). None when it ended where it said, or we stopped it."""
     if stated is None or (max_frames is not None and yielded >= max_frames):
         return None
-    if frames_read >= stated - max(1, math.ceil(COUNT_TOLERANCE * stated)):
+    if reached_stated_end(frames_read, stated):
         return None
     return (f"video '{path}' ended at frame {frames_read} of the {stated} its header states; the file looks truncated: "
             "the run used the frames up to there")

@@ -102,8 +102,7 @@ def pair_trajectories(run_dir: Path, summary: dict[str, Any], gt_path: Path | No
     frames_txt = run_dir / "frames.txt"
     if frames_txt.is_file():
         indices, _ = read_frames(frames_txt)
-        stride = int((summary.get("input") or {}).get("stride") or 1)
-        rows = indices[: len(est)] * stride  # KITTI poses files have a line per image of the sequence
+        rows = indices[: len(est)]  # the source's own frame numbers: a KITTI poses file has a line per image
     elif len(gt) == len(est):
         rows = np.arange(len(est))
     else:

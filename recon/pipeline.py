@@ -33,7 +33,7 @@ from recon.models.base import GeometryModel, StreamingModel
 from recon.outputs import TrajectoryWriter, atomic_write_json, prepare_out_dir
 from recon.registration import OverlappingWindows, Registration
 from recon.schedule import DEFAULT_OVERLAP, DEFAULT_WINDOW, KeyframeConfig, KeyframeSelector, WindowScheduler
-from recon.types import Frame, WindowPrediction
+from recon.types import FLAG_LOW_PARALLAX, FLAG_TOO_FEW_TRACKS, Frame, WindowPrediction
 from recon.viz.viewer import NullViewer, Viewer, WindowView
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,44 @@ class RunState:
     frames_unregistered: int = 0  # trajectory frames no window could place (placeholder poses)
     loops: list[dict[str, Any]] = field(default_factory=list)  # loop closures (window, matched window, inliers)
     trajectory_rewrites: int = 0
+
+
+def nothing_reconstructed(st: RunState, stride: int, images_skipped: int) -> str | None:
+    """Why a finished run reconstructed nothing (not one frame placed, or not one 3D point), in a line that
+    says what to change; None when it reconstructed something. `stride` and `images_skipped` (unreadable or
+    odd-sized files) explain where the frames went."""
+    if st.frames_written - st.frames_unregistered > 0 and st.map_ply_points > 0:
+        return None
+    read = f"{st.frames_read} frame{'s' if st.frames_read != 1 else ''} read"
+    if st.frames_read == 0:
+        return "the source gave no frames; nothing to reconstruct"
+    if st.frames_used < 2 and st.frames_skipped:
+        return (f"no motion: the camera did not move in the {read} (all after the first were skipped as without motion); "
+                "nothing to reconstruct")
+    if st.frames_used < 2:
+        why = [f"--stride {stride} keeps one frame in {stride}"] if stride > 1 else []
+        why += [f"{images_skipped} unreadable or odd-sized images were skipped"] if images_skipped else []
+        return (f"too few frames: {read}{' (' + '; '.join(why) + ')' if why else ''}; a reconstruction needs at least 2 frames "
+                "of a moving camera")
+    used = f"the {st.frames_used} frames used"
+    if st.flags.get(FLAG_TOO_FEW_TRACKS):
+        return (f"no texture: the model found too few points to track in {used}, so none could be placed (blank, dark or "
+                "blurred images, or images too small)")
+    if st.flags.get(FLAG_LOW_PARALLAX):
+        return (f"no motion: the camera barely moved or only turned across {used}: too little parallax to find depth, "
+                "so no 3D point; move the camera sideways or forward")
+    if st.skipped_windows:
+        return f"nothing reconstructed from {used}: the model's predictions were not finite (NaN/inf)"
+    return f"nothing reconstructed from {used}: no frame could be placed and no 3D point was found"
+
+
+def unplaced_frames_notes(st: RunState) -> list[str]:
+    """The part of a run that reconstructed something but not everything, one line (or none): frames no
+    window could place (the core gives each its nearest placed neighbour's pose, not a measured one)."""
+    if not st.frames_unregistered:
+        return []
+    return [f"{st.frames_unregistered} of the {st.frames_written} frames in the trajectory could not be placed (too little texture "
+            "or motion there): each holds its nearest placed neighbour's pose (summary.json: frames_unregistered)"]
 
 
 @dataclass
@@ -177,6 +215,10 @@ class Pipeline:
             finally:
                 self._write_summary()
                 self.viewer.close()
+        if (why := nothing_reconstructed(self.state, getattr(self.source, "stride", 1), len(getattr(self.source, "skipped", [])))):
+            self.state.status = "failed"  # empty files must not pass for a result
+            self._write_summary()
+            raise ReconError(why)
         return self.state
 
     # -- producer thread: read, cut windows, infer ---------------------------------------------------

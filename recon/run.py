@@ -210,7 +210,7 @@ def run_command(args: argparse.Namespace) -> int:
     from recon.datasets.base import length_hint
     from recon.outputs import prepare_out_dir
     from recon.models.base import create_model, registration_for
-    from recon.pipeline import Pipeline, PipelineConfig
+    from recon.pipeline import Pipeline, PipelineConfig, unplaced_frames_notes
 
     _check(args)
     return_large_blocks_to_the_os()
@@ -253,7 +253,7 @@ def run_command(args: argparse.Namespace) -> int:
     bar.close()
     print(f"{state.frames_read} frames ({state.frames_skipped} without motion skipped), {state.windows} windows -> {out}/")
     print(f"  trajectory.tum, trajectory.kitti ({state.frames_written} poses), map.ply ({state.map_ply_points} points), summary.json")
-    for note in source_notes(source):
+    for note in source_notes(source) + unplaced_frames_notes(state):
         print(f"recon: warning: {note}", file=sys.stderr)
     if source.has_ground_truth and state.frames_written >= 3:
         report_metrics(out)

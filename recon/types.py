@@ -86,7 +86,10 @@ class ResizeMap:
 
 @dataclass
 class Frame:
-    """One input frame. `image_rgb` uint8 [H,W,3]; `K` float64 [3,3] in pixels of this image when known;
+    """One input frame. `index` is the frame's own number in its source (file position in a folder or
+    dataset sequence, frame number in a video, frames read from a stream), whatever was skipped before it
+    (stride, unreadable files): a pose keeps it into frames.txt, and ground truth is found by it.
+    `image_rgb` uint8 [H,W,3]; `K` float64 [3,3] in pixels of this image when known;
     ground truth when the source has it: `gt_cam_from_world` [4,4] (world = the sequence's first camera,
     metres when metric) and `gt_depth_m` float32 [H,W] with 0 = invalid."""
 
@@ -145,6 +148,11 @@ class Keypoints:
         return Keypoints(self.frame[keep] - first, self.uv[keep], self.depth[keep] * scale)
 
 
+# Degeneracies a model names in `WindowPrediction.flags`; a run that reconstructed nothing says why by them.
+FLAG_TOO_FEW_TRACKS = "too_few_tracks"  # too little texture to track (blank, dark, blurred or tiny images)
+FLAG_LOW_PARALLAX = "low_parallax"  # the camera barely moved or only turned: no depth
+
+
 @dataclass
 class WindowPrediction:
     """What a geometry model says about S frames of one window, all torch float32 on one device.
@@ -153,7 +161,7 @@ class WindowPrediction:
     points [S,H,W,3] in the window's reference frame, points_conf [S,H,W], cam_from_world [S,4,4]
     (world = the window's reference frame), K [S,3,3] in model pixels; `resize` maps model pixels to the
     frames' original pixels. `metric` says whether the scale is metres; otherwise it is arbitrary per
-    window and the pipeline aligns it. `flags` names degeneracies (e.g. "low_parallax")."""
+    window and the pipeline aligns it. `flags` names degeneracies (e.g. FLAG_LOW_PARALLAX)."""
 
     frame_indices: list[int]
     depth: torch.Tensor

@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -135,6 +136,7 @@ def test_folder_natural_sort_case_insensitive_extensions_and_timestamps(tmp_path
     got = list(strided)
     assert len(strided) == 2
     assert [round(f.image_rgb.mean() / 10) for f in got] == [1, 3]
+    assert [f.index for f in got] == [0, 2]
     assert [f.timestamp_s for f in got] == pytest.approx([0.0, 0.4])  # stride keeps real spacing
 
 
@@ -148,11 +150,24 @@ def test_folder_skips_corrupt_image_with_warning(tmp_path: Path, caplog: pytest.
     with caplog.at_level(logging.WARNING, logger="recon.datasets.folder"):
         frames = list(src)
     assert [int(f.image_rgb[0, 0, 0]) for f in frames] == [10, 40]
-    assert [f.index for f in frames] == [0, 1]
-    assert [f.timestamp_s for f in frames] == [0.0, 3.0]  # file position, not yield count
+    assert [f.index for f in frames] == [0, 3]  # the file's position, not the yield count
+    assert [f.timestamp_s for f in frames] == [0.0, 3.0]
     assert src.skipped == ["a2.png", "a3.jpg", "a5.png"]
     logged = caplog.text
     assert "a2.png" in logged and "a3.jpg" in logged and "a5.png" in logged
+
+
+def test_folder_image_size_is_most_images_size_not_the_first_one(tmp_path: Path) -> None:
+    write_image(tmp_path / "a0.png", solid(5, hw=(4, 5)))  # a thumbnail sorting first
+    for i in range(1, 4):
+        write_image(tmp_path / f"a{i}.png", solid(10 * i))
+    src = ImageFolderSource(tmp_path)
+    assert [(f.index, f.hw) for f in src] == [(1, (8, 10)), (2, (8, 10)), (3, (8, 10))]
+    assert src.skipped == ["a0.png"]
+    (tmp_path / "a2.png").unlink()
+    (tmp_path / "a3.png").unlink()
+    two = ImageFolderSource(tmp_path)
+    assert [f.index for f in two] == [1] and two.skipped == ["a0.png"]  # one each: the larger image wins
 
 
 def test_folder_errors_are_one_line(tmp_path: Path) -> None:
@@ -193,7 +208,7 @@ def test_video_frames_timestamps_stride_and_length(tmp_path: Path) -> None:
     got = list(strided)
     assert len(strided) == 4
     assert [video_frame_number(f) for f in got] == [0, 3, 6, 9]
-    assert [f.index for f in got] == [0, 1, 2, 3]
+    assert [f.index for f in got] == [0, 3, 6, 9]
     assert [f.timestamp_s for f in got] == pytest.approx([0.0, 0.3, 0.6, 0.9], abs=1e-6)
 
     capped = VideoSource(path, stride=2, max_frames=3)
@@ -289,6 +304,46 @@ def test_stream_reconnects_a_bounded_number_of_times_then_finishes(monkeypatch: 
     assert "pw" not in src.name
 
 
+def test_stream_of_a_finite_video_over_http_ends_at_its_end(tmp_path: Path, http_file: Callable[..., str]) -> None:
+    """Each reconnect restarted the file and each of its frames reset the retry count: 155 frames read from
+    a 67-frame file after 62 s, and counting. A video with a stated length ends there."""
+    write_test_video(tmp_path / "clip.avi", n=6)
+    src = StreamSource(http_file((tmp_path / "clip.avi").read_bytes()), reconnect_delay_s=0.0, open_timeout_s=5.0, read_timeout_s=5.0)
+    frames = list(islice(src, 30))  # the guard: the old loop would fill it
+    assert [video_frame_number(f) for f in frames] == [f.index for f in frames] == list(range(6))
+    assert src.reconnects == 0 and src.notes == []
+
+
+def test_stream_of_a_finite_video_over_http_resumes_after_a_drop_without_repeats(tmp_path: Path, http_file: Callable[..., str]) -> None:
+    """The connection drops after most of the video (FFmpeg's probe reads well ahead: a cut sooner fails the
+    open): the reconnect plays the video from its start again; the frames already read are skipped, so each
+    frame comes once, with its own index."""
+    write_test_video(tmp_path / "clip.avi", n=12)
+    data = (tmp_path / "clip.avi").read_bytes()
+    src = StreamSource(http_file(data, cut_first_after=int(0.9 * len(data))), reconnect_delay_s=0.0, open_timeout_s=5.0,
+                       read_timeout_s=5.0)
+    frames = list(islice(src, 50))
+    assert [video_frame_number(f) for f in frames] == [f.index for f in frames] == list(range(12))
+    assert src.reconnects == 1 and not src.gave_up
+
+
+def test_stream_reconnects_are_bounded_over_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream that gives one frame per connection resets the in-a-row count every time: the run's own
+    bound ends it."""
+    monkeypatch.setattr(stream_module.time, "sleep", lambda s: None)
+
+    def one_frame_each_time(spec: int | str) -> FakeCapture:
+        return FakeCapture(bgr_frames([1]))
+
+    default = StreamSource("rtsp://cam.local/live", open_capture=one_frame_each_time)
+    read = len(list(islice(default, 10_000)))
+    assert read < 10_000 and read == default.max_total_reconnects + 1
+    src = StreamSource("rtsp://cam.local/live", max_reconnects=3, max_total_reconnects=20, open_capture=one_frame_each_time)
+    assert len(list(islice(src, 1000))) == 21
+    assert src.gave_up and src.reconnects == 20
+    assert "kept dropping: after 20 reconnects" in src.notes[0]
+
+
 def test_stream_dead_after_start_ends_after_max_reconnects(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stream_module.time, "sleep", lambda s: None)
     opener = FakeOpener([FakeCapture(bgr_frames([9, 8]))])
@@ -380,6 +435,7 @@ def test_kitti_write_then_read_round_trip(tmp_path: Path) -> None:
 
     strided = list(KittiSource(seq_dir, stride=2, max_frames=2, load_depth=False))
     assert [f.timestamp_s for f in strided] == [0.0, 0.2] and strided[0].gt_depth_m is None
+    assert [f.index for f in strided] == [0, 2]  # the image's number, its line in poses/
     np.testing.assert_allclose(strided[1].gt_cam_from_world, expected_poses[2], atol=1e-7)
     assert isinstance(open_source(str(seq_dir / "image_2")), KittiSource)  # one level too deep still works
 
@@ -556,7 +612,7 @@ def test_tum_associates_by_nearest_timestamp_and_drops_unmatched(tmp_path: Path)
     assert [float(f.gt_depth_m[0, 0]) for f in frames] == [3.0, 4.0, 1.0]  # depth images 2, 3, 0
     # gt nearest: 100.105 (x=2), 100.199 (x=3), 100.31 (x=4); relative to the first yielded frame
     np.testing.assert_allclose([f.gt_cam_from_world[0, 3] for f in frames], [0.0, -1.0, -2.0], atol=1e-9)
-    assert [f.index for f in frames] == [0, 1, 2]
+    assert [f.index for f in frames] == [1, 2, 3]  # rgb.txt entries; entry 0 has no ground truth
 
     with pytest.raises(SourceError, match="max_dt_s") as err:
         TumSource(root, max_dt_s=0.0001)

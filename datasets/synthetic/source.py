@@ -148,9 +148,7 @@ class SyntheticSource:
 
     def __iter__(self) -> Iterator[Frame]:
         for out_index in range(len(self)):
-            frame = self.render_frame(out_index * self.stride)
-            frame.index = out_index
-            yield frame
+            yield self.render_frame(out_index * self.stride)
 
     def __repr__(self) -> str:
         return (f"SyntheticSource(scene={self.scene!r}, num_frames={self.num_frames}, size={self.width}x{self.height}, "

@@ -32,10 +32,8 @@ from recon.models.classical.pose import (
     two_view,
 )
 from recon.models.classical.tracks import TrackerConfig, Tracks, track_window
-from recon.types import Frame, Keypoints, ResizeMap, WindowPrediction
+from recon.types import FLAG_LOW_PARALLAX, FLAG_TOO_FEW_TRACKS, Frame, Keypoints, ResizeMap, WindowPrediction
 
-FLAG_TOO_FEW_TRACKS = "too_few_tracks"
-FLAG_LOW_PARALLAX = "low_parallax"
 FLAG_UNREGISTERED = "unregistered_frames"
 
 

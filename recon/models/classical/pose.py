@@ -57,7 +57,10 @@ def pair_parallax_deg(uv_a: np.ndarray, uv_b: np.ndarray, K: np.ndarray, cfg: Po
 def two_view(uv_a: np.ndarray, uv_b: np.ndarray, K: np.ndarray, cfg: PoseConfig) -> tuple[np.ndarray, np.ndarray] | None:
     """-> (b_from_a [4,4] with |t| = 1, inlier mask) or None when the pair is degenerate."""
     # OpenCV 5's USAC variants return no essential matrix here; classic RANSAC (5-point) does.
-    E, mask = cv2.findEssentialMat(uv_a, uv_b, K, method=cv2.RANSAC, prob=0.999, threshold=cfg.ransac_px)
+    try:
+        E, mask = cv2.findEssentialMat(uv_a, uv_b, K, method=cv2.RANSAC, prob=0.999, threshold=cfg.ransac_px)
+    except cv2.error:  # the 5-point solver asserts on some degenerate pairs (no motion at all: every flow zero)
+        return None
     if E is None or E.shape[0] < 3:
         return None
     n, R, t, mask_pose = cv2.recoverPose(E[:3], uv_a, uv_b, K, mask=mask.copy())
