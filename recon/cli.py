@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -113,6 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"recon: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # `recon run ... | head`: the reader left. Commands print after their files are written, so only the
+        # report is lost. stdout goes to /dev/null so the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("recon: error: standard output was closed before the report was printed; the files are written", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:  # a bug: still one line, the traceback is one flag away
         if args.debug:
