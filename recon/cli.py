@@ -109,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("recon").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed stdout (BrokenPipeError) surfaces here, not in the interpreter's exit
+        return code
     except ReconError as e:
         if args.debug:
             raise

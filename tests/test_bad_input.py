@@ -761,6 +761,20 @@ def test_outputs_get_the_permissions_of_the_process_umask(tmp_path: Path) -> Non
     assert set(modes.values()) == {"0o644"}, modes
 
 
+def test_a_closed_stdout_loses_the_report_never_a_file(tmp_path: Path) -> None:
+    """`recon run ... | true`: the reader is gone before recon prints its report."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "recon", "run", "synthetic:street", "--max-frames", "6", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.splitlines() == ["recon: error: standard output was closed before the report was printed; the files are written"]
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"
+    assert (out / "metrics.json").is_file() and (out / "map.ply").is_file()
+
+
 # -- the runner --------------------------------------------------------------------------------------------
 
 
