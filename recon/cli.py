@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NoReturn
 
 from recon import __version__
@@ -48,6 +50,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from recon.demo import run_demo
 
     return run_demo(args)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, `kill`, a container stop), unwinding a command like Ctrl-C."""
+
+
+@contextmanager
+def signals_unwind() -> Iterator[None]:
+    """SIGINT and SIGTERM unwind the command (KeyboardInterrupt, Terminated): a model load or an evaluation
+    stops, its lock is released, and the exit code says which signal. Once one has, further ones are ignored so
+    they cannot cut the unwinding short. (`recon run` stops its stream at a window boundary instead, see
+    recon.run.stop_on_signals.)"""
+
+    def unwind(signum: int, frame: object) -> None:
+        for other in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(other, signal.SIG_IGN)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    previous = {signum: signal.signal(signum, unwind) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -109,8 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("recon").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        code = int(args.func(args) or 0)
-        sys.stdout.flush()  # a closed stdout (BrokenPipeError) surfaces here, not in the interpreter's exit
+        with signals_unwind():
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed stdout (BrokenPipeError) surfaces here, not in the interpreter's exit
         return code
     except ReconError as e:
         if args.debug:
@@ -130,6 +157,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recon: error: internal error ({type(e).__name__}: {first}); rerun with --debug for the traceback and report it",
               file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print("recon: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print(f"recon: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+
+
+def entry() -> NoReturn:
+    """The `recon` executable and `python -m recon`: main() in a process set up for it. SIGINT and SIGTERM are
+    ignored outside the command (main() handles them while it runs, then puts this back): the interpreter's
+    teardown resets Python's handlers to the default action, so a late Ctrl-C turned a finished command into
+    a death by signal. A file-size limit (ulimit -f) fails a write with EFBIG, which every command reports
+    like a full disk, instead of SIGXFSZ killing recon halfway through a file."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGXFSZ):
+        signal.signal(signum, signal.SIG_IGN)
+    sys.exit(main())

@@ -116,9 +116,10 @@ def prepare_out_dir(out_dir: Path, probe_bytes: int = PROBE_BYTES) -> Path:
 DEPTH_DIR = "depth"  # per-frame depth samples (recon.depth_samples)
 PLOTS_DIR = "plots"  # `recon eval`'s figures
 # Every file `recon run` and `recon eval` write into OUT, as globs relative to it: what makes a folder hold an
-# earlier run, and all that --overwrite removes (a user's other files there stay).
+# earlier run, and all that --overwrite removes (a user's other files there stay). Not a recording: --rrd FILE
+# is the user's name, anywhere, and the run opens it before it clears the folder (`recon demo` puts it in OUT).
 RUN_FILES = ("trajectory.tum", "trajectory.kitti", "frames.txt", "ground_truth.tum", "ground_truth.kitti", "map.ply",
-             "summary.json", "metrics.json", "recording.rrd", f"{DEPTH_DIR}/[0-9]*.npz", f"{PLOTS_DIR}/*.png")
+             "summary.json", "metrics.json", f"{DEPTH_DIR}/[0-9]*.npz", f"{PLOTS_DIR}/*.png")
 LOCK_FILE = ".recon.lock"
 
 

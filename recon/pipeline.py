@@ -28,8 +28,8 @@ from recon.datasets.base import FrameSource, source_notes
 from recon.depth_samples import DepthSample, write_depth_sample
 from recon.errors import NonFiniteError, ReconError
 from recon.fusion import VoxelMap
-from recon.kernels.voxel import KEY_OFFSET
 from recon.geometry import invert_rigid
+from recon.kernels.voxel import KEY_OFFSET
 from recon.models.base import GeometryModel, StreamingModel
 from recon.outputs import TrajectoryWriter, atomic_write_json, prepare_out_dir, remove_run_files
 from recon.registration import OverlappingWindows, Registration

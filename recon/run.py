@@ -157,8 +157,9 @@ class StopRequest:
 
     signum: int | None = None
 
-    def exit_code(self) -> int:
-        return EXIT_TERMINATED if self.signum == signal.SIGTERM else EXIT_INTERRUPTED
+    @property
+    def terminated(self) -> bool:
+        return self.signum == signal.SIGTERM
 
 
 @contextmanager
@@ -166,9 +167,7 @@ def stop_on_signals(request_stop: Callable[[], None]) -> Iterator[StopRequest]:
     """SIGINT (Ctrl-C) and SIGTERM (a job scheduler, `kill`, a container stop) ask the run to stop after the
     window it is writing: every finished window's output is flushed and summary.json says "interrupted".
     Further signals change nothing: raised into the shutdown, a second one cut the final summary short (it
-    stayed "running") and let the interpreter exit while the model thread was inside native code (SIGABRT).
-    And a file-size limit (RLIMIT_FSIZE) fails the write with EFBIG, reported like a full disk, instead of
-    SIGXFSZ killing the run halfway through a window's lines."""
+    stayed "running") and let the interpreter exit while the model thread was inside native code (SIGABRT)."""
     stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield stop
@@ -179,8 +178,7 @@ def stop_on_signals(request_stop: Callable[[], None]) -> Iterator[StopRequest]:
             stop.signum = signum
             request_stop()
 
-    handlers = {signal.SIGINT: on_signal, signal.SIGTERM: on_signal, signal.SIGXFSZ: signal.SIG_IGN}
-    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
@@ -281,9 +279,9 @@ def _reconstruct(args: argparse.Namespace, source: FrameSource, out: Path, model
     bar.update(state.frames_read - bar.n)
     bar.close()
     if stop.signum is not None:
-        what = "terminated" if stop.signum == signal.SIGTERM else "interrupted"
-        print(f"recon: {what}; outputs up to the last finished window are in {out}/", file=sys.stderr)
-        return stop.exit_code()
+        print(f"recon: {'terminated' if stop.terminated else 'interrupted'}; outputs up to the last finished window are in {out}/",
+              file=sys.stderr)
+        return EXIT_TERMINATED if stop.terminated else EXIT_INTERRUPTED
     # Every file is written before anything is printed: a closed stdout (`recon run ... | head`) costs the report only.
     metrics = evaluate(out) if source.has_ground_truth and state.frames_written >= 3 else None
     for warning in [*state.warnings, *source_notes(source)]:
