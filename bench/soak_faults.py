@@ -128,7 +128,8 @@ def problems(out: Path, code: int, err: str) -> list[str]:
 
 def trajectory_problems(out: Path) -> list[str]:
     try:
-        counts = [len(read_tum(out / "trajectory.tum")[0]), len(read_kitti(out / "trajectory.kitti")), len(read_frames(out / "frames.txt")[0])]
+        counts = [len(read_tum(out / "trajectory.tum")[0]), len(read_kitti(out / "trajectory.kitti")),
+                  len(read_frames(out / "frames.txt")[0])]
     except Exception as e:  # any parse failure is the finding
         return [f"trajectory files unreadable ({type(e).__name__}: {e})"]
     lines = [len((out / name).read_text().splitlines()) for name in ("trajectory.tum", "trajectory.kitti", "frames.txt")]

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
@@ -62,6 +63,9 @@ def signals_unwind() -> Iterator[None]:
     stops, its lock is released, and the exit code says which signal. Once one has, further ones are ignored so
     they cannot cut the unwinding short. (`recon run` stops its stream at a window boundary instead, see
     recon.run.stop_on_signals.)"""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
 
     def unwind(signum: int, frame: object) -> None:
         for other in (signal.SIGINT, signal.SIGTERM):

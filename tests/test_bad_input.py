@@ -698,8 +698,8 @@ def test_overwrite_replaces_the_earlier_run_and_keeps_the_users_files(earlier_ru
     for f in street_frames:
         write_png(d / f"f{f.index:04d}.png", f.image_rgb)
     assert run_main(["run", str(d), "--out", str(out), "--overwrite"]) == 0
-    assert sorted(files(out)) == ["depth/000000.npz", "frames.txt", "map.ply", "notes.txt", "plots/sketch.txt", "summary.json", "trajectory.kitti",
-                                  "trajectory.tum"]
+    assert sorted(files(out)) == ["depth/000000.npz", "frames.txt", "map.ply", "notes.txt", "plots/sketch.txt", "summary.json",
+                                  "trajectory.kitti", "trajectory.tum"]  # no ground truth, metrics or plots of run A
     assert json.loads((out / "summary.json").read_text())["input"]["source"] == str(d)
     capfd.readouterr()
     assert run_main(["eval", str(out)]) == 2
