@@ -51,7 +51,7 @@ def sequence_path(name: str, frames: int) -> Path | None:
 
 
 def run_cell(seq: Path, out: Path, flags: str) -> dict[str, object]:
-    cmd = [sys.executable, "-m", "recon", "run", str(seq), "--out", str(out), "--depth-every", "10", *shlex.split(flags)]
+    cmd = [sys.executable, "-m", "recon", "run", str(seq), "--out", str(out), "--overwrite", "--depth-every", "10", *shlex.split(flags)]
     t = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t

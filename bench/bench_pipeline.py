@@ -40,7 +40,7 @@ def sequence(frames: int) -> Path:
 
 def run(seq: Path, out: Path, *extra: str) -> tuple[dict, float]:
     t = time.perf_counter()
-    cmd = [sys.executable, "-m", "recon", "run", str(seq), "--out", str(out), *extra]
+    cmd = [sys.executable, "-m", "recon", "run", str(seq), "--out", str(out), "--overwrite", *extra]  # the bench owns its folders
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads((out / "summary.json").read_text()), time.perf_counter() - t
 

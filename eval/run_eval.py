@@ -22,11 +22,10 @@ import numpy as np
 
 from recon.errors import ReconError
 from recon.eval.trajectory import ATE, ErrorStats, absolute_trajectory_error, associate, kitti_drift, relative_pose_error
-from recon.outputs import atomic_write_json
+from recon.outputs import PLOTS_DIR, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-PLOTS_DIR = "plots"
 RPE_DISTANCE_STEPS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 
 

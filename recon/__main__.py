@@ -1,3 +1,3 @@
-from recon.cli import main
+from recon.cli import entry
 
-raise SystemExit(main())
+entry()

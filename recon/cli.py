@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NoReturn
 
 from recon import __version__
@@ -47,6 +51,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from recon.demo import run_demo
 
     return run_demo(args)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, `kill`, a container stop), unwinding a command like Ctrl-C."""
+
+
+@contextmanager
+def signals_unwind() -> Iterator[None]:
+    """SIGINT and SIGTERM unwind the command (KeyboardInterrupt, Terminated): a model load or an evaluation
+    stops, its lock is released, and the exit code says which signal. Once one has, further ones are ignored so
+    they cannot cut the unwinding short. (`recon run` stops its stream at a window boundary instead, see
+    recon.run.stop_on_signals.)"""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def unwind(signum: int, frame: object) -> None:
+        for other in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(other, signal.SIG_IGN)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    previous = {signum: signal.signal(signum, unwind) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -108,11 +139,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("recon").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        return int(args.func(args) or 0)
+        with signals_unwind():
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed stdout (BrokenPipeError) surfaces here, not in the interpreter's exit
+        return code
     except ReconError as e:
         if args.debug:
             raise
         print(f"recon: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # `recon run ... | head`: the reader left. Commands print after their files are written, so only the
+        # report is lost. stdout goes to /dev/null so the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("recon: error: standard output was closed before the report was printed; the files are written", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:  # a bug: still one line, the traceback is one flag away
         if args.debug:
@@ -121,6 +161,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recon: error: internal error ({type(e).__name__}: {first}); rerun with --debug for the traceback and report it",
               file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print("recon: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print(f"recon: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+
+
+def entry() -> NoReturn:
+    """The `recon` executable and `python -m recon`: main() in a process set up for it. SIGINT and SIGTERM are
+    ignored outside the command (main() handles them while it runs, then puts this back): the interpreter's
+    teardown resets Python's handlers to the default action, so a late Ctrl-C turned a finished command into
+    a death by signal. A file-size limit (ulimit -f) fails a write with EFBIG, which every command reports
+    like a full disk, instead of SIGXFSZ killing recon halfway through a file."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGXFSZ):
+        signal.signal(signum, signal.SIG_IGN)
+    sys.exit(main())

@@ -18,7 +18,7 @@ def run_demo(args: argparse.Namespace) -> int:
     seq_dir = render_sequence(out / "kitti", scene="street", name="demo", fmt="kitti", num_frames=args.frames, seed=0, progress=True)
     print(f"rendered {args.frames} frames of a street drive with turns to {seq_dir}")
     rrd = out / "run" / "recording.rrd"
-    run_args = [str(seq_dir), "--out", str(out / "run"), "--rrd", str(rrd)]
+    run_args = [str(seq_dir), "--out", str(out / "run"), "--overwrite", "--rrd", str(rrd)]
     print("running: recon run " + " ".join(run_args))
     parser = argparse.ArgumentParser(prog="recon run")
     add_run_args(parser)

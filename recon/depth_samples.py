@@ -14,10 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recon.outputs import atomic_write
+from recon.outputs import DEPTH_DIR, atomic_write
 from recon.types import ResizeMap
-
-DEPTH_DIR = "depth"
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ class VoxelMap:
         self.device = torch.device(device)
         self.camera_centre: torch.Tensor | None = None  # [3] the latest one given
         self._vox = Voxels.empty(self.device)
+        self.points_out_of_range = 0  # over every integrate call: points the key range could not hold (voxel too small)
 
     def __len__(self) -> int:
         return len(self._vox)
@@ -126,6 +127,7 @@ class VoxelMap:
             self.camera_centre = centre
         fresh, counts = scatter_voxels(p.reshape(-1, 3), c.reshape(-1, 3), w.reshape(-1), self.voxel_m, self.min_conf, window)
         del p, c, w  # the window's input copies (float32 points etc.) are not needed past the scatter
+        self.points_out_of_range += counts.points_out_of_range
         merged, n_new = merge_voxels(self._vox, fresh)
         peak, touched = merged.nbytes + fresh.nbytes, len(fresh)
         # The old map and the window's voxels are folded into `merged`: let them go before eviction copies

@@ -1,12 +1,17 @@
 """Files of a run (DESIGN §6), written as the run goes: a crash or Ctrl-C at frame N leaves valid files up
 to the last finished window. Line files (trajectories) are appended and flushed per window; whole-file
-outputs (summary, map) are replaced atomically."""
+outputs (summary, map) are replaced atomically.
+
+A run owns its output folder: it holds one run's files at a time (an earlier run is refused, or removed with
+--overwrite) and one run at a time writes there (a lock)."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from io import FileIO
@@ -40,14 +45,25 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     the old or the new file, never half of one (a failed write leaves the old file and no temporary)."""
     path = Path(path)
     with _writing(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-        os.close(fd)
+        tmp = _new_temporary(path)
         try:
-            write(Path(tmp))
+            write(tmp)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
+
+
+def _new_temporary(path: Path) -> Path:
+    """An empty new file `.NAME.XXXXXXXX.SUFFIX` beside `path`, created with mode 0666 less the process umask
+    like any file a Unix tool writes (tempfile.mkstemp makes 0600, and the rename kept that mode)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{path.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -78,9 +94,9 @@ def prepare_out_dir(out_dir: Path, probe_bytes: int = PROBE_BYTES) -> Path:
     """Create the output folder and prove it takes `probe_bytes` before any work starts (the probe file is
     removed again, whatever happens): no permission, a read-only or full disk is one line up front."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"output folder '{out_dir}' is a file; pass --out to a folder (it is created if missing)")
-    try:
+    try:  # exists() too raises, for a name too long
+        if out_dir.exists() and not out_dir.is_dir():
+            raise OutputError(f"output folder '{out_dir}' is a file; pass --out to a folder (it is created if missing)")
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create output folder '{out_dir}' ({e.strerror or e}); pass --out to a writable folder") from None
@@ -95,6 +111,91 @@ def prepare_out_dir(out_dir: Path, probe_bytes: int = PROBE_BYTES) -> Path:
         with suppress(OSError):
             probe.unlink(missing_ok=True)
     return out_dir
+
+
+DEPTH_DIR = "depth"  # per-frame depth samples (recon.depth_samples)
+PLOTS_DIR = "plots"  # `recon eval`'s figures
+# Every file `recon run` and `recon eval` write into OUT, as globs relative to it: what makes a folder hold an
+# earlier run, and all that --overwrite removes (a user's other files there stay). Not a recording: --rrd FILE
+# is the user's name, anywhere, and the run opens it before it clears the folder (`recon demo` puts it in OUT).
+RUN_FILES = ("trajectory.tum", "trajectory.kitti", "frames.txt", "ground_truth.tum", "ground_truth.kitti", "map.ply",
+             "summary.json", "metrics.json", f"{DEPTH_DIR}/[0-9]*.npz", f"{PLOTS_DIR}/*.png")
+LOCK_FILE = ".recon.lock"
+
+
+def run_files(out_dir: Path) -> list[Path]:
+    """recon's own files in `out_dir`, with the temporaries (`.NAME.*`, see atomic_write) a killed run leaves."""
+    out_dir = Path(out_dir)
+    found: set[Path] = set()
+    for pattern in RUN_FILES:
+        folder, name = os.path.split(pattern)
+        for glob in (name, f".{name}.*"):
+            found.update(p for p in (out_dir / folder).glob(glob) if p.is_file())
+    return sorted(found)
+
+
+def refuse_earlier_run(out_dir: Path) -> None:
+    """A run into a folder that holds an earlier one would mix the two (stale ground truth, metrics, depth)."""
+    if earlier := run_files(out_dir):
+        names = sorted({p.relative_to(out_dir).parts[0] for p in earlier})
+        listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise OutputError(f"output folder '{out_dir}' holds an earlier run ({listed}); "
+                          "pass --overwrite to replace it, or --out to another folder")
+
+
+def remove_run_files(out_dir: Path) -> None:
+    """Remove an earlier run's files (run_files) and then its subfolders if nothing else is in them."""
+    with _writing(Path(out_dir)):
+        for path in run_files(out_dir):
+            path.unlink(missing_ok=True)
+    for pattern in RUN_FILES:
+        if (folder := os.path.dirname(pattern)):
+            with suppress(OSError):  # not empty: the user's files stay
+                (Path(out_dir) / folder).rmdir()
+
+
+@contextmanager
+def run_lock(out_dir: Path) -> Iterator[None]:
+    """One run at a time in `out_dir`: two would splice their lines into the same files. An exclusive flock on
+    OUT/.recon.lock, which holds the holder's pid for the message; the kernel drops the lock of a process that
+    died, so a lock file a killed run left is simply taken over. The file is removed at the end."""
+    path = Path(out_dir) / LOCK_FILE
+    with _writing(path):
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                raise OutputError(f"output folder '{out_dir}' is in use by another recon run (pid {holder}); "
+                                 "wait for it to end or pass --out to another folder") from None
+            # The holder before us may have removed the file between our open and our lock: lock the new one.
+            if os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    try:
+        yield
+    finally:
+        with suppress(OSError):
+            path.unlink()
+        os.close(fd)
+
+
+@contextmanager
+def claim_out_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """The output folder of one run, up front (before any slow work): created and proven writable
+    (prepare_out_dir), locked for the run's duration, and refused if it holds an earlier run unless
+    `overwrite` (the earlier files are removed when the run starts writing: see Pipeline.run)."""
+    out_dir = prepare_out_dir(out_dir)
+    with run_lock(out_dir):
+        if not overwrite:
+            refuse_earlier_run(out_dir)
+        yield out_dir
 
 
 class TrajectoryWriter:

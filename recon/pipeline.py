@@ -29,8 +29,9 @@ from recon.depth_samples import DepthSample, write_depth_sample
 from recon.errors import NonFiniteError, ReconError
 from recon.fusion import VoxelMap
 from recon.geometry import invert_rigid
+from recon.kernels.voxel import KEY_OFFSET
 from recon.models.base import GeometryModel, StreamingModel
-from recon.outputs import TrajectoryWriter, atomic_write_json, prepare_out_dir
+from recon.outputs import TrajectoryWriter, atomic_write_json, prepare_out_dir, remove_run_files
 from recon.registration import OverlappingWindows, Registration
 from recon.schedule import DEFAULT_OVERLAP, DEFAULT_WINDOW, KeyframeConfig, KeyframeSelector, WindowScheduler
 from recon.types import FLAG_LOW_PARALLAX, FLAG_TOO_FEW_TRACKS, Frame, WindowPrediction
@@ -90,13 +91,15 @@ class RunState:
     frames_unregistered: int = 0  # trajectory frames no window could place (placeholder poses)
     loops: list[dict[str, Any]] = field(default_factory=list)  # loop closures (window, matched window, inliers)
     trajectory_rewrites: int = 0
+    warnings: list[str] = field(default_factory=list)  # what the run could not do (e.g. no map), said at its end
 
 
-def nothing_reconstructed(st: RunState, stride: int, images_skipped: int) -> str | None:
+def nothing_reconstructed(st: RunState, stride: int, images_skipped: int, points_off_grid: int = 0) -> str | None:
     """Why a finished run reconstructed nothing (not one frame placed, or not one 3D point), in a line that
     says what to change; None when it reconstructed something. `stride` and `images_skipped` (unreadable or
-    odd-sized files) explain where the frames went."""
-    if st.frames_written - st.frames_unregistered > 0 and st.map_ply_points > 0:
+    odd-sized files) explain where the frames went; points that fell off the voxel grid were found all the
+    same (a --voxel too small for a map is a warning, not an empty run)."""
+    if st.frames_written - st.frames_unregistered > 0 and st.map_ply_points + points_off_grid > 0:
         return None
     read = f"{st.frames_read} frame{'s' if st.frames_read != 1 else ''} read"
     if st.frames_read == 0:
@@ -139,6 +142,7 @@ class _Window:
 
 
 _DONE = object()
+_STOPPED = object()  # request_stop: the run ends after the window being written
 _NEW_ANCHOR = object()  # the model restarted mid-run: its next prediction has a new anchor
 
 
@@ -161,6 +165,7 @@ class Pipeline:
         self.input_spec = input_spec
         self.state = RunState()
         self._stop = threading.Event()
+        self._stop_requested = threading.Event()
         self._queue: queue.Queue = queue.Queue(maxsize=config.queue_windows)
         self._error: BaseException | None = None
         self._t0 = 0.0
@@ -171,6 +176,7 @@ class Pipeline:
     def run(self) -> RunState:
         self._t0 = time.perf_counter()
         producer = threading.Thread(target=self._produce, name="recon-model", daemon=True)
+        remove_run_files(self.out_dir)  # the folder holds this run's files only: no earlier map, metrics or depth
         writer = TrajectoryWriter(self.out_dir, frames_file=True)
         # The source's ground truth for the same frames, so any tool (ours, evo) can compare the two files.
         self._gt_writer = TrajectoryWriter(self.out_dir, "ground_truth") if self.source.has_ground_truth else None
@@ -178,14 +184,14 @@ class Pipeline:
         try:
             self._write_summary()
             producer.start()
-            while (item := self._queue.get()) is not _DONE:
+            while (item := self._next_item()) not in (_DONE, _STOPPED):
                 if item is _NEW_ANCHOR:
                     self.core.restart()
                     continue
                 self._consume(item, writer)
             if self._error is not None:
                 raise self._error
-            self.state.status = "finished"
+            self.state.status = "finished" if item is _DONE else "interrupted"
         except KeyboardInterrupt:
             self.state.status = "interrupted"
             raise
@@ -206,6 +212,7 @@ class Pipeline:
                 self._gt_writer.close()
             try:
                 self._write_map(final=self.state.status == "finished")
+                self.state.warnings += _map_warnings(self.core.map, self.out_dir / "map.ply")
             except ReconError as e:  # e.g. the disk filled up: the summary must still say how the run ended
                 if self.state.status != "finished":
                     log.warning("%s", e)  # the error that stopped the run is the one to report
@@ -215,11 +222,26 @@ class Pipeline:
             finally:
                 self._write_summary()
                 self.viewer.close()
-        if (why := nothing_reconstructed(self.state, getattr(self.source, "stride", 1), len(getattr(self.source, "skipped", [])))):
+        off_grid = self.core.map.points_out_of_range if self.core.map is not None else 0
+        if (why := nothing_reconstructed(self.state, getattr(self.source, "stride", 1), len(getattr(self.source, "skipped", [])), off_grid)):
             self.state.status = "failed"  # empty files must not pass for a result
             self._write_summary()
             raise ReconError(why)
         return self.state
+
+    def request_stop(self) -> None:
+        """End the run after the window being written, as a finished run ends (its last poses flushed, the
+        map and summary written), with status "interrupted". Safe from a signal handler or another thread."""
+        self._stop_requested.set()
+
+    def _next_item(self) -> object:
+        """The next item the producer queued, or _STOPPED once a stop is requested."""
+        while not self._stop_requested.is_set():
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return _STOPPED
 
     # -- producer thread: read, cut windows, infer ---------------------------------------------------
     def _produce(self) -> None:
@@ -445,10 +467,23 @@ class Pipeline:
             "model_flags": st.flags,
             "skipped_windows": st.skipped_windows,
             "source_notes": source_notes(self.source),  # what the source skipped or survived (unreadable images, ...)
+            "warnings": st.warnings,
             "alignment_paths": st.alignment_paths,
             "alignment": list(st.alignment),  # the last ALIGNMENT_LOG_WINDOWS windows
         }
         atomic_write_json(self.out_dir / "summary.json", summary)
+
+
+def _map_warnings(voxel_map: VoxelMap | None, ply: Path) -> list[str]:
+    """Why map.ply is missing, or what it leaves out: a run that ends without a map says so."""
+    lost = voxel_map.points_out_of_range if voxel_map is not None else 0
+    grid = (f"outside the voxel grid at voxel {voxel_map.voxel_m:g} ({KEY_OFFSET:,} voxels each way from the origin); pass a larger --voxel"
+            if voxel_map is not None else "")
+    if ply.is_file():
+        return [f"map.ply leaves out {lost:,} points {grid}"] if lost else []
+    if lost:
+        return [f"no map.ply: every point fell {grid}"]
+    return ["no map.ply: no window was registered" if voxel_map is None else "no map.ply: no point was confident enough to fuse"]
 
 
 def _place_stats(core: Reconstruction) -> dict[str, Any] | None:

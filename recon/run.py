@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from recon.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
 from recon.errors import ReconError
 from recon.schedule import DEFAULT_OVERLAP, DEFAULT_WINDOW
+
+if TYPE_CHECKING:
+    from recon.datasets.base import FrameSource
+    from recon.pipeline import RunState
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +55,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--intrinsics", help="fx,fy,cx,cy in pixels of the input images (default: from the source, else estimated)")
     p.add_argument("--depth-every", type=int, default=10, metavar="N",
                    help="keep every N-th trajectory frame's depth in OUT/depth/ for `recon eval` (default 10; 0: none)")
-    p.add_argument("--out", default="out", help="output directory (default: out)")
+    p.add_argument("--out", default="out", help="output directory (default: out); a folder holding an earlier run needs --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's files in --out (recon's own outputs only; other files stay)")
     v = p.add_argument_group("viewing (Rerun)")
     v.add_argument("--viewer", choices=["none", "spawn", "serve"], default="none",
                    help="none (default), spawn the native Rerun viewer, or serve the web viewer")
@@ -84,6 +93,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ReconError(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.voxel is not None and not args.voxel > 0:
         raise ReconError(f"--voxel must be > 0, got {args.voxel}")
+    if args.voxel is not None and not math.isfinite(args.voxel):
+        raise ReconError(f"--voxel must be a finite size in run units, got {args.voxel}")
     if args.depth_every < 0:
         raise ReconError(f"--depth-every must be >= 0 (0: keep no depth), got {args.depth_every}")
     if args.max_map_points < 1:
@@ -140,26 +151,39 @@ def model_options(args: argparse.Namespace) -> dict[str, object]:
     return options
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a job scheduler, `kill`, a container stop): unwinds the run like Ctrl-C, so every finished
-    window's output is flushed and summary.json says "interrupted"."""
+@dataclass
+class StopRequest:
+    """The signal that asked the run to stop (None: none did)."""
+
+    signum: int | None = None
+
+    @property
+    def terminated(self) -> bool:
+        return self.signum == signal.SIGTERM
 
 
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
+def stop_on_signals(request_stop: Callable[[], None]) -> Iterator[StopRequest]:
+    """SIGINT (Ctrl-C) and SIGTERM (a job scheduler, `kill`, a container stop) ask the run to stop after the
+    window it is writing: every finished window's output is flushed and summary.json says "interrupted".
+    Further signals change nothing: raised into the shutdown, a second one cut the final summary short (it
+    stayed "running") and let the interpreter exit while the model thread was inside native code (SIGABRT)."""
+    stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield
+        yield stop
         return
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the flush short
-        raise Terminated()
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.signum is None:
+            stop.signum = signum
+            request_stop()
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
@@ -199,18 +223,18 @@ def heap_trimmer() -> Callable[[], None]:
     return trim_free_pages
 
 
-def _absolute_if_path(spec: str) -> str:
-    """Recorded so `recon eval` can reopen the source from any working directory."""
+def _recorded_source(spec: str) -> str:
+    """The source as summary.json records it: absolute, so `recon eval` can reopen it from any working
+    directory, and without a URL's credentials (the logs redact them the same way)."""
+    from recon.datasets.stream import redact
+
     path = Path(spec).expanduser()
-    return str(path.resolve()) if ":" not in spec and path.exists() else spec
+    return str(path.resolve()) if ":" not in spec and path.exists() else redact(spec)
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from recon.datasets import detect_kind, open_source, source_notes
-    from recon.datasets.base import length_hint
-    from recon.outputs import prepare_out_dir
-    from recon.models.base import create_model, registration_for
-    from recon.pipeline import Pipeline, PipelineConfig, unplaced_frames_notes
+    from recon.datasets import detect_kind, open_source
+    from recon.outputs import claim_out_dir
 
     _check(args)
     return_large_blocks_to_the_os()
@@ -221,14 +245,23 @@ def run_command(args: argparse.Namespace) -> int:
     kind = args.source_kind or detect_kind(args.source)
     options.update(stream_options(kind, args.timeout))
     source = open_source(args.source, kind=kind, **options)
-    out = prepare_out_dir(Path(args.out))  # before the model loads (minutes for a large checkpoint)
-    model = create_model(args.model, **model_opts)
+    input_spec = {"source": _recorded_source(args.source), "kind": args.source_kind, **options}
+    # Before the model loads (minutes for a large checkpoint): a folder in use or holding an earlier run is one line up front.
+    with claim_out_dir(Path(args.out), overwrite=args.overwrite) as out:
+        return _reconstruct(args, source, out, model_opts, input_spec)
+
+
+def _reconstruct(args: argparse.Namespace, source: FrameSource, out: Path, model_opts: dict[str, object], input_spec: dict) -> int:
+    from recon.datasets import source_notes
+    from recon.datasets.base import length_hint
+    from recon.models.base import create_model, registration_for
+    from recon.pipeline import Pipeline, PipelineConfig, unplaced_frames_notes
     from recon.viz import open_viewer
 
+    model = create_model(args.model, **model_opts)
     config = PipelineConfig(window=args.window, overlap=_overlap(args), align=args.align, voxel=args.voxel,
                             max_map_points=args.max_map_points, keyframes=not args.no_keyframes, depth_every=args.depth_every,
                             loop_closure=not args.no_loop_closure)
-    input_spec = {"source": _absolute_if_path(args.source), "kind": args.source_kind, **options}
     bar = tqdm(total=length_hint(source), unit="frame", desc="recon", disable=None, dynamic_ncols=True)
 
     trim_heap = heap_trimmer()
@@ -241,35 +274,49 @@ def run_command(args: argparse.Namespace) -> int:
     viewer = open_viewer(args.viewer, Path(args.rrd) if args.rrd else None, bind=args.bind, port=args.port)
     pipeline = Pipeline(source, model, out, config, on_window=progress, viewer=viewer, input_spec=input_spec,
                         registration=registration_for(args.model))
-    try:
-        with sigterm_as_interrupt():
-            state = pipeline.run()
-    except KeyboardInterrupt as e:
-        bar.close()
-        what = "terminated" if isinstance(e, Terminated) else "interrupted"
-        print(f"recon: {what}; outputs up to the last finished window are in {out}/", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
+    with stop_on_signals(pipeline.request_stop) as stop:
+        state = pipeline.run()
     bar.update(state.frames_read - bar.n)
     bar.close()
+    if stop.signum is not None:
+        print(f"recon: {'terminated' if stop.terminated else 'interrupted'}; outputs up to the last finished window are in {out}/",
+              file=sys.stderr)
+        return EXIT_TERMINATED if stop.terminated else EXIT_INTERRUPTED
+    # Every file is written before anything is printed: a closed stdout (`recon run ... | head`) costs the report only.
+    metrics = evaluate(out) if source.has_ground_truth and state.frames_written >= 3 else None
+    for warning in [*state.warnings, *source_notes(source), *unplaced_frames_notes(state)]:
+        print(f"recon: warning: {warning}", file=sys.stderr)
     print(f"{state.frames_read} frames ({state.frames_skipped} without motion skipped), {state.windows} windows -> {out}/")
-    print(f"  trajectory.tum, trajectory.kitti ({state.frames_written} poses), map.ply ({state.map_ply_points} points), summary.json")
-    for note in source_notes(source) + unplaced_frames_notes(state):
-        print(f"recon: warning: {note}", file=sys.stderr)
-    if source.has_ground_truth and state.frames_written >= 3:
-        report_metrics(out)
+    print(f"  {', '.join(written_outputs(out, state))}")
+    if metrics is not None:
+        report_metrics(out, metrics)
     return 0
 
 
-def report_metrics(out: Path) -> None:
-    """The run measured against its source's ground truth (`recon eval OUT` does the same later). A
-    failure here costs the metrics, never the run's outputs."""
-    from recon.eval.run_eval import PLOTS_DIR, evaluate_run, format_table
+def written_outputs(out: Path, state: RunState) -> list[str]:
+    """The summary line's files: the ones the run wrote, never one it did not (an empty map writes no map.ply)."""
+    listed = [f"trajectory.tum, trajectory.kitti ({state.frames_written} poses)"]
+    if (out / "map.ply").is_file():  # the folder holds this run's files only (Pipeline.run)
+        listed.append(f"map.ply ({state.map_ply_points} points)")
+    return [*listed, "summary.json"]
+
+
+def evaluate(out: Path) -> dict | None:
+    """The run measured against its source's ground truth (`recon eval OUT` does the same later). A failure
+    here costs the metrics, never the run's outputs."""
+    from recon.eval.run_eval import evaluate_run
 
     try:
-        metrics = evaluate_run(out)
+        return evaluate_run(out)
     except ReconError as e:
         print(f"recon: warning: evaluation skipped: {e}", file=sys.stderr)
-        return
+        return None
+
+
+def report_metrics(out: Path, metrics: dict) -> None:
+    from recon.eval.run_eval import format_table
+    from recon.outputs import PLOTS_DIR
+
     print("vs ground truth:")
     print(format_table(metrics))
     print(f"  -> {out}/metrics.json, {out}/{PLOTS_DIR}/*.png")

@@ -30,6 +30,8 @@ def content_lines(path: Path) -> list[tuple[int, str]]:
         text = Path(path).read_text()
     except OSError as e:
         raise FormatError(path, None, f"cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise FormatError(path, None, "not a text file; expected one pose per line (KITTI or TUM)") from None
     return [(i, l) for i, l in enumerate(text.splitlines(), 1) if l.strip() and not l.lstrip().startswith("#")]
 
 

@@ -7,12 +7,14 @@ Each case builds its bad input under tmp_path, runs `recon ...` in-process and c
   `recon: WARNING: ...`, recon's logged warnings) exactly one line, the error (`recon: error: ...`, or
   `recon run: error: ...` from argument parsing), matching the case's regex; a case that goes on (exit 0)
   has no other line and a warning matching the regex;
-- "earlier outputs intact": before the case its out dir holds a copy of one good earlier run. After it,
+- "nothing mixed": before the case its out dir holds a copy of one good earlier run, and `recon run` gets
+  --overwrite (unless the case says `overwrite=False`: a run into that folder is then refused). After it,
   per case (`outputs`):
     IDENTICAL  the failure came before the run started: every file byte for byte as before, none added;
-    VALID      the run started, then failed: it replaced some files; every file is still there and parses,
-               the three trajectory files agree, and no temporary file is left behind;
-    WRITTEN    the run went on and finished: the outputs are the new run's, whole and consistent.
+    VALID      the run started, then failed: none of the earlier run's files is left (the run removed them
+               when it started), every file the run wrote parses, the three trajectory files agree, and no
+               temporary file is left behind;
+    WRITTEN    the run went on and finished: as VALID, and the outputs are the new run's, whole and consistent.
 In-process, recon's logged per-file warnings go to pytest's log capture, not to stderr; the end-of-run
 report lines are printed, so they are what the stderr checks see.
 Full and read-only disks: out_read_only and out_disk_full_* mount a small tmpfs and skip unless run as root; the
@@ -29,6 +31,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -68,7 +71,7 @@ class Ctx:
     frames: list[Frame]
     monkeypatch: pytest.MonkeyPatch
     stack: ExitStack
-    facts: dict[str, object] = field(default_factory=dict)  # what a setup wants its `check` to see
+    facts: dict[str, object] = field(default_factory=dict)  # what a setup wants its `check` to see (and "stdout")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Case:
     message: str  # regex for the error line (exit != 0) or for the warning report (exit 0)
     outputs: Outputs
     check: Callable[[Ctx], None] | None = None  # anything else the case promises
+    overwrite: bool = True  # the runner passes `recon run` --overwrite: the case's failure is under test, not the refusal
 
 
 FRAME_SIZE = "192,64"  # w,h of the rendered frames: small, so each run that goes on takes about a second
@@ -217,8 +221,21 @@ def file_size_limit(ctx: Ctx, max_bytes: int) -> None:
     ctx.stack.callback(resource.setrlimit, resource.RLIMIT_FSIZE, (soft, hard))
 
 
-def tmpfs(ctx: Ctx, size: str) -> Path:
-    """A real small disk (root only: skips elsewhere); the case's out dir (with the earlier run) moves onto it."""
+def tmpfs(ctx: Ctx, size: str, earlier_run: bool = True) -> Path:
+    """A real small disk (root only: skips elsewhere); the case's out dir (with the earlier run, unless not
+    `earlier_run`) moves onto it."""
+    disk = mount_tmpfs(ctx, size)
+    moved = disk / "out"
+    if earlier_run:
+        shutil.copytree(ctx.out, moved)
+    else:
+        moved.mkdir()
+    ctx.out = moved
+    return disk
+
+
+def mount_tmpfs(ctx: Ctx, size: str) -> Path:
+    """A real small disk (root only: skips elsewhere), unmounted after the case."""
     disk = ctx.tmp / "disk"
     disk.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
@@ -227,9 +244,6 @@ def tmpfs(ctx: Ctx, size: str) -> Path:
     if res.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
     ctx.stack.callback(subprocess.run, ["umount", "-l", str(disk)], check=False)
-    moved = disk / "out"
-    shutil.copytree(ctx.out, moved)
-    ctx.out = moved
     return disk
 
 
@@ -627,7 +641,7 @@ MID_RUN = ["run", "synthetic:street", "--max-frames", "8", "--window", "4", "--o
 
 
 def out_full_mid_run(ctx: Ctx) -> list[str]:
-    disk = tmpfs(ctx, "8m")
+    disk = tmpfs(ctx, "8m", earlier_run=False)  # removed when the run starts, its files would free the space taken here
     leave_free(disk, 340 << 10)
     return [*MID_RUN, "--out", str(ctx.out)]
 
@@ -794,6 +808,163 @@ CASES = [
 ]
 
 
+# --- issue 15: outputs and the run's lifecycle ------------------------------------------------------------
+# A run owns its output folder (an earlier run is refused, or replaced with --overwrite), writes only what
+# it says it wrote, never stores a URL's password, and fails in one line where a user's setup is at fault.
+
+
+def street_run(*flags: str) -> Callable[[Ctx], list[str]]:
+    return lambda ctx: ["run", "synthetic:street", "--max-frames", "4", *flags]
+
+
+def url_with_password(ctx: Ctx) -> list[str]:
+    return ["run", f"http://user:secret@127.0.0.1:{silent_server(ctx)}/x.avi", "--timeout", "0.5"]
+
+
+def out_name_too_long(ctx: Ctx) -> list[str]:
+    return ["run", "synthetic:street", "--max-frames", "4", "--out", str(ctx.tmp / ("x" * 300))]
+
+
+def eval_gt_is_an_image(ctx: Ctx) -> list[str]:
+    write_png(ctx.tmp / "x.png", ctx.frames[0].image_rgb)
+    return ["eval", str(ctx.out), "--gt", str(ctx.tmp / "x.png")]
+
+
+def view_corrupt_recording(ctx: Ctx) -> list[str]:
+    (ctx.tmp / "rec.rrd").write_bytes(b"RRF2" + np.random.default_rng(0).bytes(4000))  # the magic bytes, then noise
+    return ["view", "--web", str(ctx.tmp / "rec.rrd")]
+
+
+def rrd_read_only(ctx: Ctx) -> list[str]:
+    disk = mount_tmpfs(ctx, "1m")
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    return ["run", "synthetic:street", "--max-frames", "4", "--rrd", str(disk / "rec.rrd")]
+
+
+def viewer_port_taken(ctx: Ctx) -> list[str]:
+    return ["run", "synthetic:street", "--max-frames", "4", "--viewer", "serve", "--port", str(silent_server(ctx))]
+
+
+def no_file_holds(text: str) -> Callable[[Ctx], None]:
+    def check(ctx: Ctx) -> None:
+        assert [name for name, data in files(ctx.out).items() if text.encode() in data] == []
+
+    return check
+
+
+def names_no_map(ctx: Ctx) -> None:
+    assert not (ctx.out / "map.ply").exists() and not re.search(r"map\.ply \(", str(ctx.facts["stdout"])), ctx.facts["stdout"]
+
+
+CASES += [
+    Case("out_holds_an_earlier_run", street_run(), 2,
+         r"output folder '.*out' holds an earlier run \(depth, frames\.txt, ground_truth\.kitti, \.\.\.\); pass --overwrite to replace it",
+         Outputs.IDENTICAL, overwrite=False),
+    Case("out_name_too_long", out_name_too_long, 2, r"cannot create output folder '.*x{300}' \(File name too long\)", Outputs.IDENTICAL),
+    Case("args_voxel_infinite", street_run("--voxel", "inf"), 2, r"--voxel must be a finite size in run units, got inf", Outputs.IDENTICAL),
+    Case("voxel_too_small_for_a_map", street_run("--voxel", "1e-30"), 0,
+         r"no map\.ply: every point fell outside the voxel grid at voxel 1e-30 .*; pass a larger --voxel", Outputs.WRITTEN, names_no_map),
+    Case("url_password_never_written", url_with_password, 2,
+         r"cannot open stream 'http://\*\*\*@127\.0\.0\.1:\d+/x\.avi': no answer within 0\.5 s", Outputs.VALID, no_file_holds("secret")),
+    Case("eval_gt_is_an_image", eval_gt_is_an_image, 2, r"x\.png: not a text file; expected one pose per line", Outputs.IDENTICAL),
+    Case("view_corrupt_recording", view_corrupt_recording, 2, r"rec\.rrd: cannot read the recording", Outputs.IDENTICAL),
+    Case("rrd_read_only", rrd_read_only, 2, r"cannot write the recording: Failed to create file: Read-only file system .*rec\.rrd",
+         Outputs.IDENTICAL),
+    Case("viewer_port_taken", viewer_port_taken, 2, r"port \d+ on 127\.0\.0\.1 is in use by another program; pass another --port",
+         Outputs.IDENTICAL),
+]
+
+
+def test_overwrite_replaces_the_earlier_run_and_keeps_the_users_files(earlier_run: Path, street_frames: list[Frame], tmp_path: Path,
+                                                                      capfd: pytest.CaptureFixture) -> None:
+    """Run A (a drive with ground truth, evaluated) then run B (frames without any) into one folder: B's
+    folder holds B's outputs only, so `recon eval` cannot score B against A's ground truth."""
+    out = tmp_path / "out"
+    shutil.copytree(earlier_run, out)
+    (out / "notes.txt").write_text("mine")
+    (out / "plots" / "sketch.txt").write_text("mine too")
+    d = tmp_path / "frames"
+    d.mkdir()
+    for f in street_frames:
+        write_png(d / f"f{f.index:04d}.png", f.image_rgb)
+    assert run_main(["run", str(d), "--out", str(out), "--overwrite"]) == 0
+    assert sorted(files(out)) == ["depth/000000.npz", "frames.txt", "map.ply", "notes.txt", "plots/sketch.txt", "summary.json",
+                                  "trajectory.kitti", "trajectory.tum"]  # no ground truth, metrics or plots of run A
+    assert json.loads((out / "summary.json").read_text())["input"]["source"] == str(d)
+    capfd.readouterr()
+    assert run_main(["eval", str(out)]) == 2
+    assert re.search(r"has no ground truth: its source had none", capfd.readouterr().err)
+
+
+def test_an_empty_folder_or_one_with_other_files_needs_no_overwrite(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    for out in (tmp_path / "empty", tmp_path / "mine", tmp_path / "new"):
+        assert run_main(["run", "synthetic:street", "--max-frames", "4", "--out", str(out)]) == 0
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+def hold_run_lock(out: Path) -> subprocess.Popen:
+    """Another process holding `out`'s run lock until killed; returned once it holds it."""
+    code = ("import sys, time; from pathlib import Path; from recon.outputs import run_lock\n"
+            "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_first(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = hold_run_lock(out)
+    try:
+        capfd.readouterr()
+        assert run_main(["run", "synthetic:street", "--max-frames", "4", "--out", str(out), "--overwrite"]) == 2
+        err = capfd.readouterr().err.strip().splitlines()
+        assert err == [f"recon: error: output folder '{out}' is in use by another recon run (pid {holder.pid}); "
+                       "wait for it to end or pass --out to another folder"]
+        assert sorted(files(out)) == [".recon.lock"]  # the holder's, untouched
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = hold_run_lock(out)
+    holder.kill()
+    holder.wait()
+    assert (out / ".recon.lock").read_text() == f"{holder.pid}\n"  # a dead pid
+    assert run_main(["run", "synthetic:street", "--max-frames", "4", "--out", str(out)]) == 0
+    assert not (out / ".recon.lock").exists()
+
+
+def test_outputs_get_the_permissions_of_the_process_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        assert run_main(["run", "synthetic:street", "--max-frames", "4", "--out", str(tmp_path / "out")]) == 0
+    finally:
+        os.umask(previous)
+    modes = {name: oct((tmp_path / "out" / name).stat().st_mode & 0o777) for name in files(tmp_path / "out")}
+    assert set(modes.values()) == {"0o644"}, modes
+
+
+def test_a_closed_stdout_loses_the_report_never_a_file(tmp_path: Path) -> None:
+    """`recon run ... | true`: the reader is gone before recon prints its report."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "recon", "run", "synthetic:street", "--max-frames", "6", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.splitlines() == ["recon: error: standard output was closed before the report was printed; the files are written"]
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"
+    assert (out / "metrics.json").is_file() and (out / "map.ply").is_file()
+
+
 # -- the runner --------------------------------------------------------------------------------------------
 
 
@@ -869,15 +1040,17 @@ def test_bad_input(case: Case, earlier_run: Path, street_frames: list[Frame], tm
                    monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
     shutil.copytree(earlier_run, out)
+    age_files(out)
     with ExitStack() as stack:  # open until the end: a case's disk stays mounted while its files are checked
         ctx = Ctx(tmp_path, out, street_frames, monkeypatch, stack)
         args = case.setup(ctx)
         before = files(ctx.out)
-        if "--out" not in args:
-            args = [*args, "--out", str(ctx.out)]
+        if args[0] == "run":
+            args = [*args, *(["--out", str(ctx.out)] if "--out" not in args else []), *(["--overwrite"] if case.overwrite else [])]
         capfd.readouterr()
         code = run_main(args)
-        err = capfd.readouterr().err
+        captured = capfd.readouterr()
+        err, ctx.facts["stdout"] = captured.err, captured.out
         assert_stderr(case, code, err)
         assert_outputs(case, before, ctx.out)
         if case.check is not None:
@@ -898,6 +1071,17 @@ def assert_stderr(case: Case, code: int, err: str) -> None:
         assert any(re.search(case.message, w) for w in warnings), f"no warning matches {case.message!r}:\n{err}"
 
 
+EARLIER_MTIME_NS = 10**18  # 2001-09-09: a stamp no file the case's run writes can have
+
+
+def age_files(out: Path) -> None:
+    """Stamp the earlier run's files, so a file left over from it is told from one the case's run wrote."""
+    if out.is_dir():
+        for p in out.rglob("*"):
+            if p.is_file():
+                os.utime(p, ns=(EARLIER_MTIME_NS, EARLIER_MTIME_NS))
+
+
 def assert_outputs(case: Case, before: dict[str, bytes], out: Path) -> None:
     after = files(out)
     if case.outputs is Outputs.IDENTICAL:
@@ -905,14 +1089,16 @@ def assert_outputs(case: Case, before: dict[str, bytes], out: Path) -> None:
         changed = [name for name in before if after[name] != before[name]]
         assert not changed, f"changed: {changed}"
         return
-    assert before.keys() <= after.keys(), f"earlier files removed: {before.keys() - after.keys()}"
+    leftovers = [name for name in after if (out / name).stat().st_mtime_ns == EARLIER_MTIME_NS]
+    assert not leftovers, f"the earlier run's files are mixed in: {leftovers}"
     assert_consistent(out)
     if case.outputs is Outputs.WRITTEN:
         summary = json.loads((out / "summary.json").read_text())
         assert summary["status"] == "finished"
         assert summary["frames_in_trajectory"] == len(read_tum(out / "trajectory.tum")[0]) > 0
-        # What the source skipped or survived is on record with the outputs, not only on stderr.
-        assert any(re.search(case.message, note) for note in summary["source_notes"]), summary["source_notes"]
+        # What the source skipped or survived, or the run could not do, is on record with the outputs, not only on stderr.
+        notes = [*summary["source_notes"], *summary["warnings"]]
+        assert any(re.search(case.message, note) for note in notes), notes
 
 
 def test_the_table_covers_enough_cases() -> None:

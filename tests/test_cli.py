@@ -81,7 +81,7 @@ def test_run_hands_free_heap_pages_back_once_per_window(tmp_path: Path, monkeypa
     recon.run.heap_trimmer()()  # safe to call anywhere (a no-op off glibc)
     calls: list[int] = []
     monkeypatch.setattr(recon.run, "heap_trimmer", lambda: lambda: calls.append(1))
-    monkeypatch.setattr(recon.run, "report_metrics", lambda out: None)  # the evaluation is not under test
+    monkeypatch.setattr(recon.run, "evaluate", lambda out: None)  # the evaluation is not under test
     out = tmp_path / "out"
     assert main(["run", "synthetic:street", "--max-frames", "8", "--window", "4", "--overlap", "1", "--no-loop-closure",
                  "--depth-every", "0", "--out", str(out)]) == 0

@@ -148,3 +148,23 @@ def test_sigterm_flushes_finished_windows_and_exits_143(tmp_path: Path) -> None:
     summary = assert_whole_windows_written(out, stopped_cleanly=True)
     assert summary["status"] == "interrupted"
     assert len(read_kitti(out / "trajectory.kitti")) == summary["frames_in_trajectory"]
+
+
+@pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_during_the_shutdown_changes_nothing(tmp_path: Path, first: signal.Signals) -> None:
+    """Ctrl-C pressed again while the run is stopping: the shutdown still ends with a final status, never an
+    abort (SIGABRT) and never a summary stuck at "running"."""
+    out = tmp_path / "out"
+    proc = start_run_until(out, windows=2)
+    proc.send_signal(first)
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + first, stderr
+    assert "Traceback" not in stderr
+    summary = assert_whole_windows_written(out, stopped_cleanly=True)
+    assert summary["status"] == "interrupted"
+    assert len(read_kitti(out / "trajectory.kitti")) == summary["frames_in_trajectory"]

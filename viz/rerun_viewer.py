@@ -472,7 +472,10 @@ def open_rerun_viewer(mode: str, rrd: Path | None, bind: str = "127.0.0.1", port
             sinks.append(sink)
         if rrd is not None:
             sinks.append(rr.FileSink(str(_rrd_target(rrd))))
-        recording.set_sinks(*sinks)
+        try:
+            recording.set_sinks(*sinks)
+        except RuntimeError as e:  # rerun creates the .rrd file here ("Failed to create file: Read-only file system ...")
+            raise ReconError(f"cannot write the recording: {str(e).splitlines()[0]}; pass --rrd a file in a writable folder") from e
         recording.send_blueprint(paths.default_blueprint(), make_active=True, make_default=True)
     except BaseException:
         if cleanup is not None:
@@ -514,12 +517,12 @@ def serve_web_viewer(bind: str, web_port: int | None, server_memory_limit: str =
     import rerun as rr
 
     binary = rerun_binary()
+    web_port = pick_port(bind, web_port, DEFAULT_WEB_PORT)  # first: a taken --port fails before a server starts
     grpc_port = pick_port(bind, None, DEFAULT_GRPC_PORT)
     try:
         sink = rr.GrpcServerSink(bind_ip=bind, port=grpc_port, server_memory_limit=server_memory_limit)
     except Exception as e:
         raise ReconError(f"cannot serve the recording on {bind}:{grpc_port} ({e})") from e
-    web_port = pick_port(bind, web_port, DEFAULT_WEB_PORT)
     grpc_url = f"rerun+http://{url_host(bind)}:{grpc_port}/proxy"
     # The in-process web server of rerun-sdk listens on all interfaces; the CLI's honours --bind.
     process = start_rerun_process([str(binary), "--serve-web", "--bind", bind, "--web-viewer-port", str(web_port), grpc_url],
@@ -571,8 +574,10 @@ def print_viewer_url(bind: str, web_port: int, grpc_url: str) -> None:
 
 
 def pick_port(bind: str, wanted: int | None, default: int) -> int:
-    """`wanted` as given; else `default`, or a free port when `default` is taken."""
+    """`wanted` as given, if free; else `default`, or a free port when `default` is taken."""
     if wanted is not None:
+        if not _can_bind(bind, wanted):  # the viewer would fail to start and the printed address reach that program
+            raise ReconError(f"port {wanted} on {bind} is in use by another program; pass another --port, or none to get a free one")
         return wanted
     return default if _can_bind(bind, default) else _free_port(bind)
 
@@ -580,6 +585,7 @@ def pick_port(bind: str, wanted: int | None, default: int) -> int:
 def _can_bind(bind: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a port in TIME_WAIT is free, a listening one not
         try:
             s.bind((bind, port))
         except OSError:

@@ -55,7 +55,7 @@ def serve_rrd(path: Path, bind: str, web_port: int | None) -> int:
     try:
         reader = RrdReader(path)
         entry = reader.recordings()[0]
-    except (ValueError, IndexError, OSError) as e:
+    except (ValueError, IndexError, OSError, RuntimeError) as e:  # RuntimeError: rerun's decoder on a corrupt file
         raise ReconError(f"{path}: cannot read the recording ({e})") from e
     recording = rr.RecordingStream(entry.application_id, recording_id=entry.recording_id)
     # The server keeps everything for browsers that connect later: room for the whole file.
