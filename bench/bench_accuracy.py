@@ -196,7 +196,7 @@ def run_recon(seq: Path, out: Path, *extra: str) -> str:
     """Run `recon run` fresh into out; '' on success, else the last line it printed."""
     shutil.rmtree(out, ignore_errors=True)  # never read a previous run's files as this one's
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "recon", "run", str(seq), "--out", str(out), *extra]
+    cmd = [sys.executable, "-m", "recon", "run", str(seq), "--out", str(out), "--overwrite", *extra]
     p = subprocess.run(cmd, capture_output=True, text=True)
     out.with_suffix(".log").write_text(p.stdout + p.stderr)
     if p.returncode != 0:
