@@ -3,8 +3,8 @@ and 3D points, Huber-reweighted, solved through the Schur complement on the came
 fixed gauge; optionally one shared focal scale is refined.
 
 Each track is seen in a few of the window's frames (2-8 of 20 on a fast pan), so Jacobians are kept per
-observation — [N,2,6] and [N,2,3], not per (track, frame) — and only the camera-by-point coupling W
-[T,6S+1,3] is laid out densely, for the Schur complement's one BLAS product. 8x faster than the dense
+observation — [N,2,6] and [N,2,3], not per (track, frame) — and the camera-by-point coupling W is a sparse
+matrix of fixed pattern (_Coupling), so the Schur complement is one sparse product. 7x faster than the dense
 layout at 3000 points (tests/plain_bundle.py keeps that plain reference, and the two must agree)."""
 
 from __future__ import annotations

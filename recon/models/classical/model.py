@@ -311,7 +311,7 @@ class ClassicalModel:
 
         # Best first, an implausible pair last; a pair whose essential matrix the frames between contradict is
         # passed over.
-        for _, a, b, angle, n in sorted(scored, key=lambda x: (implausible(*x[1:]), -x[0])):
+        for _, a, b, *_ in sorted(scored, key=lambda x: (implausible(*x[1:]), -x[0])):
             common = vis[:, a] & vis[:, b]
             init = two_view(tracks.uv_px[common, a], tracks.uv_px[common, b], K, cfg.pose)
             if init is None:
