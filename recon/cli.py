@@ -166,13 +166,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recon: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
-
-def entry() -> NoReturn:
-    """The `recon` executable and `python -m recon`: main() in a process set up for it. SIGINT and SIGTERM are
-    ignored outside the command (main() handles them while it runs, then puts this back): the interpreter's
-    teardown resets Python's handlers to the default action, so a late Ctrl-C turned a finished command into
-    a death by signal. A file-size limit (ulimit -f) fails a write with EFBIG, which every command reports
-    like a full disk, instead of SIGXFSZ killing recon halfway through a file."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGXFSZ):
-        signal.signal(signum, signal.SIG_IGN)
-    sys.exit(main())

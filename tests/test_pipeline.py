@@ -168,3 +168,12 @@ def test_a_second_signal_during_the_shutdown_changes_nothing(tmp_path: Path, fir
     summary = assert_whole_windows_written(out, stopped_cleanly=True)
     assert summary["status"] == "interrupted"
     assert len(read_kitti(out / "trajectory.kitti")) == summary["frames_in_trajectory"]
+
+
+def test_the_entry_point_sets_its_signals_before_any_slow_import() -> None:
+    """A Ctrl-C in the first instants of `recon` must not print a KeyboardInterrupt traceback from inside an
+    import: the entry module ignores SIGINT/SIGTERM before it imports the command line (and through it
+    logging, argparse, torch ...)."""
+    probe = "import sys, recon.__main__; print(sorted(m for m in sys.modules if m.startswith('recon')))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "['recon', 'recon.__main__']"
