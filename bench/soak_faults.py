@@ -6,17 +6,22 @@ Faults, one per run, drawn at random (seeded):
     SIGINT, SIGTERM  at a random time between the start and the end of a clean run (startup included);
     double           SIGTERM or SIGINT, then SIGINT 0.3-0.5 s later (Ctrl-C pressed again while stopping);
     file limit       RLIMIT_FSIZE in the child, 64 KiB .. 2 MiB: some runs fail at the pre-run probe, some
-                     at a map write, some finish.
+                     at a map write, some finish;
+    bad frames       1-4 frames of the input folder truncated, emptied, overwritten with noise or replaced
+                     by a thumbnail: they are skipped, and no pose may carry their index.
+
+Every run reads the same 24-frame drive, rendered once in the KITTI layout (a bad-frames run gets its own copy).
 
 Every folder must be parseable and consistent: summary.json (when the run got that far) parses and ends
 with a final status (finished, interrupted, failed), the three trajectory files parse and hold the same
-number of poses, map.ply (when written) is whole, no temporary file or run lock is left behind. The exit
+number of poses, map.ply (when written) is whole, no temporary file or run lock is left behind, and frames.txt
+holds increasing source indices, none of them a bad frame's. The exit
 code is one a user can read (0, 2, 130, 143), never a crash (1, SIGABRT, SIGSEGV). A signal that comes before
 recon sets its handlers or after it has finished (the interpreter's exit) kills it by the signal's default
 action: a shell reports that as 130 or 143 too, and the folder must be as consistent as ever.
 
 Run:
-    nice -n 10 .venv/bin/python bench/soak_faults.py --runs 20
+    nice -n 10 .venv/bin/python bench/soak_faults.py --runs 200
 
 Measured on two shared cores: a run takes ~25 s (24 frames at 640x192 and the evaluation), so --runs 20 takes
 ~9 min; 20 of 20 consistent (13 finished, 3 interrupted, 3 failed, 1 stopped before it started writing).
@@ -32,6 +37,7 @@ import json
 import random
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,7 +54,8 @@ from recon.trajectory_io import read_frames, read_kitti, read_tum
 FINAL = ("finished", "interrupted", "failed")
 READABLE_EXITS = (0, 2, 130, 143)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-FAULTS = ("none", "sigint", "sigterm", "double", "file limit")
+FAULTS = ("none", "sigint", "sigterm", "double", "file limit", "bad frames")
+BREAKAGES = ("truncated", "empty", "noise", "thumbnail")
 
 
 @dataclass(frozen=True)
@@ -57,26 +64,58 @@ class Fault:
     at_s: float = 0.0  # signals: seconds after the start
     again_after_s: float = 0.0  # double: the second signal, this long after the first
     limit_bytes: int = 0  # file limit
+    bad: tuple[tuple[int, str], ...] = ()  # bad frames: (frame, how it is broken)
 
     def __str__(self) -> str:
         if self.kind == "file limit":
             return f"file limit {self.limit_bytes >> 10} KiB"
+        if self.kind == "bad frames":
+            return "bad frames " + ", ".join(f"{i} {how}" for i, how in self.bad)
         return self.kind if self.kind == "none" else f"{self.kind} at {self.at_s:.2f} s"
 
 
-def draw_fault(rng: random.Random, clean_s: float) -> Fault:
+def draw_fault(rng: random.Random, clean_s: float, frames: int) -> Fault:
     kind = rng.choice(FAULTS)
-    return Fault(kind, at_s=rng.uniform(0.0, clean_s), again_after_s=rng.uniform(0.3, 0.5), limit_bytes=rng.randint(64 << 10, 2 << 20))
+    bad = tuple((i, rng.choice(BREAKAGES)) for i in sorted(rng.sample(range(frames), rng.randint(1, 4))))
+    return Fault(kind, at_s=rng.uniform(0.0, clean_s), again_after_s=rng.uniform(0.3, 0.5), limit_bytes=rng.randint(64 << 10, 2 << 20),
+                 bad=bad if kind == "bad frames" else ())
 
 
-def run_once(out: Path, fault: Fault, run_args: list[str]) -> tuple[int, str]:
-    """One `recon run` into `out` under `fault` -> (exit code, stderr)."""
+def render_input(root: Path, frames: int) -> Path:
+    from recon.datasets.synthetic import render_sequence
+
+    return render_sequence(root, scene="street", name="drive", fmt="kitti", num_frames=frames, seed=3)
+
+
+def break_frames(seq: Path, into: Path, bad: tuple[tuple[int, str], ...], rng: random.Random) -> Path:
+    """A copy of the KITTI sequence `seq` (its poses beside it) with the `bad` frames broken."""
+    shutil.copytree(seq.parent.parent, into)
+    copy = into / seq.relative_to(seq.parent.parent)
+    images = sorted((copy / "image_2").iterdir())
+    for i, how in bad:
+        path = images[i]
+        data = path.read_bytes()
+        if how == "truncated":
+            path.write_bytes(data[: len(data) // 2])
+        elif how == "empty":
+            path.write_bytes(b"")
+        elif how == "noise":
+            path.write_bytes(rng.randbytes(len(data)))
+        else:
+            import cv2
+
+            cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (64, 20)))
+    return copy
+
+
+def run_once(source: Path, out: Path, fault: Fault, run_args: list[str]) -> tuple[int, str]:
+    """One `recon run` of `source` into `out` under `fault` -> (exit code, stderr)."""
 
     def limit_file_size() -> None:
         if fault.kind == "file limit":
             resource.setrlimit(resource.RLIMIT_FSIZE, (fault.limit_bytes, resource.RLIM_INFINITY))
 
-    cmd = [sys.executable, "-m", "recon", "run", *run_args, "--out", str(out)]
+    cmd = [sys.executable, "-m", "recon", "run", str(source), *run_args, "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=limit_file_size)
     if fault.kind in ("sigint", "sigterm", "double"):
         time.sleep(fault.at_s)
@@ -96,7 +135,7 @@ def run_once(out: Path, fault: Fault, run_args: list[str]) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def problems(out: Path, code: int, err: str) -> list[str]:
+def problems(out: Path, code: int, err: str, bad_frames: set[int]) -> list[str]:
     """What is wrong with one run's folder and exit, if anything."""
     found: list[str] = []
     if "Traceback" in err or "internal error" in err:
@@ -117,7 +156,7 @@ def problems(out: Path, code: int, err: str) -> list[str]:
             found.append(f"summary.json status {status!r}")
     except (ValueError, KeyError) as e:
         found.append(f"summary.json unreadable ({e})")
-    found += trajectory_problems(out)
+    found += trajectory_problems(out, bad_frames)
     if (out / "map.ply").exists() and not ply_is_whole(out / "map.ply"):
         found.append("map.ply truncated")
     leftovers = [p.name for p in out.rglob(".*") if p.is_file() and (p.name != LOCK_FILE or code >= 0)]
@@ -126,7 +165,7 @@ def problems(out: Path, code: int, err: str) -> list[str]:
     return found
 
 
-def trajectory_problems(out: Path) -> list[str]:
+def trajectory_problems(out: Path, bad_frames: set[int]) -> list[str]:
     try:
         counts = [len(read_tum(out / "trajectory.tum")[0]), len(read_kitti(out / "trajectory.kitti")),
                   len(read_frames(out / "frames.txt")[0])]
@@ -135,6 +174,11 @@ def trajectory_problems(out: Path) -> list[str]:
     lines = [len((out / name).read_text().splitlines()) for name in ("trajectory.tum", "trajectory.kitti", "frames.txt")]
     if len(set(counts)) != 1 or lines != [counts[0], counts[0], counts[0] + 1]:
         return [f"trajectory files disagree: poses {counts}, lines {lines}"]
+    indices = read_frames(out / "frames.txt")[0]
+    if (indices[1:] <= indices[:-1]).any():
+        return [f"frames.txt indices not increasing: {indices.tolist()}"]
+    if mixed := sorted(bad_frames & set(indices.tolist())):
+        return [f"poses for bad frames {mixed}"]
     return []
 
 
@@ -155,28 +199,32 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=200, help="number of runs (default 200)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--run-args", default="synthetic:street --max-frames 24 --window 6 --overlap 2",
-                    help="what each `recon run` gets besides --out (default: a 24-frame drive in windows of 6)")
+    ap.add_argument("--frames", type=int, default=24, help="length of the drive every run reads (default 24)")
+    ap.add_argument("--run-args", default="--window 6 --overlap 2", help="what each `recon run` gets besides the input and --out")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     run_args = args.run_args.split()
     tally: Counter[str] = Counter()
     bad = 0
     with tempfile.TemporaryDirectory(prefix="soak_faults.") as tmp:
+        seq = render_input(Path(tmp) / "input", args.frames)
         t = time.perf_counter()
-        code, err = run_once(Path(tmp) / "clean", Fault("none"), run_args)
+        code, err = run_once(seq, Path(tmp) / "clean", Fault("none"), run_args)
         clean_s = time.perf_counter() - t
         if code != 0:
             print(f"soak_faults: the fault-free run failed (exit {code}): {err.strip()[-300:]}", file=sys.stderr)
             return 1
         for i in range(args.runs):
-            fault = draw_fault(rng, clean_s)
+            fault = draw_fault(rng, clean_s, args.frames)
             out = Path(tmp) / f"run{i:04d}"
-            code, err = run_once(out, fault, run_args)
-            if found := problems(out, code, err):
+            source = break_frames(seq, Path(tmp) / f"input{i:04d}", fault.bad, rng) if fault.bad else seq
+            code, err = run_once(source, out, fault, run_args)
+            if found := problems(out, code, err, {frame for frame, _ in fault.bad}):
                 bad += 1
                 print(f"run {i} ({fault}): exit {code}: {'; '.join(found)}", flush=True)
             tally["bad" if found else outcome(out)] += 1
+            if source != seq:
+                shutil.rmtree(source.parent.parent)
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(tally.items()))
     print(f"soak_faults: {args.runs} runs with faults (clean run {clean_s:.1f} s): {args.runs - bad} consistent, {bad} not ({outcomes})")
     return 1 if bad else 0

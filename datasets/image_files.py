@@ -132,7 +132,7 @@ def skipped_images_notes(skipped: Sequence[str], where: Path) -> list[str]:
     more = f" (+{len(skipped) - SHOW_NAMES} more)" if len(skipped) > SHOW_NAMES else ""
     return [
         f"skipped {len(skipped)} image{'s' if len(skipped) > 1 else ''} of {where} that cannot be read or differ in size "
-        f"from the first frame: {', '.join(skipped[:SHOW_NAMES])}{more}; fix or remove them"
+        f"from most of them: {', '.join(skipped[:SHOW_NAMES])}{more}; fix or remove them"
     ]
 
 
