@@ -23,10 +23,12 @@ action: a shell reports that as 130 or 143 too, and the folder must be as consis
 Run:
     nice -n 10 .venv/bin/python bench/soak_faults.py --runs 200
 
-Measured on two shared cores: a run takes ~25 s (24 frames at 640x192 and the evaluation), so --runs 20 takes
-~9 min; 20 of 20 consistent (13 finished, 3 interrupted, 3 failed, 1 stopped before it started writing).
-On the way it caught runs killed by a SIGTERM during the closing evaluation (no handler there yet) and by a
-late second signal in the interpreter's teardown (which resets Python's handlers).
+Measured on two shared cores: a run takes ~17-25 s (24 frames at 640x192 and the evaluation), so the 200 runs
+take ~60-80 min. Without the bad-frames fault (--seed 8): 200 of 200 consistent (62 finished, 32 interrupted, 70
+failed at the file limit, 36 stopped before the summary was written). On the way the soak caught runs killed by a
+SIGTERM during the closing evaluation (no handler there yet), by a late second signal in the interpreter's
+teardown (which resets Python's handlers), and a Ctrl-C in the first 70 ms that printed a KeyboardInterrupt
+traceback from an import (the entry point now ignores signals before it imports anything slow).
 
 Prints one line per bad run and a one-line tally; exit code 0 when every run is consistent, 1 otherwise."""
 

@@ -1,0 +1,121 @@
+"""Speed of the default pipeline (issue 13): frames/s per stage and end to end, against a baseline commit
+measured in the same run (these machines are noisy: ratios within one run, not absolute times across runs).
+
+Sequences (rendered once to bench/out/speed/, read back through the KITTI source as a user's data would be):
+    drive   the synthetic street drive, 640x192, 300 frames
+    room    the synthetic room walk, 640x480, 200 frames
+    dtu24   a real 640x480 capture (../shared/data/real; skipped where it is absent)
+
+Each (revision, sequence) is one `recon run` process at default settings. The baseline revision is built
+into its own folder (`pip install --no-deps --target`, from a git worktree) and run by the same interpreter
+with `-S` (so the editable install's import hook cannot shadow it) and the environment's site-packages on
+PYTHONPATH after it: both revisions see the same dependencies. Frames/s come from the run's summary.json: end to end is frames read over
+the pipeline's wall time (model start-up excluded, reported apart: the process's wall time minus the
+pipeline's and the evaluation's); a stage's figure is frames read over that stage's seconds (stages overlap in
+time: the model runs in its own thread).
+
+Run: .venv/bin/python bench/bench_speed.py [--baseline REV] [--only drive room] [--repeat 1]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out" / "speed"
+REAL = ROOT.parent / "shared" / "data" / "real" / "sequences"
+BASELINE = "df19b9a"  # the last commit before the speed work (issue 13)
+STAGES = ("read", "infer", "align", "fuse", "write")
+
+
+def sequences() -> dict[str, Path]:
+    from recon.datasets.synthetic import render_sequence
+
+    seqs: dict[str, Path] = {}
+    for name, scene, frames in (("drive", "street", 300), ("room", "room", 200)):
+        seq = OUT / name / "sequences" / name
+        if not (seq / "times.txt").exists():
+            print(f"rendering {name} ({frames} frames) ...", flush=True)
+            shutil.rmtree(OUT / name, ignore_errors=True)
+            render_sequence(OUT / name, scene=scene, name=name, fmt="kitti", num_frames=frames, seed=5)
+        seqs[name] = seq
+    if (REAL / "dtu24").is_dir():
+        seqs["dtu24"] = REAL / "dtu24"
+    return seqs
+
+
+def build_baseline(rev: str, into: Path) -> Path:
+    """The package at `rev`, installed (without dependencies) into `into`: a folder for PYTHONPATH."""
+    tree = into / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev], check=True, capture_output=True)
+    try:
+        site = into / "site"
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(site), str(tree)],
+                       check=True, capture_output=True)
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True, capture_output=True)
+    where = subprocess.run(python(site) + ["-c", "import recon.pipeline; print(recon.pipeline.__file__)"], check=True, capture_output=True,
+                           text=True, env=environment(site), cwd=into).stdout.strip()
+    if not where.startswith(str(site)):
+        raise SystemExit(f"bench_speed: the baseline imports {where}, not its own build in {site}")
+    return site
+
+
+def python(baseline_site: Path | None) -> list[str]:
+    return [sys.executable, "-S"] if baseline_site is not None else [sys.executable]
+
+
+def environment(baseline_site: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if baseline_site is not None:
+        paths = sysconfig.get_paths()
+        env["PYTHONPATH"] = os.pathsep.join([str(baseline_site), paths["purelib"], paths["platlib"]])
+    return env
+
+
+def run(seq: Path, out: Path, baseline_site: Path | None) -> dict:
+    t = time.perf_counter()
+    cmd = python(baseline_site) + ["-m", "recon", "run", str(seq), "--out", str(out), "--overwrite"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment(baseline_site), cwd=out.parent)
+    process_s = time.perf_counter() - t
+    summary = json.loads((out / "summary.json").read_text())
+    frames = summary["frames_read"]
+    figures = {"end_to_end": frames / summary["elapsed_s"]}
+    figures |= {stage: frames / max(summary["timings_s"][stage], 1e-9) for stage in STAGES}
+    figures["startup_s"] = process_s - summary["elapsed_s"]  # model start-up, imports and the closing evaluation
+    return figures
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", default=BASELINE, help=f"git revision to compare with (default {BASELINE})")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="some of: drive room dtu24")
+    args = ap.parse_args()
+    seqs = {k: v for k, v in sequences().items() if not args.only or k in args.only}
+    with tempfile.TemporaryDirectory(prefix="bench_speed.") as tmp:
+        site = build_baseline(args.baseline, Path(tmp))
+        print(f"| sequence | revision | end to end f/s | {' | '.join(STAGES)} (f/s) | start-up + eval s |\n|" + "---|" * (4 + len(STAGES)))
+        for name, seq in seqs.items():
+            rows = {}
+            for label, path in (("baseline", site), ("now", None)):
+                out = OUT / "runs" / f"{name}_{label}"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                rows[label] = run(seq, out, path)
+                f = rows[label]
+                print(f"| {name} | {label if path is None else args.baseline} | {f['end_to_end']:.2f} | "
+                      f"{' | '.join(f'{f[s]:.1f}' for s in STAGES)} | {f['startup_s']:.1f} |", flush=True)
+            ratio = rows["now"]["end_to_end"] / rows["baseline"]["end_to_end"]
+            stage_ratios = " | ".join(f"{rows['now'][s] / rows['baseline'][s]:.2f}" for s in STAGES)
+            print(f"| {name} | now / baseline | **{ratio:.2f}x** | {stage_ratios} | |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
