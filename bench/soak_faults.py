@@ -224,6 +224,7 @@ def main() -> int:
             if found := problems(out, code, err, {frame for frame, _ in fault.bad}):
                 bad += 1
                 print(f"run {i} ({fault}): exit {code}: {'; '.join(found)}", flush=True)
+                print("".join(f"    {line}\n" for line in err.strip().splitlines()[-8:]), end="", flush=True)
             tally["bad" if found else outcome(out)] += 1
             if source != seq:
                 shutil.rmtree(source.parent.parent)

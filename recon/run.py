@@ -167,7 +167,9 @@ def stop_on_signals(request_stop: Callable[[], None]) -> Iterator[StopRequest]:
     """SIGINT (Ctrl-C) and SIGTERM (a job scheduler, `kill`, a container stop) ask the run to stop after the
     window it is writing: every finished window's output is flushed and summary.json says "interrupted".
     Further signals change nothing: raised into the shutdown, a second one cut the final summary short (it
-    stayed "running") and let the interpreter exit while the model thread was inside native code (SIGABRT)."""
+    stayed "running") and let the interpreter exit while the model thread was inside native code (SIGABRT).
+    Once a stop was asked for they stay ignored after the run too: the command is only closing up then, and a
+    KeyboardInterrupt raised into a finalizer there (tqdm's, a generator's) printed a traceback."""
     stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield stop
@@ -183,7 +185,7 @@ def stop_on_signals(request_stop: Callable[[], None]) -> Iterator[StopRequest]:
         yield stop
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, handler if stop.signum is None else signal.SIG_IGN)
 
 
 M_MMAP_THRESHOLD = -3  # glibc <malloc.h>

@@ -177,3 +177,35 @@ def test_the_entry_point_sets_its_signals_before_any_slow_import() -> None:
     probe = "import sys, recon.__main__; print(sorted(m for m in sys.modules if m.startswith('recon')))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "['recon', 'recon.__main__']"
+
+
+def test_after_a_stop_request_later_signals_stay_ignored_while_the_command_closes() -> None:
+    """The first Ctrl-C asks the run to stop; one pressed again after the stream has stopped must not raise a
+    KeyboardInterrupt into the closing code (a finalizer printed a traceback). Without a stop request the
+    handlers the command had before are put back."""
+    import os
+
+    from recon.run import stop_on_signals
+
+    def sentinel(signum: int, frame: object) -> None:
+        raise AssertionError("the earlier handler ran")
+
+    before = {s: signal.signal(s, sentinel) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        asked: list[bool] = []
+        with stop_on_signals(lambda: asked.append(True)) as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)  # a second signal while stopping: nothing more
+        assert asked == [True] and stop.signum == signal.SIGINT and not stop.terminated
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: no KeyboardInterrupt, no sentinel
+
+        for s in before:
+            signal.signal(s, sentinel)
+        with stop_on_signals(lambda: None) as quiet:
+            pass
+        assert quiet.signum is None
+        assert signal.getsignal(signal.SIGINT) is sentinel and signal.getsignal(signal.SIGTERM) is sentinel
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
