@@ -22,7 +22,7 @@ import numpy as np
 
 from recon.errors import ReconError
 from recon.eval.trajectory import ATE, ErrorStats, absolute_trajectory_error, associate, kitti_drift, relative_pose_error
-from recon.outputs import PLOTS_DIR, atomic_write_json
+from recon.outputs import PLOTS_DIR, atomic_write_json, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -382,9 +382,13 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.format is not None and args.gt is None:
         raise ReconError("--format describes --gt FILE; pass --gt too")
     run_dir = Path(args.run_dir)
-    metrics = evaluate_run(run_dir, Path(args.gt) if args.gt else None, args.format, args.depth_align, args.max_depth,
-                           args.depth_samples, geometry=not args.no_geometry, plots=not args.no_plots,
-                           say=lambda m: print(f"recon eval: {m}", flush=True))
+    read_summary(run_dir)  # a folder a run wrote, before anything is written into it
+    # A run still writing there would change the trajectory under the evaluation, and two evaluations would
+    # interleave metrics.json and the plots.
+    with run_lock(run_dir, advice="evaluate it when the run has ended"):
+        metrics = evaluate_run(run_dir, Path(args.gt) if args.gt else None, args.format, args.depth_align, args.max_depth,
+                               args.depth_samples, geometry=not args.no_geometry, plots=not args.no_plots,
+                               say=lambda m: print(f"recon eval: {m}", flush=True))
     print(f"{run_dir}/ vs ground truth")
     print(format_table(metrics))
     print(f"  -> {run_dir}/metrics.json" + (f", {run_dir}/{PLOTS_DIR}/*.png" if not args.no_plots else ""))

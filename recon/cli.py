@@ -57,6 +57,13 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a job scheduler, `kill`, a container stop), unwinding a command like Ctrl-C."""
 
 
+def ignore_signal(signum: int, frame: object) -> None:
+    """A handler that does nothing. While a command runs, a signal is ignored with this, not SIG_IGN: one
+    that arrived just before the switch (the two of a double Ctrl-C land together when the main thread was in
+    native code) is still pending, and CPython reports a pending signal whose handler became SIG_IGN with
+    "Signal 15 ignored due to race condition" and a traceback on stderr."""
+
+
 @contextmanager
 def signals_unwind() -> Iterator[None]:
     """SIGINT and SIGTERM unwind the command (KeyboardInterrupt, Terminated): a model load or an evaluation
@@ -69,7 +76,7 @@ def signals_unwind() -> Iterator[None]:
 
     def unwind(signum: int, frame: object) -> None:
         for other in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(other, signal.SIG_IGN)
+            signal.signal(other, ignore_signal)
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
     previous = {signum: signal.signal(signum, unwind) for signum in (signal.SIGINT, signal.SIGTERM)}

@@ -155,10 +155,11 @@ def remove_run_files(out_dir: Path) -> None:
 
 
 @contextmanager
-def run_lock(out_dir: Path) -> Iterator[None]:
-    """One run at a time in `out_dir`: two would splice their lines into the same files. An exclusive flock on
-    OUT/.recon.lock, which holds the holder's pid for the message; the kernel drops the lock of a process that
-    died, so a lock file a killed run left is simply taken over. The file is removed at the end."""
+def run_lock(out_dir: Path, advice: str = "wait for it to end or pass --out to another folder") -> Iterator[None]:
+    """One command at a time writing into `out_dir` (a run, or `recon eval` adding its metrics and plots): two
+    would splice their lines into the same files. An exclusive flock on OUT/.recon.lock, which holds the
+    holder's pid for the message (`advice` ends it); the kernel drops the lock of a process that died, so a
+    lock file a killed run left is simply taken over. The file is removed at the end."""
     path = Path(out_dir) / LOCK_FILE
     with _writing(path):
         while True:
@@ -170,8 +171,7 @@ def run_lock(out_dir: Path) -> Iterator[None]:
                 os.close(fd)
                 if e.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
-                raise OutputError(f"output folder '{out_dir}' is in use by another recon run (pid {holder}); "
-                                 "wait for it to end or pass --out to another folder") from None
+                raise OutputError(f"output folder '{out_dir}' is in use by another recon run (pid {holder}); {advice}") from None
             # The holder before us may have removed the file between our open and our lock: lock the new one.
             if os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path)):
                 break

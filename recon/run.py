@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from recon.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
+from recon.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, ignore_signal
 from recon.errors import ReconError
 from recon.schedule import DEFAULT_OVERLAP, DEFAULT_WINDOW
 
@@ -185,7 +185,7 @@ def stop_on_signals(request_stop: Callable[[], None]) -> Iterator[StopRequest]:
         yield stop
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler if stop.signum is None else signal.SIG_IGN)
+            signal.signal(signum, handler if stop.signum is None else ignore_signal)
 
 
 M_MMAP_THRESHOLD = -3  # glibc <malloc.h>

@@ -930,6 +930,27 @@ def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_first(tmp_path:
         holder.wait()
 
 
+def test_eval_of_a_folder_a_run_is_still_writing_is_refused(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """`recon eval OUT` while a run writes into OUT would score a trajectory still growing and interleave
+    metrics.json with the run's own evaluation: one line naming the run, nothing written."""
+    out = tmp_path / "out"
+    assert run_main(["run", "synthetic:street", "--max-frames", "4", "--out", str(out), "--no-loop-closure"]) == 0
+    (out / "metrics.json").unlink()
+    holder = hold_run_lock(out)
+    try:
+        capfd.readouterr()
+        assert run_main(["eval", str(out)]) == 2
+        err = capfd.readouterr().err.strip().splitlines()
+        assert err == [f"recon: error: output folder '{out}' is in use by another recon run (pid {holder.pid}); "
+                       "evaluate it when the run has ended"]
+        assert not (out / "metrics.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_main(["eval", str(out)]) == 0 and (out / "metrics.json").is_file()
+    assert not (out / ".recon.lock").exists()
+
+
 def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
