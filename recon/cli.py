@@ -164,12 +164,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a bug: still one line, the traceback is one flag away
         if args.debug:
             raise
+        if isinstance(stopped := _signal_behind(e), KeyboardInterrupt):
+            # The signal's KeyboardInterrupt, turned into another error by native code it interrupted (an
+            # extension module's import gives "ImportError: initialization failed"): a stop, not a bug.
+            return _report_stop(stopped)
         first = (str(e).strip().splitlines() or [""])[0]
         print(f"recon: error: internal error ({type(e).__name__}: {first}); rerun with --debug for the traceback and report it",
               file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt as e:
-        terminated = isinstance(e, Terminated)
-        print(f"recon: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        return _report_stop(e)
+
+
+def _report_stop(e: KeyboardInterrupt) -> int:
+    terminated = isinstance(e, Terminated)
+    print(f"recon: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+
+
+def _signal_behind(e: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt an exception was raised from or while handling, if any (None otherwise)."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen and not isinstance(cause, KeyboardInterrupt):
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return cause
 

@@ -231,3 +231,25 @@ def test_two_signals_that_land_together_unwind_without_a_race_report(monkeypatch
             signal.pthread_sigmask(signal.SIG_UNBLOCK, both)  # both delivered now; SIGINT's handler runs first
             sum(range(1000))
     assert reports == []
+
+
+def test_a_signal_that_breaks_an_import_is_reported_as_the_signal(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    """Ctrl-C while a command imports torch or OpenCV: the extension's initialisation turns the KeyboardInterrupt
+    into "ImportError: initialization failed". The user pressed Ctrl-C: exit 130 and "interrupted", not an
+    internal error."""
+    import os
+
+    import recon.cli as cli
+
+    def interrupted_import(args: object) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))  # the handler raises here
+        except KeyboardInterrupt as e:
+            raise ImportError("initialization failed") from e
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_eval", interrupted_import)
+    capfd.readouterr()
+    assert cli.main(["eval", "somewhere"]) == cli.EXIT_INTERRUPTED
+    assert capfd.readouterr().err.strip() == "recon: interrupted"
