@@ -171,14 +171,13 @@ def problems(out: Path, code: int, err: str, bad_frames: set[int]) -> list[str]:
 
 def trajectory_problems(out: Path, bad_frames: set[int]) -> list[str]:
     try:
-        counts = [len(read_tum(out / "trajectory.tum")[0]), len(read_kitti(out / "trajectory.kitti")),
-                  len(read_frames(out / "frames.txt")[0])]
+        indices = read_frames(out / "frames.txt")[0]
+        counts = [len(read_tum(out / "trajectory.tum")[0]), len(read_kitti(out / "trajectory.kitti")), len(indices)]
     except Exception as e:  # any parse failure is the finding
         return [f"trajectory files unreadable ({type(e).__name__}: {e})"]
     lines = [len((out / name).read_text().splitlines()) for name in ("trajectory.tum", "trajectory.kitti", "frames.txt")]
     if len(set(counts)) != 1 or lines != [counts[0], counts[0], counts[0] + 1]:
         return [f"trajectory files disagree: poses {counts}, lines {lines}"]
-    indices = read_frames(out / "frames.txt")[0]
     if (indices[1:] <= indices[:-1]).any():
         return [f"frames.txt indices not increasing: {indices.tolist()}"]
     if mixed := sorted(bad_frames & set(indices.tolist())):

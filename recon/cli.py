@@ -190,4 +190,3 @@ def _signal_behind(e: BaseException) -> BaseException | None:
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     return cause
-
