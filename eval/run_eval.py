@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from recon.cli import signals_deferred
 from recon.errors import ReconError
 from recon.eval.trajectory import ATE, ErrorStats, absolute_trajectory_error, associate, kitti_drift, relative_pose_error
 from recon.outputs import PLOTS_DIR, atomic_write_json, run_lock
@@ -374,6 +375,14 @@ def evaluate_run(run_dir: Path, gt_path: Path | None = None, gt_format: str | No
     return metrics
 
 
+def import_libraries() -> None:
+    """The native libraries an evaluation imports where it needs them, imported now: a caller holds signals
+    back meanwhile (recon.cli.signals_deferred), as one raised halfway through such an import can abort."""
+    import cv2  # noqa: F401
+    import open3d  # noqa: F401
+    from matplotlib.backends import backend_agg  # noqa: F401
+
+
 def eval_command(args: argparse.Namespace) -> int:
     if args.depth_samples < 1:
         raise ReconError(f"--depth-samples must be >= 1, got {args.depth_samples}")
@@ -383,6 +392,8 @@ def eval_command(args: argparse.Namespace) -> int:
         raise ReconError("--format describes --gt FILE; pass --gt too")
     run_dir = Path(args.run_dir)
     read_summary(run_dir)  # a folder a run wrote, before anything is written into it
+    with signals_deferred():
+        import_libraries()
     # A run still writing there would change the trajectory under the evaluation, and two evaluations would
     # interleave metrics.json and the plots.
     with run_lock(run_dir, advice="evaluate it when the run has ended"):

@@ -24,7 +24,8 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from recon.run import run_command
+    with signals_deferred():  # OpenCV
+        from recon.run import run_command
 
     return run_command(args)
 
@@ -85,6 +86,30 @@ def signals_unwind() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends, then reach the handler in place before it. For imports of
+    native libraries (torch, OpenCV, GTSAM): a KeyboardInterrupt raised halfway through torch's import left its
+    C++ side half set up, and the process died of SIGABRT instead of exiting 130 (soak run 79, a Ctrl-C 0.8 s
+    after start). The wait is the import's length, about two seconds."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    previous = {signum: signal.signal(signum, record) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(pending):  # each signal once, in the order they came
+            signal.raise_signal(signum)
 
 
 class OneLineParser(argparse.ArgumentParser):

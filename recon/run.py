@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from recon.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, ignore_signal
+from recon.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, ignore_signal, signals_deferred
 from recon.errors import ReconError
 from recon.schedule import DEFAULT_OVERLAP, DEFAULT_WINDOW
 
@@ -256,11 +256,14 @@ def run_command(args: argparse.Namespace) -> int:
 def _reconstruct(args: argparse.Namespace, source: FrameSource, out: Path, model_opts: dict[str, object], input_spec: dict) -> int:
     from recon.datasets import source_notes
     from recon.datasets.base import length_hint
-    from recon.models.base import create_model, registration_for
-    from recon.pipeline import Pipeline, PipelineConfig, unplaced_frames_notes
-    from recon.viz import open_viewer
+    from recon.models.base import model_factory, registration_for
 
-    model = create_model(args.model, **model_opts)
+    with signals_deferred():  # torch, GTSAM, the model's own libraries
+        from recon.pipeline import Pipeline, PipelineConfig, unplaced_frames_notes
+        from recon.viz import open_viewer
+
+        model_class = model_factory(args.model)
+    model = model_class(**model_opts)
     config = PipelineConfig(window=args.window, overlap=_overlap(args), align=args.align, voxel=args.voxel,
                             max_map_points=args.max_map_points, keyframes=not args.no_keyframes, depth_every=args.depth_every,
                             loop_closure=not args.no_loop_closure)
@@ -306,8 +309,10 @@ def written_outputs(out: Path, state: RunState) -> list[str]:
 def evaluate(out: Path) -> dict | None:
     """The run measured against its source's ground truth (`recon eval OUT` does the same later). A failure
     here costs the metrics, never the run's outputs."""
-    from recon.eval.run_eval import evaluate_run
+    from recon.eval.run_eval import evaluate_run, import_libraries
 
+    with signals_deferred():
+        import_libraries()
     try:
         return evaluate_run(out)
     except ReconError as e:

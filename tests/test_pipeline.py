@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -183,8 +184,6 @@ def test_after_a_stop_request_later_signals_stay_ignored_while_the_command_close
     """The first Ctrl-C asks the run to stop; one pressed again after the stream has stopped must not raise a
     KeyboardInterrupt into the closing code (a finalizer printed a traceback). Without a stop request the
     handlers the command had before are put back."""
-    import os
-
     from recon.cli import ignore_signal
     from recon.run import stop_on_signals
 
@@ -195,11 +194,11 @@ def test_after_a_stop_request_later_signals_stay_ignored_while_the_command_close
     try:
         asked: list[bool] = []
         with stop_on_signals(lambda: asked.append(True)) as stop:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGTERM)  # a second signal while stopping: nothing more
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGTERM)  # a second signal while stopping: nothing more
         assert asked == [True] and stop.signum == signal.SIGINT and not stop.terminated
         assert signal.getsignal(signal.SIGINT) is ignore_signal and signal.getsignal(signal.SIGTERM) is ignore_signal
-        os.kill(os.getpid(), signal.SIGINT)  # ignored: no KeyboardInterrupt, no sentinel
+        signal.raise_signal(signal.SIGINT)  # ignored: no KeyboardInterrupt, no sentinel
 
         for s in before:
             signal.signal(s, sentinel)
@@ -216,19 +215,20 @@ def test_two_signals_that_land_together_unwind_without_a_race_report(monkeypatch
     """A double Ctrl-C (or SIGTERM then Ctrl-C) while the main thread is in native code is handled as two
     pending signals at once: the first unwinds the command, the second must be ignored quietly (ignored with
     SIG_IGN, CPython printed "Signal 15 ignored due to race condition" with a traceback)."""
-    import os
-
     from recon.cli import signals_unwind
 
     both = {signal.SIGINT, signal.SIGTERM}
     reports: list[str] = []  # CPython reports the race through sys.unraisablehook (the traceback on stderr)
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reports.append(str(unraisable.exc_value)))
+    main_thread = threading.get_ident()
     with pytest.raises(KeyboardInterrupt):
         with signals_unwind():
             signal.pthread_sigmask(signal.SIG_BLOCK, both)
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGINT)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, both)  # both delivered now; SIGINT's handler runs first
+            try:  # sent to this thread, not the process: another thread (torch's) would take them at once
+                signal.pthread_kill(main_thread, signal.SIGTERM)
+                signal.pthread_kill(main_thread, signal.SIGINT)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, both)  # both delivered now; SIGINT's handler runs first
             sum(range(1000))
     assert reports == []
 
@@ -237,13 +237,11 @@ def test_a_signal_that_breaks_an_import_is_reported_as_the_signal(monkeypatch: p
     """Ctrl-C while a command imports torch or OpenCV: the extension's initialisation turns the KeyboardInterrupt
     into "ImportError: initialization failed". The user pressed Ctrl-C: exit 130 and "interrupted", not an
     internal error."""
-    import os
-
     import recon.cli as cli
 
     def interrupted_import(args: object) -> int:
         try:
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
             sum(range(1000))  # the handler raises here
         except KeyboardInterrupt as e:
             raise ImportError("initialization failed") from e
@@ -253,3 +251,29 @@ def test_a_signal_that_breaks_an_import_is_reported_as_the_signal(monkeypatch: p
     capfd.readouterr()
     assert cli.main(["eval", "somewhere"]) == cli.EXIT_INTERRUPTED
     assert capfd.readouterr().err.strip() == "recon: interrupted"
+
+
+def test_a_signal_during_the_libraries_imports_waits_for_them_then_stops_the_run(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """A KeyboardInterrupt raised halfway through torch's import left its C++ side half set up, and the process
+    died of SIGABRT (soak run 79: Ctrl-C 0.8 s after start). The run imports its native libraries with signals
+    held back: the import finishes, then the signal stops the run with exit 143 before any window."""
+    import recon.cli as cli
+    import recon.models.base as base
+
+    real_factory = base.model_factory
+    imported: list[str] = []
+
+    def slow_import(name: str):  # type: ignore[no-untyped-def]
+        signal.raise_signal(signal.SIGTERM)
+        sum(range(1000))  # a handler that unwinds raises here, halfway through the "import"
+        imported.append(name)
+        return real_factory(name)
+
+    monkeypatch.setattr(base, "model_factory", slow_import)
+    capfd.readouterr()
+    code = cli.main(["run", "synthetic:street", "--max-frames", "4", "--out", str(tmp_path / "out")])
+    assert imported == ["classical"]
+    assert code == cli.EXIT_TERMINATED
+    assert capfd.readouterr().err.strip() == "recon: terminated"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command put back what it found

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -63,10 +63,14 @@ def model_entry(name: str) -> ModelEntry:
     return MODELS[name]
 
 
-def create_model(name: str, **options: Any) -> GeometryModel | StreamingModel:
+def model_factory(name: str) -> Callable[..., GeometryModel | StreamingModel]:
+    """Model `name`'s class, its module (and the libraries it needs) imported."""
     module_name, attr = model_entry(name).factory.split(":")
-    factory = getattr(importlib.import_module(module_name), attr)
-    return factory(**options)
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def create_model(name: str, **options: Any) -> GeometryModel | StreamingModel:
+    return model_factory(name)(**options)
 
 
 def registration_for(name: str) -> Registration:
