@@ -85,6 +85,32 @@ def test_confidence_ranks_depth_error() -> None:
     assert np.mean(conf[sky] > 0.2) < 0.02
 
 
+def test_one_flow_pair_gives_both_partners_depth() -> None:
+    """Frame j's depth, derived from the two flows computed for frame i against j, is as accurate and as
+    complete as the depth computed with j as the reference frame (which costs two more flows)."""
+    from recon.models.classical.dense import DenseConfig, pair_depths
+
+    frames = rendered_window("street")
+    i, j = 3, 6
+    cfg = DenseConfig()
+    dis = cv2.DISOpticalFlow_create(cfg.dis_preset)
+    gray = [cv2.cvtColor(f.image_rgb, cv2.COLOR_RGB2GRAY) for f in (frames[i], frames[j])]
+    poses = gt_poses(frames)
+    j_from_i = poses[j] @ np.linalg.inv(poses[i])
+    _, derived = pair_depths(gray[0], gray[1], j_from_i, frames[0].K, cfg, dis, both=True)
+    direct, none = pair_depths(gray[1], gray[0], np.linalg.inv(j_from_i), frames[0].K, cfg, dis, both=False)
+    assert derived is not None and none is None
+    gt = frames[j].gt_depth_m
+    errors, coverage = [], []
+    for z, conf in (derived, direct):
+        confident = (conf > 0.3) & (gt > 0)
+        errors.append(float(np.median(np.abs(z[confident] - gt[confident]) / gt[confident])))
+        coverage.append(float(confident.mean()))
+    assert errors[1] < 0.05  # the reference itself is sound
+    assert errors[0] < 1.3 * errors[1]
+    assert coverage[0] > 0.8 * coverage[1]
+
+
 def test_unknown_intrinsics_are_guessed_and_reported() -> None:
     frames = [dataclasses.replace(f, K=None) for f in rendered_window("room")]
     pred = ClassicalModel().infer(frames)
@@ -288,7 +314,7 @@ def test_bundle_adjustment_keeps_points_across_every_step() -> None:
 
 
 def test_bundle_adjustment_agrees_with_its_plain_dense_reference() -> None:
-    """The per-observation, sparse-Schur bundle adjustment takes the same steps as the plain dense one in
+    """The per-observation bundle adjustment takes the same steps as the plain dense one in
     tests/plain_bundle.py: short tracks, outliers, a refined focal length."""
     from plain_bundle import plain_bundle_adjust
 

@@ -54,13 +54,16 @@ def _warp(field: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray
     return cv2.remap(field, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(np.nan, np.nan))
 
 
-def pair_depth(gray_i: np.ndarray, gray_j: np.ndarray, j_from_i: np.ndarray, K: np.ndarray, cfg: DenseConfig,
-               dis: cv2.DISOpticalFlow) -> tuple[np.ndarray, np.ndarray]:
-    """Depth of frame i from partner j, and its confidence in [0,1]. [H,W] each.
+def pair_depths(gray_i: np.ndarray, gray_j: np.ndarray, j_from_i: np.ndarray, K: np.ndarray, cfg: DenseConfig,
+                dis: cv2.DISOpticalFlow, both: bool) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+    """Depth of frame i from partner j, and its confidence in [0,1], [H,W] each; with `both`, frame j's from i
+    too, out of the same two flows (the partners of a window are mostly mutual: half the flow of computing
+    each direction alone).
 
     Frame j is first warped into frame i by the infinite homography H = K R K^-1 (the rotation part of
     the known relative pose), so the flow only has to find the parallax: DIS alone loses track of the
-    large displacements a turning camera makes. A pixel x of i then matches H (x + flow) in j."""
+    large displacements a turning camera makes. A pixel x of i then matches H (x + flow) in j; a pixel p
+    of j sits at y = H^-1 p in the warped frame and matches y + back(y) in i."""
     Hh, Ww = gray_i.shape
     h = K @ j_from_i[:3, :3] @ np.linalg.inv(K)
     warped_j = cv2.warpPerspective(gray_j, h, (Ww, Hh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
@@ -68,18 +71,37 @@ def pair_depth(gray_i: np.ndarray, gray_j: np.ndarray, j_from_i: np.ndarray, K: 
     back = dis.calc(warped_j, gray_i, None)
     u = np.arange(Ww, dtype=np.float32)[None, :]
     v = np.arange(Hh, dtype=np.float32)[:, None]
+
     yu, yv = u + flow[..., 0], v + flow[..., 1]
     returned = _warp(back, yu, yv)
     fb = np.hypot(flow[..., 0] + returned[..., 0], flow[..., 1] + returned[..., 1])
-    fb = np.where(np.isfinite(fb), fb, np.float32(np.inf))
+    u2, v2, w = _apply_homography(h, yu, yv)
+    inside = _inside(u2, v2, Ww, Hh) & (w > 0)
+    z, conf = triangulate_matches(u2, v2, np.where(np.isfinite(fb), fb, np.float32(np.inf)), j_from_i, K, cfg)
+    depth_i = (z, np.where(inside, conf, 0.0).astype(np.float32))
+    if not both:
+        return depth_i, None
+
+    yu, yv, w = _apply_homography(np.linalg.inv(h), np.broadcast_to(u, (Hh, Ww)), np.broadcast_to(v, (Hh, Ww)))
+    b = _warp(back, yu, yv)
+    qu, qv = yu + b[..., 0], yv + b[..., 1]
+    forth = _warp(flow, qu, qv)
+    fb = np.hypot(b[..., 0] + forth[..., 0], b[..., 1] + forth[..., 1])
+    inside = _inside(yu, yv, Ww, Hh) & _inside(qu, qv, Ww, Hh) & (w > 0)
+    z, conf = triangulate_matches(qu, qv, np.where(np.isfinite(fb), fb, np.float32(np.inf)), np.linalg.inv(j_from_i), K, cfg)
+    return depth_i, (np.where(inside, z, 0.0).astype(np.float32), np.where(inside, conf, 0.0).astype(np.float32))
+
+
+def _apply_homography(h: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u', v', w): pixel grids [H,W] through homography h, and the homogeneous w (> 0 in front)."""
     h32 = h.astype(np.float32)
-    w = h32[2, 0] * yu + h32[2, 1] * yv + h32[2, 2]
+    w = h32[2, 0] * u + h32[2, 1] * v + h32[2, 2]
     w = np.where(np.abs(w) < 1e-9, np.float32(1e-9), w)
-    u2 = (h32[0, 0] * yu + h32[0, 1] * yv + h32[0, 2]) / w
-    v2 = (h32[1, 0] * yu + h32[1, 1] * yv + h32[1, 2]) / w
-    inside = (u2 >= 0) & (u2 <= Ww - 1) & (v2 >= 0) & (v2 <= Hh - 1) & (w > 0)
-    z, conf = triangulate_matches(u2, v2, fb, j_from_i, K, cfg)
-    return z, np.where(inside, conf, 0.0).astype(np.float32)
+    return (h32[0, 0] * u + h32[0, 1] * v + h32[0, 2]) / w, (h32[1, 0] * u + h32[1, 1] * v + h32[1, 2]) / w, w
+
+
+def _inside(u: np.ndarray, v: np.ndarray, W: int, H: int) -> np.ndarray:
+    return (u >= 0) & (u <= W - 1) & (v >= 0) & (v <= H - 1)
 
 
 def triangulate_matches(u2: np.ndarray, v2: np.ndarray, fb: np.ndarray, j_from_i: np.ndarray, K: np.ndarray,
@@ -126,18 +148,22 @@ def dense_depth(gray: list[np.ndarray], cam_from_world: np.ndarray, K: np.ndarra
     S = len(gray)
     H, W = gray[0].shape
     partners = choose_partners(cam_from_world, scene_depth, cfg)
-    tasks = [(i, j) for i, ps in enumerate(partners) for j in ps]
+    wanted = {(i, j) for i, ps in enumerate(partners) for j in ps}
+    # One flow pair per partnership: (i, j) computes j's depth from i too when j wants i.
+    tasks = sorted((i, j) for i, j in wanted if i < j or (j, i) not in wanted)
     local = threading.local()
 
-    def work(task: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def work(task: tuple[int, int]) -> list[tuple[tuple[int, int], tuple[np.ndarray, np.ndarray]]]:
         if not hasattr(local, "dis"):  # DIS objects keep per-call state: one per worker thread
             local.dis = cv2.DISOpticalFlow_create(cfg.dis_preset)
         i, j = task
-        return pair_depth(gray[i], gray[j], cam_from_world[j] @ np.linalg.inv(cam_from_world[i]), K, cfg, local.dis)
+        for_i, for_j = pair_depths(gray[i], gray[j], cam_from_world[j] @ np.linalg.inv(cam_from_world[i]), K, cfg, local.dis,
+                                   both=(j, i) in wanted)
+        return [((i, j), for_i)] + ([((j, i), for_j)] if for_j is not None else [])
 
     # cv2 and most numpy kernels release the GIL, so threads use both cores.
     with ThreadPoolExecutor(max(1, cfg.threads)) as pool:
-        results = dict(zip(tasks, pool.map(work, tasks)))
+        results = dict(r for pair in pool.map(work, tasks) for r in pair)
 
     depth = np.zeros((S, H, W), np.float32)
     conf = np.zeros((S, H, W), np.float32)
