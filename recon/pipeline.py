@@ -1,7 +1,7 @@
 """The streaming pipeline (DESIGN §1), the driver: source -> windows -> model -> reconstruction core -> outputs.
 
-Two threads joined by a bounded queue: the producer reads frames, cuts windows and runs the model (one
-window at a time); the consumer hands each prediction to the core (recon/core.py: registration, pose
+Two threads joined by a bounded queue: the producer reads frames, cuts windows and runs the model (on
+as many windows at once as its registration allows, results in stream order: recon/inflight.py); the consumer hands each prediction to the core (recon/core.py: registration, pose
 graph, loop closure, map) and writes what it returns. Nothing holds more than a few windows of frames,
 so memory does not grow with the stream."""
 
@@ -28,6 +28,7 @@ from recon.datasets.base import FrameSource, source_notes
 from recon.depth_samples import DepthSample, write_depth_sample
 from recon.errors import NonFiniteError, ReconError
 from recon.fusion import VoxelMap
+from recon.inflight import WindowsInFlight
 from recon.geometry import invert_rigid
 from recon.kernels.voxel import KEY_OFFSET
 from recon.models.base import GeometryModel, StreamingModel
@@ -245,9 +246,11 @@ class Pipeline:
 
     # -- producer thread: read, cut windows, infer ---------------------------------------------------
     def _produce(self) -> None:
+        windows: WindowsInFlight | None = None
         try:
             cfg = self.config
             scheduler = WindowScheduler(cfg.window, self.overlap, min_size=1 if self.overlap == 0 else 2)
+            windows = WindowsInFlight(scheduler, self._timed_infer, self._settle, self.registration.in_flight(self.model), "recon-infer")
             keyframes = KeyframeSelector(KeyframeConfig(min_flow_px=cfg.keyframe_min_flow_px)) if cfg.keyframes else None
             t_read = time.perf_counter()
             for frame in self.source:
@@ -259,34 +262,41 @@ class Pipeline:
                     self.state.frames_skipped += 1
                 else:
                     self.state.frames_used += 1
-                    if (window := scheduler.push(frame)) is not None:
-                        if (pred := self._infer_and_queue(window)) is None:
-                            scheduler.reject()
-                        elif (n := carried_frames(pred, self.overlap)) > self.overlap:
-                            scheduler.carry(n)  # the stream broke inside the window: the next one starts after the break
+                    windows.push(frame)
                 t_read = time.perf_counter()
-            if (window := scheduler.finish()) is not None and not self._stop.is_set():
-                self._infer_and_queue(window)
+            if not self._stop.is_set():
+                windows.finish()
         except BaseException as e:  # handed to the consumer, which re-raises it in the main thread
             self._error = e
         finally:
+            if windows is not None:
+                windows.close()
             self._put(_DONE)
 
-    def _infer_and_queue(self, frames: list[Frame]) -> WindowPrediction | None:
-        """Run the model on `frames` and queue the result; None when the prediction was unusable (skipped)."""
+    def _timed_infer(self, frames: list[Frame]) -> tuple[WindowPrediction | NonFiniteError, float]:
+        """In a model thread: the prediction (or why it is unusable) and the seconds it took."""
         t = time.perf_counter()
         try:
-            pred = self._infer(frames)
+            pred: WindowPrediction | NonFiniteError = self._infer(frames)
         except NonFiniteError as e:
-            self._skip(frames, str(e))
-            return None
-        infer_s = time.perf_counter() - t
-        self.state.timings_s["infer"] += infer_s
+            pred = e
+        return pred, time.perf_counter() - t
+
+    def _settle(self, frames: list[Frame], result: tuple[WindowPrediction | NonFiniteError, float]) -> str | int | None:
+        """A window's prediction, in stream order: queued for the core, or skipped when unusable. -> how the
+        next window is cut: as planned (None), after the last usable window ("reject"), or starting with
+        the frames this one could not place (their count)."""
+        pred, infer_s = result
+        if isinstance(pred, NonFiniteError):
+            self._skip(frames, str(pred))
+            return "reject"
+        self.state.timings_s["infer"] += infer_s  # summed over windows, also those in flight together
         H, W = pred.hw
         colors = np.stack([f.image_rgb if f.hw == (H, W) else cv2.resize(f.image_rgb, (W, H), interpolation=cv2.INTER_AREA) for f in frames])
         meta = [(f.index, f.timestamp_s, f.gt_cam_from_world) for f in frames]
         self._put(_Window(meta, colors, pred, infer_s))
-        return pred
+        n = carried_frames(pred, self.overlap)
+        return n if n > self.overlap else None  # the stream broke inside the window: the next one starts after the break
 
     def _infer(self, frames: list[Frame]) -> WindowPrediction:
         try:

@@ -28,6 +28,10 @@ class Registration(Protocol):
 
     def predict(self, model: Any, frames: Sequence[Frame]) -> WindowPrediction: ...
 
+    def in_flight(self, model: Any) -> int:
+        """Windows the model may work on at once (results are still taken in stream order)."""
+        ...
+
     def restart(self, model: Any) -> bool:
         """A prediction was unusable and dropped; True when the next prediction has a new anchor (the
         core must then continue from the last camera instead of joining through shared frames)."""
@@ -46,6 +50,9 @@ class OverlappingWindows:
     def predict(self, model: Any, frames: Sequence[Frame]) -> WindowPrediction:
         return model.infer(frames)
 
+    def in_flight(self, model: Any) -> int:
+        return int(getattr(model, "windows_in_flight", 1))  # a model whose windows are independent may say more
+
     def restart(self, model: Any) -> bool:
         return False  # the scheduler's next window overlaps the last good one
 
@@ -61,6 +68,9 @@ class AnchoredSteps:
 
     def predict(self, model: Any, frames: Sequence[Frame]) -> WindowPrediction:
         return model.step(frames)
+
+    def in_flight(self, model: Any) -> int:
+        return 1  # each step reads the cache the one before wrote
 
     def restart(self, model: Any) -> bool:
         model.reset()  # its cache holds the bad keys: start over from the next frame

@@ -86,6 +86,12 @@ class WindowScheduler:
         self._last = window
         return window
 
+    def snapshot(self) -> WindowScheduler:
+        """A copy to go back to: its own lists, the same frames."""
+        other = WindowScheduler(self.size, self.overlap, self.min_size)
+        other._frames, other._carry, other._carry_before, other._last = (list(x) for x in (self._frames, self._carry, self._carry_before, self._last))
+        return other
+
     def carry(self, n: int) -> None:
         """The next window starts with the last `n` frames of the window push() just returned (n >= the
         overlap, < the window): its model could not place them. Call before the next push."""

@@ -6,6 +6,7 @@ Scale is arbitrary per window (median sparse depth = 1) unless stated otherwise.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -90,19 +91,46 @@ def _connected_run(visible: np.ndarray, min_tracks: int) -> tuple[int, int]:
     return best
 
 
+class _SingleThreadedBlas:
+    """BLAS on one thread while any window is inferred. Our matrices are tiny: multi-threaded BLAS only adds
+    hand-offs, and next to the flow threads it oversubscribes the cores (a 200x200 product went from 0.4 ms
+    to 16 ms under load). The limit is process-wide, so with windows in flight together the first to enter
+    sets it and the last to leave lifts it (nested threadpool_limits would restore in the wrong order)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._limit: threadpool_limits | None = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._inside == 0:
+                self._limit = threadpool_limits(limits=1, user_api="blas")
+            self._inside += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0 and self._limit is not None:
+                self._limit.restore_original_limits()
+                self._limit = None
+
+
 class ClassicalModel:
     """GeometryModel (DESIGN §4) registered as `classical`."""
 
     name = "classical"
+    # Windows are independent and CPU-bound: a second one in flight fills the core that tracking and bundle
+    # adjustment (single-threaded) leave idle.
+    windows_in_flight = 2
 
     def __init__(self, config: ClassicalConfig | None = None, **overrides: object) -> None:
         self.config = config or ClassicalConfig(**overrides)  # type: ignore[arg-type]
+        self._blas = _SingleThreadedBlas()
 
     # -- public -------------------------------------------------------------------------------
     def infer(self, frames: Sequence[Frame]) -> WindowPrediction:
-        # Our matrices are tiny: multi-threaded BLAS only adds hand-offs, and next to the flow threads it
-        # oversubscribes the cores (a 200x200 product went from 0.4 ms to 16 ms under load).
-        with threadpool_limits(limits=1, user_api="blas"):
+        with self._blas:
             return self._infer(frames)
 
     def _infer(self, frames: Sequence[Frame]) -> WindowPrediction:
