@@ -166,12 +166,14 @@ def align_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int
     return place_window(cur, fit_window(prev, cur, overlap, config))
 
 
-def fit_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int, config: AlignConfig = AlignConfig()) -> WindowFit:
-    """The join of `cur` to `prev` (see `align_window`), without placing its points."""
+def fit_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int, config: AlignConfig = AlignConfig(),
+               layers: torch.Tensor | None = None) -> WindowFit:
+    """The join of `cur` to `prev` (see `align_window`), without placing its points. `layers`: its
+    window_layers when worked out beforehand."""
     t0 = time.perf_counter()
     if prev is not None:
         _check_overlap(prev, cur, overlap)
-    labels = _segment(cur, config) if config.mode == "lsa" else None
+    labels = layers if layers is not None else window_layers(cur, config)
     num_layers = _num_layers(labels) if labels is not None else None  # [S]
     layer_scales = [torch.ones(n) for n in num_layers.tolist()] if num_layers is not None else None
     if prev is None:
@@ -294,7 +296,11 @@ def _num_layers(labels: torch.Tensor) -> torch.Tensor:
     return (labels.flatten(1).amax(1).long() + 1).clamp_min(0)
 
 
-def _segment(cur: WindowPrediction, config: AlignConfig) -> torch.Tensor:
+def window_layers(cur: WindowPrediction, config: AlignConfig) -> torch.Tensor | None:
+    """The window's depth layers [S,H,W] int32 (-1: none), None unless the mode is "lsa". Depends on this
+    window alone, so it can be worked out beforehand, beside the joins of earlier windows."""
+    if config.mode != "lsa":
+        return None
     labels = segment_depth_layers_batch(cur.depth, cur.depth_conf, config.layers)
     return torch.from_numpy(labels).to(cur.depth.device)
 

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import torch
 
-from recon.align import AlignConfig, AlignedWindow, WindowFit, anchored_fit, fit_window, median_depth, place_window, registered_frames
+from recon.align import AlignConfig, AlignedWindow, WindowFit, anchored_fit, fit_window, median_depth, place_window, registered_frames, window_layers
 from recon.fusion import VoxelMap
 from recon.geometry import invert_rigid
 from recon.posegraph import EdgeNoise, PoseGraph, PoseGraphConfig
@@ -145,11 +145,18 @@ class Reconstruction:
         return self._windows
 
     # -- one window --------------------------------------------------------------------------------------
-    def add(self, pred: WindowPrediction, meta: list[tuple[int, float, np.ndarray | None]], colors: np.ndarray) -> CoreUpdate:
-        """Register window `pred` (frames `meta`: index, timestamp, ground truth; `colors` [S,H,W,3] uint8)."""
+    def prepare(self, pred: WindowPrediction) -> torch.Tensor | None:
+        """What window `pred` needs that depends on no other window (its depth layers), for add(): a model
+        thread works it out while the core registers earlier windows. Reads nothing but the configuration."""
+        return window_layers(pred, self.config.align) if self.overlap else None
+
+    def add(self, pred: WindowPrediction, meta: list[tuple[int, float, np.ndarray | None]], colors: np.ndarray,
+            layers: torch.Tensor | None = None) -> CoreUpdate:
+        """Register window `pred` (frames `meta`: index, timestamp, ground truth; `colors` [S,H,W,3] uint8;
+        `layers`: prepare(pred), if done beforehand)."""
         k = self._windows
         t = time.perf_counter()
-        shared, fit, noise = self._join(pred)
+        shared, fit, noise = self._join(pred, layers)
         edge = fit.sim  # prev_from_cur
         if fit.diagnostics.get("path") == "pose_fallback":
             self._breaks.add(k)
@@ -214,12 +221,12 @@ class Reconstruction:
         return [self._pose(f) for f in self._frames]
 
     # -- pieces ------------------------------------------------------------------------------------------
-    def _join(self, pred: WindowPrediction) -> tuple[int, WindowFit, EdgeNoise]:
+    def _join(self, pred: WindowPrediction, layers: torch.Tensor | None) -> tuple[int, WindowFit, EdgeNoise]:
         """-> (frames shared with the previous window, the fit whose Sim(3) is the edge prev_from_cur, the
         edge's noise)."""
         prev, O = self._prev_tail, self._carry
         if self._windows == 0:
-            return 0, anchored_fit() if self.overlap == 0 else fit_window(None, pred, 0, self.config.align), _ANCHORED_NOISE
+            return 0, anchored_fit() if self.overlap == 0 else fit_window(None, pred, 0, self.config.align, layers), _ANCHORED_NOISE
         if O == 0:
             if not self._reanchor:
                 return 0, anchored_fit(), _ANCHORED_NOISE
@@ -230,7 +237,7 @@ class Reconstruction:
             fit.diagnostics["path"] = "reanchored"
             return 0, fit, _REANCHOR_NOISE
         assert prev is not None
-        fit = fit_window(prev, pred, O, self.config.align)
+        fit = fit_window(prev, pred, O, self.config.align, layers)
         sigma = fit.diagnostics.get("noise", {"rot_rad": 0.01, "trans": 0.1, "log_scale": 0.1})
         floor, depth = self.config.join_noise_floor, median_depth(prev.depth)
         noise = EdgeNoise(rot_rad=max(sigma["rot_rad"], floor.rot_rad), trans=max(sigma["trans"], floor.trans * depth),

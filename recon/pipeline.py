@@ -140,6 +140,7 @@ class _Window:
     colors: np.ndarray  # [S,H,W,3] uint8 at model resolution
     pred: WindowPrediction
     infer_s: float
+    layers: torch.Tensor | None  # Reconstruction.prepare(pred), worked out in the model thread
 
 
 _DONE = object()
@@ -273,28 +274,29 @@ class Pipeline:
                 windows.close()
             self._put(_DONE)
 
-    def _timed_infer(self, frames: list[Frame]) -> tuple[WindowPrediction | NonFiniteError, float]:
-        """In a model thread: the prediction (or why it is unusable) and the seconds it took."""
+    def _timed_infer(self, frames: list[Frame]) -> tuple[WindowPrediction | NonFiniteError, torch.Tensor | None, float]:
+        """In a model thread: the prediction (or why it is unusable), what the core prepares from it alone,
+        and the seconds both took."""
         t = time.perf_counter()
         try:
             pred: WindowPrediction | NonFiniteError = self._infer(frames)
         except NonFiniteError as e:
-            pred = e
-        return pred, time.perf_counter() - t
+            return e, None, time.perf_counter() - t
+        return pred, self.core.prepare(pred), time.perf_counter() - t
 
-    def _settle(self, frames: list[Frame], result: tuple[WindowPrediction | NonFiniteError, float]) -> str | int | None:
+    def _settle(self, frames: list[Frame], result: tuple[WindowPrediction | NonFiniteError, torch.Tensor | None, float]) -> str | int | None:
         """A window's prediction, in stream order: queued for the core, or skipped when unusable. -> how the
         next window is cut: as planned (None), after the last usable window ("reject"), or starting with
         the frames this one could not place (their count)."""
-        pred, infer_s = result
+        pred, layers, infer_s = result
         if isinstance(pred, NonFiniteError):
             self._skip(frames, str(pred))
             return "reject"
-        self.state.timings_s["infer"] += infer_s  # summed over windows, also those in flight together
+        self.state.timings_s["infer"] += infer_s  # with its depth layers; summed over windows, also those in flight together
         H, W = pred.hw
         colors = np.stack([f.image_rgb if f.hw == (H, W) else cv2.resize(f.image_rgb, (W, H), interpolation=cv2.INTER_AREA) for f in frames])
         meta = [(f.index, f.timestamp_s, f.gt_cam_from_world) for f in frames]
-        self._put(_Window(meta, colors, pred, infer_s))
+        self._put(_Window(meta, colors, pred, infer_s, layers))
         n = carried_frames(pred, self.overlap)
         return n if n > self.overlap else None  # the stream broke inside the window: the next one starts after the break
 
@@ -338,7 +340,7 @@ class Pipeline:
     def _consume(self, item: _Window, writer: TrajectoryWriter) -> None:
         st = self.state
         t, map_s = time.perf_counter(), self.core.timings_s["map"]
-        update = self.core.add(item.pred, item.frames_meta, item.colors)
+        update = self.core.add(item.pred, item.frames_meta, item.colors, item.layers)
         fuse_s = self.core.timings_s["map"] - map_s
         st.timings_s["align"] += time.perf_counter() - t - fuse_s  # joins, pose graph, place recognition
         st.timings_s["fuse"] += fuse_s
