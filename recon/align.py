@@ -167,13 +167,14 @@ def align_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int
 
 
 def fit_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int, config: AlignConfig = AlignConfig(),
-               layers: torch.Tensor | None = None) -> WindowFit:
+               layers: WindowLayers | None = None) -> WindowFit:
     """The join of `cur` to `prev` (see `align_window`), without placing its points. `layers`: its
     window_layers when worked out beforehand."""
     t0 = time.perf_counter()
     if prev is not None:
         _check_overlap(prev, cur, overlap)
-    labels = layers if layers is not None else window_layers(cur, config)
+    layers = layers if layers is not None else window_layers(cur, config)
+    labels = layers.labels if layers is not None else None
     num_layers = _num_layers(labels) if labels is not None else None  # [S]
     layer_scales = [torch.ones(n) for n in num_layers.tolist()] if num_layers is not None else None
     if prev is None:
@@ -195,11 +196,11 @@ def fit_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int, 
 
     scale_map = None
     n = int(corr.weights.shape[0])
-    if config.mode == "lsa" and labels is not None and num_layers is not None and join.path == "joint" and n >= config.min_correspondences:
+    if layers is not None and labels is not None and num_layers is not None and join.path == "joint" and n >= config.min_correspondences:
         scene_depth = float(prev.depth[-overlap:].to(dev)[corr.frame, corr.v, corr.u].median())
         delta = config.huber_delta_rel * max(scene_depth, 1e-12)
         try:
-            sim, scale_map, layer_scales, lsa_diag = _layer_scale_alignment(prev, cur, overlap, corr, sim, labels, num_layers, delta, config, warnings)
+            sim, scale_map, layer_scales, lsa_diag = _layer_scale_alignment(prev, cur, overlap, corr, sim, layers, num_layers, delta, config, warnings)
             diag["path"] = "lsa"
             diag["lsa"] = lsa_diag
             if not config.lsa_depth:
@@ -296,13 +297,28 @@ def _num_layers(labels: torch.Tensor) -> torch.Tensor:
     return (labels.flatten(1).amax(1).long() + 1).clamp_min(0)
 
 
-def window_layers(cur: WindowPrediction, config: AlignConfig) -> torch.Tensor | None:
-    """The window's depth layers [S,H,W] int32 (-1: none), None unless the mode is "lsa". Depends on this
-    window alone, so it can be worked out beforehand, beside the joins of earlier windows."""
+@dataclass
+class WindowLayers:
+    """A window's depth layers and the links between the layers of its consecutive frames: they depend on
+    that window alone, so they can be worked out beforehand, beside the joins of earlier windows."""
+
+    labels: torch.Tensor  # [S,H,W] int32, -1 = no layer
+    within: LayerLinks | None  # consecutive frames' layers (None: a one-frame window)
+
+
+def window_layers(cur: WindowPrediction, config: AlignConfig) -> WindowLayers | None:
+    """None unless the mode is "lsa"."""
     if config.mode != "lsa":
         return None
-    labels = segment_depth_layers_batch(cur.depth, cur.depth_conf, config.layers)
-    return torch.from_numpy(labels).to(cur.depth.device)
+    labels = torch.from_numpy(segment_depth_layers_batch(cur.depth, cur.depth_conf, config.layers)).to(cur.depth.device)
+    if len(cur) == 1:
+        return WindowLayers(labels, None)
+    iou_stride = _stride_for(labels.shape[1] * labels.shape[2], config.iou_pixels)
+    if config.within_links == "warp":
+        within = link_layers_warped(labels, cur.points, cur.cam_from_world, cur.K, config.within_iou, iou_stride, num_layers=_num_layers(labels))
+    else:
+        within = link_layers(labels[:-1], labels[1:], config.within_iou, iou_stride)
+    return WindowLayers(labels, within)
 
 
 def _stride_for(num_pixels: int, max_points: int) -> int:
@@ -599,14 +615,15 @@ def _layer_scale_alignment(
     overlap: int,
     corr: Correspondences,
     sim: Sim3,
-    labels: torch.Tensor,
+    layers: WindowLayers,
     num_layers: torch.Tensor,
     delta: float,
     config: AlignConfig,
     warnings: list[str],
 ) -> tuple[Sim3, torch.Tensor, list[torch.Tensor], dict[str, Any]]:
     """LSA on top of `sim`. Returns the (possibly re-fitted) Sim(3), the per-pixel scale [S,H,W], the
-    per-frame layer scales and diagnostics. num_layers [S]: layers per frame of `labels`."""
+    per-frame layer scales and diagnostics. num_layers [S]: layers per frame of `layers`."""
+    labels, within = layers.labels, layers.within
     dev = cur.depth.device
     O = overlap
     t0 = time.perf_counter()
@@ -615,11 +632,6 @@ def _layer_scale_alignment(
         prev_labels = torch.from_numpy(segment_depth_layers_batch(prev.depth[-O:], prev.conf[-O:], config.layers)).to(dev)
     iou_stride = _stride_for(labels.shape[1] * labels.shape[2], config.iou_pixels)
     cross = link_layers(prev_labels, labels[:O], config.cross_iou, iou_stride)
-    within = None
-    if len(cur) > 1 and config.within_links == "warp":
-        within = link_layers_warped(labels, cur.points, cur.cam_from_world, cur.K, config.within_iou, iou_stride, num_layers=num_layers)
-    elif len(cur) > 1:
-        within = link_layers(labels[:-1], labels[1:], config.within_iou, iou_stride)
 
     # Each correspondence sample belongs to at most one cross link: (frame, prev layer, cur layer).
     la = prev_labels[corr.frame, corr.v, corr.u].long()

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import torch
 
-from recon.align import AlignConfig, AlignedWindow, WindowFit, anchored_fit, fit_window, median_depth, place_window, registered_frames, window_layers
+from recon.align import AlignConfig, AlignedWindow, WindowFit, WindowLayers, anchored_fit, fit_window, median_depth, place_window, registered_frames, window_layers
 from recon.fusion import VoxelMap
 from recon.geometry import invert_rigid
 from recon.posegraph import EdgeNoise, PoseGraph, PoseGraphConfig
@@ -145,13 +145,13 @@ class Reconstruction:
         return self._windows
 
     # -- one window --------------------------------------------------------------------------------------
-    def prepare(self, pred: WindowPrediction) -> torch.Tensor | None:
-        """What window `pred` needs that depends on no other window (its depth layers), for add(): a model
+    def prepare(self, pred: WindowPrediction) -> WindowLayers | None:
+        """What window `pred` needs that depends on no other window (its depth layers and their links), for add(): a model
         thread works it out while the core registers earlier windows. Reads nothing but the configuration."""
         return window_layers(pred, self.config.align) if self.overlap else None
 
     def add(self, pred: WindowPrediction, meta: list[tuple[int, float, np.ndarray | None]], colors: np.ndarray,
-            layers: torch.Tensor | None = None) -> CoreUpdate:
+            layers: WindowLayers | None = None) -> CoreUpdate:
         """Register window `pred` (frames `meta`: index, timestamp, ground truth; `colors` [S,H,W,3] uint8;
         `layers`: prepare(pred), if done beforehand)."""
         k = self._windows
@@ -221,7 +221,7 @@ class Reconstruction:
         return [self._pose(f) for f in self._frames]
 
     # -- pieces ------------------------------------------------------------------------------------------
-    def _join(self, pred: WindowPrediction, layers: torch.Tensor | None) -> tuple[int, WindowFit, EdgeNoise]:
+    def _join(self, pred: WindowPrediction, layers: WindowLayers | None) -> tuple[int, WindowFit, EdgeNoise]:
         """-> (frames shared with the previous window, the fit whose Sim(3) is the edge prev_from_cur, the
         edge's noise)."""
         prev, O = self._prev_tail, self._carry

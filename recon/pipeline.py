@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from recon.align import AlignConfig, AlignedWindow
+from recon.align import AlignConfig, AlignedWindow, WindowLayers
 from recon.core import CoreConfig, CoreUpdate, FramePose, MapConfig, Reconstruction, carried_frames
 from recon.datasets.base import FrameSource, source_notes
 from recon.depth_samples import DepthSample, write_depth_sample
@@ -140,7 +140,7 @@ class _Window:
     colors: np.ndarray  # [S,H,W,3] uint8 at model resolution
     pred: WindowPrediction
     infer_s: float
-    layers: torch.Tensor | None  # Reconstruction.prepare(pred), worked out in the model thread
+    layers: WindowLayers | None  # Reconstruction.prepare(pred), worked out in the model thread
 
 
 _DONE = object()
@@ -274,7 +274,7 @@ class Pipeline:
                 windows.close()
             self._put(_DONE)
 
-    def _timed_infer(self, frames: list[Frame]) -> tuple[WindowPrediction | NonFiniteError, torch.Tensor | None, float]:
+    def _timed_infer(self, frames: list[Frame]) -> tuple[WindowPrediction | NonFiniteError, WindowLayers | None, float]:
         """In a model thread: the prediction (or why it is unusable), what the core prepares from it alone,
         and the seconds both took."""
         t = time.perf_counter()
@@ -284,7 +284,7 @@ class Pipeline:
             return e, None, time.perf_counter() - t
         return pred, self.core.prepare(pred), time.perf_counter() - t
 
-    def _settle(self, frames: list[Frame], result: tuple[WindowPrediction | NonFiniteError, torch.Tensor | None, float]) -> str | int | None:
+    def _settle(self, frames: list[Frame], result: tuple[WindowPrediction | NonFiniteError, WindowLayers | None, float]) -> str | int | None:
         """A window's prediction, in stream order: queued for the core, or skipped when unusable. -> how the
         next window is cut: as planned (None), after the last usable window ("reject"), or starting with
         the frames this one could not place (their count)."""
