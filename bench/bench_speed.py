@@ -12,7 +12,8 @@ with `-S` (so the editable install's import hook cannot shadow it) and the envir
 PYTHONPATH after it: both revisions see the same dependencies. Frames/s come from the run's summary.json: end to end is frames read over
 the pipeline's wall time (model start-up excluded, reported apart: the process's wall time minus the
 pipeline's and the evaluation's); a stage's figure is frames read over that stage's seconds (stages overlap in
-time: the model runs in its own thread).
+time: the model runs in its own threads, on two windows at once where it allows, and "infer" sums the seconds
+of every window, so it can fall while end to end rises).
 
 Run: .venv/bin/python bench/bench_speed.py [--baseline REV] [--only drive room] [--repeat 1]"""
 
