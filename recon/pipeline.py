@@ -1,8 +1,9 @@
 """The streaming pipeline (DESIGN §1), the driver: source -> windows -> model -> reconstruction core -> outputs.
 
-Two threads joined by a bounded queue: the producer reads frames, cuts windows and runs the model (on
-as many windows at once as its registration allows, results in stream order: recon/inflight.py); the consumer hands each prediction to the core (recon/core.py: registration, pose
-graph, loop closure, map) and writes what it returns. Nothing holds more than a few windows of frames,
+Two threads joined by a bounded queue: the producer reads frames, cuts windows and runs the model (on as
+many windows at once as its registration allows, results in stream order: recon/inflight.py); the
+consumer hands each prediction to the core (recon/core.py: registration, pose graph, loop closure, map)
+and writes what it returns. Nothing holds more than a few windows of frames,
 so memory does not grow with the stream."""
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from recon.datasets.base import FrameSource, source_notes
 from recon.depth_samples import DepthSample, write_depth_sample
 from recon.errors import NonFiniteError, ReconError
 from recon.fusion import VoxelMap
-from recon.inflight import WindowsInFlight
 from recon.geometry import invert_rigid
+from recon.inflight import WindowsInFlight
 from recon.kernels.voxel import KEY_OFFSET
 from recon.models.base import GeometryModel, StreamingModel
 from recon.outputs import TrajectoryWriter, atomic_write_json, prepare_out_dir, remove_run_files
