@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
@@ -66,26 +66,34 @@ def ignore_signal(signum: int, frame: object) -> None:
 
 
 @contextmanager
+def _stop_signals_to(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """Inside the block SIGINT and SIGTERM go to `handler`; after it, to the handlers from before. Only the
+    main thread may set handlers: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, earlier in previous.items():
+            signal.signal(signum, earlier)
+
+
+@contextmanager
 def signals_unwind() -> Iterator[None]:
     """SIGINT and SIGTERM unwind the command (KeyboardInterrupt, Terminated): a model load or an evaluation
     stops, its lock is released, and the exit code says which signal. Once one has, further ones are ignored so
     they cannot cut the unwinding short. (`recon run` stops its stream at a window boundary instead, see
     recon.run.stop_on_signals.)"""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
 
     def unwind(signum: int, frame: object) -> None:
         for other in (signal.SIGINT, signal.SIGTERM):
             signal.signal(other, ignore_signal)
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
-    previous = {signum: signal.signal(signum, unwind) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with _stop_signals_to(unwind):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 @contextmanager
@@ -94,20 +102,11 @@ def signals_deferred() -> Iterator[None]:
     native libraries (torch, OpenCV, GTSAM): a KeyboardInterrupt raised halfway through torch's import left its
     C++ side half set up, and the process died of SIGABRT instead of exiting 130 (soak run 79, a Ctrl-C 0.8 s
     after start). The wait is the import's length, about two seconds."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     pending: list[int] = []
-
-    def record(signum: int, frame: object) -> None:
-        pending.append(signum)
-
-    previous = {signum: signal.signal(signum, record) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        with _stop_signals_to(lambda signum, frame: pending.append(signum)):
+            yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         for signum in dict.fromkeys(pending):  # each signal once, in the order they came
             signal.raise_signal(signum)
 
