@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from recon.core import CoreConfig, Reconstruction, carried_frames
+from recon.core import CoreConfig, Reconstruction, _quantile_floor, carried_frames
 from recon.datasets.synthetic import SyntheticSource
 from recon.eval.trajectory import absolute_trajectory_error
 from recon.geometry import invert_rigid
@@ -243,3 +243,13 @@ def test_a_new_model_kind_needs_only_its_registry_entry(tmp_path: Path, monkeypa
     world_from_cam = read_kitti(tmp_path / "trajectory.kitti")
     gt = read_kitti(tmp_path / "ground_truth.kitti")
     np.testing.assert_allclose(world_from_cam, gt, atol=1e-4)  # anchored steps: nothing re-aligned
+
+
+def test_the_map_keeps_the_same_confident_pixels_as_the_interpolated_quantile() -> None:
+    # The fused pixels are those at or above the window's confidence quantile; a selection replaced the sort.
+    gen = torch.Generator().manual_seed(0)
+    for n in (1, 2, 3, 10, 1001, 50_000):
+        for values in (torch.rand(n, generator=gen), torch.randint(0, 5, (n,), generator=gen).float()):
+            for q in (0.0, 0.25, 0.5, 0.9, 1.0):
+                exact = values.double() >= torch.quantile(values.double(), q)
+                assert torch.equal(values >= _quantile_floor(values, q), exact), (n, q)
