@@ -1,39 +1,65 @@
-"""How the process's C allocator treats freed memory: a process-wide choice, made by the command line at
-start-up (never by the library: an application embedding recon keeps its own)."""
+"""How the process's C allocator (glibc) treats freed memory: process-wide choices, made by the command line
+(never by the library: an application embedding recon keeps its own). No-ops off glibc."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Callable
 
 # mallopt parameters (glibc's malloc.h)
-_M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 
-def reuse_freed_memory() -> bool:
-    """Keep freed blocks in one heap for the next allocation instead of returning them to the kernel.
-
-    A window allocates the same large temporaries every time (point maps, flows, BA matrices: 1-30 MB each).
-    By default glibc maps each of them fresh and unmaps it when freed, and the kernel zeroes every page on
-    first touch again: 2.1 million page faults per 100 frames of a 640x192 drive, a quarter of the CPU time
-    spent in the kernel. Each thread's own arena holds at most 64 MB, so the blocks of two windows in flight
-    spill to fresh maps as well: one arena. Measured (300 frames, default run): 4.9 -> 5.6 frames/s end to
-    end, peak resident memory about the same (910 -> 930 MB). Returns False where the C library is not
-    glibc (nothing changed)."""
+def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only: other C libraries' mallopt take other numbers
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL(name) if name else None
+        return libc if libc is not None and hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def reuse_freed_memory() -> bool:
+    """Serve blocks up to 32 MiB from one heap, where a freed block is reused by the next allocation.
+
+    A window allocates the same large temporaries every time (point maps, flows, the BA's matrices: 1-30 MB
+    each). Mapped fresh for each (glibc's default above 128 KiB, or once we set 1 MiB), every page of them
+    faults and is zeroed by the kernel again; each thread's own arena holds at most 64 MB, so two windows in
+    flight spill to fresh maps as well: one arena. Measured (150 frames of the 640x192 drive, default run):
+    2.84 M page faults -> 0.48 M, 4.9 -> 6.9 frames/s end to end, peak RSS 838 -> 923 MB. The heap's free
+    pages still go back to the OS once per window (`heap_trimmer`): memory stays flat on an endless stream.
+    Call before any thread starts (the arena limit binds threads created afterwards). Returns False where
+    nothing was changed."""
+    libc = _glibc()
+    if libc is None:
         return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # Blocks up to 32 MiB (glibc's largest threshold) come from the heap, which grows 256 MiB of address space
-    # at a time (untouched pages cost nothing) and gives its top back only above 1 GiB free.
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, 32 << 20), (_M_TOP_PAD, 256 << 20), (_M_TRIM_THRESHOLD, 1 << 30))
+    # 32 MiB is glibc's largest threshold; the heap grows 256 MiB of address space at a time (untouched pages
+    # cost nothing).
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, 32 << 20), (_M_TOP_PAD, 256 << 20))
     return all([mallopt(param, value) == 1 for param, value in settings])
+
+
+def heap_trimmer() -> Callable[[], None]:
+    """A function that hands the free pages of glibc's heap back to the OS (malloc_trim(0)); a no-op off glibc.
+
+    Every window frees and allocates blocks: the place database swaps a keyframe's arrays for a new one's,
+    the model, the joins and the map write allocate and free their temporaries. Freed blocks below a live
+    one cannot be given back by the heap's own top-trimming and stay resident: at 320x96 (bench/bench_soak.py's
+    drive) ~33 MB of RSS was free heap at any time, and it crept up as the long-lived blocks (place database,
+    trajectory records) spread over the heap. Called once per window (10-50 ms, on the consumer thread while
+    the model runs), RSS follows live memory."""
+    libc = _glibc()
+    if libc is None:
+        return lambda: None
+    trim = libc.malloc_trim
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+
+    def trim_free_pages() -> None:
+        trim(0)
+
+    return trim_free_pages

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import math
 import signal
 import sys
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from recon.allocator import heap_trimmer
 from recon.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, ignore_signal, signals_deferred
 from recon.errors import ReconError
 from recon.schedule import DEFAULT_OVERLAP, DEFAULT_WINDOW
@@ -188,43 +188,6 @@ def stop_on_signals(request_stop: Callable[[], None]) -> Iterator[StopRequest]:
             signal.signal(signum, handler if stop.signum is None else ignore_signal)
 
 
-M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
-
-
-def return_large_blocks_to_the_os() -> None:
-    """Each window allocates and frees large temporaries (the 1M-voxel merge, the map.ply buffer). glibc
-    serves them from its heap and keeps the freed space, fragmented, so RSS crept up 6% over 10,000 frames
-    while live memory stayed flat (bench/bench_soak.py). Blocks of 1 MiB and more get their own mapping,
-    handed back to the OS on free. Process-wide, so the CLI sets it, not the library; no-op off glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
-    except (OSError, AttributeError):
-        pass
-
-
-def heap_trimmer() -> Callable[[], None]:
-    """A function that hands the free pages of glibc's heaps back to the OS (malloc_trim(0)); a no-op off glibc.
-
-    Every window frees and allocates blocks below the mmap threshold in two threads' arenas: the place
-    database swaps a keyframe's arrays for a new one's, the model, the joins and the map write allocate
-    and free their temporaries. Freed blocks below a live one cannot be given back by the heap's own
-    top-trimming and stay resident: at 320x96 (bench/bench_soak.py's drive) ~33 MB of RSS was free heap
-    at any time, and it crept up as the long-lived blocks (place database, trajectory records) spread over
-    the heap. Called once per window (10-50 ms, on the consumer thread while the model runs), RSS follows
-    live memory."""
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return lambda: None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-
-    def trim_free_pages() -> None:
-        trim(0)
-
-    return trim_free_pages
-
-
 def _recorded_source(spec: str) -> str:
     """The source as summary.json records it: absolute, so `recon eval` can reopen it from any working
     directory, and without a URL's credentials (the logs redact them the same way)."""
@@ -239,7 +202,6 @@ def run_command(args: argparse.Namespace) -> int:
     from recon.outputs import claim_out_dir
 
     _check(args)
-    return_large_blocks_to_the_os()
     model_opts = model_options(args)
     options: dict = {"stride": args.stride, "max_frames": args.max_frames}
     if (K := _intrinsics(args.intrinsics)) is not None:
