@@ -118,7 +118,6 @@ class AlignedWindow:
     frame_indices: list[int]
     cam_from_world: torch.Tensor  # [S,4,4] float32
     depth: torch.Tensor  # [S,H,W] z-depth in world units (Sim(3) scale x layer scales)
-    points_world: torch.Tensor  # [S,H,W,3]
     conf: torch.Tensor  # [S,H,W]
     world_from_window: Sim3
     layer_labels: torch.Tensor | None  # [S,H,W] int32, -1 = no layer (segmented on this window's depth)
@@ -126,9 +125,36 @@ class AlignedWindow:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     registered: np.ndarray | None = None  # [S] bool: frames the model could place (None: all)
     keypoints: Keypoints | None = None  # the model's sparse points, depth in this window's (mapped) units
+    # The model's point map [S,H,W,3] (window frame), its per-pixel layer scale [S,H,W] (None: none) and the
+    # camera centres [S,3] (window frame) it scales about: `world_points` maps them on demand, since a run
+    # needs a fraction of a window's points in the world (the map fuses new frames on a pixel grid).
+    points_window: torch.Tensor | None = None
+    scale_map: torch.Tensor | None = None
+    centres_window: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.frame_indices)
+
+    def world_points(self, frames: slice = slice(None), stride: int = 1) -> torch.Tensor:
+        """World points [F,H',W',3] of `frames` on every `stride`-th pixel: the layer scale about each camera
+        centre, then the window's Sim(3)."""
+        assert self.points_window is not None
+        points = self.points_window[frames, ::stride, ::stride]
+        if self.scale_map is not None:
+            assert self.centres_window is not None
+            c = self.centres_window[frames][:, None, None, :]
+            points = torch.addcmul(c, points - c, self.scale_map[frames, ::stride, ::stride][..., None])
+        sim = self.world_from_window
+        if sim.s == 1.0 and bool((sim.R == np.eye(3)).all()) and not np.any(sim.t):
+            return points
+        sR = torch.as_tensor(sim.s * sim.R, dtype=torch.float32, device=points.device)
+        t = torch.as_tensor(sim.t, dtype=torch.float32, device=points.device)
+        return torch.addmm(t, points.reshape(-1, 3), sR.T).view(points.shape)
+
+    @property
+    def points_world(self) -> torch.Tensor:
+        """Every world point [S,H,W,3] (a full pass: prefer `world_points` for a part)."""
+        return self.world_points()
 
 
 @dataclass
@@ -232,33 +258,27 @@ def anchored_fit(world_from_anchor: Sim3 | None = None) -> WindowFit:
 
 def place_window(cur: WindowPrediction, fit: WindowFit, target_from_window: Sim3 | None = None, frames: slice = slice(None)) -> AlignedWindow:
     """Frames `frames` of `cur` mapped by the layer scales and then by `target_from_window` (default:
-    the fit's own Sim(3), i.e. into the previous window's frame). One pass over the point map; with
-    no scale map and the identity the prediction's tensors are shared, not copied (read-only by contract)."""
+    the fit's own Sim(3), i.e. into the previous window's frame). Poses and depth are mapped now; the
+    points on demand (`AlignedWindow.world_points`). With no scale map and the identity the prediction's
+    tensors are shared, not copied (read-only by contract)."""
     sim = fit.sim if target_from_window is None else target_from_window
     first, stop, _ = frames.indices(len(cur))
     dev = cur.depth.device
-    points, depth = cur.points[frames], cur.depth[frames]
+    depth = cur.depth[frames]
     scale_map = None if fit.scale_map is None else fit.scale_map[frames]
     identity = sim.s == 1.0 and bool((sim.R == np.eye(3)).all()) and not np.any(sim.t)
+    window_from_cam = invert_rigid(cur.cam_from_world[frames].double().cpu().numpy())
     if identity and scale_map is None:
-        cam_from_world, points_world = cur.cam_from_world[frames], points
+        cam_from_world = cur.cam_from_world[frames]
     else:
         cam_from_world = torch.from_numpy(sim.apply_to_cam_from_world(cur.cam_from_world[frames].double().cpu().numpy())).float().to(dev)
         depth = depth * sim.s
         if scale_map is not None:
-            # k x the camera-frame point == scaling the window point about the camera centre.
-            centres = torch.from_numpy(invert_rigid(cur.cam_from_world[frames].double().cpu().numpy())[:, :3, 3]).float().to(dev)
-            c = centres[:, None, None, :]
-            points = torch.addcmul(c, points - c, scale_map[..., None])
-            depth = depth.mul_(scale_map)
-        sR = torch.as_tensor(sim.s * sim.R, dtype=torch.float32, device=dev)
-        t = torch.as_tensor(sim.t, dtype=torch.float32, device=dev)
-        points_world = torch.addmm(t, points.reshape(-1, 3), sR.T).view(points.shape)
+            depth = depth.mul_(scale_map)  # k x the camera-frame point == scaling the window point about the camera centre
     return AlignedWindow(
         frame_indices=list(cur.frame_indices[frames]),
         cam_from_world=cam_from_world,
         depth=depth,
-        points_world=points_world,
         conf=cur.points_conf[frames],
         world_from_window=sim,
         layer_labels=None if fit.labels is None else fit.labels[frames],
@@ -266,6 +286,9 @@ def place_window(cur: WindowPrediction, fit: WindowFit, target_from_window: Sim3
         diagnostics=fit.diagnostics,
         registered=registered_frames(cur)[frames],
         keypoints=None if cur.keypoints is None else cur.keypoints.select_frames(first, stop, sim.s),
+        points_window=cur.points[frames],
+        scale_map=scale_map,
+        centres_window=torch.from_numpy(window_from_cam[:, :3, 3]).float().to(dev),
     )
 
 
@@ -357,7 +380,7 @@ def select_correspondences(prev: AlignedWindow, cur: WindowPrediction, overlap: 
     v = rest.div(ws, rounding_mode="floor") * stride + o
     u = rest.remainder(ws) * stride + o
     source = cur.points[:O][sl].reshape(-1, 3).index_select(0, idx)
-    target = prev.points_world[-O:].to(dev)[sl].reshape(-1, 3).index_select(0, idx)
+    target = prev.world_points(slice(len(prev) - O, None)).to(dev)[sl].reshape(-1, 3).index_select(0, idx)
     weights = torch.sqrt(c_prev.index_select(0, idx) * c_cur.index_select(0, idx))
     return Correspondences(frame, v, u, source, target, weights, num_candidates=O * hs * ws, stride=stride)
 

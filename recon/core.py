@@ -371,7 +371,7 @@ class Reconstruction:
         conf = world.conf[new, ::s, ::s]
         if conf.numel():
             conf = torch.where(conf >= _quantile_floor(conf, cfg.conf_quantile), conf, torch.zeros_like(conf))
-        self.map.integrate(world.points_world[new, ::s, ::s], colors[new, ::s, ::s], conf, camera_centre=world_from_cam[-1, :3, 3], window=k)
+        self.map.integrate(world.world_points(new, s), colors[new, ::s, ::s], conf, camera_centre=world_from_cam[-1, :3, 3], window=k)
         self.timings_s["map"] += time.perf_counter() - t
 
 

@@ -431,7 +431,7 @@ class Pipeline:
             images_rgb=item.colors,
             depth=aligned.depth.cpu().numpy(),
             conf=aligned.conf.cpu().numpy(),
-            points_world=aligned.points_world.cpu().numpy(),
+            new_points=lambda stride: aligned.world_points(new, stride).cpu().numpy(),
             cam_from_world=aligned.cam_from_world.double().cpu().numpy(),
             K=item.pred.K.double().cpu().numpy(),
             world_from_window=aligned.world_from_window,

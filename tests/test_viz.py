@@ -59,10 +59,11 @@ def _view(k: int, map_calls: list[int] | None = None) -> WindowView:
         xyz = points_world[:, ::4, ::4].reshape(-1, 3).astype(np.float32)
         return xyz, np.full((len(xyz), 3), 200, np.uint8)
 
+    new = slice(0 if k == 0 else OVERLAP, WINDOW)
     return WindowView(
-        window=k, frame_indices=frames, timestamps_s=[0.1 * i for i in frames], new=slice(0 if k == 0 else OVERLAP, WINDOW),
+        window=k, frame_indices=frames, timestamps_s=[0.1 * i for i in frames], new=new,
         images_rgb=np.random.default_rng(k).integers(0, 255, (WINDOW, H, W, 3), dtype=np.uint8), depth=depth, conf=conf,
-        points_world=points_world.astype(np.float32), cam_from_world=invert_rigid(world_from_cam), K=np.stack([K] * WINDOW),
+        new_points=lambda stride: points_world[new, ::stride, ::stride].astype(np.float32), cam_from_world=invert_rigid(world_from_cam), K=np.stack([K] * WINDOW),
         world_from_window=Sim3(1.0 + 0.1 * k, _rot_z(5.0 * k), np.array([0.1 * k, 0.0, 0.0])),
         gt_cam_from_world=invert_rigid(gt_world_from_cam),
         alignment={"path": "sim3", "scale": 1.0 + 0.1 * k, "residual_rms": 0.01 * (k + 1), "inlier_share": 0.9, "num_correspondences": 100},
@@ -148,7 +149,7 @@ def test_window_points_are_in_the_window_frame(recording: tuple[Path, list[int]]
     translation = np.array(batch.column("Transform3D:translation")[0].as_py()[0])
     mat3x3 = np.array(batch.column("Transform3D:mat3x3")[0].as_py()[0]).reshape(3, 3).T  # column-major
     local = np.array(batch.column("Points3D:positions")[0].as_py())
-    world = _view(2).points_world.reshape(-1, 3)
+    world = _view(2).new_points(1).reshape(-1, 3)
     back = local @ (scale * mat3x3).T + translation
     # Every logged point, moved by the logged Sim(3), is one of the window's world points.
     dists = np.min(np.linalg.norm(back[:, None, :] - world[None, ::7, :], axis=2), axis=1)

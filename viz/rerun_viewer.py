@@ -241,7 +241,7 @@ class RerunViewer:
             conf=np.array(view.conf[view.new], dtype=np.float32),
             world_from_cam=world_from_cam,
             K=np.array(view.K[view.new], dtype=np.float64),
-            points_world=np.array(view.points_world[sel], dtype=np.float32).reshape(-1, 3),
+            points_world=np.array(view.new_points(stride), dtype=np.float32).reshape(-1, 3),
             points_conf=np.array(view.conf[sel], dtype=np.float32).reshape(-1),
             points_rgb=np.array(view.images_rgb[sel], dtype=np.uint8).reshape(-1, 3),
             world_from_window=view.world_from_window,

@@ -31,13 +31,14 @@ class WindowView:
     images_rgb: np.ndarray  # [S,H,W,3] uint8
     depth: np.ndarray  # [S,H,W] float32, z-depth in run units (0 = none)
     conf: np.ndarray  # [S,H,W] float32, >= 0, higher = more trusted
-    points_world: np.ndarray  # [S,H,W,3] float32
     cam_from_world: np.ndarray  # [S,4,4] float64
     K: np.ndarray  # [S,3,3] float64, model pixels
     world_from_window: Sim3  # the window's own frame -> world, as fitted by the alignment
     gt_cam_from_world: np.ndarray | None  # [S,4,4] ground truth in the source's world, when known
     alignment: dict[str, Any]  # path, scale, residual_rms, inlier_share, num_correspondences, time_ms
     stats: dict[str, float]  # run-level series: fps, peak_rss_mb, map_points, timings_s/<stage>, ...
+    new_points: Callable[[int], np.ndarray] = field(repr=False, default=lambda stride: np.zeros((0, 0, 0, 3), np.float32))
+    """(stride) -> world points [F,H',W',3] float32 of the `new` frames on every stride-th pixel (mapped on demand)."""
     map_points: Callable[[], tuple[np.ndarray, np.ndarray]] = field(repr=False, default=lambda: (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)))
     """-> (xyz [M,3] float32 world, rgb [M,3] uint8): the global map now. Call it inside `log_window`
     only (the map changes after it returns); it copies the map, so call it only when you will log it."""
