@@ -111,6 +111,20 @@ def test_one_flow_pair_gives_both_partners_depth() -> None:
     assert coverage[0] > 0.8 * coverage[1]
 
 
+def test_the_next_window_reuses_the_overlaps_flows_and_gets_the_same_depth() -> None:
+    """Consecutive windows share their overlap frames' partner flows. A flow depends on the two images and
+    the snapped pre-warp only, so the reused flows give exactly the depth computing them again would."""
+    frames = list(SyntheticSource(scene="street", num_frames=16, seed=3))
+    first, second = frames[:10], frames[6:]  # 4 shared frames: 3 shared adjacent pairs
+    shared, alone = ClassicalModel(), ClassicalModel(flow_cache_mb=0)
+    shared.infer(first)
+    before = shared._flows.hits
+    reused = shared.infer(second)
+    assert shared._flows.hits - before >= 2
+    computed = alone.infer(second)
+    assert torch.equal(reused.depth, computed.depth) and torch.equal(reused.depth_conf, computed.depth_conf)
+
+
 def test_unknown_intrinsics_are_guessed_and_reported() -> None:
     frames = [dataclasses.replace(f, K=None) for f in rendered_window("room")]
     pred = ClassicalModel().infer(frames)

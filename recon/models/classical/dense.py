@@ -4,12 +4,15 @@ local texture and agreement between partners."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,10 @@ class DenseConfig:
     texture_std: float = 3.0  # local grey-level std (7x7) at which texture confidence is ~0.63
     agree_log: float = 0.05  # partners agreeing within ~5 % keep full confidence
     threads: int = 2
+    # The pre-warp's rotation (axis-angle, each component) snapped to this grid: it only has to bring the views
+    # within DIS's reach (the residual <= 0.25 deg is ~2 px at a 640 px focal length), and a pair's flow then
+    # depends on the two images alone, so consecutive windows share it (FlowCache).
+    prewarp_step_deg: float = 0.5
 
 
 @dataclass
@@ -50,25 +57,89 @@ def choose_partners(cam_from_world: np.ndarray, scene_depth: np.ndarray, cfg: De
     return out
 
 
+PairFlows = tuple[np.ndarray, np.ndarray]  # flow i -> warped j and back, [H,W,2] float32 each
+
+
+class FlowCache:
+    """Flows of frame pairs, shared by the windows of one model (bounded, least recently used out first).
+    Consecutive windows share their overlap frames and with them most of those frames' partner flows (7 of a
+    drive window's 19 pairs). A flow is a pure function of its key (both images' contents and the snapped
+    pre-warp), so a hit returns exactly what computing it would: the outputs never depend on which of the
+    windows in flight got there first."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._flows: OrderedDict[tuple, PairFlows] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple) -> PairFlows | None:
+        with self._lock:
+            flows = self._flows.get(key)
+            if flows is None:
+                self.misses += 1
+                return None
+            self._flows.move_to_end(key)
+            self.hits += 1
+            return flows
+
+    def put(self, key: tuple, flows: PairFlows) -> None:
+        size = sum(f.nbytes for f in flows)
+        with self._lock:
+            if key in self._flows or size > self.max_bytes:
+                return
+            self._flows[key] = flows
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, old = self._flows.popitem(last=False)
+                self._bytes -= sum(f.nbytes for f in old)
+
+
+def image_key(gray: np.ndarray) -> bytes:
+    """A digest of an image's contents (a cache key part: the same frame in two windows, not the same index)."""
+    return hashlib.blake2b(np.ascontiguousarray(gray).data, digest_size=16).digest() + repr(gray.shape).encode()
+
+
+def prewarp(j_from_i: np.ndarray, K: np.ndarray, cfg: DenseConfig) -> tuple[np.ndarray, tuple]:
+    """The infinite homography K R K^-1 of the pair's rotation, with the rotation snapped to the config's grid
+    and K to whole pixels -> (homography [3,3], the grid cell: the flow's key part)."""
+    step = np.radians(cfg.prewarp_step_deg)
+    cell = tuple(int(c) for c in np.round(Rotation.from_matrix(j_from_i[:3, :3]).as_rotvec() / step))
+    k_px = tuple(int(round(float(K[r, c]))) for r, c in ((0, 0), (1, 1), (0, 2), (1, 2)))
+    K_snap = np.array([[k_px[0], 0.0, k_px[2]], [0.0, k_px[1], k_px[3]], [0.0, 0.0, 1.0]])
+    R = Rotation.from_rotvec(np.array(cell, float) * step).as_matrix()
+    return K_snap @ R @ np.linalg.inv(K_snap), cell + k_px
+
+
 def _warp(field: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
     return cv2.remap(field, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(np.nan, np.nan))
 
 
 def pair_depths(gray_i: np.ndarray, gray_j: np.ndarray, j_from_i: np.ndarray, K: np.ndarray, cfg: DenseConfig,
-                dis: cv2.DISOpticalFlow, both: bool) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+                dis: cv2.DISOpticalFlow, both: bool, flows: FlowCache | None = None, keys: tuple[bytes, bytes] | None = None,
+                ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
     """Depth of frame i from partner j, and its confidence in [0,1], [H,W] each; with `both`, frame j's from i
     too, out of the same two flows (the partners of a window are mostly mutual: half the flow of computing
-    each direction alone).
+    each direction alone). The flows come from `flows` when an earlier window computed them (`keys`: the
+    images' `image_key`s).
 
     Frame j is first warped into frame i by the infinite homography H = K R K^-1 (the rotation part of
-    the known relative pose), so the flow only has to find the parallax: DIS alone loses track of the
-    large displacements a turning camera makes. A pixel x of i then matches H (x + flow) in j; a pixel p
-    of j sits at y = H^-1 p in the warped frame and matches y + back(y) in i."""
+    the known relative pose, snapped: `prewarp`), so the flow only has to find the parallax: DIS alone loses
+    track of the large displacements a turning camera makes. A pixel x of i then matches H (x + flow) in j; a
+    pixel p of j sits at y = H^-1 p in the warped frame and matches y + back(y) in i."""
     Hh, Ww = gray_i.shape
-    h = K @ j_from_i[:3, :3] @ np.linalg.inv(K)
-    warped_j = cv2.warpPerspective(gray_j, h, (Ww, Hh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-    flow = dis.calc(gray_i, warped_j, None)
-    back = dis.calc(warped_j, gray_i, None)
+    h, cell = prewarp(j_from_i, K, cfg)
+    key = None if flows is None or keys is None else (*keys, cell)
+    cached = None if key is None or flows is None else flows.get(key)
+    if cached is None:
+        warped_j = cv2.warpPerspective(gray_j, h, (Ww, Hh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        flow = dis.calc(gray_i, warped_j, None)
+        back = dis.calc(warped_j, gray_i, None)
+        if key is not None and flows is not None:
+            flows.put(key, (flow, back))
+    else:
+        flow, back = cached
     u = np.arange(Ww, dtype=np.float32)[None, :]
     v = np.arange(Hh, dtype=np.float32)[:, None]
 
@@ -143,9 +214,12 @@ def texture_confidence(gray: np.ndarray, cfg: DenseConfig) -> np.ndarray:
     return (1.0 - np.exp(-var / cfg.texture_std**2)).astype(np.float32)
 
 
-def dense_depth(gray: list[np.ndarray], cam_from_world: np.ndarray, K: np.ndarray, scene_depth: np.ndarray, cfg: DenseConfig = DenseConfig()) -> DepthResult:
-    """gray: S uint8 images; poses [S,4,4]; scene_depth [S] a typical depth per frame (from sparse points)."""
+def dense_depth(gray: list[np.ndarray], cam_from_world: np.ndarray, K: np.ndarray, scene_depth: np.ndarray, cfg: DenseConfig = DenseConfig(),
+                flows: FlowCache | None = None) -> DepthResult:
+    """gray: S uint8 images; poses [S,4,4]; scene_depth [S] a typical depth per frame (from sparse points);
+    `flows`: pair flows shared with other windows."""
     S = len(gray)
+    keys = [image_key(g) for g in gray] if flows is not None else None
     H, W = gray[0].shape
     partners = choose_partners(cam_from_world, scene_depth, cfg)
     wanted = {(i, j) for i, ps in enumerate(partners) for j in ps}
@@ -158,7 +232,7 @@ def dense_depth(gray: list[np.ndarray], cam_from_world: np.ndarray, K: np.ndarra
             local.dis = cv2.DISOpticalFlow_create(cfg.dis_preset)
         i, j = task
         for_i, for_j = pair_depths(gray[i], gray[j], cam_from_world[j] @ np.linalg.inv(cam_from_world[i]), K, cfg, local.dis,
-                                   both=(j, i) in wanted)
+                                   both=(j, i) in wanted, flows=flows, keys=None if keys is None else (keys[i], keys[j]))
         return [((i, j), for_i)] + ([((j, i), for_j)] if for_j is not None else [])
 
     # cv2 and most numpy kernels release the GIL, so threads use both cores.

@@ -21,7 +21,7 @@ from recon.errors import ReconError
 from recon.geometry import invert_rigid, project_to_rotation, rotation_angle_deg, transform_points
 from recon.models.classical.bridge import BridgeConfig, DescriptorBridge, bridge_candidate
 from recon.models.classical.bundle import BundleConfig, bundle_adjust
-from recon.models.classical.dense import DenseConfig, dense_depth
+from recon.models.classical.dense import DenseConfig, FlowCache, dense_depth
 from recon.models.classical.pose import (
     PoseConfig,
     max_triangulation_angle_deg,
@@ -54,6 +54,7 @@ class ClassicalConfig:
     init_max_rotation_gap_deg: float = 5.0
     refine_below: float = 0.7  # bundle-adjust mid-way when a PnP keeps less than this share of its points
     refine_iterations: int = 5
+    flow_cache_mb: int = 128  # pair flows kept for the next window (bounded: ~26 pairs at 640x480, 65 at 640x192)
     seed: int = 0
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
@@ -127,6 +128,7 @@ class ClassicalModel:
     def __init__(self, config: ClassicalConfig | None = None, **overrides: object) -> None:
         self.config = config or ClassicalConfig(**overrides)  # type: ignore[arg-type]
         self._blas = _SingleThreadedBlas()
+        self._flows = FlowCache(self.config.flow_cache_mb << 20)
 
     # -- public -------------------------------------------------------------------------------
     def infer(self, frames: Sequence[Frame]) -> WindowPrediction:
@@ -163,7 +165,7 @@ class ClassicalModel:
             conf = np.zeros((S, *model_hw), np.float32)
         else:
             scene_depth = self._scene_depth(sparse, tracks)
-            dense = dense_depth(gray, sparse.cam_from_world, sparse.K, scene_depth, cfg.dense)
+            dense = dense_depth(gray, sparse.cam_from_world, sparse.K, scene_depth, cfg.dense, self._flows)
             depth, conf = dense.depth, dense.conf
             # Cap runaway depths (sky, near-epipole pixels) so downstream maths stays well-scaled.
             np.minimum(depth, 100.0 * float(np.max(scene_depth)), out=depth)
