@@ -399,7 +399,7 @@ def _quantile_floor(values: torch.Tensor, q: float) -> torch.Tensor:
 
 
 def _default_voxel(first: AlignedWindow) -> float:
-    depth = first.depth[first.conf > 0]
+    depth = first.depth[:, ::4, ::4][first.conf[:, ::4, ::4] > 0]  # every 16th pixel: plenty for a median
     return 0.01 * (float(depth.median()) if depth.numel() else 1.0)
 
 

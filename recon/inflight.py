@@ -35,13 +35,18 @@ class WindowsInFlight:
         self.scheduler, self.infer, self.settle, self.depth = scheduler, infer, settle, max(1, depth)
         self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix=thread_name)
         self._jobs: deque[_Job] = deque()
+        # Windows in parallel may also be cut one ahead: it waits in the pool and starts the moment a window
+        # ends, instead of after the oldest is settled and the next window's frames are read (a model thread
+        # stood idle for that: 0.1-0.2 s a window). One at a time, a window never starts before the one
+        # before it is settled: a stateful model (a KV cache) must not see a window that is then cut again.
+        self._cut_ahead = self.depth + 1 if self.depth > 1 else 1
 
     def push(self, frame: Frame) -> None:
         for job in self._jobs:
             job.later.append(frame)
         if (window := self.scheduler.push(frame)) is not None:
             self._jobs.append(_Job(window, self._pool.submit(self.infer, window), self.scheduler.snapshot()))
-        while len(self._jobs) >= self.depth:
+        while len(self._jobs) >= self._cut_ahead:
             self._settle_oldest()
 
     def finish(self) -> None:

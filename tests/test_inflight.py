@@ -69,3 +69,23 @@ def test_the_pipeline_writes_the_same_run_with_two_windows_in_flight(tmp_path: P
         assert state.status == "finished" and state.windows == 5
         outputs[depth] = [(tmp_path / str(depth) / name).read_bytes() for name in ("trajectory.tum", "frames.txt", "map.ply")]
     assert outputs[2] == outputs[1]
+
+
+def test_one_window_at_a_time_never_starts_before_the_one_before_is_settled() -> None:
+    # A stateful model (a KV cache) must not see a window that is then cut again.
+    events: list[tuple[str, int]] = []
+
+    def infer(window: list[int]) -> list[int]:
+        events.append(("infer", window[0]))
+        return window
+
+    def settle(window: list[int], result: list[int]) -> str | int | None:
+        events.append(("settle", window[0]))
+        return "reject" if window[-1] == 13 else None
+
+    windows = WindowsInFlight(WindowScheduler(6, 2), infer, settle, 1, "test-infer")  # type: ignore[arg-type]
+    for frame in range(40):
+        windows.push(frame)  # type: ignore[arg-type]
+    windows.finish()
+    windows.close()
+    assert [kind for kind, _ in events] == ["infer", "settle"] * (len(events) // 2)
