@@ -17,9 +17,8 @@ pose(s) so a loop correction can rewrite the trajectory (~0.3 KB a frame), the p
 
 from __future__ import annotations
 
-import math
-
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field

@@ -87,4 +87,3 @@ def test_run_hands_free_heap_pages_back_once_per_window(tmp_path: Path, monkeypa
                  "--depth-every", "0", "--out", str(out)]) == 0
     windows = json.loads((out / "summary.json").read_text())["windows"]
     assert windows >= 2 and len(calls) == windows
-

@@ -61,14 +61,15 @@ PairFlows = tuple[np.ndarray, np.ndarray]  # flow i -> warped j and back, [H,W,2
 
 
 class FlowCache:
-    """Flows of frame pairs, shared by the windows of one model (bounded, least recently used out first).
+    """Flows of frame pairs, shared by the windows of one model (bounded in bytes and in pairs, least recently
+    used out first: the next window needs only the last window's, and two windows in flight add theirs).
     Consecutive windows share their overlap frames and with them most of those frames' partner flows (7 of a
     drive window's 19 pairs). A flow is a pure function of its key (both images' contents and the snapped
     pre-warp), so a hit returns exactly what computing it would: the outputs never depend on which of the
     windows in flight got there first."""
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int, max_pairs: int = 48) -> None:
+        self.max_bytes, self.max_pairs = max_bytes, max_pairs
         self._flows: OrderedDict[tuple, PairFlows] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -91,7 +92,7 @@ class FlowCache:
                 return
             self._flows[key] = flows
             self._bytes += size
-            while self._bytes > self.max_bytes:
+            while self._bytes > self.max_bytes or len(self._flows) > self.max_pairs:
                 _, old = self._flows.popitem(last=False)
                 self._bytes -= sum(f.nbytes for f in old)
 

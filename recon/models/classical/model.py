@@ -54,7 +54,7 @@ class ClassicalConfig:
     init_max_rotation_gap_deg: float = 5.0
     refine_below: float = 0.7  # bundle-adjust mid-way when a PnP keeps less than this share of its points
     refine_iterations: int = 5
-    flow_cache_mb: int = 128  # pair flows kept for the next window (bounded: ~26 pairs at 640x480, 65 at 640x192)
+    flow_cache_mb: int = 128  # pair flows kept for the next window: at most 48 pairs in this (26 at 640x480)
     seed: int = 0
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
