@@ -23,24 +23,23 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def reuse_freed_memory() -> bool:
-    """Serve blocks up to 32 MiB from one heap, where a freed block is reused by the next allocation.
+    """One heap (arena) for every thread, blocks of 1 MiB and more in their own mappings.
 
-    A window allocates the same large temporaries every time (point maps, flows, the BA's matrices: 1-30 MB
-    each). Mapped fresh for each (glibc's default above 128 KiB, or once we set 1 MiB), every page of them
-    faults and is zeroed by the kernel again; each thread's own arena holds at most 64 MB, so two windows in
-    flight spill to fresh maps as well: one arena. Measured (150 frames of the 640x192 drive, default run):
-    2.84 M page faults -> 0.48 M, 4.9 -> 6.9 frames/s end to end, peak RSS 838 -> 923 MB. The heap's free
-    pages still go back to the OS once per window (`heap_trimmer`): memory stays flat on an endless stream.
-    Call before any thread starts (the arena limit binds threads created afterwards). Returns False where
-    nothing was changed."""
+    Each thread allocating gets its own arena by default, and the model threads, the flow threads and the
+    consumer each held freed blocks the others could not reuse: new blocks came from fresh pages, which the
+    kernel faults in and zeroes. Measured (150 frames of the 640x192 drive, default run): 825 k page faults and
+    1172 MB peak RSS with per-thread arenas, 505 k and 894 MB with one. Blocks of 1 MiB and more keep their
+    own mappings, handed back on free: served from the heap they cut 505 k faults to 437 k only, and fragmented
+    it (peak RSS crept up 6.5% from 1,000 to 5,000 frames of bench/bench_soak.py, against the 5% allowed). The
+    heap's free pages go back to the OS once per window (`heap_trimmer`). Call before any thread starts (the
+    arena limit binds threads created afterwards). Returns False where nothing was changed."""
     libc = _glibc()
     if libc is None:
         return False
     mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # 32 MiB is glibc's largest threshold; the heap grows 256 MiB of address space at a time (untouched pages
-    # cost nothing).
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, 32 << 20), (_M_TOP_PAD, 256 << 20))
+    # The heap grows 256 MiB of address space at a time (untouched pages cost nothing).
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, 1 << 20), (_M_TOP_PAD, 256 << 20))
     return all([mallopt(param, value) == 1 for param, value in settings])
 
 
