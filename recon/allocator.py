@@ -7,7 +7,10 @@ import ctypes
 import ctypes.util
 from collections.abc import Callable
 
-_M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc's malloc.h)
+# mallopt parameters (glibc's malloc.h)
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -19,22 +22,27 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
-def return_large_blocks_to_the_os() -> bool:
-    """Blocks of 1 MiB and more get their own mappings, handed back to the OS on free.
+def reuse_freed_memory() -> bool:
+    """One heap (arena) for every thread, blocks of 1 MiB and more in their own mappings.
 
-    Each window allocates and frees large temporaries (the 1M-voxel merge, the map.ply buffer, point maps,
-    flows). Served from the heap, they fragment it and peak RSS creeps up with the stream while live memory
-    stays flat. Measured with bench/bench_soak.py (peak RSS at 1k -> 5k frames, 320x96 drive): these
-    settings 705 -> 709 MB (+0.6%); blocks up to 32 MiB from the heap, +6.5%; one arena for every thread
-    (505 k page faults per 150 drive frames instead of 825 k, 894 MB peak instead of 1172), 651 -> 699 MB,
-    +7.3%, past the 5% allowed. The heap's free pages go back to the OS once per window (`heap_trimmer`).
-    Returns False where nothing was changed."""
+    Each thread allocating gets its own arena by default, and the model threads, the flow threads and the
+    consumer each held freed blocks the others could not reuse: new blocks came from fresh pages, which the
+    kernel faults in and zeroes. Measured: 150 frames of the 640x192 drive, 825 k page faults and 1172 MB peak
+    RSS with per-thread arenas, 505 k and 894 MB with one; 80 frames of the 640x480 room, 7.07 M and 5.52 M
+    faults (bench_speed, room: 2.6 frames/s -> 4.2). Blocks of 1 MiB and more keep their own mappings: served
+    from the heap they cut the faults little more and fragmented it. bench/bench_soak.py's peak-RSS ratio
+    (1k -> 5k frames) came out 1.073 with one arena and 1.006 and 1.082 in two runs with per-thread arenas: it
+    follows the timing of the windows in flight more than this setting. The heap's free pages go back to the OS
+    once per window (`heap_trimmer`). Call before any thread starts (the arena limit binds threads created
+    afterwards). Returns False where nothing was changed."""
     libc = _glibc()
     if libc is None:
         return False
     mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 20) == 1)
+    # The heap grows 256 MiB of address space at a time (untouched pages cost nothing).
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, 1 << 20), (_M_TOP_PAD, 256 << 20))
+    return all([mallopt(param, value) == 1 for param, value in settings])
 
 
 def heap_trimmer() -> Callable[[], None]:

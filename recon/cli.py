@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import NoReturn
 
 from recon import __version__
-from recon.allocator import return_large_blocks_to_the_os
+from recon.allocator import reuse_freed_memory
 from recon.errors import ReconError
 
 EXIT_FAILURE = 1  # a bug, not the user's doing
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return_large_blocks_to_the_os()
+    reuse_freed_memory()
     # Our own messages at INFO; libraries' (numexpr, open3d, ...) only when they warn, unless --verbose.
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
