@@ -131,13 +131,13 @@ def pair_depths(gray_i: np.ndarray, gray_j: np.ndarray, j_from_i: np.ndarray, K:
     pixel p of j sits at y = H^-1 p in the warped frame and matches y + back(y) in i."""
     Hh, Ww = gray_i.shape
     h, cell = prewarp(j_from_i, K, cfg)
-    key = None if flows is None or keys is None else (*keys, cell)
-    cached = None if key is None or flows is None else flows.get(key)
+    key = None if keys is None else (*keys, cell)
+    cached = flows.get(key) if flows is not None and key is not None else None
     if cached is None:
         warped_j = cv2.warpPerspective(gray_j, h, (Ww, Hh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
         flow = dis.calc(gray_i, warped_j, None)
         back = dis.calc(warped_j, gray_i, None)
-        if key is not None and flows is not None:
+        if flows is not None and key is not None:
             flows.put(key, (flow, back))
     else:
         flow, back = cached
