@@ -9,7 +9,8 @@ from pathlib import Path
 
 from recon.errors import SourceError
 
-from .base import FrameSource, length_hint, source_notes
+from .base import FrameSource, intrinsics_matrix, length_hint, source_notes
+from .calibration import CalibratedSource, Calibration, intrinsics_origin, read_calibration
 from .folder import ImageFolderSource
 from .image_files import IMAGE_EXTENSIONS, list_images
 from .kitti import KittiSource, write_kitti_sequence
@@ -20,6 +21,10 @@ from .tum import TumSource, write_tum_sequence
 from .video import VIDEO_EXTENSIONS, VideoSource
 
 __all__ = [
+    "CalibratedSource",
+    "Calibration",
+    "intrinsics_origin",
+    "read_calibration",
     "FrameSource",
     "ImageFolderSource",
     "KittiSource",
@@ -131,7 +136,18 @@ def open_source(spec: str | int | Path, kind: str | None = None, **options: obje
         kind = detect_kind(spec)
     elif kind not in KINDS:
         raise SourceError(f"unknown source kind {kind!r}; choose one of {', '.join(KINDS)}")
+    # The user's calibration applies to every kind, over the source's own (see CalibratedSource).
+    K_flag, calib_path = intrinsics_matrix(options.pop("intrinsics", None)), options.pop("calib", None)
+    calib = read_calibration(calib_path) if calib_path is not None else None
+    if K_flag is not None and calib is None and _takes(kind, "intrinsics"):
+        options["intrinsics"] = K_flag  # the source's own K: a TUM folder then skips its preset's warning
     if kind == "synthetic":
-        return _synthetic(str(spec), **options)
-    target: object = spec if kind == "stream" else Path(str(spec)).expanduser()
-    return _construct(_classes()[kind], kind, target, options)
+        source = _synthetic(str(spec), **options)
+    else:
+        target: object = spec if kind == "stream" else Path(str(spec)).expanduser()
+        source = _construct(_classes()[kind], kind, target, options)
+    return source if K_flag is None and calib is None else CalibratedSource(source, K_flag, calib)
+
+
+def _takes(kind: str, option: str) -> bool:
+    return kind != "synthetic" and option in inspect.signature(_classes()[kind]).parameters

@@ -112,6 +112,6 @@ def intrinsics_matrix(intrinsics: object) -> np.ndarray | None:
         a = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
     if a.shape != (3, 3) or not np.all(np.isfinite(a)) or a[0, 0] <= 0 or a[1, 1] <= 0:
         raise SourceError(
-            f"intrinsics must be a 3x3 K or (fx, fy, cx, cy) with positive focal lengths, got {intrinsics!r}"
+            f"intrinsics must be a 3x3 K or (fx, fy, cx, cy) with positive focal lengths, got {a.tolist() if a.size else intrinsics!r}"
         )
     return a

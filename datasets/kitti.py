@@ -173,6 +173,8 @@ class KittiSource:
         self._metric = _is_metric(self.seq_dir)
         self.skipped: list[str] = []
 
+    intrinsics_origin = "the sequence's calib.txt (P2)"
+
     @property
     def intrinsics(self) -> np.ndarray:
         return self._K.copy()

@@ -124,8 +124,11 @@ class TumSource:
         self.max_frames = max_frames
         self.max_dt_s = float(max_dt_s)
         self._K = intrinsics_matrix(intrinsics)
+        self.intrinsics_origin = "given to the source"
         if self._K is None:
             self._K = freiburg_intrinsics(self.dir)
+            named = _FREIBURG.search(self.dir.resolve().name)
+            self.intrinsics_origin = f"the TUM freiburg{named.group(1)} preset" if named else "the ROS default (fx=fy=525), no freiburg camera in the folder name"
 
         rgb_s, self._rgb_names = read_file_list(rgb_list)
         if len(rgb_s) == 0:

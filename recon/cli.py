@@ -37,6 +37,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return eval_command(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    with signals_deferred():  # OpenCV, pycolmap
+        from recon.export import export_command
+
+    return export_command(args)
+
+
 def _cmd_view(args: argparse.Namespace) -> int:
     from recon.viz.view import run_view
 
@@ -141,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_args(p)
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("export", help="write a run as a COLMAP model or a nerfstudio dataset (images, poses, points)")
+    from recon.export import add_export_args
+
+    add_export_args(p)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("view", help="open a saved recording (.rrd) in the Rerun viewer")
     from recon.viz.view import add_view_args

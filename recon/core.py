@@ -31,6 +31,7 @@ import torch
 from recon.align import AlignConfig, AlignedWindow, WindowFit, WindowLayers, anchored_fit, fit_window, median_depth, place_window, registered_frames, window_layers
 from recon.fusion import VoxelMap
 from recon.geometry import invert_rigid
+from recon.places import PlaceConfig
 from recon.posegraph import EdgeNoise, PoseGraph, PoseGraphConfig
 from recon.types import Sim3, WindowPrediction
 
@@ -63,17 +64,24 @@ class LoopGate:
 
 
 @dataclass(frozen=True)
-class CoreConfig:
-    align: AlignConfig = field(default_factory=AlignConfig)
-    map: MapConfig = field(default_factory=MapConfig)
+class GraphConfig:
+    """The pose graph over windows and the loop closures that add edges to it."""
+
     posegraph: PoseGraphConfig = field(default_factory=lambda: PoseGraphConfig(loop_kernel="none"))
     loop_closure: bool = True
-    places: Any = None  # recon.places.PlaceConfig; None: its defaults
+    places: PlaceConfig = field(default_factory=PlaceConfig)
     loop_gate: LoopGate = field(default_factory=LoopGate)
     keyframe_every: int = 5  # new frames between place-database keyframes
     # Floors of a join's 1-sigma: the overlap agreeing with itself says nothing of the model's systematic
     # error, and the graph must be able to spread a loop's correction over the joins.
     join_noise_floor: EdgeNoise = field(default_factory=lambda: EdgeNoise(rot_rad=float(np.radians(0.2)), trans=0.01, log_scale=0.01))
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    align: AlignConfig = field(default_factory=AlignConfig)
+    map: MapConfig = field(default_factory=MapConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
 
 
 @dataclass
@@ -117,13 +125,13 @@ class Reconstruction:
 
     def __init__(self, overlap: int, config: CoreConfig = CoreConfig()) -> None:
         self.overlap, self.config = overlap, config
-        self.graph = PoseGraph(config.posegraph)
+        self.graph = PoseGraph(config.graph.posegraph)
         self.map: VoxelMap | None = None
         self.places = None
-        if config.loop_closure:
-            from recon.places import PlaceConfig, PlaceDatabase
+        if config.graph.loop_closure:
+            from recon.places import PlaceDatabase
 
-            self.places = PlaceDatabase(config.places or PlaceConfig())
+            self.places = PlaceDatabase(config.graph.places)
         self._prev_tail: AlignedWindow | None = None  # the last window's shared frames, in its own frame
         self._carry = 0  # frames the last window shares with the next (carried_frames)
         self._windows = 0
@@ -240,7 +248,7 @@ class Reconstruction:
         assert prev is not None
         fit = fit_window(prev, pred, O, self.config.align, layers)
         sigma = fit.diagnostics.get("noise", {"rot_rad": 0.01, "trans": 0.1, "log_scale": 0.1})
-        floor, depth = self.config.join_noise_floor, median_depth(prev.depth)
+        floor, depth = self.config.graph.join_noise_floor, median_depth(prev.depth)
         noise = EdgeNoise(rot_rad=max(sigma["rot_rad"], floor.rot_rad), trans=max(sigma["trans"], floor.trans * depth),
                           log_scale=max(sigma["log_scale"], floor.log_scale))
         return O, fit, noise
@@ -297,7 +305,7 @@ class Reconstruction:
 
         t = time.perf_counter()
         reg = registered_frames(pred)
-        every = self.config.keyframe_every
+        every = self.config.graph.keyframe_every
         matches = []
         for j in range(shared + every // 2, len(pred), every):
             if not reg[j]:
@@ -340,7 +348,7 @@ class Reconstruction:
         them can have (None: it agrees)."""
         if any(a < w <= b for w in self._breaks):
             return None  # the chain crosses a break: it says nothing about where b lies from a
-        gate = self.config.loop_gate
+        gate = self.config.graph.loop_gate
         W = {w: self.graph.estimate(w) for w in range(a, b + 1)}
         predicted = W[a].inverse() @ W[b]
         path = sum(float(np.linalg.norm(W[w + 1].t - W[w].t)) for w in range(a, b))

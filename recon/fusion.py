@@ -254,6 +254,19 @@ PLY_VERTEX = np.dtype(
 )
 
 
+def read_map_ply(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A map.ply `write_map_ply` wrote -> (xyz [M,3] float32, rgb [M,3] uint8, conf [M] float32)."""
+    data = Path(path).read_bytes()
+    end = data.find(b"end_header\n")
+    header = data[: max(end, 0)].decode("ascii", "replace").splitlines()
+    count = next((int(line.split()[2]) for line in header if line.startswith("element vertex ")), None)
+    if end < 0 or count is None or "format binary_little_endian 1.0" not in header or len(data) - end - 11 != count * PLY_VERTEX.itemsize:
+        raise ContractError(f"{path} is not a map.ply recon wrote (x y z float, red green blue uchar, confidence float)")
+    vertex = np.frombuffer(data, dtype=PLY_VERTEX, count=count, offset=end + 11)
+    xyz = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1)
+    return xyz, np.stack([vertex["red"], vertex["green"], vertex["blue"]], axis=1), vertex["confidence"].copy()
+
+
 def statistical_inliers(xyz: np.ndarray, nb_neighbors: int, std_ratio: float) -> np.ndarray:
     """Indices of points whose mean distance to their neighbours is within std_ratio sigmas (Open3D)."""
     import open3d as o3d  # slow import (~1 s): only when outliers are removed

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from io import FileIO
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -113,25 +114,62 @@ def prepare_out_dir(out_dir: Path, probe_bytes: int = PROBE_BYTES) -> Path:
     return out_dir
 
 
+ExportFormat = Literal["colmap", "nerfstudio"]  # `recon export --format`
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What a run writes besides its trajectory."""
+
+    out: str = "out"  # the run's folder
+    depth_every: int = 10  # keep every N-th trajectory frame's depth in OUT/depth/ (0: none)
+    map_every: int = 1  # rewrite map.ply every N windows (and at the end)
+    final_outlier_removal: bool = True  # the final map.ply without statistical outliers
+    export: ExportFormat | None = None  # also write OUT/colmap or OUT/nerfstudio after the run
+
+
 DEPTH_DIR = "depth"  # per-frame depth samples (recon.depth_samples)
 PLOTS_DIR = "plots"  # `recon eval`'s figures
 # Every file `recon run` and `recon eval` write into OUT, as globs relative to it: what makes a folder hold an
 # earlier run, and all that --overwrite removes (a user's other files there stay). Not a recording: --rrd FILE
 # is the user's name, anywhere, and the run opens it before it clears the folder (`recon demo` puts it in OUT).
-RUN_FILES = ("trajectory.tum", "trajectory.kitti", "frames.txt", "ground_truth.tum", "ground_truth.kitti", "map.ply",
-             "summary.json", "metrics.json", f"{DEPTH_DIR}/[0-9]*.npz", f"{PLOTS_DIR}/*.png")
+# What `recon export` writes into its folder (OUT/colmap or OUT/nerfstudio by default): all its --overwrite removes.
+EXPORT_FILES = ("images/[0-9]*.jpg", "images/[0-9]*.png", "sparse/0/*.bin", "sparse/0/*.txt", "transforms.json", "sparse_pc.ply")
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+RUN_FILES = ("config.yaml", "trajectory.tum", "trajectory.kitti", "frames.txt", "ground_truth.tum", "ground_truth.kitti", "map.ply",
+             "summary.json", "metrics.json", f"{DEPTH_DIR}/[0-9]*.npz", f"{PLOTS_DIR}/*.png",
+             *(f"{fmt}/{pattern}" for fmt in EXPORT_FORMATS for pattern in EXPORT_FILES))  # the exports go with their run
 LOCK_FILE = ".recon.lock"
 
 
-def run_files(out_dir: Path) -> list[Path]:
-    """recon's own files in `out_dir`, with the temporaries (`.NAME.*`, see atomic_write) a killed run leaves."""
-    out_dir = Path(out_dir)
+def matching_files(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
+    """The files under `folder` matching `patterns` (globs relative to it), with the temporaries (`.NAME.*`, see
+    atomic_write) a killed writer leaves."""
+    folder = Path(folder)
     found: set[Path] = set()
-    for pattern in RUN_FILES:
-        folder, name = os.path.split(pattern)
+    for pattern in patterns:
+        sub, name = os.path.split(pattern)
         for glob in (name, f".{name}.*"):
-            found.update(p for p in (out_dir / folder).glob(glob) if p.is_file())
+            found.update(p for p in (folder / sub).glob(glob) if p.is_file())
     return sorted(found)
+
+
+def remove_matching_files(folder: Path, patterns: tuple[str, ...]) -> None:
+    """Remove matching_files, then their subfolders if nothing else is in them (a user's other files stay)."""
+    with _writing(Path(folder)):
+        for path in matching_files(folder, patterns):
+            path.unlink(missing_ok=True)
+    for pattern in patterns:
+        sub = os.path.dirname(pattern)
+        while sub:  # innermost first: colmap/sparse/0, colmap/sparse, colmap
+            with suppress(OSError):  # not empty
+                (Path(folder) / sub).rmdir()
+            sub = os.path.dirname(sub)
+
+
+def run_files(out_dir: Path) -> list[Path]:
+    """recon's own files in `out_dir`."""
+    return matching_files(out_dir, RUN_FILES)
 
 
 def refuse_earlier_run(out_dir: Path) -> None:
@@ -145,13 +183,7 @@ def refuse_earlier_run(out_dir: Path) -> None:
 
 def remove_run_files(out_dir: Path) -> None:
     """Remove an earlier run's files (run_files) and then its subfolders if nothing else is in them."""
-    with _writing(Path(out_dir)):
-        for path in run_files(out_dir):
-            path.unlink(missing_ok=True)
-    for pattern in RUN_FILES:
-        if (folder := os.path.dirname(pattern)):
-            with suppress(OSError):  # not empty: the user's files stay
-                (Path(out_dir) / folder).rmdir()
+    remove_matching_files(out_dir, RUN_FILES)
 
 
 @contextmanager

@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 import torch
 
-from recon.align import AlignConfig, AlignedWindow, WindowLayers
-from recon.core import CoreConfig, CoreUpdate, FramePose, MapConfig, Reconstruction, carried_frames
+from recon.align import AlignedWindow, WindowLayers
+from recon.core import CoreConfig, CoreUpdate, FramePose, Reconstruction, carried_frames
 from recon.datasets.base import FrameSource, source_notes
 from recon.depth_samples import DepthSample, write_depth_sample
 from recon.errors import NonFiniteError, ReconError
@@ -33,9 +33,9 @@ from recon.geometry import invert_rigid
 from recon.inflight import WindowsInFlight
 from recon.kernels.voxel import KEY_OFFSET
 from recon.models.base import GeometryModel, StreamingModel
-from recon.outputs import TrajectoryWriter, atomic_write_json, prepare_out_dir, remove_run_files
+from recon.outputs import OutputConfig, TrajectoryWriter, atomic_write_json, prepare_out_dir, remove_run_files
 from recon.registration import OverlappingWindows, Registration
-from recon.schedule import DEFAULT_OVERLAP, DEFAULT_WINDOW, KeyframeConfig, KeyframeSelector, WindowScheduler
+from recon.schedule import KeyframeSelector, ScheduleConfig, WindowScheduler
 from recon.types import FLAG_LOW_PARALLAX, FLAG_TOO_FEW_TRACKS, Frame, WindowPrediction
 from recon.viz.viewer import NullViewer, Viewer, WindowView
 
@@ -44,29 +44,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    window: int = DEFAULT_WINDOW
-    overlap: int = DEFAULT_OVERLAP
-    align: str = "lsa"
-    voxel: float | None = None  # run units; None: 1% of the first window's median depth
-    max_map_points: int = 1_000_000
-    keyframes: bool = True
-    keyframe_min_flow_px: float = 1.0
-    map_every: int = 1  # rewrite map.ply every N windows (and at the end)
-    map_pixel_stride: int = 2
-    map_conf_quantile: float = 0.5  # fuse pixels at or above this quantile of the window's confidence
-    final_outlier_removal: bool = True
-    queue_windows: int = 2
-    depth_every: int = 10  # keep every N-th trajectory frame's depth in OUT/depth/ (0: none)
-    loop_closure: bool = True
-    places: Any = None  # recon.places.PlaceConfig (None: its defaults)
-
-    def core(self) -> CoreConfig:
-        return CoreConfig(
-            align=AlignConfig(mode=self.align),  # type: ignore[arg-type]
-            map=MapConfig(self.voxel, self.max_map_points, self.map_pixel_stride, self.map_conf_quantile),
-            loop_closure=self.loop_closure,
-            places=self.places,
-        )
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    core: CoreConfig = field(default_factory=CoreConfig)
+    outputs: OutputConfig = field(default_factory=OutputConfig)
 
 
 ALIGNMENT_LOG_WINDOWS = 200
@@ -94,6 +74,7 @@ class RunState:
     loops: list[dict[str, Any]] = field(default_factory=list)  # loop closures (window, matched window, inliers)
     trajectory_rewrites: int = 0
     warnings: list[str] = field(default_factory=list)  # what the run could not do (e.g. no map), said at its end
+    model_K: np.ndarray | None = None  # [3,3] the first window's first frame, source pixels: what the model used
 
 
 def nothing_reconstructed(st: RunState, stride: int, images_skipped: int, points_off_grid: int = 0) -> str | None:
@@ -155,21 +136,22 @@ class Pipeline:
 
     def __init__(self, source: FrameSource, model: GeometryModel | StreamingModel, out_dir: Path, config: PipelineConfig = PipelineConfig(),
                  on_window: Callable[[RunState, VoxelMap | None], None] | None = None, viewer: Viewer | None = None,
-                 input_spec: dict[str, Any] | None = None, registration: Registration | None = None) -> None:
+                 input_spec: dict[str, Any] | None = None, registration: Registration | None = None, run_config: Any = None) -> None:
         """`input_spec`: how the source was opened (recorded in summary.json so `recon eval` can reopen it
-        for ground truth). `registration`: recon.models.base.registration_for(name); default overlapping windows."""
+        for ground truth). `registration`: recon.models.base.registration_for(name); default overlapping windows.
+        `run_config`: the command's recon.config.RunConfig, written to OUT/config.yaml so the run can be repeated."""
         self.source, self.model, self.config = source, model, config
         self.registration: Registration = registration or OverlappingWindows()
-        self.overlap = self.registration.overlap(config.overlap)
-        self.core = Reconstruction(self.overlap, config.core())
+        self.overlap = self.registration.overlap(config.schedule.overlap)
+        self.core = Reconstruction(self.overlap, config.core)
         self.out_dir = prepare_out_dir(Path(out_dir))
         self.on_window = on_window
         self.viewer: Viewer = viewer if viewer is not None else NullViewer()
-        self.input_spec = input_spec
+        self.input_spec, self.run_config = input_spec, run_config
         self.state = RunState()
         self._stop = threading.Event()
         self._stop_requested = threading.Event()
-        self._queue: queue.Queue = queue.Queue(maxsize=config.queue_windows)
+        self._queue: queue.Queue = queue.Queue(maxsize=config.schedule.queue_windows)
         self._error: BaseException | None = None
         self._t0 = 0.0
         self._gt_writer: TrajectoryWriter | None = None
@@ -180,6 +162,10 @@ class Pipeline:
         self._t0 = time.perf_counter()
         producer = threading.Thread(target=self._produce, name="recon-model", daemon=True)
         remove_run_files(self.out_dir)  # the folder holds this run's files only: no earlier map, metrics or depth
+        if self.run_config is not None:
+            from recon.config import CONFIG_FILE, write_config
+
+            write_config(self.out_dir / CONFIG_FILE, self.run_config)
         writer = TrajectoryWriter(self.out_dir, frames_file=True)
         # The source's ground truth for the same frames, so any tool (ours, evo) can compare the two files.
         self._gt_writer = TrajectoryWriter(self.out_dir, "ground_truth") if self.source.has_ground_truth else None
@@ -250,10 +236,10 @@ class Pipeline:
     def _produce(self) -> None:
         windows: WindowsInFlight | None = None
         try:
-            cfg = self.config
+            cfg = self.config.schedule
             scheduler = WindowScheduler(cfg.window, self.overlap, min_size=1 if self.overlap == 0 else 2)
             windows = WindowsInFlight(scheduler, self._timed_infer, self._settle, self.registration.in_flight(self.model), "recon-infer")
-            keyframes = KeyframeSelector(KeyframeConfig(min_flow_px=cfg.keyframe_min_flow_px)) if cfg.keyframes else None
+            keyframes = KeyframeSelector(cfg.keyframes_detail) if cfg.keyframes else None
             t_read = time.perf_counter()
             for frame in self.source:
                 self.state.timings_s["read"] += time.perf_counter() - t_read
@@ -310,7 +296,7 @@ class Pipeline:
             what = "the KV cache budget (--cache-budget) or " if self.registration.overlap(1) == 0 else ""  # causal steps: a KV cache
             raise ReconError(
                 f"out of memory on frames {frames[0].index}..{frames[-1].index} ({len(frames)} frames of {frames[0].hw[1]}x{frames[0].hw[0]}): "
-                f"lower {what}--window (now {self.config.window}), --dtype bf16 for learned models, or the input resolution"
+                f"lower {what}--window (now {self.config.schedule.window}), --dtype bf16 for learned models, or the input resolution"
             ) from e
 
     def _skip(self, frames: list[Frame], reason: str) -> None:
@@ -346,6 +332,8 @@ class Pipeline:
         st.timings_s["align"] += time.perf_counter() - t - fuse_s  # joins, pose graph, place recognition
         st.timings_s["fuse"] += fuse_s
         self._last_pred = item.pred
+        if st.model_K is None:
+            st.model_K = item.pred.resize.K_to_original(item.pred.K[0].double().cpu().numpy())
 
         t = time.perf_counter()
         if update.trajectory is not None:  # a loop closure moved earlier poses: rewrite, then append
@@ -363,7 +351,7 @@ class Pipeline:
         st.alignment.append({"frames": [item.frames_meta[0][0], item.frames_meta[-1][0]], **_brief(diag)})
         path = str(diag.get("path"))
         st.alignment_paths[path] = st.alignment_paths.get(path, 0) + 1
-        if st.windows % self.config.map_every == 0:
+        if st.windows % self.config.outputs.map_every == 0:
             self._write_map()
         self._write_summary()
         st.timings_s["write"] += time.perf_counter() - t
@@ -399,7 +387,7 @@ class Pipeline:
         self.state.frames_unregistered += sum(not p.registered for p in poses)
 
     def _write_depth_samples(self, aligned: AlignedWindow, pred: WindowPrediction, positions: list[int], first_ordinal: int) -> None:
-        every = self.config.depth_every
+        every = self.config.outputs.depth_every
         if every <= 0:
             return
         for ordinal, j in enumerate(positions, start=first_ordinal):
@@ -444,7 +432,7 @@ class Pipeline:
     def _write_map(self, final: bool = False) -> None:
         """Every window: the map as it is. At the end of a finished run: without statistical outliers."""
         if self.core.map is not None and len(self.core.map):
-            self.state.map_ply_points = self.core.map.export_ply(self.out_dir / "map.ply", outlier_removal=final and self.config.final_outlier_removal)
+            self.state.map_ply_points = self.core.map.export_ply(self.out_dir / "map.ply", outlier_removal=final and self.config.outputs.final_outlier_removal)
 
     def _write_summary(self) -> None:
         st = self.state
@@ -476,6 +464,7 @@ class Pipeline:
             "place_database_bytes": self.core.places.nbytes if self.core.places is not None else 0,
             "place_recognition": _place_stats(self.core),
             "scale": scale_note(self.model, self.source),
+            "intrinsics": intrinsics_report(self.source, self.model, st.model_K),
             "settings": asdict(self.config),
             "model_flags": st.flags,
             "skipped_windows": st.skipped_windows,
@@ -526,6 +515,24 @@ def scale_note(model: object, source: object) -> dict[str, Any]:
         "note": "metres" if metric else "arbitrary but consistent units: the first window's median sparse depth is 1; "
         "align to ground truth with a Sim(3) to compare",
     }
+
+
+def intrinsics_report(source: object, model: object, model_K: np.ndarray | None) -> dict[str, Any]:
+    """Where the run's K came from and its values in source pixels (pixel centres at integers): the source's
+    (a flag, a calibration file, a dataset's calibration) or, without one, the model's own estimate."""
+    from recon.datasets import CalibratedSource, intrinsics_origin
+
+    origin = intrinsics_origin(source)  # type: ignore[arg-type]
+    K = getattr(source, "intrinsics", None)
+    report: dict[str, Any] = {
+        "origin": origin or f"none given: estimated by the {getattr(model, 'name', type(model).__name__)} model (pass --calib FILE or --intrinsics)",
+        "K": (K if K is not None else model_K),
+    }
+    if isinstance(source, CalibratedSource) and source.calib.distorted:
+        report["distortion"] = {"model": source.calib.model, "coefficients": source.calib.dist.tolist(), "K_distorted": source.calib.K}
+    if model_K is not None and K is not None and not np.allclose(model_K, K, rtol=1e-4, atol=1e-3):
+        report["K_model"] = model_K  # a model that predicts its own K (learned ones) may differ from the source's
+    return report
 
 
 def peak_rss_mb() -> float:

@@ -18,95 +18,154 @@ from tqdm import tqdm
 from recon.allocator import heap_trimmer
 from recon.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, ignore_signal, signals_deferred
 from recon.errors import ReconError
+from recon.outputs import EXPORT_FORMATS
 from recon.schedule import DEFAULT_OVERLAP, DEFAULT_WINDOW
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from recon.config import RunConfig
     from recon.datasets.base import FrameSource
     from recon.pipeline import RunState
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="video file, image folder, KITTI sequence dir, TUM RGB-D dir, camera index, rtsp/http URL, or synthetic:street|room")
+    """Every flag defaults to None ("not given"): the run's settings are the defaults, then --config's file, then
+    the flags given (recon.config); the defaults named in the help are RunConfig's."""
+    p.add_argument("source", nargs="?", help="video file, image folder, KITTI sequence dir, TUM RGB-D dir, camera index, rtsp/http URL, "
+                   "or synthetic:street|room (default: --config's source.path)")
+    p.add_argument("--config", metavar="FILE", help="settings file (YAML, nested per stage as OUT/config.yaml, which every run "
+                   "writes); flags given override it")
     p.add_argument("--source-kind", choices=["folder", "video", "stream", "kitti", "tum", "synthetic"], help="override source detection")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="camera / stream sources: how long to wait for the stream to open or for a frame (default 10)")
-    p.add_argument("--model", default="classical", help="geometry model: classical (default, needs no weights), vggt, streamvggt")
+    p.add_argument("--model", help="geometry model: classical (default, needs no weights), vggt, streamvggt")
     m = p.add_argument_group("learned models (vggt, streamvggt)")
     m.add_argument("--weights", metavar="PATH", help="checkpoint: .safetensors, or a torch file of plain tensors (never unpickles code)")
-    m.add_argument("--model-config", default="1b", help="architecture of the checkpoint: 1b (VGGT-1B, default) or tiny (tests)")
-    m.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="compute precision of the aggregator (heads stay fp32)")
-    m.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
-    m.add_argument("--cache", choices=["none", "queue", "sink-window", "keydiff"], default="keydiff",
+    m.add_argument("--model-config", help="architecture of the checkpoint: 1b (VGGT-1B, default) or tiny (tests)")
+    m.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="compute precision of the aggregator (default fp32; heads stay fp32)")
+    m.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    m.add_argument("--cache", choices=["none", "queue", "sink-window", "keydiff"],
                    help="streamvggt: KV-cache policy (default keydiff; none = unbounded)")
-    m.add_argument("--cache-budget", type=int, default=None, metavar="TOKENS",
+    m.add_argument("--cache-budget", type=int, metavar="TOKENS",
                    help="streamvggt: tokens kept per global-attention layer (required unless --cache none)")
-    p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+    p.add_argument("--window", type=int,
                    help=f"frames per window (default {DEFAULT_WINDOW}); streamvggt: frames per step, block-causal inside the step")
-    p.add_argument("--overlap", type=int, default=None,
+    p.add_argument("--overlap", type=int,
                    help=f"frames shared by consecutive windows (default {DEFAULT_OVERLAP}; streamvggt: none, its KV cache carries the context)")
-    p.add_argument("--align", choices=["sim3", "lsa"], default="lsa", help="window alignment: one Sim(3), or Sim(3) + layer-wise scale (default)")
-    p.add_argument("--no-loop-closure", action="store_true",
+    p.add_argument("--align", choices=["sim3", "lsa"], help="window alignment: one Sim(3), or Sim(3) + layer-wise scale (default)")
+    p.add_argument("--no-loop-closure", action="store_true", default=None,
                    help="no place recognition / loop edges (the pose graph then only chains the windows' joins)")
-    p.add_argument("--voxel", type=float, default=None, help="map voxel size in run units (default: 1%% of the first window's median depth)")
-    p.add_argument("--max-map-points", type=int, default=1_000_000, help="hard cap on map points (default 1,000,000)")
-    p.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
-    p.add_argument("--stride", type=int, default=1, help="use every K-th frame (default 1)")
-    p.add_argument("--no-keyframes", action="store_true", help="keep every frame, even when the camera does not move")
-    p.add_argument("--intrinsics", help="fx,fy,cx,cy in pixels of the input images (default: from the source, else estimated)")
-    p.add_argument("--depth-every", type=int, default=10, metavar="N",
+    p.add_argument("--voxel", type=float, help="map voxel size in run units (default: 1%% of the first window's median depth)")
+    p.add_argument("--max-map-points", type=int, help="hard cap on map points (default 1,000,000)")
+    p.add_argument("--max-frames", type=int, help="stop after N frames")
+    p.add_argument("--stride", type=int, help="use every K-th frame (default 1)")
+    p.add_argument("--no-keyframes", action="store_true", default=None, help="keep every frame, even when the camera does not move")
+    p.add_argument("--intrinsics", help="fx,fy,cx,cy in pixels of the input images, for any source; overrides a dataset's or "
+                   "--calib's K (default: the source's, else estimated by the model)")
+    p.add_argument("--calib", metavar="FILE", help="camera calibration: OpenCV YAML/JSON (camera_matrix, distortion_coefficients; "
+                   "distortion_model: fisheye for the fisheye model) or a COLMAP cameras.txt; frames are undistorted at the source")
+    p.add_argument("--depth-every", type=int, metavar="N",
                    help="keep every N-th trajectory frame's depth in OUT/depth/ for `recon eval` (default 10; 0: none)")
-    p.add_argument("--out", default="out", help="output directory (default: out); a folder holding an earlier run needs --overwrite")
+    p.add_argument("--export", choices=EXPORT_FORMATS,
+                   help="after the run, also write OUT/colmap or OUT/nerfstudio, as `recon export OUT --format ...` does")
+    p.add_argument("--out", help="output directory (default: out); a folder holding an earlier run needs --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run's files in --out (recon's own outputs only; other files stay)")
     v = p.add_argument_group("viewing (Rerun)")
-    v.add_argument("--viewer", choices=["none", "spawn", "serve"], default="none",
-                   help="none (default), spawn the native Rerun viewer, or serve the web viewer")
+    v.add_argument("--viewer", choices=["none", "spawn", "serve"], help="none (default), spawn the native Rerun viewer, or serve the web viewer")
     v.add_argument("--rrd", metavar="FILE", help="also save the recording to FILE (.rrd; open it later with `recon view FILE`)")
-    v.add_argument("--bind", default="127.0.0.1", help="address the --viewer serve servers listen on (default 127.0.0.1: this machine only)")
-    v.add_argument("--port", type=int, default=None, help="port of the web viewer with --viewer serve (default: Rerun's)")
+    v.add_argument("--bind", help="address the --viewer serve servers listen on (default 127.0.0.1: this machine only)")
+    v.add_argument("--port", type=int, help="port of the web viewer with --viewer serve (default: Rerun's)")
 
 
-def _overlap(args: argparse.Namespace) -> int:
+# flag (argparse dest) -> (stage, setting[, True when the flag negates the setting])
+FLAG_SETTINGS: dict[str, tuple] = {
+    "source": ("source", "path"), "source_kind": ("source", "kind"), "stride": ("source", "stride"),
+    "max_frames": ("source", "max_frames"), "intrinsics": ("source", "intrinsics"), "calib": ("source", "calib"),
+    "timeout": ("source", "timeout_s"),
+    "model": ("model", "name"), "weights": ("model", "weights"), "model_config": ("model", "architecture"),
+    "dtype": ("model", "dtype"), "device": ("model", "device"), "cache": ("model", "cache"), "cache_budget": ("model", "cache_budget"),
+    "window": ("schedule", "window"), "overlap": ("schedule", "overlap"), "no_keyframes": ("schedule", "keyframes", True),
+    "align": ("align", "mode"), "voxel": ("map", "voxel"), "max_map_points": ("map", "max_points"),
+    "no_loop_closure": ("graph", "loop_closure", True),
+    "depth_every": ("outputs", "depth_every"), "out": ("outputs", "out"), "export": ("outputs", "export"),
+    "viewer": ("viewer", "mode"), "rrd": ("viewer", "rrd"), "bind": ("viewer", "bind"), "port": ("viewer", "port"),
+}
+
+
+def flag_settings(args: argparse.Namespace) -> dict:
+    """The settings the flags given set, nested like RunConfig."""
+    settings: dict[str, dict] = {}
+    for dest, (stage, name, *negate) in FLAG_SETTINGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if dest == "intrinsics":
+            value = list(_intrinsics(value))
+        elif dest == "source":
+            value = _recorded_source(value)
+        elif dest == "calib":
+            value = str(Path(value).expanduser().resolve())  # absolute: `recon eval` / `export` reopen the source
+        settings.setdefault(stage, {})[name] = (not value) if negate else value
+    return settings
+
+
+def load_run_config(args: argparse.Namespace) -> RunConfig:
+    from recon.config import read_config_file, run_config
+
+    file_settings = read_config_file(args.config) if args.config else {}
+    config = run_config(file_settings, flag_settings(args))
+    if config.source.path is None:
+        raise ReconError("no source: name one (recon run SOURCE) or give --config FILE with a source.path")
+    return config
+
+
+def _overlap(config: RunConfig) -> int:
     """Frames shared by consecutive windows, as the model's registration strategy allows."""
     from recon.models.base import registration_for
 
-    return registration_for(args.model).overlap(DEFAULT_OVERLAP if args.overlap is None else args.overlap)
+    return registration_for(config.model.name).overlap(config.schedule.overlap)
 
 
-def _check(args: argparse.Namespace) -> None:
+def _check(config: RunConfig, args: argparse.Namespace) -> None:
     from recon.models.base import registration_for
 
-    if registration_for(args.model).overlap(1) == 0:  # causal steps: the KV cache carries the context
-        if args.window < 1:
-            raise ReconError(f"--window (frames per step) must be >= 1, got {args.window}")
+    src, sched, out, viewer = config.source, config.schedule, config.outputs, config.viewer
+    if registration_for(config.model.name).overlap(1) == 0:  # causal steps: the KV cache carries the context
+        if sched.window < 1:
+            raise ReconError(f"--window (frames per step) must be >= 1, got {sched.window}")
         if args.overlap is not None:
-            raise ReconError(f"--overlap does not apply to --model {args.model}: steps do not overlap, its KV cache carries the context")
+            raise ReconError(f"--overlap does not apply to --model {config.model.name}: steps do not overlap, its KV cache carries the context")
     else:
-        if args.window < 2:
-            raise ReconError(f"--window must be >= 2, got {args.window}")
-        overlap = _overlap(args)
-        if not 1 <= overlap < args.window:
-            raise ReconError(f"--overlap must be in [1, {args.window - 1}] for --window {args.window}, got {overlap}")
-    if args.stride < 1:
-        raise ReconError(f"--stride must be >= 1, got {args.stride}")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise ReconError(f"--max-frames must be >= 1, got {args.max_frames}")
-    if args.voxel is not None and not args.voxel > 0:
-        raise ReconError(f"--voxel must be > 0, got {args.voxel}")
-    if args.voxel is not None and not math.isfinite(args.voxel):
-        raise ReconError(f"--voxel must be a finite size in run units, got {args.voxel}")
-    if args.depth_every < 0:
-        raise ReconError(f"--depth-every must be >= 0 (0: keep no depth), got {args.depth_every}")
-    if args.max_map_points < 1:
-        raise ReconError(f"--max-map-points must be >= 1, got {args.max_map_points}")
-    if args.timeout is not None and not args.timeout > 0:
-        raise ReconError(f"--timeout must be > 0 seconds, got {args.timeout}")
-    if args.port is not None and not 1 <= args.port <= 65535:
-        raise ReconError(f"--port must be in [1, 65535], got {args.port}")
-    if args.port is not None and args.viewer != "serve":
-        raise ReconError(f"--port sets the web viewer's port and needs --viewer serve (got --viewer {args.viewer})")
-    if args.rrd is not None and Path(args.rrd).suffix.lower() != ".rrd":
-        raise ReconError(f"--rrd must name a .rrd file, got {args.rrd!r}")
+        if sched.window < 2:
+            raise ReconError(f"--window must be >= 2, got {sched.window}")
+        overlap = _overlap(config)
+        if not 1 <= overlap < sched.window:
+            raise ReconError(f"--overlap must be in [1, {sched.window - 1}] for --window {sched.window}, got {overlap}")
+    if src.stride < 1:
+        raise ReconError(f"--stride must be >= 1, got {src.stride}")
+    if src.max_frames is not None and src.max_frames < 1:
+        raise ReconError(f"--max-frames must be >= 1, got {src.max_frames}")
+    voxel = config.map.voxel
+    if voxel is not None and not voxel > 0:
+        raise ReconError(f"--voxel must be > 0, got {voxel}")
+    if voxel is not None and not math.isfinite(voxel):
+        raise ReconError(f"--voxel must be a finite size in run units, got {voxel}")
+    if out.depth_every < 0:
+        raise ReconError(f"--depth-every must be >= 0 (0: keep no depth), got {out.depth_every}")
+    if config.map.max_points < 1:
+        raise ReconError(f"--max-map-points must be >= 1, got {config.map.max_points}")
+    if src.timeout_s is not None and not src.timeout_s > 0:
+        raise ReconError(f"--timeout must be > 0 seconds, got {src.timeout_s}")
+    if viewer.port is not None and not 1 <= viewer.port <= 65535:
+        raise ReconError(f"--port must be in [1, 65535], got {viewer.port}")
+    if viewer.port is not None and viewer.mode != "serve":
+        raise ReconError(f"--port sets the web viewer's port and needs --viewer serve (got --viewer {viewer.mode})")
+    if out.export is not None and out.depth_every == 0:
+        raise ReconError("--export takes the intrinsics and the points' observations from the kept depth; it needs --depth-every N > 0")
+    if viewer.rrd is not None and Path(viewer.rrd).suffix.lower() != ".rrd":
+        raise ReconError(f"--rrd must name a .rrd file, got {viewer.rrd!r}")
 
 
 def stream_options(kind: str, timeout_s: float | None) -> dict[str, float]:
@@ -118,9 +177,7 @@ def stream_options(kind: str, timeout_s: float | None) -> dict[str, float]:
     return {"open_timeout_s": timeout_s, "read_timeout_s": timeout_s}
 
 
-def _intrinsics(text: str | None) -> tuple[float, float, float, float] | None:
-    if text is None:
-        return None
+def _intrinsics(text: str) -> tuple[float, float, float, float]:
     try:
         fx, fy, cx, cy = (float(v) for v in text.split(","))
     except ValueError:
@@ -131,22 +188,23 @@ def _intrinsics(text: str | None) -> tuple[float, float, float, float] | None:
 LEARNED_MODELS = ("vggt", "streamvggt")
 
 
-def model_options(args: argparse.Namespace) -> dict[str, object]:
-    """The flags a model takes; a flag given to a model that ignores it is an error, not a surprise."""
-    if args.model not in LEARNED_MODELS:
-        given = [flag for flag, value in (("--weights", args.weights), ("--device", args.device), ("--cache-budget", args.cache_budget))
+def model_options(config: RunConfig) -> dict[str, object]:
+    """The model's constructor arguments; a setting given to a model that ignores it is an error, not a surprise."""
+    m = config.model
+    if m.name not in LEARNED_MODELS:
+        given = [flag for flag, value in (("--weights", m.weights), ("--device", m.device), ("--cache-budget", m.cache_budget))
                  if value is not None]
         if given:
-            raise ReconError(f"{', '.join(given)} only apply to --model {' or '.join(LEARNED_MODELS)}; the {args.model} model takes none")
-        return {}
-    options: dict[str, object] = {"weights": args.weights, "config": args.model_config, "dtype": args.dtype, "device": args.device}
-    if args.model == "streamvggt":
-        if args.cache != "none" and args.cache_budget is None:
-            raise ReconError(f"--cache {args.cache} needs --cache-budget TOKENS (per global-attention layer), or use --cache none")
-        if args.cache_budget is not None and args.cache_budget < 1:
-            raise ReconError(f"--cache-budget must be >= 1 token, got {args.cache_budget}")
-        options.update(cache=args.cache, cache_budget=args.cache_budget, frames_per_step=args.window)
-    elif args.cache_budget is not None:
+            raise ReconError(f"{', '.join(given)} only apply to --model {' or '.join(LEARNED_MODELS)}; the {m.name} model takes none")
+        return {"config": m.classical} if m.name == "classical" else {}
+    options: dict[str, object] = {"weights": m.weights, "config": m.architecture, "dtype": m.dtype, "device": m.device}
+    if m.name == "streamvggt":
+        if m.cache != "none" and m.cache_budget is None:
+            raise ReconError(f"--cache {m.cache} needs --cache-budget TOKENS (per global-attention layer), or use --cache none")
+        if m.cache_budget is not None and m.cache_budget < 1:
+            raise ReconError(f"--cache-budget must be >= 1 token, got {m.cache_budget}")
+        options.update(cache=m.cache, cache_budget=m.cache_budget, frames_per_step=config.schedule.window)
+    elif m.cache_budget is not None:
         raise ReconError("--cache-budget applies to --model streamvggt only (vggt runs each window offline)")
     return options
 
@@ -201,21 +259,28 @@ def run_command(args: argparse.Namespace) -> int:
     from recon.datasets import detect_kind, open_source
     from recon.outputs import claim_out_dir
 
-    _check(args)
-    model_opts = model_options(args)
-    options: dict = {"stride": args.stride, "max_frames": args.max_frames}
-    if (K := _intrinsics(args.intrinsics)) is not None:
-        options["intrinsics"] = K
-    kind = args.source_kind or detect_kind(args.source)
-    options.update(stream_options(kind, args.timeout))
-    source = open_source(args.source, kind=kind, **options)
-    input_spec = {"source": _recorded_source(args.source), "kind": args.source_kind, **options}
+    with signals_deferred():  # recon.config imports the stages' settings: torch, OpenCV
+        config = load_run_config(args)
+    _check(config, args)
+    model_opts = model_options(config)
+    src = config.source
+    options: dict = {"stride": src.stride, "max_frames": src.max_frames}
+    if src.intrinsics is not None:
+        options["intrinsics"] = list(src.intrinsics)
+    if src.calib is not None:
+        options["calib"] = src.calib
+    kind = src.kind or detect_kind(src.path)  # type: ignore[arg-type]
+    options.update(stream_options(kind, src.timeout_s))
+    source = open_source(src.path, kind=kind, **options)  # type: ignore[arg-type]
+    input_spec = {"source": src.path, "kind": src.kind, **options}
     # Before the model loads (minutes for a large checkpoint): a folder in use or holding an earlier run is one line up front.
-    with claim_out_dir(Path(args.out), overwrite=args.overwrite) as out:
-        return _reconstruct(args, source, out, model_opts, input_spec)
+    with claim_out_dir(Path(config.outputs.out), overwrite=args.overwrite) as out:
+        return _reconstruct(config, source, out, model_opts, input_spec)
 
 
-def _reconstruct(args: argparse.Namespace, source: FrameSource, out: Path, model_opts: dict[str, object], input_spec: dict) -> int:
+def _reconstruct(config: RunConfig, source: FrameSource, out: Path, model_opts: dict[str, object], input_spec: dict) -> int:
+    from dataclasses import replace
+
     from recon.datasets import source_notes
     from recon.datasets.base import length_hint
     from recon.models.base import model_factory, registration_for
@@ -224,11 +289,9 @@ def _reconstruct(args: argparse.Namespace, source: FrameSource, out: Path, model
         from recon.pipeline import Pipeline, PipelineConfig, unplaced_frames_notes
         from recon.viz import open_viewer
 
-        model_class = model_factory(args.model)
+        model_class = model_factory(config.model.name)
     model = model_class(**model_opts)
-    config = PipelineConfig(window=args.window, overlap=_overlap(args), align=args.align, voxel=args.voxel,
-                            max_map_points=args.max_map_points, keyframes=not args.no_keyframes, depth_every=args.depth_every,
-                            loop_closure=not args.no_loop_closure)
+    pipeline_config = PipelineConfig(schedule=replace(config.schedule, overlap=_overlap(config)), core=config.core(), outputs=config.outputs)
     bar = tqdm(total=length_hint(source), unit="frame", desc="recon", disable=None, dynamic_ncols=True)
 
     trim_heap = heap_trimmer()
@@ -238,9 +301,10 @@ def _reconstruct(args: argparse.Namespace, source: FrameSource, out: Path, model
         bar.update(state.frames_read - bar.n)
         bar.set_postfix(windows=state.windows, map=len(voxel_map) if voxel_map is not None else 0)
 
-    viewer = open_viewer(args.viewer, Path(args.rrd) if args.rrd else None, bind=args.bind, port=args.port)
-    pipeline = Pipeline(source, model, out, config, on_window=progress, viewer=viewer, input_spec=input_spec,
-                        registration=registration_for(args.model))
+    v = config.viewer
+    viewer = open_viewer(v.mode, Path(v.rrd) if v.rrd else None, bind=v.bind, port=v.port)
+    pipeline = Pipeline(source, model, out, pipeline_config, on_window=progress, viewer=viewer, input_spec=input_spec,
+                        registration=registration_for(config.model.name), run_config=config)
     with stop_on_signals(pipeline.request_stop) as stop:
         state = pipeline.run()
     bar.update(state.frames_read - bar.n)
@@ -255,9 +319,29 @@ def _reconstruct(args: argparse.Namespace, source: FrameSource, out: Path, model
         print(f"recon: warning: {warning}", file=sys.stderr)
     print(f"{state.frames_read} frames ({state.frames_skipped} without motion skipped), {state.windows} windows -> {out}/")
     print(f"  {', '.join(written_outputs(out, state))}")
+    print(f"  {intrinsics_line(source, config.model.name, state.model_K)}")
     if metrics is not None:
         report_metrics(out, metrics)
+    if (fmt := config.outputs.export) is not None and state.frames_written > 0:
+        from recon.export import export_run
+
+        with signals_deferred():
+            import pycolmap  # noqa: F401
+        scene = export_run(out, out / fmt, fmt, overwrite=True)
+        print(f"  {fmt}: {len(scene.views)} images, poses and {len(scene.xyz)} points -> {out}/{fmt}/")
     return 0
+
+
+def intrinsics_line(source: FrameSource, model: str, model_K: np.ndarray | None) -> str:
+    """Where K came from and its values (summary.json keeps the same)."""
+    from recon.datasets import intrinsics_origin
+
+    origin = intrinsics_origin(source)
+    K = source.intrinsics if origin is not None else model_K
+    values = f": fx {K[0, 0]:.1f} fy {K[1, 1]:.1f} cx {K[0, 2]:.1f} cy {K[1, 2]:.1f}" if K is not None else ""
+    if origin is None:
+        return f"intrinsics estimated by the {model} model{values} (none given: pass --calib FILE or --intrinsics fx,fy,cx,cy)"
+    return f"intrinsics from {origin}{values}"
 
 
 def written_outputs(out: Path, state: RunState) -> list[str]:

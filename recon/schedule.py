@@ -26,6 +26,17 @@ class KeyframeConfig:
     width_px: int = 320
 
 
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How the stream becomes windows."""
+
+    window: int = DEFAULT_WINDOW  # frames per window (a causal model: frames per step)
+    overlap: int = DEFAULT_OVERLAP  # frames consecutive windows share (a causal model's registration makes it 0)
+    keyframes: bool = True  # skip frames without motion (KeyframeSelector)
+    keyframes_detail: KeyframeConfig = KeyframeConfig()
+    queue_windows: int = 2  # predictions waiting for the reconstruction core
+
+
 class KeyframeSelector:
     """Keeps a frame when the scene moved enough since the last kept one (median sparse flow), so a parked
     camera does not fill windows with copies of one view."""

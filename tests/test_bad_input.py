@@ -40,6 +40,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -858,7 +859,7 @@ def names_no_map(ctx: Ctx) -> None:
 
 CASES += [
     Case("out_holds_an_earlier_run", street_run(), 2,
-         r"output folder '.*out' holds an earlier run \(depth, frames\.txt, ground_truth\.kitti, \.\.\.\); pass --overwrite to replace it",
+         r"output folder '.*out' holds an earlier run \(config\.yaml, depth, frames\.txt, \.\.\.\); pass --overwrite to replace it",
          Outputs.IDENTICAL, overwrite=False),
     Case("out_name_too_long", out_name_too_long, 2, r"cannot create output folder '.*x{300}' \(File name too long\)", Outputs.IDENTICAL),
     Case("args_voxel_infinite", street_run("--voxel", "inf"), 2, r"--voxel must be a finite size in run units, got inf", Outputs.IDENTICAL),
@@ -888,7 +889,7 @@ def test_overwrite_replaces_the_earlier_run_and_keeps_the_users_files(earlier_ru
     for f in street_frames:
         write_png(d / f"f{f.index:04d}.png", f.image_rgb)
     assert run_main(["run", str(d), "--out", str(out), "--overwrite"]) == 0
-    assert sorted(files(out)) == ["depth/000000.npz", "frames.txt", "map.ply", "notes.txt", "plots/sketch.txt", "summary.json",
+    assert sorted(files(out)) == ["config.yaml", "depth/000000.npz", "frames.txt", "map.ply", "notes.txt", "plots/sketch.txt", "summary.json",
                                   "trajectory.kitti", "trajectory.tum"]  # no ground truth, metrics or plots of run A
     assert json.loads((out / "summary.json").read_text())["input"]["source"] == str(d)
     capfd.readouterr()
@@ -1029,6 +1030,10 @@ def assert_parses(path: Path) -> None:
             assert all(z[k].size >= 0 for k in z.files)
     elif name.endswith(".png"):
         assert cv2.imread(str(path)) is not None, f"{path}: unreadable PNG"
+    elif name == "config.yaml":
+        from recon.config import RunConfig, from_dict
+
+        from_dict(RunConfig, yaml.safe_load(path.read_text()))
     else:
         raise AssertionError(f"unexpected output file {path}")
 

@@ -15,7 +15,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "recon", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-@pytest.mark.parametrize("sub", ["run", "eval", "view", "demo", "render"])
+@pytest.mark.parametrize("sub", ["run", "eval", "export", "view", "demo", "render"])
 def test_every_subcommand_has_help(sub: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as e:
         main([sub, "--help"])
@@ -26,7 +26,7 @@ def test_every_subcommand_has_help(sub: str, capsys: pytest.CaptureFixture) -> N
 def test_python_dash_m_and_top_level_help() -> None:
     res = run_cli("--help")
     assert res.returncode == 0
-    for sub in ("run", "eval", "view", "demo", "render"):
+    for sub in ("run", "eval", "export", "view", "demo", "render"):
         assert sub in res.stdout
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from recon.core import CoreConfig, Reconstruction, _quantile_floor, carried_frames
+from recon.core import CoreConfig, GraphConfig, Reconstruction, _quantile_floor, carried_frames
 from recon.datasets.synthetic import SyntheticSource
 from recon.eval.trajectory import absolute_trajectory_error
 from recon.geometry import invert_rigid
@@ -21,7 +21,8 @@ from recon.kernels.umeyama import sim3_from_poses
 from recon.models import base
 from recon.pipeline import Pipeline, PipelineConfig
 from recon.places import PlaceConfig
-from recon.schedule import WindowScheduler
+from recon.outputs import OutputConfig
+from recon.schedule import ScheduleConfig, WindowScheduler
 from recon.trajectory_io import read_kitti
 from recon.types import Frame, ResizeMap, WindowPrediction
 
@@ -89,7 +90,7 @@ class JumpingOracle(DriftingOracle):
 
 
 def run_core(frames: list[Frame], loop_closure: bool, model: DriftingOracle | None = None) -> tuple[Reconstruction, list[int]]:
-    core = Reconstruction(3, CoreConfig(loop_closure=loop_closure, places=LOOP_PLACES))
+    core = Reconstruction(3, CoreConfig(graph=GraphConfig(loop_closure=loop_closure, places=LOOP_PLACES)))
     model, scheduler, rewrites = model or DriftingOracle(), WindowScheduler(10, 3), []
 
     def add(w: list[Frame]) -> None:
@@ -192,7 +193,7 @@ def test_the_pipeline_rewrites_the_trajectory_while_it_runs(tmp_path: Path, driv
         if state.trajectory_rewrites and not seen:  # the first rewrite: the file already holds it
             seen.append((state.windows, len(read_kitti(tmp_path / "trajectory.kitti"))))
 
-    cfg = PipelineConfig(window=10, overlap=3, keyframes=False, depth_every=0, places=LOOP_PLACES)
+    cfg = PipelineConfig(ScheduleConfig(window=10, overlap=3, keyframes=False), CoreConfig(graph=GraphConfig(places=LOOP_PLACES)), OutputConfig(depth_every=0))
     state = Pipeline(Source(), DriftingOracle(), tmp_path, cfg, on_window=on_window).run()  # type: ignore[arg-type]
     assert state.status == "finished" and state.loops and seen
     windows_at_rewrite, rows = seen[0]

@@ -17,7 +17,9 @@ from recon.datasets.synthetic import SyntheticSource
 from recon.errors import ReconError
 from recon.geometry import invert_rigid
 from recon.models.classical import ClassicalModel
+from recon.outputs import OutputConfig
 from recon.pipeline import Pipeline, PipelineConfig
+from recon.schedule import ScheduleConfig
 from recon.registration import AnchoredSteps
 from recon.trajectory_io import read_frames, read_kitti
 from recon.types import Frame, ResizeMap, WindowPrediction
@@ -46,7 +48,7 @@ class FailingOn:
 
 
 def test_a_window_with_nan_is_skipped_reported_and_never_fused(tmp_path: Path) -> None:
-    state = Pipeline(street(40), FailingOn(bad_call=2), tmp_path, PipelineConfig(window=10, overlap=3, keyframes=False)).run()
+    state = Pipeline(street(40), FailingOn(bad_call=2), tmp_path, PipelineConfig(ScheduleConfig(window=10, overlap=3, keyframes=False))).run()
     assert state.status == "finished"
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [w["frames"] for w in summary["skipped_windows"]] == [[7, 16]]
@@ -95,7 +97,7 @@ class OracleStream:
 
 def test_a_streaming_step_with_nan_resets_the_model_and_continues_the_trajectory(tmp_path: Path) -> None:
     model = OracleStream(bad_step=3)
-    state = Pipeline(street(20), model, tmp_path, PipelineConfig(window=4, keyframes=False, depth_every=0), registration=AnchoredSteps()).run()
+    state = Pipeline(street(20), model, tmp_path, PipelineConfig(ScheduleConfig(window=4, keyframes=False), outputs=OutputConfig(depth_every=0)), registration=AnchoredSteps()).run()
     assert state.status == "finished" and model.resets == 2  # at the start, and after the bad step
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [w["frames"] for w in summary["skipped_windows"]] == [[8, 11]]
@@ -113,7 +115,7 @@ def test_a_streaming_step_with_nan_resets_the_model_and_continues_the_trajectory
 def test_out_of_memory_stops_with_a_hint_and_keeps_the_finished_windows(tmp_path: Path) -> None:
     model = FailingOn(bad_call=2, error=torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     with pytest.raises(ReconError, match=r"out of memory on frames 7\.\.16 \(10 frames of 320x96\): lower --window \(now 10\)"):
-        Pipeline(street(40), model, tmp_path, PipelineConfig(window=10, overlap=3, keyframes=False)).run()
+        Pipeline(street(40), model, tmp_path, PipelineConfig(ScheduleConfig(window=10, overlap=3, keyframes=False))).run()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["frames_in_trajectory"] == 10
     assert len(read_kitti(tmp_path / "trajectory.kitti")) == 10 and (tmp_path / "map.ply").stat().st_size > 0

@@ -17,7 +17,7 @@ from recon.core import carried_frames
 from recon.datasets.synthetic import SyntheticSource
 from recon.models.classical import ClassicalModel
 from recon.pipeline import Pipeline, PipelineConfig
-from recon.schedule import KeyframeSelector, WindowScheduler
+from recon.schedule import KeyframeSelector, ScheduleConfig, WindowScheduler
 from recon.trajectory_io import read_kitti, read_tum
 from recon.types import Frame
 
@@ -77,7 +77,7 @@ def test_keyframes_skip_a_parked_camera() -> None:
 
 def test_run_writes_consistent_outputs(tmp_path: Path) -> None:
     source = SyntheticSource("street", num_frames=60, width=320, height=96, seed=4)
-    state = Pipeline(source, ClassicalModel(), tmp_path, PipelineConfig(window=12, overlap=3)).run()
+    state = Pipeline(source, ClassicalModel(), tmp_path, PipelineConfig(ScheduleConfig(window=12, overlap=3))).run()
     assert state.status == "finished" and state.windows == 7  # 12 + 5 x 9 new frames, then a tail of 3
     est, gt = read_kitti(tmp_path / "trajectory.kitti"), read_kitti(tmp_path / "ground_truth.kitti")
     stamps, est_tum = read_tum(tmp_path / "trajectory.tum")

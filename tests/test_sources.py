@@ -776,7 +776,8 @@ def test_open_source_picks_each_kind(tmp_path: Path) -> None:
     assert len(open_source(folder, stride=2)) == 2
     assert isinstance(open_source(str(video)), VideoSource)
     assert isinstance(open_source(str(kitti)), KittiSource)
-    assert isinstance(open_source(str(tum), intrinsics=K_SMALL), TumSource)
+    calibrated = open_source(str(tum), intrinsics=K_SMALL)  # the user's K applies to any kind, through one wrapper
+    assert isinstance(calibrated.source, TumSource) and np.array_equal(calibrated.intrinsics, K_SMALL)
     for spec in ("0", 1, "rtsp://cam.local:554/stream", "https://cam.local/video.mjpg", "udp://239.0.0.1:1234"):
         assert isinstance(open_source(spec), StreamSource)  # streams open lazily: nothing connects here
     assert isinstance(open_source(str(video), kind="stream"), StreamSource)

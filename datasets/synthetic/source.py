@@ -127,6 +127,8 @@ class SyntheticSource:
         self._renderer: Renderer | None = None
 
     # FrameSource ---------------------------------------------------------------------------------------
+    intrinsics_origin = "the renderer (exact)"
+
     @property
     def intrinsics(self) -> np.ndarray:
         return self._K.copy()

@@ -21,7 +21,7 @@ from recon.errors import ReconError
 from recon.geometry import invert_rigid, project_to_rotation, rotation_angle_deg, transform_points
 from recon.models.classical.bridge import BridgeConfig, DescriptorBridge, bridge_candidate
 from recon.models.classical.bundle import BundleConfig, bundle_adjust
-from recon.models.classical.dense import DenseConfig, FlowCache, dense_depth
+from recon.models.classical.dense import DenseConfig, FlowCache, FlowWorkers, dense_depth
 from recon.models.classical.pose import (
     PoseConfig,
     max_triangulation_angle_deg,
@@ -129,6 +129,7 @@ class ClassicalModel:
         self.config = config or ClassicalConfig(**overrides)  # type: ignore[arg-type]
         self._blas = _SingleThreadedBlas()
         self._flows = FlowCache(self.config.flow_cache_mb << 20)
+        self._flow_workers = FlowWorkers(self.config.dense.threads, self.config.dense.dis_preset)
 
     # -- public -------------------------------------------------------------------------------
     def infer(self, frames: Sequence[Frame]) -> WindowPrediction:
@@ -165,7 +166,7 @@ class ClassicalModel:
             conf = np.zeros((S, *model_hw), np.float32)
         else:
             scene_depth = self._scene_depth(sparse, tracks)
-            dense = dense_depth(gray, sparse.cam_from_world, sparse.K, scene_depth, cfg.dense, self._flows)
+            dense = dense_depth(gray, sparse.cam_from_world, sparse.K, scene_depth, cfg.dense, self._flows, self._flow_workers)
             depth, conf = dense.depth, dense.conf
             # Cap runaway depths (sky, near-epipole pixels) so downstream maths stays well-scaled.
             np.minimum(depth, 100.0 * float(np.max(scene_depth)), out=depth)
