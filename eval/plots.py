@@ -38,7 +38,7 @@ def _ground_plane_axes(gt_xyz: np.ndarray) -> tuple[int, int]:
     return int(a), int(b)
 
 
-def plot_trajectory_top_view(est_xyz: np.ndarray, gt_xyz: np.ndarray, path: Path, title: str = "") -> Path:
+def plot_trajectory_top_view(est_xyz: np.ndarray, gt_xyz: np.ndarray, path: Path, title: str = "", unit: str = "m") -> Path:
     """Estimated camera centres (already aligned to ground truth) [N,3] beside ground truth [N,3]."""
     a, b = _ground_plane_axes(gt_xyz)
     fig = _figure(6.5, 6.0)
@@ -46,8 +46,8 @@ def plot_trajectory_top_view(est_xyz: np.ndarray, gt_xyz: np.ndarray, path: Path
     ax.plot(gt_xyz[:, a], gt_xyz[:, b], "-", color="0.35", lw=2.0, label="ground truth")
     ax.plot(est_xyz[:, a], est_xyz[:, b], "-", color="tab:red", lw=1.2, label="estimate (aligned)")
     ax.plot(gt_xyz[:1, a], gt_xyz[:1, b], "o", color="0.2", ms=6, label="start")
-    ax.set_xlabel("xyz"[a])
-    ax.set_ylabel("xyz"[b])
+    ax.set_xlabel(f"{'xyz'[a]} ({unit})")
+    ax.set_ylabel(f"{'xyz'[b]} ({unit})")
     ax.set_aspect("equal", adjustable="datalim")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
@@ -55,17 +55,23 @@ def plot_trajectory_top_view(est_xyz: np.ndarray, gt_xyz: np.ndarray, path: Path
     return _save(fig, path)
 
 
-def plot_error_over_time(time_s: np.ndarray, series: dict[str, np.ndarray], path: Path, ylabel: str, title: str = "") -> Path:
-    """One line per named error series over capture time."""
+def plot_error_over_time(time_s: np.ndarray, series: dict[str, np.ndarray], path: Path, ylabel: str, title: str = "",
+                         joins_s: Sequence[float] = (), fallbacks_s: Sequence[tuple[float, float]] = ()) -> Path:
+    """One line per named error series over capture time; window joins as thin vertical lines and windows whose
+    join fell back to the overlap poses (no usable shared geometry) as shaded spans."""
     fig = _figure(8.0, 3.5)
     ax = fig.add_subplot()
     for name, values in series.items():
         ax.plot(time_s[: len(values)], values, lw=1.0, label=name)
+    for k, t in enumerate(joins_s):
+        ax.axvline(t, color="0.6", lw=0.5, ls=":", label="window join" if k == 0 else None)
+    for k, (t0, t1) in enumerate(fallbacks_s):
+        ax.axvspan(t0, t1, color="tab:red", alpha=0.15, lw=0, label="fallback window (pose-only join)" if k == 0 else None)
     ax.set_xlabel("time (s)")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    if len(series) > 1:
-        ax.legend(loc="best")
+    if len(series) > 1 or len(joins_s) or len(fallbacks_s):
+        ax.legend(loc="best", fontsize=8)
     ax.set_title(title)
     return _save(fig, path)
 
@@ -79,7 +85,7 @@ class DepthPanel:
     rel_error: np.ndarray  # [H,W] |pred - gt| / gt, NaN where not evaluated
 
 
-def plot_depth_samples(panels: Sequence[DepthPanel], path: Path, max_rel_error: float = 0.25) -> Path:
+def plot_depth_samples(panels: Sequence[DepthPanel], path: Path, max_rel_error: float = 0.25, depth_unit: str = "m") -> Path:
     """A row per sampled frame: image, predicted depth, ground-truth depth, relative error."""
     rows = max(len(panels), 1)
     first = panels[0].depth_gt.shape if panels else (1, 1)
@@ -104,6 +110,6 @@ def plot_depth_samples(panels: Sequence[DepthPanel], path: Path, max_rel_error: 
                 ax.imshow(data)
             else:
                 im = ax.imshow(data, cmap=cmap[0], vmin=cmap[1], vmax=cmap[2])
-                if c == 3:
-                    fig.colorbar(im, ax=ax, shrink=0.8)
+                if c >= 2:  # the predicted and true depth share one scale: one bar for both
+                    fig.colorbar(im, ax=ax, shrink=0.8).set_label(f"depth ({depth_unit})" if c == 2 else "|pred - gt| / gt", fontsize=7)
     return _save(fig, path)

@@ -124,7 +124,23 @@ def rpe_distance_step(path_length: float) -> float:
     return fitting[-1] if fitting else RPE_DISTANCE_STEPS[0]
 
 
-def trajectory_metrics(pair: PairedTrajectory, metric: bool) -> tuple[dict[str, Any], ATE]:
+def orientation_errors_deg(est_world_from_cam: np.ndarray, gt_world_from_cam: np.ndarray) -> ErrorStats:
+    """Each camera's rotation error after the one world rotation that best aligns the orientations (the chordal
+    mean of gt R_i est R_i^T). The ATE's own rotation errors use the alignment fitted to the positions, which
+    leaves a near-straight path's roll about its own axis free: 14 deg "errors" on a drive whose every step is
+    right to 0.01 deg."""
+    from scipy.spatial.transform import Rotation
+
+    R_est, R_gt = est_world_from_cam[:, :3, :3], gt_world_from_cam[:, :3, :3]
+    offsets = Rotation.from_matrix(R_gt @ np.transpose(R_est, (0, 2, 1)))
+    residual = offsets.mean().inv() * offsets
+    return ErrorStats.of(np.degrees(residual.magnitude()))
+
+
+KITTI_MIN_PATH_M = 100.0  # KITTI's drift is per 100 m over segments of 100-800 m: shorter paths give noise, not drift
+
+
+def trajectory_metrics(pair: PairedTrajectory, metric: bool, gt_metric: bool = False) -> tuple[dict[str, Any], ATE]:
     est, gt = pair.est_world_from_cam, pair.gt_world_from_cam
     if len(est) < 3:
         raise ReconError(f"only {len(est)} poses to compare; need at least 3")
@@ -133,19 +149,25 @@ def trajectory_metrics(pair: PairedTrajectory, metric: bool) -> tuple[dict[str, 
     rpe_f = relative_pose_error(est, gt, 1, "frames", scale=s)
     step = rpe_distance_step(ate.length)
     rpe_d = relative_pose_error(est, gt, step, "m", scale=s)
-    drift = kitti_drift(est, gt, scale=s)
     out = {
         "frames": len(est),
         "alignment": "se3" if metric else "sim3",
         "scale": s,
+        "gt_metric": gt_metric,  # errors are in metres (else in the ground truth's own units)
         "path_length": ate.length,
         "ate": {"rmse": ate.rmse, "mean": ate.mean, "median": ate.median, "max": ate.max, "std": ate.std,
                 "rmse_percent_of_path": ate.rmse_percent_of_length, "rotation_deg": _stats(ate.rotation_deg)},
         "rpe_frame": {"delta": 1, "unit": "frames", "translation": _stats(rpe_f.translation), "rotation_deg": _stats(rpe_f.rotation_deg)},
         "rpe_distance": {"delta": step, "unit": "m", "translation": _stats(rpe_d.translation), "rotation_deg": _stats(rpe_d.rotation_deg)},
-        "kitti_drift": {"translation_percent": drift.t_err_percent, "rotation_deg_per_100m": drift.r_err_deg_per_100m,
-                        "lengths": list(drift.lengths), "lengths_source": drift.lengths_source, "segments": drift.num_segments},
     }
+    out["ate"]["rotation_deg_orientation_aligned"] = _stats(orientation_errors_deg(est, gt))
+    if gt_metric and ate.length >= KITTI_MIN_PATH_M:
+        drift = kitti_drift(est, gt, scale=s)
+        out["kitti_drift"] = {"translation_percent": drift.t_err_percent, "rotation_deg_per_100m": drift.r_err_deg_per_100m,
+                              "lengths": list(drift.lengths), "lengths_source": drift.lengths_source, "segments": drift.num_segments}
+    else:
+        out["kitti_drift"] = {"skipped": f"the path is {ate.length:.3g} {'m' if gt_metric else 'ground-truth units (not known to be metres)'}; "
+                                         f"KITTI drift needs a metric path of at least {KITTI_MIN_PATH_M:g} m"}
     return out, ate
 
 
@@ -286,19 +308,26 @@ def _f(v: Any, spec: str = ".4g") -> str:
 
 def format_table(metrics: dict[str, Any]) -> str:
     t = metrics["trajectory"]
-    unit = "m" if t["alignment"] == "se3" else "gt units"
+    unit = "m" if t.get("gt_metric") else "gt units"
+    aligned = ("SE(3) (the run is metric)" if t["alignment"] == "se3" else
+               f"Sim(3) Umeyama, scale {_f(t['scale'])} (the run has its own units)")
+    ate, rot = t["ate"], t["ate"]["rotation_deg_orientation_aligned"]
     rows = [
         ("poses compared", f"{t['frames']} (ground truth: {metrics['ground_truth']})"),
-        ("alignment", f"{t['alignment'].upper()} Umeyama, scale {_f(t['scale'])}; path {_f(t['path_length'], '.1f')} {unit}"),
-        ("ATE RMSE / mean / median / max", f"{_f(t['ate']['rmse'])} / {_f(t['ate']['mean'])} / {_f(t['ate']['median'])} / {_f(t['ate']['max'])}"
-                                           f"  ({_f(t['ate']['rmse_percent_of_path'], '.2f')}% of path)"),
-        ("RPE per frame: trans RMSE / rot RMSE", f"{_f(t['rpe_frame']['translation']['rmse'])} / {_f(t['rpe_frame']['rotation_deg']['rmse'])} deg"),
-        (f"RPE per {_f(t['rpe_distance']['delta'])} of path: trans / rot", f"{_f(t['rpe_distance']['translation']['rmse'])} / "
-                                                                          f"{_f(t['rpe_distance']['rotation_deg']['rmse'])} deg"),
-        ("KITTI drift: trans % / rot deg per 100", f"{_f(t['kitti_drift']['translation_percent'], '.2f')}% / "
-                                                  f"{_f(t['kitti_drift']['rotation_deg_per_100m'], '.3f')}  "
-                                                  f"({t['kitti_drift']['segments']} segments, {t['kitti_drift']['lengths_source']} lengths)"),
+        ("alignment to ground truth", f"{aligned}; errors in {unit}; path {_f(t['path_length'], '.1f')} {unit}"),
+        ("ATE RMSE / mean / median / max", f"{_f(ate['rmse'])} / {_f(ate['mean'])} / {_f(ate['median'])} / {_f(ate['max'])} {unit}"
+                                           f"  ({_f(ate['rmse_percent_of_path'], '.2f')}% of path)"),
+        ("ATE rotation RMSE / max", f"{_f(rot['rmse'])} / {_f(rot['max'])} deg  (orientations aligned)"),
+        ("RPE per frame: trans RMSE / rot RMSE", f"{_f(t['rpe_frame']['translation']['rmse'])} {unit} / {_f(t['rpe_frame']['rotation_deg']['rmse'])} deg"),
+        (f"RPE per {_f(t['rpe_distance']['delta'])} {unit} of path: trans / rot", f"{_f(t['rpe_distance']['translation']['rmse'])} {unit} / "
+                                                                                 f"{_f(t['rpe_distance']['rotation_deg']['rmse'])} deg"),
     ]
+    k = t["kitti_drift"]
+    if "skipped" in k:
+        rows.append(("KITTI drift", f"not reported: {k['skipped']}"))
+    else:
+        rows.append(("KITTI drift: trans % / rot deg per 100 m", f"{_f(k['translation_percent'], '.2f')}% / {_f(k['rotation_deg_per_100m'], '.3f')}  "
+                                                                f"({k['segments']} segments, {k['lengths_source']} lengths)"))
     d = metrics.get("depth")
     if isinstance(d, dict):
         rows.append((f"depth ({d['frames']} frames, {d['scale_mode']} scale)", f"AbsRel {_f(d['abs_rel'], '.4f')}, δ<1.25 {_f(d['delta1'], '.3f')}, "
@@ -318,18 +347,42 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
-def write_plots(run_dir: Path, pair: PairedTrajectory, ate: ATE, geometry: GeometryInputs | None, depth_ev: Any) -> list[Path]:
+def window_marks(run_dir: Path, summary: dict[str, Any], t0_s: float) -> tuple[list[float], list[tuple[float, float]]]:
+    """(times of the window joins, spans of the windows whose join fell back to the overlap poses), seconds from
+    t0_s, for the windows summary.json's alignment log keeps (the latest ALIGNMENT_LOG_WINDOWS)."""
+    from recon.trajectory_io import read_frames
+
+    frames_txt = run_dir / "frames.txt"
+    if not frames_txt.is_file():
+        return [], []
+    indices, stamps = read_frames(frames_txt)
+    time_of = dict(zip(indices.tolist(), (stamps - t0_s).tolist()))
+    joins, fallbacks = [], []
+    for window in summary.get("alignment") or []:
+        first, last = (window.get("frames") or [None, None])[:2]
+        if first not in time_of or last not in time_of:
+            continue
+        if window.get("path") != "first":
+            joins.append(time_of[first])
+        if window.get("path") == "pose_fallback":
+            fallbacks.append((time_of[first], time_of[last]))
+    return joins, fallbacks
+
+
+def write_plots(run_dir: Path, pair: PairedTrajectory, ate: ATE, geometry: GeometryInputs | None, depth_ev: Any,
+                unit: str = "gt units") -> list[Path]:
     from recon.eval.depth import relative_error_map
     from recon.eval.plots import DepthPanel, plot_depth_samples, plot_error_over_time, plot_trajectory_top_view
 
     folder = run_dir / PLOTS_DIR
     folder.mkdir(exist_ok=True)
     est_in_gt = ate.gt_from_est.apply_to_world_from_cam(pair.est_world_from_cam)
+    joins, fallbacks = window_marks(run_dir, read_summary(run_dir), float(pair.time_s[0]))
     written = [
         plot_trajectory_top_view(est_in_gt[:, :3, 3], pair.gt_world_from_cam[:, :3, 3], folder / "trajectory_top.png",
-                                 f"ATE RMSE {ate.rmse:.3g} ({ate.rmse_percent_of_length:.2f}% of path)"),
+                                 f"ATE RMSE {ate.rmse:.3g} {unit} ({ate.rmse_percent_of_length:.2f}% of path)", unit),
         plot_error_over_time(pair.time_s - pair.time_s[0], {"position error": ate.position_errors}, folder / "ate_over_time.png",
-                             "position error (gt units)", "absolute trajectory error after alignment"),
+                             f"position error ({unit})", "absolute trajectory error after alignment", joins, fallbacks),
     ]
     if geometry is not None and depth_ev is not None and geometry.images:
         panels = []
@@ -339,7 +392,7 @@ def write_plots(run_dir: Path, pair: PairedTrajectory, ate: ATE, geometry: Geome
                 pred = geometry.pred_depth[k] * s
                 rel = relative_error_map(geometry.pred_depth[k], geometry.gt_depth[k], s, depth_ev.max_depth_m, geometry.pred_depth[k] > 0)
                 panels.append(DepthPanel(idx, geometry.images[idx], pred, geometry.gt_depth[k], rel))
-        written.append(plot_depth_samples(panels, folder / "depth_samples.png"))
+        written.append(plot_depth_samples(panels, folder / "depth_samples.png"))  # ground-truth depth is in metres
     return written
 
 
@@ -351,7 +404,8 @@ def evaluate_run(run_dir: Path, gt_path: Path | None = None, gt_format: str | No
     summary = read_summary(run_dir)
     metric = bool((summary.get("scale") or {}).get("metric", False))
     pair = pair_trajectories(run_dir, summary, gt_path, gt_format)
-    traj, ate = trajectory_metrics(pair, metric)
+    gt_metric = gt_path is None and bool(summary.get("ground_truth_metric", False))  # a --gt file's units are not known
+    traj, ate = trajectory_metrics(pair, metric, gt_metric)
     metrics: dict[str, Any] = {"run_dir": str(run_dir), "status": summary.get("status"), "ground_truth": pair.label, "trajectory": traj}
     g: GeometryInputs | None = None
     depth_ev = None
@@ -370,7 +424,8 @@ def evaluate_run(run_dir: Path, gt_path: Path | None = None, gt_format: str | No
             else:
                 metrics["pointmap"] = pm
     if plots:
-        metrics["plots"] = [str(p.relative_to(run_dir)) for p in write_plots(run_dir, pair, ate, g, depth_ev)]
+        unit = "m" if gt_metric else "gt units"
+        metrics["plots"] = [str(p.relative_to(run_dir)) for p in write_plots(run_dir, pair, ate, g, depth_ev, unit)]
     atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics
 

@@ -82,45 +82,19 @@ def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
 
 def quat_xyzw_from_rotation(R: np.ndarray) -> np.ndarray:
     """Rotation matrices [...,3,3] -> unit quaternions [...,4] (x, y, z, w), w >= 0 (TUM order)."""
+    from scipy.spatial.transform import Rotation
+
     R = np.asarray(R, dtype=np.float64)
-    m = R.reshape(-1, 3, 3)
-    q = np.empty((m.shape[0], 4))
-    tr = np.trace(m, axis1=1, axis2=2)
-    # Pick the numerically largest of w, x, y, z to divide by (Shepperd's method).
-    cand = np.stack([tr, m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]], axis=1)
-    k = np.argmax(cand, axis=1)
-    for i in range(m.shape[0]):
-        r = m[i]
-        if k[i] == 0:
-            s = 2.0 * np.sqrt(1.0 + tr[i])
-            q[i] = [(r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s, 0.25 * s]
-        elif k[i] == 1:
-            s = 2.0 * np.sqrt(max(1.0 + r[0, 0] - r[1, 1] - r[2, 2], 1e-300))
-            q[i] = [0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s, (r[2, 1] - r[1, 2]) / s]
-        elif k[i] == 2:
-            s = 2.0 * np.sqrt(max(1.0 + r[1, 1] - r[0, 0] - r[2, 2], 1e-300))
-            q[i] = [(r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s, (r[0, 2] - r[2, 0]) / s]
-        else:
-            s = 2.0 * np.sqrt(max(1.0 + r[2, 2] - r[0, 0] - r[1, 1], 1e-300))
-            q[i] = [(r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s, (r[1, 0] - r[0, 1]) / s]
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    q[q[:, 3] < 0] *= -1.0
+    q = Rotation.from_matrix(R.reshape(-1, 3, 3)).as_quat(canonical=True)
     return q.reshape(R.shape[:-2] + (4,))
 
 
 def rotation_from_quat_xyzw(q: np.ndarray) -> np.ndarray:
     """Quaternions [...,4] (x, y, z, w), any norm > 0 -> rotation matrices [...,3,3]."""
+    from scipy.spatial.transform import Rotation
+
     q = np.asarray(q, dtype=np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    x, y, z, w = np.moveaxis(q, -1, 0)
-    return np.stack(
-        [
-            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-        ],
-        -2,
-    )
+    return Rotation.from_quat(q.reshape(-1, 4)).as_matrix().reshape(q.shape[:-1] + (3, 3))
 
 
 def skew(v: np.ndarray) -> np.ndarray:

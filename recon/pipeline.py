@@ -464,6 +464,7 @@ class Pipeline:
             "place_database_bytes": self.core.places.nbytes if self.core.places is not None else 0,
             "place_recognition": _place_stats(self.core),
             "scale": scale_note(self.model, self.source),
+            "ground_truth_metric": bool(self.source.metric) if self.source.has_ground_truth else None,
             "intrinsics": intrinsics_report(self.source, self.model, st.model_K),
             "settings": asdict(self.config),
             "model_flags": st.flags,

@@ -7,13 +7,15 @@ import math
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from recon.allocator import heap_trimmer
 from recon.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, ignore_signal, signals_deferred
@@ -209,6 +211,36 @@ def model_options(config: RunConfig) -> dict[str, object]:
     return options
 
 
+class Progress:
+    """The run's progress: frames done (placed in the trajectory, or skipped without motion), not frames read,
+    which run ahead of the windows still in the model, so the bar reaches its end when the work does. On a
+    terminal a tqdm bar; without one (a log file, a job scheduler) a plain line every `every_s` seconds once the run
+    has taken `first_after_s` (a short run's log stays its report)."""
+
+    def __init__(self, total: int | None, every_s: float = 10.0, first_after_s: float = 30.0) -> None:
+        self.tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, unit="frame", desc="recon", dynamic_ncols=True, disable=not self.tty)
+        self.total, self.every_s, self.done = total, every_s, 0
+        self._t0 = time.monotonic()
+        self._last = self._t0 + first_after_s - every_s
+
+    def update(self, state: RunState, map_points: int) -> None:
+        self.done = done = state.frames_written + state.frames_skipped
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix(windows=state.windows, map=map_points)
+        now = time.monotonic()
+        if not self.tty and now - self._last >= self.every_s:
+            self._last = now
+            of = f"/{self.total}" if self.total else ""
+            print(f"recon: {done}{of} frames, {state.windows} windows, {done / max(now - self._t0, 1e-9):.1f} frames/s, "
+                  f"map {map_points} points", file=sys.stderr, flush=True)
+
+    def close(self, state: RunState) -> None:
+        self.done = state.frames_written + state.frames_skipped
+        self.bar.update(self.done - self.bar.n)
+        self.bar.close()
+
+
 @dataclass
 class StopRequest:
     """The signal that asked the run to stop (None: none did)."""
@@ -292,23 +324,21 @@ def _reconstruct(config: RunConfig, source: FrameSource, out: Path, model_opts: 
         model_class = model_factory(config.model.name)
     model = model_class(**model_opts)
     pipeline_config = PipelineConfig(schedule=replace(config.schedule, overlap=_overlap(config)), core=config.core(), outputs=config.outputs)
-    bar = tqdm(total=length_hint(source), unit="frame", desc="recon", disable=None, dynamic_ncols=True)
-
+    progress = Progress(length_hint(source))
     trim_heap = heap_trimmer()
 
-    def progress(state, voxel_map) -> None:  # type: ignore[no-untyped-def]
+    def on_window(state, voxel_map) -> None:  # type: ignore[no-untyped-def]
         trim_heap()  # per window: RSS follows live memory on an endless stream (see heap_trimmer)
-        bar.update(state.frames_read - bar.n)
-        bar.set_postfix(windows=state.windows, map=len(voxel_map) if voxel_map is not None else 0)
+        progress.update(state, len(voxel_map) if voxel_map is not None else 0)
 
     v = config.viewer
     viewer = open_viewer(v.mode, Path(v.rrd) if v.rrd else None, bind=v.bind, port=v.port)
-    pipeline = Pipeline(source, model, out, pipeline_config, on_window=progress, viewer=viewer, input_spec=input_spec,
+    pipeline = Pipeline(source, model, out, pipeline_config, on_window=on_window, viewer=viewer, input_spec=input_spec,
                         registration=registration_for(config.model.name), run_config=config)
-    with stop_on_signals(pipeline.request_stop) as stop:
+    # On a terminal, log lines go above the bar instead of through it.
+    with stop_on_signals(pipeline.request_stop) as stop, logging_redirect_tqdm() if progress.tty else nullcontext():
         state = pipeline.run()
-    bar.update(state.frames_read - bar.n)
-    bar.close()
+    progress.close(state)
     if stop.signum is not None:
         print(f"recon: {'terminated' if stop.terminated else 'interrupted'}; outputs up to the last finished window are in {out}/",
               file=sys.stderr)
@@ -318,6 +348,7 @@ def _reconstruct(config: RunConfig, source: FrameSource, out: Path, model_opts: 
     for warning in [*state.warnings, *source_notes(source), *unplaced_frames_notes(state)]:
         print(f"recon: warning: {warning}", file=sys.stderr)
     print(f"{state.frames_read} frames ({state.frames_skipped} without motion skipped), {state.windows} windows -> {out}/")
+    print(f"  {pace_line(out)}")
     print(f"  {', '.join(written_outputs(out, state))}")
     print(f"  {intrinsics_line(source, config.model.name, state.model_K)}")
     if metrics is not None:
@@ -330,6 +361,14 @@ def _reconstruct(config: RunConfig, source: FrameSource, out: Path, model_opts: 
         scene = export_run(out, out / fmt, fmt, overwrite=True)
         print(f"  {fmt}: {len(scene.views)} images, poses and {len(scene.xyz)} points -> {out}/{fmt}/")
     return 0
+
+
+def pace_line(out: Path) -> str:
+    """Elapsed time, frames/s and peak memory, as summary.json keeps them."""
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    return f"{summary['elapsed_s']:.1f} s, {summary['fps']:.2f} frames/s, peak memory {summary['peak_rss_mb']:.0f} MB"
 
 
 def intrinsics_line(source: FrameSource, model: str, model_K: np.ndarray | None) -> str:

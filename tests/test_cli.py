@@ -87,3 +87,18 @@ def test_run_hands_free_heap_pages_back_once_per_window(tmp_path: Path, monkeypa
                  "--depth-every", "0", "--out", str(out)]) == 0
     windows = json.loads((out / "summary.json").read_text())["windows"]
     assert windows >= 2 and len(calls) == windows
+
+
+def test_progress_counts_frames_done_and_logs_plain_lines_without_a_terminal(capsys: pytest.CaptureFixture) -> None:
+    from recon.pipeline import RunState
+    from recon.run import Progress
+
+    progress = Progress(total=100, every_s=0.0, first_after_s=0.0)
+    state = RunState(frames_read=100, frames_written=40, frames_skipped=5, windows=4)  # the reader is ahead of the windows
+    progress.update(state, map_points=1234)
+    assert progress.done == 45  # not 100: the bar ends when the work does
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("recon: 45/100 frames, 4 windows,") and line.endswith("map 1234 points")
+    state.frames_written = 95
+    progress.close(state)
+    assert progress.done == 100

@@ -34,7 +34,8 @@ def test_run_with_ground_truth_writes_metrics_and_plots(street_run: Path) -> Non
     assert traj["frames"] == 45 and traj["alignment"] == "sim3"
     assert traj["ate"]["rmse_percent_of_path"] < 2.0
     assert traj["rpe_frame"]["rotation_deg"]["rmse"] < 0.5
-    assert np.isfinite(traj["kitti_drift"]["translation_percent"])
+    assert traj["gt_metric"] and "KITTI drift needs a metric path of at least 100 m" in traj["kitti_drift"]["skipped"]  # a 45 m drive
+    assert traj["ate"]["rotation_deg_orientation_aligned"]["rmse"] < 0.5
     depth = metrics["depth"]
     assert depth["frames"] == 9  # every 5th of 45 frames kept
     # At 320x96 the classical model's depth is coarse (0.11 measured; 0.03 per window at 640x192 in
@@ -61,7 +62,8 @@ def test_eval_prints_the_table_and_agrees_with_the_run(street_run: Path, capsys:
     before = json.loads((street_run / "metrics.json").read_text())
     assert main(["eval", str(street_run), "--no-plots"]) == 0
     out = capsys.readouterr().out
-    for row in ("ATE RMSE", "RPE per frame", "KITTI drift", "depth (9 frames, sequence scale)", "point map: accuracy"):
+    for row in ("ATE RMSE", "ATE rotation RMSE", "RPE per frame", "KITTI drift  ", "depth (9 frames, sequence scale)", "point map: accuracy",
+                "errors in m; path", " m  ("):
         assert row in out
     after = json.loads((street_run / "metrics.json").read_text())
     assert after["trajectory"]["ate"]["rmse"] == pytest.approx(before["trajectory"]["ate"]["rmse"], rel=1e-12)
@@ -152,3 +154,39 @@ def test_the_real_fox_capture_is_whole_across_its_gap_and_evaluates(tmp_path: Pa
     m = json.loads((out / "metrics.json").read_text())
     assert m["trajectory"]["frames"] == 67 and m["trajectory"]["ate"]["rmse_percent_of_path"] <= 2.0
     assert "ground-truth depth" in m["depth_skipped"]
+
+
+def _straight(n: int, step_m: float, roll_deg: float = 0.0) -> np.ndarray:
+    """world_from_cam of a camera driving along z, rolled about its own axis by roll_deg."""
+    from scipy.spatial.transform import Rotation
+
+    T = np.tile(np.eye(4), (n, 1, 1))
+    T[:, :3, :3] = Rotation.from_euler("z", roll_deg, degrees=True).as_matrix()
+    T[:, 2, 3] = np.arange(n) * step_m
+    return T
+
+
+def test_rotation_error_is_measured_after_aligning_orientations_and_drift_only_on_long_metric_paths() -> None:
+    from recon.eval.run_eval import PairedTrajectory, trajectory_metrics
+
+    gt = _straight(60, 2.0)
+    est = _straight(60, 2.0, roll_deg=10.0)  # every orientation off by the same roll: the world's, not the run's
+    est[:, 0, 3] += 0.01 * np.sin(np.arange(60))
+    pair = PairedTrajectory(est, gt, np.arange(60) * 0.1, "test")
+    metrics, _ = trajectory_metrics(pair, metric=False, gt_metric=True)
+    assert metrics["ate"]["rotation_deg_orientation_aligned"]["max"] < 1e-6
+    assert "translation_percent" in metrics["kitti_drift"]  # 118 m, metric
+    short, _ = trajectory_metrics(PairedTrajectory(est[:40], gt[:40], np.arange(40) * 0.1, "test"), metric=False, gt_metric=True)
+    assert "78 m" in short["kitti_drift"]["skipped"]
+    unknown, _ = trajectory_metrics(pair, metric=False, gt_metric=False)
+    assert "not known to be metres" in unknown["kitti_drift"]["skipped"]
+
+
+def test_the_error_plot_marks_window_joins_and_fallback_windows(tmp_path: Path) -> None:
+    from recon.eval.run_eval import window_marks
+
+    (tmp_path / "frames.txt").write_text("".join(f"{i} {0.1 * i:.6f}\n" for i in range(40)))
+    summary = {"alignment": [{"frames": [0, 11], "path": "first"}, {"frames": [8, 19], "path": "lsa"},
+                             {"frames": [16, 27], "path": "pose_fallback"}, {"frames": [24, 35], "path": "joint"}]}
+    joins, fallbacks = window_marks(tmp_path, summary, 0.0)
+    assert joins == pytest.approx([0.8, 1.6, 2.4]) and fallbacks == [pytest.approx((1.6, 2.7))]

@@ -222,18 +222,13 @@ def texture_confidence(gray: np.ndarray, cfg: DenseConfig) -> np.ndarray:
 
 class FlowWorkers:
     """The threads that compute pair flows, each with its own DIS object (DIS keeps per-call state), shared by
-    every window of a model, and one window's flows at a time (`one_window`): with two windows in flight, the
-    second waits for the first's dense stage instead of holding its flows, depths and warps beside them (the
-    threads already fill the cores). Measured on bench/bench_soak.py's drive, 3,000 frames: peak RSS grew 12%
-    from 1,000 frames on without the lock, 3% with it; the live heap of two windows' dense stages at once came
-    and went with their timing. No thread or DIS object is made per window. cv2 and most numpy kernels
-    release the GIL."""
+    every window of a model: two windows in flight share `threads` threads (the cores) instead of starting two
+    each, and no thread or DIS object is made per window. cv2 and most numpy kernels release the GIL."""
 
     def __init__(self, threads: int, dis_preset: int) -> None:
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="recon-flow")
         self._local = threading.local()
         self._preset = dis_preset
-        self.one_window = threading.Lock()
 
     def dis(self) -> cv2.DISOpticalFlow:
         if not hasattr(self._local, "dis"):
@@ -257,12 +252,6 @@ def dense_depth(gray: list[np.ndarray], cam_from_world: np.ndarray, K: np.ndarra
             return dense_depth(gray, cam_from_world, K, scene_depth, cfg, flows, own)
         finally:
             own.close()
-    with workers.one_window:
-        return _dense_depth(gray, cam_from_world, K, scene_depth, cfg, flows, workers)
-
-
-def _dense_depth(gray: list[np.ndarray], cam_from_world: np.ndarray, K: np.ndarray, scene_depth: np.ndarray, cfg: DenseConfig,
-                 flows: FlowCache | None, workers: FlowWorkers) -> DepthResult:
     S = len(gray)
     keys = [image_key(g) for g in gray] if flows is not None else None
     H, W = gray[0].shape
