@@ -54,6 +54,7 @@ class ViewerConfig:
     rrd: str | None = None
     bind: str = "127.0.0.1"
     port: int | None = None
+    depth_every: int = 1  # every N-th frame's depth and confidence in the viewer / recording (0: none)
 
 
 @dataclass(frozen=True)

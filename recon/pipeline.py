@@ -156,10 +156,12 @@ class Pipeline:
         self._t0 = 0.0
         self._gt_writer: TrajectoryWriter | None = None
         self._last_pred: WindowPrediction | None = None
+        self._last_view: tuple[float, int, dict[str, float]] = (0.0, 0, {})  # (time, frames read, timings) at the last window shown
 
     # -- the run, top to bottom ------------------------------------------------------------------
     def run(self) -> RunState:
         self._t0 = time.perf_counter()
+        self._last_view = (self._t0, 0, {})
         producer = threading.Thread(target=self._produce, name="recon-model", daemon=True)
         remove_run_files(self.out_dir)  # the folder holds this run's files only: no earlier map, metrics or depth
         if self.run_config is not None:
@@ -399,14 +401,16 @@ class Pipeline:
     def _window_view(self, item: _Window, update: CoreUpdate) -> WindowView:
         st, voxel_map, aligned, new = self.state, self.core.map, update.aligned, update.new
         assert voxel_map is not None  # made by the first window
-        elapsed = time.perf_counter() - self._t0
+        # Per window, not since the start: a plot of running totals hides a slow stretch behind the past.
+        now, (t_last, frames_last, timings_last) = time.perf_counter(), self._last_view
+        self._last_view = (now, st.frames_read, dict(st.timings_s))
         stats: dict[str, float] = {
-            "fps": st.frames_read / elapsed if elapsed > 0 else 0.0,
+            "fps": (st.frames_read - frames_last) / (now - t_last) if now > t_last else 0.0,
             "rss_mb": rss_mb(),
             "peak_rss_mb": peak_rss_mb(),
             "map_points": float(len(voxel_map)),
             "infer_ms_per_frame": 1e3 * item.infer_s / max(len(aligned), 1),
-            **{f"timings_s/{k}": v for k, v in st.timings_s.items()},
+            **{f"window_s/{k}": v - timings_last.get(k, 0.0) for k, v in st.timings_s.items()},
             # Model-reported numbers (e.g. KV-cache bytes of a streaming model) are plotted as they come.
             **{f"model/{k}": float(v) for k, v in item.pred.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         }
@@ -464,7 +468,7 @@ class Pipeline:
             "place_database_bytes": self.core.places.nbytes if self.core.places is not None else 0,
             "place_recognition": _place_stats(self.core),
             "scale": scale_note(self.model, self.source),
-            "ground_truth_metric": bool(self.source.metric) if self.source.has_ground_truth else None,
+            "ground_truth_metric": bool(getattr(self.source, "metric", False)) if self.source.has_ground_truth else None,
             "intrinsics": intrinsics_report(self.source, self.model, st.model_K),
             "settings": asdict(self.config),
             "model_flags": st.flags,

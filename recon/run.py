@@ -79,6 +79,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     v.add_argument("--rrd", metavar="FILE", help="also save the recording to FILE (.rrd; open it later with `recon view FILE`)")
     v.add_argument("--bind", help="address the --viewer serve servers listen on (default 127.0.0.1: this machine only)")
     v.add_argument("--port", type=int, help="port of the web viewer with --viewer serve (default: Rerun's)")
+    v.add_argument("--rrd-depth", type=int, metavar="N", help="log every N-th frame's depth and confidence images to the viewer "
+                   "and recording (default 1; 0: none; they are most of a recording's ~0.5 MB a frame)")
 
 
 # flag (argparse dest) -> (stage, setting[, True when the flag negates the setting])
@@ -93,6 +95,7 @@ FLAG_SETTINGS: dict[str, tuple] = {
     "no_loop_closure": ("graph", "loop_closure", True),
     "depth_every": ("outputs", "depth_every"), "out": ("outputs", "out"), "export": ("outputs", "export"),
     "viewer": ("viewer", "mode"), "rrd": ("viewer", "rrd"), "bind": ("viewer", "bind"), "port": ("viewer", "port"),
+    "rrd_depth": ("viewer", "depth_every"),
 }
 
 
@@ -166,6 +169,8 @@ def _check(config: RunConfig, args: argparse.Namespace) -> None:
         raise ReconError(f"--port sets the web viewer's port and needs --viewer serve (got --viewer {viewer.mode})")
     if out.export is not None and out.depth_every == 0:
         raise ReconError("--export takes the intrinsics and the points' observations from the kept depth; it needs --depth-every N > 0")
+    if viewer.depth_every < 0:
+        raise ReconError(f"--rrd-depth must be >= 0 (0: no depth images), got {viewer.depth_every}")
     if viewer.rrd is not None and Path(viewer.rrd).suffix.lower() != ".rrd":
         raise ReconError(f"--rrd must name a .rrd file, got {viewer.rrd!r}")
 
@@ -313,12 +318,11 @@ def run_command(args: argparse.Namespace) -> int:
 def _reconstruct(config: RunConfig, source: FrameSource, out: Path, model_opts: dict[str, object], input_spec: dict) -> int:
     from dataclasses import replace
 
-    from recon.datasets import source_notes
     from recon.datasets.base import length_hint
     from recon.models.base import model_factory, registration_for
 
     with signals_deferred():  # torch, GTSAM, the model's own libraries
-        from recon.pipeline import Pipeline, PipelineConfig, unplaced_frames_notes
+        from recon.pipeline import Pipeline, PipelineConfig
         from recon.viz import open_viewer
 
         model_class = model_factory(config.model.name)
@@ -332,18 +336,36 @@ def _reconstruct(config: RunConfig, source: FrameSource, out: Path, model_opts: 
         progress.update(state, len(voxel_map) if voxel_map is not None else 0)
 
     v = config.viewer
-    viewer = open_viewer(v.mode, Path(v.rrd) if v.rrd else None, bind=v.bind, port=v.port)
-    pipeline = Pipeline(source, model, out, pipeline_config, on_window=on_window, viewer=viewer, input_spec=input_spec,
-                        registration=registration_for(config.model.name), run_config=config)
-    # On a terminal, log lines go above the bar instead of through it.
-    with stop_on_signals(pipeline.request_stop) as stop, logging_redirect_tqdm() if progress.tty else nullcontext():
-        state = pipeline.run()
-    progress.close(state)
-    if stop.signum is not None:
-        print(f"recon: {'terminated' if stop.terminated else 'interrupted'}; outputs up to the last finished window are in {out}/",
-              file=sys.stderr)
-        return EXIT_TERMINATED if stop.terminated else EXIT_INTERRUPTED
-    # Every file is written before anything is printed: a closed stdout (`recon run ... | head`) costs the report only.
+    options = None
+    if v.mode != "none" or v.rrd:
+        from recon.viz.rerun_viewer import ViewerOptions
+
+        options = ViewerOptions(depth_every=v.depth_every, linger=v.mode == "serve")
+    viewer = open_viewer(v.mode, Path(v.rrd) if v.rrd else None, bind=v.bind, port=v.port, options=options)
+    try:
+        pipeline = Pipeline(source, model, out, pipeline_config, on_window=on_window, viewer=viewer, input_spec=input_spec,
+                            registration=registration_for(config.model.name), run_config=config)
+        # On a terminal, log lines go above the bar instead of through it.
+        with stop_on_signals(pipeline.request_stop) as stop, logging_redirect_tqdm() if progress.tty else nullcontext():
+            state = pipeline.run()
+        progress.close(state)
+        if stop.signum is not None:
+            print(f"recon: {'terminated' if stop.terminated else 'interrupted'}; outputs up to the last finished window are in {out}/",
+                  file=sys.stderr)
+            return EXIT_TERMINATED if stop.terminated else EXIT_INTERRUPTED
+        report(config, source, out, state)
+        viewer.linger()  # --viewer serve: the recording stays up until Ctrl-C
+        return 0
+    finally:
+        viewer.stop()
+
+
+def report(config: RunConfig, source: FrameSource, out: Path, state: RunState) -> None:
+    """The run's report, its evaluation against ground truth and its export. Every file is written before
+    anything is printed: a closed stdout (`recon run ... | head`) costs the report only."""
+    from recon.datasets import source_notes
+    from recon.pipeline import unplaced_frames_notes
+
     metrics = evaluate(out) if source.has_ground_truth and state.frames_written >= 3 else None
     for warning in [*state.warnings, *source_notes(source), *unplaced_frames_notes(state)]:
         print(f"recon: warning: {warning}", file=sys.stderr)
@@ -360,7 +382,6 @@ def _reconstruct(config: RunConfig, source: FrameSource, out: Path, model_opts: 
             import pycolmap  # noqa: F401
         scene = export_run(out, out / fmt, fmt, overwrite=True)
         print(f"  {fmt}: {len(scene.views)} images, poses and {len(scene.xyz)} points -> {out}/{fmt}/")
-    return 0
 
 
 def pace_line(out: Path) -> str:

@@ -254,3 +254,18 @@ def test_the_map_keeps_the_same_confident_pixels_as_the_interpolated_quantile() 
             for q in (0.0, 0.25, 0.5, 0.9, 1.0):
                 exact = values.double() >= torch.quantile(values.double(), q)
                 assert torch.equal(values >= _quantile_floor(values, q), exact), (n, q)
+
+
+def test_depth_edges_keep_slanted_planes_and_find_steps() -> None:
+    from recon.core import depth_edges
+
+    v, u = torch.meshgrid(torch.arange(40.0), torch.arange(60.0), indexing="ij")
+    road = 1.0 / (0.05 + 0.01 * v + 0.002 * u)  # a plane seen at a grazing angle: depth 3..20 over the image
+    assert not depth_edges(road[None], 0.1, 5).any()
+    step = torch.where(u < 30, torch.full_like(u, 5.0), torch.full_like(u, 20.0))
+    step[3, 7] = 0.0  # no depth
+    edges = depth_edges(step[None], 0.1, 5)[0]
+    assert edges[:, 28:32].all()  # the two columns either side of the step
+    edges[:, 28:32] = False
+    # the pixel without depth, and those whose neighbour two pixels away it is (the border rows have none above)
+    assert edges.nonzero().tolist() == [[3, 5], [3, 7], [3, 9], [5, 7]]

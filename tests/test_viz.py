@@ -68,7 +68,7 @@ def _view(k: int, map_calls: list[int] | None = None) -> WindowView:
         gt_cam_from_world=invert_rigid(gt_world_from_cam),
         alignment={"path": "sim3", "scale": 1.0 + 0.1 * k, "residual_rms": 0.01 * (k + 1), "inlier_share": 0.9, "num_correspondences": 100},
         stats={"fps": 10.0 + k, "rss_mb": 100.0, "peak_rss_mb": 120.0, "map_points": 500.0 * (k + 1),
-               "timings_s/infer": 0.5 * k, "model/kv_cache_bytes": 1e6 * k},
+               "window_s/infer": 0.5, "model/kv_cache_bytes": 1e6 * k},
         map_points=map_points,
     )
 
@@ -108,6 +108,17 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]
     return path, map_calls
 
 
+def test_a_recording_can_keep_every_nth_frames_depth(tmp_path: Path) -> None:
+    _log_all(tmp_path / "thin.rrd", map_interval_s=0.0, depth_every=2)
+    chunks, _ = _read(tmp_path / "thin.rrd")
+    entity = {e.lstrip("/"): c for e, c in chunks.items()}
+    assert 0 < sum(c.num_rows for c in entity[paths.DEPTH]) < NEW_FRAMES
+    assert sum(c.num_rows for c in entity[paths.RGB]) == NEW_FRAMES
+    _log_all(tmp_path / "none.rrd", map_interval_s=0.0, depth_every=0)
+    chunks, _ = _read(tmp_path / "none.rrd")
+    assert paths.DEPTH not in {e.lstrip("/") for e in chunks}
+
+
 def test_rrd_has_frames_windows_map_and_plots(recording: tuple[Path, list[int]]) -> None:
     path, map_calls = recording
     chunks, rows = _read(path)
@@ -132,7 +143,7 @@ def test_rrd_has_frames_windows_map_and_plots(recording: tuple[Path, list[int]])
     assert rows[("/" + paths.MAP, "Points3D:positions")] == WINDOWS
     # Per-window series (alignment, stats incl. grouped keys) and the window log.
     for series in ("plots/alignment/residual_rms", "plots/alignment/inlier_share", "plots/run/fps", "plots/run/rss_mb",
-                   "plots/run/map_points", "plots/timings_s/infer", "plots/model/kv_cache_bytes"):
+                   "plots/run/map_points", "plots/window_s/infer", "plots/model/kv_cache_bytes"):
         assert rows[("/" + series, "Scalars:scalars")] == WINDOWS, series
         assert any(c.is_static for c in entity[series]), f"{series}: no SeriesLines"
     assert rows[("/" + paths.WINDOW_LOG, "TextLog:text")] == WINDOWS
@@ -263,3 +274,27 @@ def test_recon_run_records_every_frame_and_window(tmp_path: Path) -> None:
     assert rows[("/" + paths.TRAJECTORY_GT, "LineStrips3D:strips")] >= 1  # the synthetic source has ground truth
     assert rows[("/" + paths.MAP, "Points3D:positions")] >= 1
     assert rows[("/plots/run/fps", "Scalars:scalars")] == windows
+
+
+def test_a_served_recording_stays_up_after_the_run_until_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    import rerun as rr
+
+    from recon.viz.rerun_viewer import RerunViewer, ViewerOptions
+
+    stopped: list[bool] = []
+    recording = rr.RecordingStream("test")
+    recording.set_sinks(rr.FileSink(str(tmp_path / "served.rrd")))
+    viewer = RerunViewer(recording, ViewerOptions(linger=True), cleanup=lambda: stopped.append(True))
+    viewer.log_window(_view(0, []))
+    viewer.close()  # the run's end: everything logged is delivered, the server stays
+    assert stopped == []
+
+    def ctrl_c(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("recon.viz.rerun_viewer.time.sleep", ctrl_c)
+    viewer.linger()
+    assert stopped == [True] and "keeps serving it until Ctrl-C" in capsys.readouterr().err
+    viewer.stop()  # the command's own `finally`: once is enough
+    assert stopped == [True]

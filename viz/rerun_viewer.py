@@ -57,6 +57,8 @@ class ViewerOptions:
     map_interval_s: float = 2.0  # the global map (a copy of up to millions of points) at most this often
     trajectory_points_max: int = 20_000  # vertices per trajectory strip (longer paths are strided)
     flush_timeout_s: float = 30.0
+    depth_every: int = 1  # every N-th frame's depth and confidence images (0: none): ~0.5 MB a frame of a recording
+    linger: bool = False  # close() keeps a served recording up: `linger()` serves until Ctrl-C, then stops
 
 
 # -- what crosses from the pipeline thread to the viewer thread ---------------------------------------------
@@ -155,6 +157,28 @@ class RerunViewer:
         self._thread = threading.Thread(target=self._serve, name="recon-viewer", daemon=True)
         self._thread.start()
 
+    def stop(self) -> None:
+        """Close the sinks (the file sink writes its footer) and stop what `cleanup` stops (a web viewer)."""
+        cleanup, self._cleanup = self._cleanup, None
+        try:
+            self._rec.disconnect()
+        finally:
+            if cleanup is not None:
+                cleanup()
+
+    def linger(self) -> None:
+        """After the run: a served recording stays up until Ctrl-C (or SIGTERM), so it can still be looked at."""
+        if self._cleanup is None:
+            return
+        print("recon: the run has ended; the web viewer keeps serving it until Ctrl-C", file=sys.stderr, flush=True)
+        try:
+            while True:
+                time.sleep(0.5)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (recon.cli.Terminated): what ends serving
+            pass
+        finally:
+            self.stop()
+
     # -- pipeline thread ----------------------------------------------------------------------------------
     def log_window(self, view: WindowView) -> None:
         if self._closed or self._failed:
@@ -181,7 +205,8 @@ class RerunViewer:
             self._queue.join()
 
     def close(self) -> None:
-        """Log what is queued, then flush and close the sinks (the .rrd is complete afterwards)."""
+        """Log what is queued, then flush and close the sinks (the .rrd is complete afterwards); with
+        `options.linger` and a server to keep (`cleanup`), flush only: `linger()` or `stop()` ends it."""
         if self._closed:
             return
         self._closed = True
@@ -189,10 +214,9 @@ class RerunViewer:
         self._thread.join()
         try:
             self._rec.flush(timeout_sec=self.options.flush_timeout_s)
-            self._rec.disconnect()  # ends the sinks: the file sink writes its footer
         finally:
-            if self._cleanup is not None:
-                self._cleanup()
+            if not (self.options.linger and self._cleanup is not None):
+                self.stop()
         if self.windows_dropped:
             logger.info("viewer: %d of %d windows were not shown (the viewer was behind)", self.windows_dropped, self.windows_seen)
 
@@ -317,10 +341,11 @@ class RerunViewer:
         rec.log(paths.IMAGE_PLANE, rr.Pinhole(image_from_camera=p.K[j], width=W, height=H,
                                               camera_xyz=rr.ViewCoordinates.RDF, image_plane_distance=self._plane_distance))
         rec.log(paths.RGB, rr.Image(p.images_rgb[j]).compress(jpeg_quality=self.options.jpeg_quality))
-        # float16 halves the recording's largest stream; ~0.05 % relative precision is plenty to look at.
-        depth = np.where(np.isfinite(p.depth[j]), np.clip(p.depth[j], 0.0, _F16_MAX), 0.0).astype(np.float16)
-        rec.log(paths.DEPTH, rr.DepthImage(depth, meter=1.0))
-        rec.log(paths.CONFIDENCE, rr.Image(_confidence_u8(p.conf[j], conf_top)))
+        if self.options.depth_every and p.frame_indices[j] % self.options.depth_every == 0:
+            # float16 halves the recording's largest stream; ~0.05 % relative precision is plenty to look at.
+            depth = np.where(np.isfinite(p.depth[j]), np.clip(p.depth[j], 0.0, _F16_MAX), 0.0).astype(np.float16)
+            rec.log(paths.DEPTH, rr.DepthImage(depth, meter=1.0))
+            rec.log(paths.CONFIDENCE, rr.Image(_confidence_u8(p.conf[j], conf_top)))
 
     def _log_trajectories(self, p: _WindowPacket) -> None:
         rr, rec = self._rr, self._rec
@@ -397,7 +422,7 @@ class RerunViewer:
 
 # -- small numeric helpers ------------------------------------------------------------------------------
 def stats_path(key: str) -> str:
-    """`fps` -> plots/run/fps; `timings_s/infer` -> plots/timings_s/infer (grouped keys keep their group)."""
+    """`fps` -> plots/run/fps; `window_s/infer` -> plots/window_s/infer (grouped keys keep their group)."""
     key = _entity_part(key)
     return f"{paths.PLOTS}/{key}" if "/" in key else f"{paths.RUN_PLOTS}/{key}"
 

@@ -36,7 +36,7 @@ class WindowView:
     world_from_window: Sim3  # the window's own frame -> world, as fitted by the alignment
     gt_cam_from_world: np.ndarray | None  # [S,4,4] ground truth in the source's world, when known
     alignment: dict[str, Any]  # path, scale, residual_rms, inlier_share, num_correspondences, time_ms
-    stats: dict[str, float]  # run-level series: fps, peak_rss_mb, map_points, timings_s/<stage>, ...
+    stats: dict[str, float]  # run-level series, this window's: fps, peak_rss_mb, map_points, window_s/<stage>, ...
     new_points: Callable[[int], np.ndarray] = field(repr=False, default=lambda stride: np.zeros((0, 0, 0, 3), np.float32))
     """(stride) -> world points [F,H',W',3] float32 of the `new` frames on every stride-th pixel (mapped on demand)."""
     map_points: Callable[[], tuple[np.ndarray, np.ndarray]] = field(repr=False, default=lambda: (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)))
@@ -53,6 +53,14 @@ class Viewer(Protocol):
 
     def close(self) -> None: ...
 
+    def linger(self) -> None:
+        """After the run's report: keep serving what was logged until interrupted, where the viewer serves."""
+        ...
+
+    def stop(self) -> None:
+        """Release everything close() kept (a served recording)."""
+        ...
+
 
 class NullViewer:
     """Viewing off."""
@@ -64,4 +72,10 @@ class NullViewer:
         pass
 
     def close(self) -> None:
+        pass
+
+    def linger(self) -> None:
+        pass
+
+    def stop(self) -> None:
         pass
