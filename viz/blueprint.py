@@ -32,7 +32,9 @@ def window_path(window: int) -> str:
 def default_blueprint() -> rrb.Blueprint:
     import rerun.blueprint as rrb
 
-    scene = rrb.Spatial3DView(name="Scene", origin=WORLD)
+    # The eye follows the current camera (an orbit about it): the view opens on where the run is, not zoomed out
+    # to the bounds of a map that may span kilometres.
+    scene = rrb.Spatial3DView(name="Scene", origin=WORLD, eye_controls=rrb.EyeControls3D(tracking_entity=CAMERA))
     frame_views = rrb.Vertical(
         rrb.Spatial2DView(name="Image", origin=IMAGE_PLANE, contents=["$origin/rgb"]),
         rrb.Spatial2DView(name="Depth", origin=IMAGE_PLANE, contents=["$origin/depth"]),
@@ -52,7 +54,7 @@ def default_blueprint() -> rrb.Blueprint:
         rrb.TimeSeriesView(name="Run (all)", origin=RUN_PLOTS),
     )
     stages = rrb.Tabs(
-        rrb.TimeSeriesView(name="Stage time (s)", origin=f"{PLOTS}/timings_s"),
+        rrb.TimeSeriesView(name="Stage time per window (s)", origin=f"{PLOTS}/window_s"),
         rrb.TimeSeriesView(name="Model", origin=f"{PLOTS}/model"),
         rrb.TimeSeriesView(name="All plots", origin=PLOTS),
     )
