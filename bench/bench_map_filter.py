@@ -1,12 +1,13 @@
-"""Map streaks: point-map accuracy and completeness with and without the depth-edge filter at fusion
-(`map.edge_jump_rel`; issue 14: accuracy must improve, completeness must not drop by more than 5%).
+"""Map streaks: point-map accuracy and completeness with and without a filter at fusion (`map.consistency_rel`,
+multi-view consistency, or `map.edge_jump_rel`, depth edges; issue 14: accuracy must improve, completeness must
+not drop by more than 5%).
 
 Each cell is one `recon run` on a rendered sequence (KITTI layout, exact depth), evaluated by the run itself
 against the ground-truth depth (`recon eval`'s point-map metrics: accuracy = distance from each map point to the
 ground-truth surface, completeness = from the ground truth to the map; means, in metres after the run's Sim(3)
-alignment). The two settings differ only in `map.edge_jump_rel` (a --config file each).
+alignment). The two settings differ only in one map setting (--filter; a --config file each).
 
-Run: .venv/bin/python bench/bench_map_filter.py [--scenes street room] [--seeds 1 2] [--frames 90]"""
+Run: .venv/bin/python bench/bench_map_filter.py [--scenes street room] [--seeds 1 2] [--frames 90] [--filter consistency_rel=0.05]"""
 
 from __future__ import annotations
 
@@ -28,10 +29,13 @@ def main() -> int:
     ap.add_argument("--scenes", nargs="+", default=["street", "room"], choices=sorted(SIZES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--frames", type=int, default=90)
+    ap.add_argument("--filter", default="consistency_rel=0.05", metavar="SETTING=VALUE",
+                    help="the map setting compared with the default (default consistency_rel=0.05; or edge_jump_rel=0.1)")
     args = ap.parse_args()
+    key, value = args.filter.split("=", 1)
     from recon.datasets.synthetic import render_sequence
 
-    settings = {"no filter (default)": {}, "edge filter 0.1": {"map": {"edge_jump_rel": 0.1}}}
+    settings = {"no filter (default)": {}, args.filter: {"map": {key: float(value)}}}
     rows = []
     for scene in args.scenes:
         for seed in args.seeds:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import signal
 import sys
@@ -123,7 +124,8 @@ def load_run_config(args: argparse.Namespace) -> RunConfig:
     config = run_config(file_settings, flag_settings(args))
     if config.source.path is None:
         raise ReconError("no source: name one (recon run SOURCE) or give --config FILE with a source.path")
-    return config
+    # A file's source path, like the flag's, is recorded absolute: `recon eval` and `export` reopen it from anywhere.
+    return dataclasses.replace(config, source=dataclasses.replace(config.source, path=_recorded_source(config.source.path)))
 
 
 def _overlap(config: RunConfig) -> int:

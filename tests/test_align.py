@@ -586,3 +586,20 @@ def test_a_loose_scale_source_sides_with_the_tight_one_it_agrees_with() -> None:
     # All agreeing: all kept; two tight sources alone that disagree: the tighter one.
     assert sorted(_consistent_sources({"a": (0.0, 0.01), "b": (0.01, 0.01), "c": (0.0, 0.1)}, 3.0)) == ["a", "b", "c"]
     assert _consistent_sources({"a": (0.0, 0.005), "b": (0.3, 0.02)}, 3.0) == ["a"]
+
+
+def test_only_depth_another_view_confirms_is_fused(scene: Scene) -> None:
+    from recon.core import consistent_in_neighbours
+
+    pred = make_window(scene, list(range(8)), Sim3(1.5))
+    # A streak: frame 4 puts a block of pixels 30% too far (a blend no other view sees), points and depth alike.
+    centre = torch.tensor(invert_rigid(pred.cam_from_world[4].double().numpy())[:3, 3], dtype=torch.float32)
+    block = (4, slice(10, 20), slice(30, 50))
+    pred.depth[block] *= 1.3
+    pred.points[block] = centre + 1.3 * (pred.points[block] - centre)
+    world = align_window(None, pred, 2, AlignConfig())
+    ok = consistent_in_neighbours(world, pred.K, slice(0, 8), 1, 0.05, (-3, 3))
+    assert ok[block].float().mean() < 0.05
+    rest = ok.clone()
+    rest[block] = True
+    assert rest.float().mean() > 0.85  # the true surfaces, less what leaves the neighbours' view or hides behind a nearer one
