@@ -282,7 +282,9 @@ def pointmap_metrics(run_dir: Path, g: GeometryInputs, metric: bool) -> dict[str
         return "the run wrote no map.ply"
     if len(g.frame_indices) < 3:
         return f"need >= 3 frames with ground-truth depth to place the map, have {len(g.frame_indices)}"
-    est_xyz = read_ply_xyz(ply)
+    from recon.fusion import read_map_ply
+
+    est_xyz = read_map_ply(ply)[0].astype(np.float64)
     gt_world_from_cam = invert_rigid(g.gt_cam_from_world)
     gt_xyz = np.concatenate([backproject(d, K, T, stride=2) for d, K, T in zip(g.gt_depth, g.K, gt_world_from_cam)])
     # The map is in run units and the run's world: the kept frames' poses place it in the ground truth's
@@ -292,13 +294,6 @@ def pointmap_metrics(run_dir: Path, g: GeometryInputs, metric: bool) -> dict[str
     # 1% of the median depth: the map's own default voxel, so neither cloud is judged below its resolution.
     r = evaluate_pointmap(est_xyz, gt_xyz, init, voxel_size=0.01 * median_depth, with_scale=not metric)
     return {k: v for k, v in asdict(r).items() if isinstance(v, (int, float, str))}
-
-
-def read_ply_xyz(path: Path) -> np.ndarray:
-    import open3d as o3d
-
-    cloud = o3d.io.read_point_cloud(str(path))
-    return np.asarray(cloud.points, dtype=np.float64)
 
 
 # -- report -------------------------------------------------------------------------------------------

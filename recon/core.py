@@ -51,7 +51,7 @@ class MapConfig:
     conf_quantile: float = 0.5  # fuse pixels at or above this quantile of the window's confidence
     # Depth edges (depth_edges): where a model's depth blends two surfaces; fused, such pixels are the streaks
     # between foreground and background. Off by default: bench/bench_map_filter.py finds 0.1 about neutral on
-    # the synthetic street and room (accuracy -0.5..-1%, completeness within the ICP's run-to-run noise).
+    # the synthetic street and room (accuracy -0.3..-0.6%, completeness within the ICP's run-to-run noise).
     edge_jump_rel: float | None = None
     edge_window_px: int = 5
     # Multi-view consistency (consistent_in_neighbours): a pixel is fused only where its point lands, in one of

@@ -173,13 +173,14 @@ def _write_images(summary: dict[str, Any], views: list[View], folder: Path, imag
     options = {k: v for k, v in spec.items() if k not in ("source", "kind") and v is not None}
     source = open_source(spec["source"], kind=spec.get("kind"), **options)
     wanted = {v.frame_index: v for v in views}
+    last = max(wanted)
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if image_format == "jpg" else []
     written = 0
     with tqdm(total=len(wanted), unit="image", desc="export", disable=None, dynamic_ncols=True) as bar:
         for frame in source:
             view = wanted.get(frame.index)
             if view is None:
-                if frame.index > max(wanted):
+                if frame.index > last:
                     break
                 continue
             if tuple(frame.hw) != tuple(view.hw):
