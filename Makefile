@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: test demo setup syslibs bench clean
+.PHONY: test demo setup syslibs bench chromium screenshot clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,18 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Debian's Chromium, only for the viewer screenshot (bench/screenshot_viewer.py): recon itself never needs it.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "the screenshot needs Chromium; run: sudo apt-get install -y chromium"; exit 1; fi; }
+
+screenshot: $(STAMP) chromium
+	$(PY) -m pip install --quiet -e '.[dev,screenshot]'
+	$(PY) bench/screenshot_viewer.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_out

@@ -30,17 +30,19 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _ground_plane_axes(gt_xyz: np.ndarray) -> tuple[int, int]:
-    """The two world axes the ground-truth path spreads over most: a top view for a driving car (x-z in
-    camera-style worlds) and a sensible view for anything else."""
-    spread = np.ptp(gt_xyz, axis=0) if len(gt_xyz) else np.ones(3)
-    a, b = sorted(np.argsort(spread)[-2:])
-    return int(a), int(b)
+def ground_plane_axes(gt_world_from_cam: np.ndarray) -> tuple[int, int]:
+    """The two world axes of a top view: all but the one nearest the cameras' mean up (-y, OpenCV axes). A
+    camera-style world (KITTI: y down) gives x-z, a z-up world (TUM) x-y, whatever the path; the axes the
+    path spreads over most would show a straight drive from the side."""
+    up = -np.asarray(gt_world_from_cam)[:, :3, 1].mean(axis=0) if len(gt_world_from_cam) else np.array([0.0, -1.0, 0.0])
+    a, b = (k for k in range(3) if k != int(np.argmax(np.abs(up))))
+    return a, b
 
 
-def plot_trajectory_top_view(est_xyz: np.ndarray, gt_xyz: np.ndarray, path: Path, title: str = "", unit: str = "m") -> Path:
-    """Estimated camera centres (already aligned to ground truth) [N,3] beside ground truth [N,3]."""
-    a, b = _ground_plane_axes(gt_xyz)
+def plot_trajectory_top_view(est_xyz: np.ndarray, gt_world_from_cam: np.ndarray, path: Path, title: str = "", unit: str = "m") -> Path:
+    """Estimated camera centres (already aligned to ground truth) [N,3] beside the ground truth's [N,4,4]."""
+    gt_xyz = np.asarray(gt_world_from_cam)[:, :3, 3]
+    a, b = ground_plane_axes(gt_world_from_cam)
     fig = _figure(6.5, 6.0)
     ax = fig.add_subplot()
     ax.plot(gt_xyz[:, a], gt_xyz[:, b], "-", color="0.35", lw=2.0, label="ground truth")

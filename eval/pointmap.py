@@ -1,5 +1,7 @@
 """Point-map accuracy against a ground-truth cloud: ICP-refined alignment, then accuracy (est -> gt
-nearest-neighbour distance), completeness (gt -> est), Chamfer and normal consistency.
+nearest-neighbour distance), completeness (gt -> est), Chamfer, normal consistency, and precision / recall /
+F-score at a distance threshold (Tanks and Temples): the shares of points within it, which a few far
+outliers or a few uncovered ground-truth points cannot dominate the way they do the means.
 
 Both clouds are voxel-downsampled first, which keeps the cost bounded and evens out density: distances
 are then only meaningful down to about the voxel size."""
@@ -32,6 +34,10 @@ class PointMapMetrics:
     chamfer: float  # (accuracy_mean + completeness_mean) / 2
     normal_consistency: float  # mean |n_est . n_gt| of nearest pairs, both directions averaged; 1 = perfect
     normal_consistency_median: float
+    threshold: float  # distance for precision / recall, ground-truth units
+    precision: float  # share of est points within `threshold` of the ground truth
+    recall: float  # share of gt points within `threshold` of the estimate
+    fscore: float  # harmonic mean of precision and recall
     gt_from_est: Sim3  # the final alignment (ICP refinement composed with the initial one)
     voxel_size: float  # 0 = not downsampled
     icp: IcpMethod
@@ -125,6 +131,7 @@ def evaluate_pointmap(
     with_scale: bool = True,
     icp_max_iterations: int = 30,
     normal_knn: int = 20,
+    threshold_voxels: float = 5.0,
 ) -> PointMapMetrics:
     """Compare an estimated cloud [N,3] with a ground-truth cloud [M,3] in ground-truth units.
 
@@ -132,7 +139,8 @@ def evaluate_pointmap(
     voxel-downsampled to `voxel_size` (None: 1/200 of the ground truth's bounding-box diagonal; 0: not
     downsampled), then ICP refines the alignment: point-to-point with scale (`with_scale`, for
     up-to-scale maps) or point-to-plane (rigid), correspondences up to `icp_max_distance` (default 10
-    voxels, or 10 point spacings without downsampling)."""
+    voxels, or 10 point spacings without downsampling). Precision and recall count distances within
+    `threshold_voxels` voxels (point spacings without downsampling)."""
     est = np.asarray(est_points, dtype=np.float64).reshape(-1, 3)
     gt = np.asarray(gt_points, dtype=np.float64).reshape(-1, 3)
     if len(est) < normal_knn or len(gt) < normal_knn:
@@ -156,6 +164,8 @@ def evaluate_pointmap(
     comp, comp_idx = cKDTree(est_down).query(gt_down)
     nc_acc = np.abs(np.sum(n_est * n_gt[acc_idx], axis=1))
     nc_comp = np.abs(np.sum(n_gt * n_est[comp_idx], axis=1))
+    threshold = threshold_voxels * _resolution(gt_down, voxel_size)
+    precision, recall = float(np.mean(acc <= threshold)), float(np.mean(comp <= threshold))
     return PointMapMetrics(
         accuracy_mean=float(acc.mean()),
         accuracy_median=float(np.median(acc)),
@@ -164,6 +174,10 @@ def evaluate_pointmap(
         chamfer=float(0.5 * (acc.mean() + comp.mean())),
         normal_consistency=float(0.5 * (nc_acc.mean() + nc_comp.mean())),
         normal_consistency_median=float(0.5 * (np.median(nc_acc) + np.median(nc_comp))),
+        threshold=threshold,
+        precision=precision,
+        recall=recall,
+        fscore=2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0,
         gt_from_est=gt_from_est,
         voxel_size=float(voxel_size),
         icp=icp,

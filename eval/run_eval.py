@@ -272,7 +272,10 @@ def depth_metrics(g: GeometryInputs, align: str, max_depth: float | None) -> tup
     }, ev
 
 
-def pointmap_metrics(run_dir: Path, g: GeometryInputs, metric: bool) -> dict[str, Any] | str:
+def pointmap_metrics(run_dir: Path, g: GeometryInputs, metric: bool, icp: str = "point_to_point") -> dict[str, Any] | str:
+    """Point-map metrics of the run's map.ply against the ground-truth depth of the sampled frames, in the
+    ground truth's world: placed by the kept frames' poses, then refined by `icp` ("none": the poses alone,
+    so runs with one trajectory and different maps are compared on their maps only)."""
     from recon.eval.pointmap import backproject, evaluate_pointmap
     from recon.geometry import invert_rigid
     from recon.kernels.umeyama import sim3_from_poses
@@ -292,7 +295,7 @@ def pointmap_metrics(run_dir: Path, g: GeometryInputs, metric: bool) -> dict[str
     init = sim3_from_poses(invert_rigid(g.est_cam_from_world), gt_world_from_cam, with_scale=not metric)
     median_depth = float(np.median(np.concatenate([d[d > 0] for d in g.gt_depth])))
     # 1% of the median depth: the map's own default voxel, so neither cloud is judged below its resolution.
-    r = evaluate_pointmap(est_xyz, gt_xyz, init, voxel_size=0.01 * median_depth, with_scale=not metric)
+    r = evaluate_pointmap(est_xyz, gt_xyz, init, voxel_size=0.01 * median_depth, icp=icp, with_scale=not metric)
     return {k: v for k, v in asdict(r).items() if isinstance(v, (int, float, str))}
 
 
@@ -335,6 +338,8 @@ def format_table(metrics: dict[str, Any]) -> str:
     if isinstance(p, dict):
         rows.append(("point map: accuracy / completeness", f"mean {_f(p['accuracy_mean'])} / {_f(p['completeness_mean'])}, "
                                                            f"median {_f(p['accuracy_median'])} / {_f(p['completeness_median'])}"))
+        rows.append(("point map: precision / recall / F", f"{_f(p['precision'], '.3f')} / {_f(p['recall'], '.3f')} / {_f(p['fscore'], '.3f')} "
+                                                          f"within {_f(p['threshold'])}"))
         rows.append(("point map: Chamfer / normal consistency", f"{_f(p['chamfer'])} / {_f(p['normal_consistency'], '.3f')}"))
     else:
         rows.append(("point map", f"not evaluated: {metrics.get('pointmap_skipped', 'no ground-truth depth')}"))
@@ -374,7 +379,7 @@ def write_plots(run_dir: Path, pair: PairedTrajectory, ate: ATE, geometry: Geome
     est_in_gt = ate.gt_from_est.apply_to_world_from_cam(pair.est_world_from_cam)
     joins, fallbacks = window_marks(run_dir, read_summary(run_dir), float(pair.time_s[0]))
     written = [
-        plot_trajectory_top_view(est_in_gt[:, :3, 3], pair.gt_world_from_cam[:, :3, 3], folder / "trajectory_top.png",
+        plot_trajectory_top_view(est_in_gt[:, :3, 3], pair.gt_world_from_cam, folder / "trajectory_top.png",
                                  f"ATE RMSE {ate.rmse:.3g} {unit} ({ate.rmse_percent_of_length:.2f}% of path)", unit),
         plot_error_over_time(pair.time_s - pair.time_s[0], {"position error": ate.position_errors}, folder / "ate_over_time.png",
                              f"position error ({unit})", "absolute trajectory error after alignment", joins, fallbacks),

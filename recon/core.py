@@ -48,17 +48,21 @@ class MapConfig:
     voxel: float | None = None  # run units; None: 1% of the first window's median depth
     max_points: int = 1_000_000
     pixel_stride: int = 2
-    conf_quantile: float = 0.5  # fuse pixels at or above this quantile of the window's confidence
+    conf_quantile: float = 0.5  # fuse pixels at or above this quantile of the window's confidence (> 0)
     # Depth edges (depth_edges): where a model's depth blends two surfaces; fused, such pixels are the streaks
     # between foreground and background. Off by default: bench/bench_map_filter.py finds 0.1 about neutral on
     # the synthetic street and room (accuracy -0.3..-0.6%, completeness within the ICP's run-to-run noise).
     edge_jump_rel: float | None = None
     edge_window_px: int = 5
-    # Multi-view consistency (consistent_in_neighbours): a pixel is fused only where its point lands, in one of
-    # the frames `consistency_offsets` away in the same window, on depth that agrees within consistency_rel.
-    # Depth no other view confirms (a textureless background, a blend across an edge) stays out. Off by default:
-    # on bench/bench_map_filter.py's street, 0.05 improved accuracy 16% but cost 25% completeness, 0.15 6% for 18%.
-    consistency_rel: float | None = None
+    # Multi-view consistency (consistent_in_neighbours): a pixel is fused only where one of the frames
+    # `consistency_offsets` away in the same window confirms its depth: within consistency_px of reprojection
+    # error (model pixels) or consistency_rel of relative depth; pixels in no such frame's view are kept unless
+    # far beyond the frame's median depth.
+    # Depth other views contradict (a blend across an edge, depth interpolated over a blank background) stays
+    # out. bench/bench_map_filter.py: street accuracy -15%, recall -2..-3%, room unchanged; temple's points
+    # off the object 15% -> 5%. None: off.
+    consistency_px: float | None = 1.0
+    consistency_rel: float = 0.05
     consistency_offsets: tuple[int, ...] = (-3, 3)
 
 
@@ -120,6 +124,7 @@ class CoreUpdate:
     trajectory: list[FramePose] | None = None
     moved: dict[int, Sim3] = field(default_factory=dict)
     loop: dict[str, Any] | None = None
+    fused_conf: torch.Tensor | None = None  # [F,H',W'] the new frames' pixels on the map's stride: confidence fused, 0 = left out
 
 
 @dataclass
@@ -207,11 +212,11 @@ class Reconstruction:
         world = place_window(pred, fit, self._estimates[k])  # the one full-resolution pass over the points
         self.timings_s["map"] += time.perf_counter() - t
         final = self._record(k, world, window_from_cam, meta, shared)
-        self._fuse(k, world, colors, slice(shared, len(world)), moved, before, pred.K)
+        fused_conf = self._fuse(k, world, colors, slice(shared, len(world)), moved, before, pred.K)
         self._last = world
         earlier = self._frames[: len(self._frames) - len(final)]
         trajectory = [self._pose(f) for f in earlier] if moved else None
-        return CoreUpdate(k, world, slice(shared, len(world)), final, trajectory, moved, loop)
+        return CoreUpdate(k, world, slice(shared, len(world)), final, trajectory, moved, loop, fused_conf)
 
     def finish(self) -> list[tuple[int, FramePose]]:
         """The last window's tail becomes final: (position in the last window, pose)."""
@@ -375,9 +380,9 @@ class Reconstruction:
         return None
 
     def _fuse(self, k: int, world: AlignedWindow, colors: np.ndarray, new: slice, moved: dict[int, Sim3],
-              before: dict[int, Sim3], K: torch.Tensor | None = None) -> None:
+              before: dict[int, Sim3], K: torch.Tensor | None = None) -> torch.Tensor:
         """The window's more confident new pixels on a grid go into the map under its id; a loop correction
-        first moves every voxel of the windows that moved."""
+        first moves every voxel of the windows that moved. Returns the confidence fused per pixel (0: left out)."""
         t = time.perf_counter()
         cfg = self.config.map
         if self.map is None:
@@ -387,15 +392,26 @@ class Reconstruction:
         world_from_cam = invert_rigid(world.cam_from_world.double().numpy())
         s = cfg.pixel_stride
         conf = world.conf[new, ::s, ::s]
-        if conf.numel():
-            keep = conf >= _quantile_floor(conf, cfg.conf_quantile)
+        keep = confident_pixels(conf, cfg.conf_quantile)
+        if keep.any():
             if cfg.edge_jump_rel is not None:
                 keep &= ~depth_edges(world.depth[new], cfg.edge_jump_rel, cfg.edge_window_px)[:, ::s, ::s]
-            if cfg.consistency_rel is not None and K is not None:
-                keep &= consistent_in_neighbours(world, K, new, s, cfg.consistency_rel, cfg.consistency_offsets)
+            if cfg.consistency_px is not None and K is not None:
+                keep &= consistent_in_neighbours(world, K, new, s, cfg.consistency_px, cfg.consistency_offsets, cfg.consistency_rel)
             conf = torch.where(keep, conf, torch.zeros_like(conf))
         self.map.integrate(world.world_points(new, s), colors[new, ::s, ::s], conf, camera_centre=world_from_cam[-1, :3, 3], window=k)
         self.timings_s["map"] += time.perf_counter() - t
+        return conf
+
+
+def confident_pixels(conf: torch.Tensor, q: float) -> torch.Tensor:
+    """[...] bool: pixels at or above the q-quantile of the positive confidences. Pixels with none have no
+    depth: counted in, a window half sky or blank background (a classical model's) would put the quantile at
+    zero and fuse every guess."""
+    valid = conf[conf > 0]
+    if not valid.numel():
+        return torch.zeros_like(conf, dtype=torch.bool)
+    return conf >= _quantile_floor(valid, q)
 
 
 def depth_edges(depth: torch.Tensor, jump_rel: float, window_px: int) -> torch.Tensor:
@@ -415,31 +431,54 @@ def depth_edges(depth: torch.Tensor, jump_rel: float, window_px: int) -> torch.T
     return edge
 
 
-def consistent_in_neighbours(world: AlignedWindow, K: torch.Tensor, new: slice, stride: int, rel: float,
-                             offsets: tuple[int, ...]) -> torch.Tensor:
-    """[F,H',W'] bool for the `new` frames on every stride-th pixel: the pixel's point, seen from at least one
-    frame `offsets` away in the window, lies within `rel` (relative) of that frame's depth there. K [S,3,3]
-    model pixels; frames without such a neighbour keep all their pixels."""
+def consistent_in_neighbours(world: AlignedWindow, K: torch.Tensor, new: slice, stride: int, max_px: float,
+                             offsets: tuple[int, ...], max_rel: float, unseen_max_depth: float = 2.0) -> torch.Tensor:
+    """[F,H',W'] bool for the `new` frames on every stride-th pixel: no frame `offsets` away in the window
+    contradicts the pixel's depth. COLMAP's geometric consistency (its stereo fusion): project the point into
+    the partner, lift the pixel it lands on with the partner's depth, project that back; it confirms the
+    depth where it lands within max_px of the point's own projection (a far surface, whose depth two views
+    pin down loosely, still lands close: its error is small in pixels, the unit its depth was measured in), or
+    where the two depths agree within max_rel (a near surface, seen with a wide parallax, moves many pixels
+    for a small depth error). A blend across a depth edge, or depth interpolated over a blank background,
+    is confirmed by no partner that sees it, nor is a point that lands where the partner has no depth (a
+    blank background seen through it). Kept: pixels some partner confirms, and those in no partner's view
+    (nothing says anything about them) within unseen_max_depth x the frame's median depth; a streak that runs
+    off into the distance leaves every partner's view too. K [S,3,3] model pixels (centres at integers)."""
     S, H, W = world.depth.shape
     first, stop, _ = new.indices(S)
     points = world.world_points(new, stride)  # [F,h,w,3]
     T = world.cam_from_world.to(points.dtype)
+    Kf = K.to(points.dtype)
     out = torch.zeros(points.shape[:3], dtype=torch.bool, device=points.device)
+    unseen = torch.ones_like(out)  # in no partner's view: nothing to confirm or contradict it
     for f, i in enumerate(range(first, stop)):
         partners = [i + o for o in offsets if 0 <= i + o < S]
-        if not partners:
-            out[f] = True
-            continue
+        uv_i = _project(points[f] @ T[i, :3, :3].T + T[i, :3, 3], Kf[i])  # [h,w,2]
         for j in partners:
-            p = points[f] @ T[j, :3, :3].T + T[j, :3, 3]  # [h,w,3] camera j
-            z = p[..., 2]
-            uvw = p @ K[j].to(p.dtype).T
-            u = torch.round(uvw[..., 0] / z.clamp_min(1e-12)).long()
-            v = torch.round(uvw[..., 1] / z.clamp_min(1e-12)).long()
-            inside = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-            d = world.depth[j][v.clamp(0, H - 1), u.clamp(0, W - 1)]
-            out[f] |= inside & (d > 0) & ((z - d).abs() <= rel * z)
-    return out
+            p_j = points[f] @ T[j, :3, :3].T + T[j, :3, 3]  # [h,w,3] in camera j
+            uv_j = _project(p_j, Kf[j])  # lifted along its own ray, with the depth of the nearest pixel: no rounding error
+            u, v = torch.round(uv_j[..., 0]).long(), torch.round(uv_j[..., 1]).long()
+            inside = (p_j[..., 2] > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+            d = world.depth[j][v.clamp(0, H - 1), u.clamp(0, W - 1)]  # [h,w]
+            ray = torch.stack([(uv_j[..., 0] - Kf[j, 0, 2]) / Kf[j, 0, 0], (uv_j[..., 1] - Kf[j, 1, 2]) / Kf[j, 1, 1],
+                               torch.ones_like(d)], dim=-1)
+            lifted_j = ray * d[..., None]  # camera j
+            R_ij = T[i, :3, :3] @ T[j, :3, :3].T  # camera j -> camera i
+            t_ij = T[i, :3, 3] - R_ij @ T[j, :3, 3]
+            back = _project(lifted_j @ R_ij.T + t_ij, Kf[i])
+            agree = ((back - uv_i).norm(dim=-1) <= max_px) | ((p_j[..., 2] - d).abs() <= max_rel * d)
+            out[f] |= inside & (d > 0) & agree
+            unseen[f] &= ~inside
+    z = world.depth[first:stop, ::stride, ::stride]
+    near = torch.stack([d <= unseen_max_depth * d[d > 0].median() if bool((d > 0).any()) else d > 0 for d in z])
+    return out | (unseen & near)
+
+
+def _project(p_cam: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """[...,3] camera points -> [...,2] pixels (behind the camera: far off the image)."""
+    z = p_cam[..., 2:3]
+    uv = p_cam[..., :2] / z.clamp_min(1e-12) * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
+    return torch.where(z > 0, uv, torch.full_like(uv, -1e9))
 
 
 def carried_frames(pred: WindowPrediction, overlap: int) -> int:

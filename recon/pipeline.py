@@ -156,7 +156,7 @@ class Pipeline:
         self._t0 = 0.0
         self._gt_writer: TrajectoryWriter | None = None
         self._last_pred: WindowPrediction | None = None
-        self._last_view: tuple[float, int, dict[str, float]] = (0.0, 0, {})  # (time, frames read, timings) at the last window shown
+        self._last_view: tuple[float, int, dict[str, float]] = (0.0, 0, {})  # (time, frames placed, timings) at the last window shown
 
     # -- the run, top to bottom ------------------------------------------------------------------
     def run(self) -> RunState:
@@ -401,11 +401,12 @@ class Pipeline:
     def _window_view(self, item: _Window, update: CoreUpdate) -> WindowView:
         st, voxel_map, aligned, new = self.state, self.core.map, update.aligned, update.new
         assert voxel_map is not None  # made by the first window
-        # Per window, not since the start: a plot of running totals hides a slow stretch behind the past.
+        # Per window, not since the start: a plot of running totals hides a slow stretch behind the past. Frames
+        # placed, not read: the reader runs ahead into a queue, and a short source is all read long before the end.
         now, (t_last, frames_last, timings_last) = time.perf_counter(), self._last_view
-        self._last_view = (now, st.frames_read, dict(st.timings_s))
+        self._last_view = (now, st.frames_written, dict(st.timings_s))
         stats: dict[str, float] = {
-            "fps": (st.frames_read - frames_last) / (now - t_last) if now > t_last else 0.0,
+            "fps": (st.frames_written - frames_last) / (now - t_last) if now > t_last else 0.0,
             "rss_mb": rss_mb(),
             "peak_rss_mb": peak_rss_mb(),
             "map_points": float(len(voxel_map)),
@@ -423,6 +424,8 @@ class Pipeline:
             images_rgb=item.colors,
             depth=aligned.depth.cpu().numpy(),
             conf=aligned.conf.cpu().numpy(),
+            fused_conf=None if update.fused_conf is None else update.fused_conf.cpu().numpy(),
+            fused_stride=self.config.core.map.pixel_stride,
             new_points=lambda stride: aligned.world_points(new, stride).cpu().numpy(),
             cam_from_world=aligned.cam_from_world.double().cpu().numpy(),
             K=item.pred.K.double().cpu().numpy(),
@@ -509,8 +512,15 @@ def _is_out_of_memory(e: BaseException) -> bool:
 
 
 def _brief(diag: dict[str, Any]) -> dict[str, Any]:
-    keys = ("path", "scale", "residual_rms", "inlier_share", "num_correspondences", "time_ms", "warnings")
-    return {k: diag[k] for k in keys if k in diag}
+    """The window's join in a few numbers: how it was fitted, its scale, and the seam: how far the shared
+    cameras, mapped by the fit, land from the map's copies (degrees; centre distance / scene depth)."""
+    keys = ("path", "scale", "num_correspondences", "time_ms", "warnings")
+    brief = {k: diag[k] for k in keys if k in diag}
+    seam = diag.get("overlap_pose_error") or {}
+    if "rotation_deg" in seam:
+        brief["seam_rotation_deg"] = seam["rotation_deg"]
+        brief["seam_offset_rel"] = seam["centre_rel"]
+    return brief
 
 
 def scale_note(model: object, source: object) -> dict[str, Any]:

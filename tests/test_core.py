@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from recon.core import CoreConfig, GraphConfig, Reconstruction, _quantile_floor, carried_frames
+from recon.core import CoreConfig, GraphConfig, Reconstruction, _quantile_floor, carried_frames, confident_pixels
 from recon.datasets.synthetic import SyntheticSource
 from recon.eval.trajectory import absolute_trajectory_error
 from recon.geometry import invert_rigid
@@ -254,6 +254,15 @@ def test_the_map_keeps_the_same_confident_pixels_as_the_interpolated_quantile() 
             for q in (0.0, 0.25, 0.5, 0.9, 1.0):
                 exact = values.double() >= torch.quantile(values.double(), q)
                 assert torch.equal(values >= _quantile_floor(values, q), exact), (n, q)
+
+
+def test_the_map_takes_the_confident_half_of_the_pixels_with_depth() -> None:
+    # Two thirds of the window without depth (sky, a blank background): the quantile is over the rest.
+    conf = torch.zeros(3, 30, 40)
+    conf[:, :10] = torch.linspace(0.01, 1.0, 3 * 10 * 40).reshape(3, 10, 40)
+    keep = confident_pixels(conf, 0.5)
+    assert not keep[:, 10:].any() and keep.sum() == 600 and bool((conf[keep] >= 0.5).all())
+    assert not confident_pixels(torch.zeros(2, 4, 4), 0.5).any()
 
 
 def test_depth_edges_keep_slanted_planes_and_find_steps() -> None:

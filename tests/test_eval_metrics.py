@@ -371,6 +371,9 @@ def test_pointmap_with_a_missing_half_is_incomplete_but_accurate() -> None:
     m = evaluate_pointmap(est, gt, voxel_size=0.02)
     assert m.accuracy_mean < 0.02 and m.completeness_mean > 0.5 and m.completeness_median > 0.3
     assert m.chamfer > 0.25 and m.voxel_size == 0.02 and m.num_gt < 40_000
+    # Shares within 5 voxels: every estimated point is on the surface, about half the surface is covered.
+    assert m.threshold == pytest.approx(0.1) and m.precision == 1.0 and 0.3 < m.recall < 0.6
+    assert m.fscore == pytest.approx(2 * m.recall / (1 + m.recall))
 
 
 def test_pointmap_default_voxel_is_relative_to_the_scene() -> None:

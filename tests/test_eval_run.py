@@ -190,3 +190,15 @@ def test_the_error_plot_marks_window_joins_and_fallback_windows(tmp_path: Path) 
                              {"frames": [16, 27], "path": "pose_fallback"}, {"frames": [24, 35], "path": "joint"}]}
     joins, fallbacks = window_marks(tmp_path, summary, 0.0)
     assert joins == pytest.approx([0.8, 1.6, 2.4]) and fallbacks == [pytest.approx((1.6, 2.7))]
+
+
+def test_the_top_view_looks_down_on_a_straight_drive_whatever_the_world_convention() -> None:
+    from recon.eval.plots import ground_plane_axes
+
+    # A straight drive along z in a camera-style world (y down): spread only along z, yet the view is x-z.
+    drive = np.repeat(np.eye(4)[None], 20, axis=0)
+    drive[:, 2, 3] = np.arange(20.0)
+    assert ground_plane_axes(drive) == (0, 2)
+    # The same cameras in a z-up world (TUM-like: camera y = -world z): x-y.
+    z_up = np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
+    assert ground_plane_axes(z_up @ drive) == (0, 1)

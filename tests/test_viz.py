@@ -27,6 +27,28 @@ WINDOW, OVERLAP, WINDOWS = 4, 1, 3
 NEW_FRAMES = WINDOW + (WINDOWS - 1) * (WINDOW - OVERLAP)  # 10
 
 
+def test_window_points_are_the_pixels_the_map_fused(tmp_path: Path) -> None:
+    # The map left out the left half of every new frame (its filters): the view must not show it either.
+    from dataclasses import replace
+
+    view = _view(1)
+    F = view.new.stop - view.new.start
+    fused = np.zeros((F, H // 2, W // 2), np.float32)
+    fused[:, :, W // 4:] = 1.0
+    viewer = open_viewer("none", rrd=tmp_path / "f.rrd")
+    viewer.log_window(replace(view, fused_conf=fused, fused_stride=2))
+    viewer.close()
+    chunks, _ = _read(tmp_path / "f.rrd")
+    (chunk,) = chunks["/" + paths.window_path(1)]
+    local = np.array(chunk.to_record_batch().column("Points3D:positions")[0].as_py())
+    world = view.world_from_window.apply(local.astype(np.float64))
+    kept = view.new_points(2)[:, :, W // 4:].reshape(-1, 3)
+    left_out = view.new_points(2)[:, :, : W // 4].reshape(-1, 3)
+    assert len(local) > 0
+    assert np.min(np.linalg.norm(world[:, None] - kept[None], axis=2), axis=1).max() < 1e-4  # each a fused pixel
+    assert np.min(np.linalg.norm(world[:, None] - left_out[None], axis=2), axis=1).min() > 1e-3  # none left out
+
+
 def _rot_z(deg: float) -> np.ndarray:
     a = np.deg2rad(deg)
     return np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
@@ -66,7 +88,7 @@ def _view(k: int, map_calls: list[int] | None = None) -> WindowView:
         new_points=lambda stride: points_world[new, ::stride, ::stride].astype(np.float32), cam_from_world=invert_rigid(world_from_cam), K=np.stack([K] * WINDOW),
         world_from_window=Sim3(1.0 + 0.1 * k, _rot_z(5.0 * k), np.array([0.1 * k, 0.0, 0.0])),
         gt_cam_from_world=invert_rigid(gt_world_from_cam),
-        alignment={"path": "sim3", "scale": 1.0 + 0.1 * k, "residual_rms": 0.01 * (k + 1), "inlier_share": 0.9, "num_correspondences": 100},
+        alignment={"path": "lsa", "scale": 1.0 + 0.1 * k, "seam_rotation_deg": 0.1 * (k + 1), "seam_offset_rel": 0.002, "num_correspondences": 100},
         stats={"fps": 10.0 + k, "rss_mb": 100.0, "peak_rss_mb": 120.0, "map_points": 500.0 * (k + 1),
                "window_s/infer": 0.5, "model/kv_cache_bytes": 1e6 * k},
         map_points=map_points,
@@ -142,7 +164,7 @@ def test_rrd_has_frames_windows_map_and_plots(recording: tuple[Path, list[int]])
     assert map_calls == list(range(WINDOWS))
     assert rows[("/" + paths.MAP, "Points3D:positions")] == WINDOWS
     # Per-window series (alignment, stats incl. grouped keys) and the window log.
-    for series in ("plots/alignment/residual_rms", "plots/alignment/inlier_share", "plots/run/fps", "plots/run/rss_mb",
+    for series in ("plots/alignment/seam_rotation_deg", "plots/alignment/seam_offset_rel", "plots/run/fps", "plots/run/rss_mb",
                    "plots/run/map_points", "plots/window_s/infer", "plots/model/kv_cache_bytes"):
         assert rows[("/" + series, "Scalars:scalars")] == WINDOWS, series
         assert any(c.is_static for c in entity[series]), f"{series}: no SeriesLines"

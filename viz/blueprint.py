@@ -3,7 +3,10 @@ beside it, the run's plots and the window log below. Entity paths come from `rec
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 if TYPE_CHECKING:
     import rerun.blueprint as rrb
@@ -25,16 +28,37 @@ RUN_PLOTS = "plots/run"  # stats keys without a '/' (fps, rss_mb, map_points, ..
 WINDOW_LOG = "log/windows"
 
 
+@dataclass(frozen=True)
+class Eye:
+    """Where the 3D eye starts, world coordinates."""
+
+    position: tuple[float, float, float]
+    look_target: tuple[float, float, float]
+    up: tuple[float, float, float]
+
+    @classmethod
+    def behind(cls, world_from_cam: np.ndarray, scene_depth: float) -> Eye:
+        """Behind and above a camera (OpenCV axes), looking past it at what it sees: the camera and the map in
+        front of it both in view, at the scene's own scale."""
+        R, c = world_from_cam[:3, :3], world_from_cam[:3, 3]
+        forward, up = R[:, 2], -R[:, 1]
+        position = c - 1.5 * scene_depth * forward + 1.0 * scene_depth * up
+        target = c + 0.7 * scene_depth * forward
+        return cls(tuple(map(float, position)), tuple(map(float, target)), tuple(map(float, up)))  # type: ignore[arg-type]
+
+
 def window_path(window: int) -> str:
     return f"{WINDOWS}/{window}"
 
 
-def default_blueprint() -> rrb.Blueprint:
+def default_blueprint(eye: Eye | None = None) -> rrb.Blueprint:
+    """The layout; `eye` places the 3D eye (world coordinates), which then follows the current camera."""
     import rerun.blueprint as rrb
 
-    # The eye follows the current camera (an orbit about it): the view opens on where the run is, not zoomed out
-    # to the bounds of a map that may span kilometres.
-    scene = rrb.Spatial3DView(name="Scene", origin=WORLD, eye_controls=rrb.EyeControls3D(tracking_entity=CAMERA))
+    # The eye follows the current camera: the view stays on where the run is, not zoomed out to the bounds of a
+    # map that may span kilometres.
+    placed = {} if eye is None else {"position": eye.position, "look_target": eye.look_target, "eye_up": eye.up}
+    scene = rrb.Spatial3DView(name="Scene", origin=WORLD, eye_controls=rrb.EyeControls3D(tracking_entity=CAMERA, **placed))
     frame_views = rrb.Vertical(
         rrb.Spatial2DView(name="Image", origin=IMAGE_PLANE, contents=["$origin/rgb"]),
         rrb.Spatial2DView(name="Depth", origin=IMAGE_PLANE, contents=["$origin/depth"]),
@@ -42,9 +66,9 @@ def default_blueprint() -> rrb.Blueprint:
     )
     # Quantities of very different magnitude get their own tab rather than sharing one y axis.
     alignment = rrb.Tabs(
-        rrb.TimeSeriesView(name="Residual", origin=ALIGNMENT_PLOTS, contents=["$origin/residual_rms"]),
-        rrb.TimeSeriesView(name="Inlier share", origin=ALIGNMENT_PLOTS, contents=["$origin/inlier_share"]),
         rrb.TimeSeriesView(name="Scale", origin=ALIGNMENT_PLOTS, contents=["$origin/scale"]),
+        rrb.TimeSeriesView(name="Seam rotation (deg)", origin=ALIGNMENT_PLOTS, contents=["$origin/seam_rotation_deg"]),
+        rrb.TimeSeriesView(name="Seam offset (/ depth)", origin=ALIGNMENT_PLOTS, contents=["$origin/seam_offset_rel"]),
         rrb.TimeSeriesView(name="Alignment (all)", origin=ALIGNMENT_PLOTS),
     )
     performance = rrb.Tabs(

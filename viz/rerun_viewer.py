@@ -75,7 +75,8 @@ class _WindowPacket:
     world_from_cam: np.ndarray  # [N,4,4]
     K: np.ndarray  # [N,3,3]
     points_world: np.ndarray  # [P,3] float32, strided pixels of the new frames
-    points_conf: np.ndarray  # [P]
+    points_conf: np.ndarray  # [P] what the map fused (0: left out), or with points_fused False the model's confidence
+    points_fused: bool
     points_rgb: np.ndarray  # [P,3] uint8
     world_from_window: Sim3
     centres_world: np.ndarray  # [F,3] every camera centre so far (F >= frames logged)
@@ -252,7 +253,13 @@ class RerunViewer:
         o = self.options
         last = new[-1] if len(new) else len(view.frame_indices) - 1
         stride = _pixel_stride(len(new), view.depth.shape[1:], 4 * o.window_points_max)
+        if view.fused_conf is not None:  # the map's own pixels: what it fused, so the view shows no streak it left out
+            k = max(1, math.ceil(stride / view.fused_stride))
+            stride = k * view.fused_stride
+            points_conf = np.array(view.fused_conf[:, ::k, ::k], dtype=np.float32).reshape(-1)
         sel = (view.new, slice(None, None, stride), slice(None, None, stride))
+        if view.fused_conf is None:
+            points_conf = np.array(view.conf[sel], dtype=np.float32).reshape(-1)
         map_xyz, map_rgb = self._map_if_due(view)
         return _WindowPacket(
             window=view.window,
@@ -266,7 +273,8 @@ class RerunViewer:
             world_from_cam=world_from_cam,
             K=np.array(view.K[view.new], dtype=np.float64),
             points_world=np.array(view.new_points(stride), dtype=np.float32).reshape(-1, 3),
-            points_conf=np.array(view.conf[sel], dtype=np.float32).reshape(-1),
+            points_conf=points_conf,
+            points_fused=view.fused_conf is not None,
             points_rgb=np.array(view.images_rgb[sel], dtype=np.uint8).reshape(-1, 3),
             world_from_window=view.world_from_window,
             centres_world=self._centres_world.snapshot(),
@@ -321,6 +329,11 @@ class RerunViewer:
     def _log_packet(self, p: _WindowPacket) -> None:
         if self._plane_distance is None:
             self._plane_distance = _frustum_size(p.depth)
+            # Rerun frames a new view on the bounds of everything: place the eye on the first camera instead.
+            depth = p.depth[np.isfinite(p.depth) & (p.depth > 0)]
+            if depth.size:
+                eye = paths.Eye.behind(p.world_from_cam[-1], float(np.median(depth)))
+                self._rec.send_blueprint(paths.default_blueprint(eye), make_active=True, make_default=True)
         conf_top = _robust_max(p.conf)
         for j, (frame, time_s) in enumerate(zip(p.frame_indices, p.timestamps_s, strict=True)):
             self._set_time(frame, time_s)
@@ -374,7 +387,7 @@ class RerunViewer:
     def _log_window_points(self, p: _WindowPacket) -> None:
         # Logged once, in the window's own frame: a later correction re-logs only the transform.
         rr = self._rr
-        keep = _confident(p.points_world, p.points_conf)
+        keep = _confident(p.points_world, p.points_conf, median=not p.points_fused)
         stride = max(1, math.ceil(len(keep) / self.options.window_points_max))
         keep = keep[::stride]
         points_window = p.world_from_window.inverse().apply(p.points_world[keep].astype(np.float64))
@@ -396,7 +409,7 @@ class RerunViewer:
         parts = [f"window {p.window}: frames {p.frame_range[0]}-{p.frame_range[1]} ({len(p.frame_indices)} new)"]
         if "path" in a:
             parts.append(str(a["path"]))
-        for key, fmt in (("scale", ".4g"), ("residual_rms", ".3g"), ("inlier_share", ".0%")):
+        for key, fmt in (("scale", ".4g"), ("seam_rotation_deg", ".2f"), ("seam_offset_rel", ".3f")):
             if isinstance(a.get(key), (int, float)) and not isinstance(a.get(key), bool):
                 parts.append(f"{key} {a[key]:{fmt}}")
         level = "INFO"
@@ -442,11 +455,11 @@ def _pixel_stride(frames: int, hw: tuple[int, ...], max_samples: int) -> int:
     return max(1, math.ceil(math.sqrt(pixels / max(max_samples, 1))))
 
 
-def _confident(points: np.ndarray, conf: np.ndarray) -> np.ndarray:
-    """Indices of valid points at or above the median confidence of the valid ones."""
+def _confident(points: np.ndarray, conf: np.ndarray, median: bool = True) -> np.ndarray:
+    """Indices of valid points (confidence > 0), with `median` only those at or above the valid ones' median."""
     valid = np.all(np.isfinite(points), axis=1) & np.isfinite(conf) & (conf > 0)
-    if not valid.any():
-        return np.zeros(0, dtype=np.int64)
+    if not valid.any() or not median:
+        return np.flatnonzero(valid)
     return np.flatnonzero(valid & (conf >= np.median(conf[valid])))
 
 

@@ -35,8 +35,12 @@ class WindowView:
     K: np.ndarray  # [S,3,3] float64, model pixels
     world_from_window: Sim3  # the window's own frame -> world, as fitted by the alignment
     gt_cam_from_world: np.ndarray | None  # [S,4,4] ground truth in the source's world, when known
-    alignment: dict[str, Any]  # path, scale, residual_rms, inlier_share, num_correspondences, time_ms
+    alignment: dict[str, Any]  # path, scale, seam_rotation_deg, seam_offset_rel, num_correspondences, time_ms
     stats: dict[str, float]  # run-level series, this window's: fps, peak_rss_mb, map_points, window_s/<stage>, ...
+    # [F,H',W'] the `new` frames on every fused_stride-th pixel: the confidence the map took (0: left out by its
+    # filters); None: the viewer picks the more confident half itself.
+    fused_conf: np.ndarray | None = None
+    fused_stride: int = 1
     new_points: Callable[[int], np.ndarray] = field(repr=False, default=lambda stride: np.zeros((0, 0, 0, 3), np.float32))
     """(stride) -> world points [F,H',W',3] float32 of the `new` frames on every stride-th pixel (mapped on demand)."""
     map_points: Callable[[], tuple[np.ndarray, np.ndarray]] = field(repr=False, default=lambda: (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)))
