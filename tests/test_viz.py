@@ -320,3 +320,41 @@ def test_a_served_recording_stays_up_after_the_run_until_ctrl_c(tmp_path: Path, 
     assert stopped == [True] and "keeps serving it until Ctrl-C" in capsys.readouterr().err
     viewer.stop()  # the command's own `finally`: once is enough
     assert stopped == [True]
+
+
+def test_recon_view_web_stops_its_servers_on_sigterm(tmp_path: Path) -> None:
+    """A service manager (or `kill`) ends `recon view --web` with SIGTERM: it exits, and its ports are free."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    rrd = tmp_path / "rec.rrd"
+    viewer = open_viewer("none", rrd=rrd)
+    viewer.log_window(_view(0))
+    viewer.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "recon", "view", "--web", "--port", str(port), str(rrd)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "serving until Ctrl-C" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0  # serving until stopped is what it was asked to do
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 10
+    while True:  # the web server (a child process) is gone with it: the port binds again
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+            break
+        except OSError:
+            assert time.monotonic() < deadline, f"port {port} still taken after SIGTERM"
+            time.sleep(0.2)
