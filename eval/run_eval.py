@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from recon.cli import signals_deferred
+from recon.signals import signals_deferred
 from recon.errors import ReconError
 from recon.eval.trajectory import ATE, ErrorStats, absolute_trajectory_error, associate, kitti_drift, relative_pose_error
 from recon.outputs import PLOTS_DIR, atomic_write_json, run_lock
@@ -432,7 +432,7 @@ def evaluate_run(run_dir: Path, gt_path: Path | None = None, gt_format: str | No
 
 def import_libraries() -> None:
     """The native libraries an evaluation imports where it needs them, imported now: a caller holds signals
-    back meanwhile (recon.cli.signals_deferred), as one raised halfway through such an import can abort."""
+    back meanwhile (recon.signals.signals_deferred), as one raised halfway through such an import can abort."""
     import cv2  # noqa: F401
     import open3d  # noqa: F401
     from matplotlib.backends import backend_agg  # noqa: F401

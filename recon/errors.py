@@ -2,6 +2,13 @@
 the CLI prints it without a traceback (unless --debug)."""
 
 
+# Exit codes of every command.
+EXIT_FAILURE = 1  # a bug, not the user's doing
+EXIT_USAGE = 2  # the user's input: a one-line error says what and how to fix it
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
 class ReconError(Exception):
     """Base of every error recon reports to a user as one line."""
 

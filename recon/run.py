@@ -19,10 +19,10 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from recon.allocator import heap_trimmer
-from recon.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, ignore_signal, signals_deferred
-from recon.errors import ReconError
+from recon.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ReconError
 from recon.outputs import EXPORT_FORMATS
 from recon.schedule import DEFAULT_OVERLAP, DEFAULT_WINDOW
+from recon.signals import ignore_signal, signals_deferred
 
 if TYPE_CHECKING:
     import numpy as np

@@ -184,7 +184,7 @@ def test_after_a_stop_request_later_signals_stay_ignored_while_the_command_close
     """The first Ctrl-C asks the run to stop; one pressed again after the stream has stopped must not raise a
     KeyboardInterrupt into the closing code (a finalizer printed a traceback). Without a stop request the
     handlers the command had before are put back."""
-    from recon.cli import ignore_signal
+    from recon.signals import ignore_signal
     from recon.run import stop_on_signals
 
     def sentinel(signum: int, frame: object) -> None:
@@ -215,7 +215,7 @@ def test_two_signals_that_land_together_unwind_without_a_race_report(monkeypatch
     """A double Ctrl-C (or SIGTERM then Ctrl-C) while the main thread is in native code is handled as two
     pending signals at once: the first unwinds the command, the second must be ignored quietly (ignored with
     SIG_IGN, CPython printed "Signal 15 ignored due to race condition" with a traceback)."""
-    from recon.cli import signals_unwind
+    from recon.signals import signals_unwind
 
     both = {signal.SIGINT, signal.SIGTERM}
     reports: list[str] = []  # CPython reports the race through sys.unraisablehook (the traceback on stderr)

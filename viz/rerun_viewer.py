@@ -175,7 +175,7 @@ class RerunViewer:
         try:
             while True:
                 time.sleep(0.5)
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (recon.cli.Terminated): what ends serving
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (recon.signals.Terminated): what ends serving
             pass
         finally:
             self.stop()
