@@ -35,7 +35,10 @@ syslibs:
 	  fi; \
 	fi
 
+# Lint first (seconds): a formatting or lint failure is reported before the suite runs.
 test: $(STAMP)
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

@@ -164,7 +164,9 @@ def measure(row: Row, out: Path) -> None:
     row.fallbacks = fallback_count(summary)
     if "back_end_s" in summary and summary.get("elapsed_s"):
         back = summary["back_end_s"]
-        row.back_end_pct = 100.0 * sum(back.get(k, 0.0) for k in ("join", "graph", "places")) / float(summary["elapsed_s"])
+        row.back_end_pct = (
+            100.0 * sum(back.get(k, 0.0) for k in ("join", "graph", "places")) / float(summary["elapsed_s"])
+        )
         row.loops = int(summary.get("loop_closures", 0))
     if "frames_unregistered" in summary:
         read = int(summary["frames_read"])
@@ -180,10 +182,16 @@ def render(name: str, seed: int, scale: float) -> Path:
     opts = options(name, seed, scale)
     root = OUT / (f"{name}_s{seed}" + ("" if scale == 1.0 else f"_x{scale:g}"))
     seq = root / "sequences" / name
-    spec = json.dumps({k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in opts.items()}, sort_keys=True)
+    spec = json.dumps(
+        {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in opts.items()}, sort_keys=True
+    )
     times = seq / "times.txt"
-    if (root / "spec.json").exists() and (root / "spec.json").read_text() == spec and times.exists() \
-            and len(times.read_text().split()) == opts["num_frames"]:
+    if (
+        (root / "spec.json").exists()
+        and (root / "spec.json").read_text() == spec
+        and times.exists()
+        and len(times.read_text().split()) == opts["num_frames"]
+    ):
         return seq
     shutil.rmtree(root, ignore_errors=True)
     print(f"rendering {name} seed {seed}: {opts['num_frames']} frames ...", file=sys.stderr, flush=True)
@@ -231,8 +239,10 @@ def evaluate(row: Row, seq: Path, out: Path, loop_off: bool) -> Row:
 
 
 # ----------------------------------------------------------------------------------------- output
-HEADER = ("| sequence | registered | path | ATE | ATE % | scale ratio | join median / max ° | within median / max ° | join ratio "
-          "| fallbacks | loops | back end % | ATE loop off → on | targets |\n|" + "---|" * 14)
+HEADER = (
+    "| sequence | registered | path | ATE | ATE % | scale ratio | join median / max ° | within median / max ° | join ratio "
+    "| fallbacks | loops | back end % | ATE loop off → on | targets |\n|" + "---|" * 14
+)
 
 
 def _f(x: float, digits: int = 2) -> str:
@@ -243,10 +253,12 @@ def format_row(r: Row) -> str:
     loop = "n/a" if r.ate_off is None else f"{_f(r.ate_off, 3)} → {_f(r.ate, 3)} (×{_f(r.loop_cut, 1)})"
     marks = {True: "pass", False: "FAIL", None: "–"}
     targets = ", ".join(f"{k} {marks[v]}" for k, v in r.checks().items()) + (f"; {r.error}" if r.error else "")
-    return (f"| {r.name} | {r.registered} | {_f(r.path, 1)} {r.unit} | {_f(r.ate, 3)} {r.unit} | {_f(r.ate_pct)} | "
-            f"{_f(r.scale_ratio, 3)} | {_f(r.join_median_deg, 3)} / {_f(r.join_max_deg, 3)} | {_f(r.within_median_deg, 3)} / {_f(r.within_max_deg, 3)} | {_f(r.join_ratio)} | "
-            f"{'n/a' if r.fallbacks is None else r.fallbacks} | {'n/a' if r.loops is None else r.loops} | {_f(r.back_end_pct, 1)} | "
-            f"{loop} | {targets} |")
+    return (
+        f"| {r.name} | {r.registered} | {_f(r.path, 1)} {r.unit} | {_f(r.ate, 3)} {r.unit} | {_f(r.ate_pct)} | "
+        f"{_f(r.scale_ratio, 3)} | {_f(r.join_median_deg, 3)} / {_f(r.join_max_deg, 3)} | {_f(r.within_median_deg, 3)} / {_f(r.within_max_deg, 3)} | {_f(r.join_ratio)} | "
+        f"{'n/a' if r.fallbacks is None else r.fallbacks} | {'n/a' if r.loops is None else r.loops} | {_f(r.back_end_pct, 1)} | "
+        f"{loop} | {targets} |"
+    )
 
 
 def main() -> None:
@@ -267,7 +279,10 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown sequence(s): {', '.join(sorted(unknown))}")
     if any(n not in present for n in real):  # a user's clone has no ../shared: skip, do not fail
-        print(f"skipping real captures not found under {REAL}: {', '.join(n for n in real if n not in present)}", file=sys.stderr)
+        print(
+            f"skipping real captures not found under {REAL}: {', '.join(n for n in real if n not in present)}",
+            file=sys.stderr,
+        )
         real = [n for n in real if n in present]
 
     flag = has_loop_closure_flag()
@@ -287,12 +302,16 @@ def main() -> None:
         rows.append(row)
         print(format_row(row), flush=True)
     for r in rows:
-        results.append({**dataclasses.asdict(r), "join_ratio": r.join_ratio, "loop_cut": r.loop_cut, "checks": r.checks()})
+        results.append(
+            {**dataclasses.asdict(r), "join_ratio": r.join_ratio, "loop_cut": r.loop_cut, "checks": r.checks()}
+        )
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(results, indent=1, allow_nan=True))
     failed = sum(v is False for r in rows for v in r.checks().values()) + sum(bool(r.error) for r in rows)
-    print(f"\n{len(rows)} sequences, {failed} target(s) failed or runs broken; targets: ATE <= {TARGET_ATE_PCT}% of path, "
-          f"scale ratio <= {TARGET_SCALE_RATIO}, join ratio <= {TARGET_JOIN_RATIO}, loop off/on >= {TARGET_LOOP_CUT} on revisits")
+    print(
+        f"\n{len(rows)} sequences, {failed} target(s) failed or runs broken; targets: ATE <= {TARGET_ATE_PCT}% of path, "
+        f"scale ratio <= {TARGET_SCALE_RATIO}, join ratio <= {TARGET_JOIN_RATIO}, loop off/on >= {TARGET_LOOP_CUT} on revisits"
+    )
 
 
 if __name__ == "__main__":

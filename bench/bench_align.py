@@ -80,7 +80,9 @@ def render(num_frames: int, step: int = 1) -> tuple[np.ndarray, np.ndarray, np.n
     return np.stack(poses), np.stack(depths), np.stack(points), np.stack(layers)
 
 
-def make_window(scene, frames: list[int], window_from_world: Sim3, layer_scale: dict[int, float] | None, seed: int) -> WindowPrediction:
+def make_window(
+    scene, frames: list[int], window_from_world: Sim3, layer_scale: dict[int, float] | None, seed: int
+) -> WindowPrediction:
     cam_from_world, depth_gt, pts_gt, layer = scene
     rng = np.random.default_rng(seed)
     idx = np.asarray(frames)
@@ -154,16 +156,22 @@ def bench_sim3(scene, repeats: int) -> None:
     full_cfg = AlignConfig(mode="sim3", max_correspondences=10**9)
     full = select_correspondences(prev, cur, O, full_cfg)
     fsrc, ftgt, fw = full.source.double().numpy(), full.target.double().numpy(), full.weights.double().numpy()
-    print(f"candidates {corr.num_candidates}, stride {corr.stride} -> {len(w)} correspondences (full resolution: {len(fw)})")
+    print(
+        f"candidates {corr.num_candidates}, stride {corr.stride} -> {len(w)} correspondences (full resolution: {len(fw)})"
+    )
     t_ref = median_ms(lambda: robust_sim3_reference(src, tgt, w, delta, cfg.irls_iterations), max(3, repeats // 4))
     t0 = time.perf_counter()
     sim_full, _ = robust_sim3_reference(fsrc, ftgt, fw, delta, cfg.irls_iterations)  # seconds: timed once
     t_ref_full = 1e3 * (time.perf_counter() - t0)
-    print(f"numpy reference IRLS: {t_ref:.1f} ms on the same {len(w)} samples, {t_ref_full:.0f} ms on all {len(fw)} pixels")
+    print(
+        f"numpy reference IRLS: {t_ref:.1f} ms on the same {len(w)} samples, {t_ref_full:.0f} ms on all {len(fw)} pixels"
+    )
     for n in thread_counts():
         torch.set_num_threads(n)
         t_pipe = median_ms(pipeline, repeats)
-        t_kernel = median_ms(lambda: robust_sim3(corr.source, corr.target, corr.weights, delta, cfg.irls_iterations), repeats)
+        t_kernel = median_ms(
+            lambda: robust_sim3(corr.source, corr.target, corr.weights, delta, cfg.irls_iterations), repeats
+        )
         print(
             f"torch threads {n}: selection + Sim(3)+IRLS {t_pipe:.2f} ms (kernel alone {t_kernel:.2f} ms); "
             f"kernel vs reference on the same samples {t_ref / t_kernel:.0f}x, path vs reference on all pixels {t_ref_full / t_pipe:.0f}x"
@@ -172,14 +180,22 @@ def bench_sim3(scene, repeats: int) -> None:
     sim_fast, fit = pipeline()
     truth = cur_from_world.inverse()  # the first window is the world
     print(f"strided fit vs full-resolution reference: {sim3_distance(sim_fast, sim_full, depth_ref)}")
-    print(f"strided fit vs truth: {sim3_distance(sim_fast, truth, depth_ref)}; inlier share {fit.inlier_share:.2f} (10% outliers planted)")
+    print(
+        f"strided fit vs truth: {sim3_distance(sim_fast, truth, depth_ref)}; inlier share {fit.inlier_share:.2f} (10% outliers planted)"
+    )
 
 
 def bench_lsa(scene, repeats: int) -> None:
     print("\n== align_window per window (L=20, O=5, 640x192) ==")
     L, O = 20, 5
     first = make_window(scene, list(range(0, L)), Sim3(1.0), None, 0)
-    cur = make_window(scene, list(range(L - O, 2 * L - O)), Sim3(0.6, rotation_from_axis_angle([0.2, -0.1, 0.3]), np.array([1.0, 2, 3])), None, 1)
+    cur = make_window(
+        scene,
+        list(range(L - O, 2 * L - O)),
+        Sim3(0.6, rotation_from_axis_angle([0.2, -0.1, 0.3]), np.array([1.0, 2, 3])),
+        None,
+        1,
+    )
     for n in thread_counts():
         torch.set_num_threads(n)
         seg = median_ms(lambda: segment_depth_layers(cur.depth[3], cur.depth_conf[3], LayerParams(stride=2)), repeats)
@@ -216,7 +232,11 @@ def bench_accuracy(scene, fast_scene) -> None:
             fast_scene,
             {2: 0.85},
             None,
-            {"sim3": base["sim3"], "lsa": base["lsa"], "lsa, same-pixel links": AlignConfig(mode="lsa", within_links="pixel")},
+            {
+                "sim3": base["sim3"],
+                "lsa": base["lsa"],
+                "lsa, same-pixel links": AlignConfig(mode="lsa", within_links="pixel"),
+            },
         ),
     ]
     names = {0: "ground", 1: "houses", 2: "boxes"}
@@ -227,7 +247,9 @@ def bench_accuracy(scene, fast_scene) -> None:
         cur = make_window(sc, frames, cur_from_world, layer_scale, 1)
         if factor is not None:
             k = torch.tensor(factor, dtype=torch.float32)
-            centres = torch.tensor(invert_rigid(cur.cam_from_world.double().numpy())[:, :3, 3], dtype=torch.float32)[:, None, None]
+            centres = torch.tensor(invert_rigid(cur.cam_from_world.double().numpy())[:, :3, 3], dtype=torch.float32)[
+                :, None, None
+            ]
             cur.depth.mul_(k)
             cur.points.copy_(centres + k[..., None] * (cur.points - centres))
         for mode, cfg in configs.items():
@@ -248,7 +270,9 @@ def main() -> None:
     t0 = time.perf_counter()
     scene = render(40)
     fast_scene = render(35, step=3)
-    print(f"scenes: 75 frames {W}x{H} rendered in {time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}")
+    print(
+        f"scenes: 75 frames {W}x{H} rendered in {time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}"
+    )
     bench_sim3(scene, args.repeats)
     bench_lsa(scene, args.repeats)
     print("\nAccuracy: median |aligned depth / true depth - 1| per surface, all frames (frames after the overlap);")

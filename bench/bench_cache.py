@@ -94,8 +94,18 @@ def run_policy(policy: str, steps: int, sizes: Sizes, dtype: torch.dtype, slack:
 
 
 BENCH_CONFIG = VGGTConfig(
-    img_size=112, embed_dim=128, depth=4, num_heads=4, dino_depth=4, dino_num_heads=4, camera_trunk_depth=2,
-    camera_num_heads=4, dpt_features=32, dpt_out_channels=(16, 32, 64, 64), dpt_layers=(0, 1, 2, 3), dpt_hidden=16,
+    img_size=112,
+    embed_dim=128,
+    depth=4,
+    num_heads=4,
+    dino_depth=4,
+    dino_num_heads=4,
+    camera_trunk_depth=2,
+    camera_num_heads=4,
+    dpt_features=32,
+    dpt_out_channels=(16, 32, 64, 64),
+    dpt_layers=(0, 1, 2, 3),
+    dpt_hidden=16,
 )
 MODEL_INPUT_HW = (84, 112)
 
@@ -155,21 +165,28 @@ def median_ms(values: list[float], centre: int, half: int = 10) -> float:
 def summary_row(trace: Trace) -> str:
     n = len(trace.step_s)
     if trace.paired_early_cpu_s:
-        at100, at_end = 1e3 * statistics.median(trace.paired_early_cpu_s), 1e3 * statistics.median(trace.paired_late_cpu_s)
+        at100, at_end = (
+            1e3 * statistics.median(trace.paired_early_cpu_s),
+            1e3 * statistics.median(trace.paired_late_cpu_s),
+        )
     else:
         at100, at_end = median_ms(trace.step_cpu_s, 100), median_ms(trace.step_cpu_s, n - 11)
     wall100, wall_end = median_ms(trace.step_s, 100), median_ms(trace.step_s, n - 11)
     prune_pct = 100 * sum(trace.prune_s[100:]) / max(sum(trace.step_s[100:]), 1e-12)
     mib100, mib_end = trace.bytes_in_use[100] / 2**20, trace.bytes_in_use[-1] / 2**20
-    return (f"{trace.policy:<16} {n:>6} {at100:>9.2f} {at_end:>9.2f} {at_end / at100:>7.2f} {wall_end / wall100:>9.2f} "
-            f"{prune_pct:>7.1f}% {mib100:>9.1f} {mib_end:>9.1f}")
+    return (
+        f"{trace.policy:<16} {n:>6} {at100:>9.2f} {at_end:>9.2f} {at_end / at100:>7.2f} {wall_end / wall100:>9.2f} "
+        f"{prune_pct:>7.1f}% {mib100:>9.1f} {mib_end:>9.1f}"
+    )
 
 
 def curve_rows(traces: list[Trace]) -> list[str]:
     rows = []
     for t in traces:
         points = [c for c in CHECKPOINTS if c <= len(t.step_s)]
-        cells = [f"{c}: {median_ms(t.step_cpu_s, c - 1):.1f} ms / {t.bytes_in_use[c - 1] / 2**20:.1f} MiB" for c in points]
+        cells = [
+            f"{c}: {median_ms(t.step_cpu_s, c - 1):.1f} ms / {t.bytes_in_use[c - 1] / 2**20:.1f} MiB" for c in points
+        ]
         rows.append(f"{t.policy:<16} " + " | ".join(cells))
     return rows
 
@@ -187,7 +204,9 @@ def main() -> None:
     parser.add_argument("--special", type=int, default=5)
     parser.add_argument("--budget-frames", type=int, default=16)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the CPU-time latency covers all compute)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: the CPU-time latency covers all compute)"
+    )
     parser.add_argument("--slack", type=float, nargs="+", default=[0.0, 0.25], help="evict_slack values to run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -196,11 +215,15 @@ def main() -> None:
     folder = tempfile.TemporaryDirectory()
     weights = write_random_checkpoint(BENCH_CONFIG, Path(folder.name)) if args.model else None
     if args.model:
-        print(f"StreamVGGT step, {BENCH_CONFIG}, input {MODEL_INPUT_HW}, float32, {args.threads} threads; budget "
-              f"{args.budget_frames} frames/layer; none capped at {args.none_steps} frames")
+        print(
+            f"StreamVGGT step, {BENCH_CONFIG}, input {MODEL_INPUT_HW}, float32, {args.threads} threads; budget "
+            f"{args.budget_frames} frames/layer; none capped at {args.none_steps} frames"
+        )
     else:
-        print(f"sizes: {sizes}, dtype {args.dtype}, {args.threads} threads; budget {sizes.budget_frames * sizes.tokens} "
-              f"tokens/layer; none capped at {args.none_steps} frames")
+        print(
+            f"sizes: {sizes}, dtype {args.dtype}, {args.threads} threads; budget {sizes.budget_frames * sizes.tokens} "
+            f"tokens/layer; none capped at {args.none_steps} frames"
+        )
     traces = []
     runs = [(p, 0.0) for p in args.policies if p == "none"]
     runs += [(p, slack) for p in args.policies if p != "none" for slack in args.slack]
@@ -212,11 +235,15 @@ def main() -> None:
         else:
             traces.append(run_policy(policy, steps, sizes, dtype, slack))
         print(f"  {traces[-1].policy}: {steps} steps in {time.perf_counter() - wall:.0f} s", flush=True)
-    print("\nstep latency = median of the stepping thread's CPU time (with --threads 1 all compute is on that thread), over "
-          + (f"{PAIRS} steps at frame {PROBE_FRAME}.. and at the end, interleaved" if args.model else "21 steps")
-          + "; wall end/100 (21 steps, not interleaved) for reference; prune = share of wall time")
-    print(f"{'policy':<16} {'frames':>6} {'ms@100':>9} {'ms@end':>9} {'end/100':>7} {'wall e/100':>9} {'prune':>8} "
-          f"{'MiB@100':>9} {'MiB@end':>9}")
+    print(
+        "\nstep latency = median of the stepping thread's CPU time (with --threads 1 all compute is on that thread), over "
+        + (f"{PAIRS} steps at frame {PROBE_FRAME}.. and at the end, interleaved" if args.model else "21 steps")
+        + "; wall end/100 (21 steps, not interleaved) for reference; prune = share of wall time"
+    )
+    print(
+        f"{'policy':<16} {'frames':>6} {'ms@100':>9} {'ms@end':>9} {'end/100':>7} {'wall e/100':>9} {'prune':>8} "
+        f"{'MiB@100':>9} {'MiB@end':>9}"
+    )
     for t in traces:
         print(summary_row(t))
     print("\nmedian step latency (CPU) / cache bytes vs frame:")

@@ -43,7 +43,7 @@ def windows(source, L: int, count: int, gap: int):
 def synthetic(scene: str, n_windows: int, L: int) -> dict:
     source = SyntheticSource(scene=scene, num_frames=n_windows * (L + 20), seed=1)
     model = ClassicalModel()
-    rot, tdir, absrel, share, times, stages, flags = [], [], [], [], [], {k: 0.0 for k in STAGES}, 0
+    rot, tdir, absrel, share, times, stages, flags = [], [], [], [], [], dict.fromkeys(STAGES, 0.0), 0
     for win in windows(source, L, n_windows, 20):
         t0 = time.perf_counter()
         pred = model.infer(win)
@@ -60,9 +60,19 @@ def synthetic(scene: str, n_windows: int, L: int) -> dict:
         absrel.append(ar)
         share.append(float(np.mean(conf > 0.5)))
     n = len(times)
-    return dict(scene=scene, windows=n, rot_med=np.median(rot), tdir_med=np.median(tdir), absrel=np.median(absrel),
-                absrel_max=np.max(absrel), share=np.mean(share), fps=L * n / sum(times), stages={k: v / n for k, v in stages.items()},
-                flagged=flags, hw=win[0].hw)
+    return dict(
+        scene=scene,
+        windows=n,
+        rot_med=np.median(rot),
+        tdir_med=np.median(tdir),
+        absrel=np.median(absrel),
+        absrel_max=np.max(absrel),
+        share=np.mean(share),
+        fps=L * n / sum(times),
+        stages={k: v / n for k, v in stages.items()},
+        flagged=flags,
+        hw=win[0].hw,
+    )
 
 
 def real(name: str, L: int) -> dict | None:
@@ -94,9 +104,21 @@ def real(name: str, L: int) -> dict | None:
         est_rel, gt_rel = invert_rigid(est_wfc) @ est_wfc[0], invert_rigid(gt_wfc) @ gt_wfc[0]
         mag += np.abs(rotation_angle_deg(est_rel[1:, :3, :3]) - rotation_angle_deg(gt_rel[1:, :3, :3])).tolist()
         if k == 0:
-            _write_depth_png(OUT / f"depth_{name}.png", win[L // 2].image_rgb, pred.depth[L // 2].numpy(), pred.depth_conf[L // 2].numpy())
-    return dict(name=name, frames=len(frames), rot_med=np.median(rot), mag_med=np.median(mag), tdir_med=np.median(tdir),
-                pos_med=np.median(pos), registered=np.mean(reg))
+            _write_depth_png(
+                OUT / f"depth_{name}.png",
+                win[L // 2].image_rgb,
+                pred.depth[L // 2].numpy(),
+                pred.depth_conf[L // 2].numpy(),
+            )
+    return dict(
+        name=name,
+        frames=len(frames),
+        rot_med=np.median(rot),
+        mag_med=np.median(mag),
+        tdir_med=np.median(tdir),
+        pos_med=np.median(pos),
+        registered=np.mean(reg),
+    )
 
 
 def _write_depth_png(path: Path, rgb: np.ndarray, depth: np.ndarray, conf: np.ndarray) -> None:
@@ -116,23 +138,29 @@ def main() -> None:
     args = ap.parse_args()
     L = args.window_size
     print(f"classical model, windows of {L} frames, this machine ({cv2.getNumberOfCPUs()} cores)")
-    print("target: rot median <= 0.2 deg, t-dir median <= 2 deg, AbsRel (conf > median) <= 0.05, >= 10 frames/s at 640x192")
+    print(
+        "target: rot median <= 0.2 deg, t-dir median <= 2 deg, AbsRel (conf > median) <= 0.05, >= 10 frames/s at 640x192"
+    )
     for scene in ("street", "room"):
         r = synthetic(scene, args.windows, L)
         st = " ".join(f"{k[:-2]} {1000 * v:.0f}ms" for k, v in r["stages"].items())
-        print(f"{scene:7s} {r['hw'][1]}x{r['hw'][0]} windows {r['windows']}: rot median {r['rot_med']:.3f} deg | t-dir median "
-              f"{r['tdir_med']:.2f} deg | AbsRel median {r['absrel']:.4f} (worst window {r['absrel_max']:.4f}) | "
-              f"conf>0.5 share {100 * r['share']:.1f}% | {r['fps']:.1f} frames/s | flagged windows {r['flagged']}")
+        print(
+            f"{scene:7s} {r['hw'][1]}x{r['hw'][0]} windows {r['windows']}: rot median {r['rot_med']:.3f} deg | t-dir median "
+            f"{r['tdir_med']:.2f} deg | AbsRel median {r['absrel']:.4f} (worst window {r['absrel_max']:.4f}) | "
+            f"conf>0.5 share {100 * r['share']:.1f}% | {r['fps']:.1f} frames/s | flagged windows {r['flagged']}"
+        )
         print(f"        per window: {st}")
     for name in ("fox", "temple"):
         r = real(name, L)
         if r is None:
             print(f"{name}: ../shared/data/real not found, skipped")
             continue
-        print(f"{name:7s} {r['frames']} frames, windows of {L}: relative rotation error median {r['rot_med']:.2f} deg "
-              f"(rotation-angle error {r['mag_med']:.2f} deg), t-dir error median {r['tdir_med']:.2f} deg, position error after "
-              f"Sim(3) median {100 * r['pos_med']:.2f}% of the window's extent, frames registered {100 * r['registered']:.0f}% "
-              f"-> depth map {OUT / f'depth_{name}.png'}")
+        print(
+            f"{name:7s} {r['frames']} frames, windows of {L}: relative rotation error median {r['rot_med']:.2f} deg "
+            f"(rotation-angle error {r['mag_med']:.2f} deg), t-dir error median {r['tdir_med']:.2f} deg, position error after "
+            f"Sim(3) median {100 * r['pos_med']:.2f}% of the window's extent, frames registered {100 * r['registered']:.0f}% "
+            f"-> depth map {OUT / f'depth_{name}.png'}"
+        )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,12 @@ class Corridor:
     def rays_points_cam(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame's points in the camera frame [H*W,3] and its ranges [H*W] (the corridor is
         invariant along z, so every frame sees the same camera-frame geometry)."""
-        v, u = torch.meshgrid(torch.arange(self.H, dtype=torch.float32), torch.arange(self.W, dtype=torch.float32), indexing="ij")
-        d = torch.stack([(u - (self.W - 1) / 2) / self.focal_px, (v - (self.H - 1) / 2) / self.focal_px, torch.ones_like(u)], -1).reshape(-1, 3)
+        v, u = torch.meshgrid(
+            torch.arange(self.H, dtype=torch.float32), torch.arange(self.W, dtype=torch.float32), indexing="ij"
+        )
+        d = torch.stack(
+            [(u - (self.W - 1) / 2) / self.focal_px, (v - (self.H - 1) / 2) / self.focal_px, torch.ones_like(u)], -1
+        ).reshape(-1, 3)
         t_x = self.half_width / d[:, 0].abs().clamp_min(1e-9)
         t_y = self.half_height / d[:, 1].abs().clamp_min(1e-9)
         t = torch.minimum(torch.minimum(t_x, t_y), torch.full_like(t_x, self.max_depth_m))
@@ -103,13 +107,17 @@ def main() -> None:
         t0 = time.perf_counter()
         ref.integrate(p[keep].numpy(), c[keep].numpy(), w[keep].numpy())
         t_ref = time.perf_counter() - t0
-        print(f"reference (dict, per point) {t_ref * 1e3:.0f} ms/window vs kernel {t_kernel * 1e3:.0f} ms: x{t_ref / t_kernel:.0f}")
+        print(
+            f"reference (dict, per point) {t_ref * 1e3:.0f} ms/window vs kernel {t_kernel * 1e3:.0f} ms: x{t_ref / t_kernel:.0f}"
+        )
         del m_ref, ref
 
     step = args.frames - args.overlap
     times: list[float] = []
     cpu_times: list[float] = []
-    print(f"{'windows':>8} {'ms/window':>10} {'p90 ms':>7} {'CPU ms':>7} {'voxels':>10} {'MB map':>8} {'MB peak':>8} {'RSS MB':>8} {'evicted':>9}")
+    print(
+        f"{'windows':>8} {'ms/window':>10} {'p90 ms':>7} {'CPU ms':>7} {'voxels':>10} {'MB map':>8} {'MB peak':>8} {'RSS MB':>8} {'evicted':>9}"
+    )
     for i in range(args.windows):
         p, c, w, centre = scene.window(i * step, args.frames, base, depth, gen)
         if args.device != "cpu":

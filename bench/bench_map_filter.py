@@ -50,8 +50,13 @@ def evaluate(run: Path) -> dict[str, float | int]:
     assert not isinstance(g, str), g
     pm = pointmap_metrics(run, g, metric=False, icp="none")
     assert not isinstance(pm, str), pm
-    return {"accuracy": pm["accuracy_mean"], "completeness": pm["completeness_mean"], "precision": pm["precision"],
-            "recall": pm["recall"], "points": summary["map_ply_points"]}
+    return {
+        "accuracy": pm["accuracy_mean"],
+        "completeness": pm["completeness_mean"],
+        "precision": pm["precision"],
+        "recall": pm["recall"],
+        "points": summary["map_ply_points"],
+    }
 
 
 def off_silhouette(run: Path, seq: Path, dark: int = 10, margin_px: int = 8, min_share: float = 0.9) -> float:
@@ -71,9 +76,14 @@ def off_silhouette(run: Path, seq: Path, dark: int = 10, margin_px: int = 8, min
     _, est_world_from_cam = read_tum(run / "trajectory.tum")
     indices, _ = read_frames(run / "frames.txt")
     frames = {f.index: f for f in open_source(seq)}
-    pairs = [(est_world_from_cam[n], frames[i]) for n, i in enumerate(indices[: len(est_world_from_cam)]) if i in frames]
-    gt_from_est = sim3_from_poses(np.stack([e for e, _ in pairs]), np.stack([invert_rigid(f.gt_cam_from_world) for _, f in pairs]),
-                                  with_scale=True)
+    pairs = [
+        (est_world_from_cam[n], frames[i]) for n, i in enumerate(indices[: len(est_world_from_cam)]) if i in frames
+    ]
+    gt_from_est = sim3_from_poses(
+        np.stack([e for e, _ in pairs]),
+        np.stack([invert_rigid(f.gt_cam_from_world) for _, f in pairs]),
+        with_scale=True,
+    )
     xyz = read_map_ply(run / "map.ply")[0].astype(np.float64)
     xyz = gt_from_est.s * xyz @ gt_from_est.R.T + gt_from_est.t
     seen, on = np.zeros(len(xyz)), np.zeros(len(xyz))
@@ -95,7 +105,19 @@ def run_recon(seq: Path, run: Path, cfg: dict, *extra: str) -> None:
     config = run.with_suffix(".yaml")
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "recon", "run", str(seq), "--config", str(config), "--out", str(run), "--overwrite", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recon",
+        "run",
+        str(seq),
+        "--config",
+        str(config),
+        "--out",
+        str(run),
+        "--overwrite",
+        *extra,
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
 
 
@@ -104,8 +126,13 @@ def main() -> int:
     ap.add_argument("--scenes", nargs="+", default=["street", "room"], choices=sorted(SIZES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     ap.add_argument("--frames", type=int, default=90)
-    ap.add_argument("--filter", nargs="*", default=[], metavar="SETTING=VALUE[;SETTING=VALUE]",
-                    help="more map settings, each compared with no filter (YAML values; e.g. edge_jump_rel=0.1 or 'consistency_px=2;consistency_offsets=[-2,2]')")
+    ap.add_argument(
+        "--filter",
+        nargs="*",
+        default=[],
+        metavar="SETTING=VALUE[;SETTING=VALUE]",
+        help="more map settings, each compared with no filter (YAML values; e.g. edge_jump_rel=0.1 or 'consistency_px=2;consistency_offsets=[-2,2]')",
+    )
     args = ap.parse_args()
     from recon.datasets.synthetic import render_sequence
 
@@ -118,28 +145,49 @@ def main() -> int:
             w, h = SIZES[scene]
             seq = OUT / "data" / f"{scene}_{seed}" / "sequences" / scene
             if not (seq / "calib.txt").is_file():
-                render_sequence(seq.parent.parent, scene=scene, name=scene, fmt="kitti", num_frames=args.frames, width=w, height=h, seed=seed)
+                render_sequence(
+                    seq.parent.parent,
+                    scene=scene,
+                    name=scene,
+                    fmt="kitti",
+                    num_frames=args.frames,
+                    width=w,
+                    height=h,
+                    seed=seed,
+                )
             for name, cfg in settings.items():
                 run = OUT / "runs" / f"{scene}_{seed}_{_slug(name)}"
                 run_recon(seq, run, cfg, "--depth-every", "3")
                 rows.append(Row(f"{scene} s{seed}", name, **evaluate(run)))
                 r = rows[-1]
-                print(f"{r.sequence:10} {name:30} accuracy {r.accuracy:.4f} completeness {r.completeness:.4f} precision {r.precision:.3f} "
-                      f"recall {r.recall:.3f} points {r.points}", flush=True)
+                print(
+                    f"{r.sequence:10} {name:30} accuracy {r.accuracy:.4f} completeness {r.completeness:.4f} precision {r.precision:.3f} "
+                    f"recall {r.recall:.3f} points {r.points}",
+                    flush=True,
+                )
     print("\n| sequence | setting | accuracy mean (m) | completeness mean (m) | precision | recall | map points |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r.sequence} | {r.setting} | {r.accuracy:.4f} | {r.completeness:.4f} | {r.precision:.3f} | {r.recall:.3f} | {r.points} |")
-    print("\nratios, setting / no filter (accuracy: lower is better; recall, the share of the ground truth the map covers: "
-          "must not drop by more than 5%; mean completeness distance also grows as a map thins)")
+        print(
+            f"| {r.sequence} | {r.setting} | {r.accuracy:.4f} | {r.completeness:.4f} | {r.precision:.3f} | {r.recall:.3f} | {r.points} |"
+        )
+    print(
+        "\nratios, setting / no filter (accuracy: lower is better; recall, the share of the ground truth the map covers: "
+        "must not drop by more than 5%; mean completeness distance also grows as a map thins)"
+    )
     n = len(settings)
     for name in list(settings)[1:]:
         pairs = [(rows[i], rows[i + list(settings).index(name)]) for i in range(0, len(rows), n)]
         for a, b in pairs:
-            print(f"  {a.sequence:10} {name:30} accuracy {b.accuracy / a.accuracy:.3f}, completeness {b.completeness / a.completeness:.3f}, "
-                  f"precision {b.precision / a.precision:.3f}, recall {b.recall / a.recall:.3f}, points {b.points / a.points:.3f}")
-        worst = [max(b.accuracy / a.accuracy for a, b in pairs), max(b.completeness / a.completeness for a, b in pairs),
-                 min(b.recall / a.recall for a, b in pairs)]
+            print(
+                f"  {a.sequence:10} {name:30} accuracy {b.accuracy / a.accuracy:.3f}, completeness {b.completeness / a.completeness:.3f}, "
+                f"precision {b.precision / a.precision:.3f}, recall {b.recall / a.recall:.3f}, points {b.points / a.points:.3f}"
+            )
+        worst = [
+            max(b.accuracy / a.accuracy for a, b in pairs),
+            max(b.completeness / a.completeness for a, b in pairs),
+            min(b.recall / a.recall for a, b in pairs),
+        ]
         print(f"  {'worst':10} {name:30} accuracy {worst[0]:.3f}, completeness {worst[1]:.3f}, recall {worst[2]:.3f}")
 
     temple = REAL / "sequences" / "temple"

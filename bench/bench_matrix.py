@@ -55,7 +55,19 @@ def sequence_path(name: str, frames: int) -> Path | None:
 
 def run_cell(seq: Path, out: Path, flags: str) -> dict[str, object]:
     setting = ["--config", flags] if flags.strip().endswith((".yaml", ".yml")) else shlex.split(flags)
-    cmd = [sys.executable, "-m", "recon", "run", str(seq), "--out", str(out), "--overwrite", "--depth-every", "10", *setting]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recon",
+        "run",
+        str(seq),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--depth-every",
+        "10",
+        *setting,
+    ]
     t = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t
@@ -82,9 +94,19 @@ def fmt(value: object, spec: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sequences", nargs="+", default=["street", "room", "fox"], help="street, room (rendered) or a folder name under shared/data/real/sequences")
+    ap.add_argument(
+        "--sequences",
+        nargs="+",
+        default=["street", "room", "fox"],
+        help="street, room (rendered) or a folder name under shared/data/real/sequences",
+    )
     ap.add_argument("--frames", type=int, default=300, help="length of the rendered sequences (default 300)")
-    ap.add_argument("--setting", action="append", metavar="NAME=FLAGS", help="a column: `recon run` flags, or a config file (.yaml) (repeatable; default: a built-in set)")
+    ap.add_argument(
+        "--setting",
+        action="append",
+        metavar="NAME=FLAGS",
+        help="a column: `recon run` flags, or a config file (.yaml) (repeatable; default: a built-in set)",
+    )
     ap.add_argument("--out", type=Path, default=OUT / "table.md")
     args = ap.parse_args()
     settings = dict(s.split("=", 1) for s in args.setting) if args.setting else DEFAULT_SETTINGS

@@ -28,9 +28,9 @@ OUT = Path(__file__).resolve().parent / "out"
 def sequence(frames: int) -> Path:
     seq = OUT / f"street_{frames}" / "sequences" / "drive"
     if not (seq / "times.txt").exists() or len((seq / "times.txt").read_text().split()) != frames:
-        from recon.datasets.synthetic import render_sequence
-
         import shutil
+
+        from recon.datasets.synthetic import render_sequence
 
         shutil.rmtree(OUT / f"street_{frames}", ignore_errors=True)
         print(f"rendering {frames} frames ...", flush=True)
@@ -40,7 +40,17 @@ def sequence(frames: int) -> Path:
 
 def run(seq: Path, out: Path, *extra: str) -> tuple[dict, float]:
     t = time.perf_counter()
-    cmd = [sys.executable, "-m", "recon", "run", str(seq), "--out", str(out), "--overwrite", *extra]  # the bench owns its folders
+    cmd = [
+        sys.executable,
+        "-m",
+        "recon",
+        "run",
+        str(seq),
+        "--out",
+        str(out),
+        "--overwrite",
+        *extra,
+    ]  # the bench owns its folders
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads((out / "summary.json").read_text()), time.perf_counter() - t
 
@@ -54,15 +64,22 @@ def main() -> None:
 
     seq = sequence(args.accuracy_frames)
     summary, wall = run(seq, OUT / "run_accuracy")
-    est, gt = read_kitti(OUT / "run_accuracy" / "trajectory.kitti"), read_kitti(OUT / "run_accuracy" / "ground_truth.kitti")
+    est, gt = (
+        read_kitti(OUT / "run_accuracy" / "trajectory.kitti"),
+        read_kitti(OUT / "run_accuracy" / "ground_truth.kitti"),
+    )
     ate = absolute_trajectory_error(est, gt)
     t = summary["timings_s"]
-    print(f"accuracy: {summary['frames_read']} frames, path {ate.length:.0f} m, {summary['windows']} windows: ATE RMSE {ate.rmse:.2f} m "
-          f"= {ate.rmse_percent_of_length:.2f}% of the path (target <= 1%); max {ate.max:.2f} m")
+    print(
+        f"accuracy: {summary['frames_read']} frames, path {ate.length:.0f} m, {summary['windows']} windows: ATE RMSE {ate.rmse:.2f} m "
+        f"= {ate.rmse_percent_of_length:.2f}% of the path (target <= 1%); max {ate.max:.2f} m"
+    )
     print("  alignment paths: " + ", ".join(f"{p} {n}" for p, n in sorted(summary["alignment_paths"].items())))
-    print(f"overhead: wall {summary['elapsed_s']:.1f} s, model.infer {t['infer']:.1f} s -> all but the model "
-          f"{100 * (1 - t['infer'] / summary['elapsed_s']):.1f}% of wall time (target <= 10%); "
-          f"{summary['fps']:.1f} frames/s; consumer thread (in parallel): align {t['align']:.1f} s, fuse {t['fuse']:.1f} s, write {t['write']:.1f} s; read {t['read']:.1f} s")
+    print(
+        f"overhead: wall {summary['elapsed_s']:.1f} s, model.infer {t['infer']:.1f} s -> all but the model "
+        f"{100 * (1 - t['infer'] / summary['elapsed_s']):.1f}% of wall time (target <= 10%); "
+        f"{summary['fps']:.1f} frames/s; consumer thread (in parallel): align {t['align']:.1f} s, fuse {t['fuse']:.1f} s, write {t['write']:.1f} s; read {t['read']:.1f} s"
+    )
 
     if args.no_memory:
         return

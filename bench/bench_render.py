@@ -33,16 +33,20 @@ def bench(scene: str, width: int, height: int, frames: int, warmup: int, start: 
     for i in range(start + warmup, start + warmup + frames):
         src.render_frame(i)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    print(f"{scene:6s} {width}x{height}: {frames / wall:6.1f} frames/s wall ({1e3 * wall / frames:5.1f} ms/frame), "
-          f"{frames / cpu:6.1f} frames/s CPU; first frame incl. textures {setup_s:.2f} s")
+    print(
+        f"{scene:6s} {width}x{height}: {frames / wall:6.1f} frames/s wall ({1e3 * wall / frames:5.1f} ms/frame), "
+        f"{frames / cpu:6.1f} frames/s CPU; first frame incl. textures {setup_s:.2f} s"
+    )
     total = sum(src.timings.values())
     for stage in STAGES:
         if stage in src.timings:
             ms = 1e3 * src.timings[stage] / frames
             print(f"    {stage:8s} {ms:6.2f} ms/frame  {100 * src.timings[stage] / total:5.1f} %")
     c = {k: v / frames for k, v in src.counters.items()}
-    print(f"    primitives per frame: {c.get('candidates', 0):.0f} near the camera, {c.get('in_view', 0):.0f} in view, "
-          f"{c.get('occluded', 0):.0f} skipped as hidden")
+    print(
+        f"    primitives per frame: {c.get('candidates', 0):.0f} near the camera, {c.get('in_view', 0):.0f} in view, "
+        f"{c.get('occluded', 0):.0f} skipped as hidden"
+    )
 
 
 def main() -> None:

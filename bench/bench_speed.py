@@ -56,15 +56,39 @@ def sequences() -> dict[str, Path]:
 def build_baseline(rev: str, into: Path) -> Path:
     """The package at `rev`, installed (without dependencies) into `into`: a folder for PYTHONPATH."""
     tree = into / "tree"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev], check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev], check=True, capture_output=True
+    )
     try:
         site = into / "site"
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(site), str(tree)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--no-build-isolation",
+                "--target",
+                str(site),
+                str(tree),
+            ],
+            check=True,
+            capture_output=True,
+        )
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True, capture_output=True)
-    where = subprocess.run(python(site) + ["-c", "import recon.pipeline; print(recon.pipeline.__file__)"], check=True, capture_output=True,
-                           text=True, env=environment(site), cwd=into).stdout.strip()
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True, capture_output=True
+        )
+    where = subprocess.run(
+        python(site) + ["-c", "import recon.pipeline; print(recon.pipeline.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=environment(site),
+        cwd=into,
+    ).stdout.strip()
     if not where.startswith(str(site)):
         raise SystemExit(f"bench_speed: the baseline imports {where}, not its own build in {site}")
     return site
@@ -85,7 +109,14 @@ def environment(baseline_site: Path | None) -> dict[str, str]:
 def run(seq: Path, out: Path, baseline_site: Path | None) -> dict:
     t = time.perf_counter()
     cmd = python(baseline_site) + ["-m", "recon", "run", str(seq), "--out", str(out), "--overwrite"]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment(baseline_site), cwd=out.parent)
+    subprocess.run(
+        cmd,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=environment(baseline_site),
+        cwd=out.parent,
+    )
     process_s = time.perf_counter() - t
     summary = json.loads((out / "summary.json").read_text())
     frames = summary["frames_read"]
@@ -103,7 +134,10 @@ def main() -> None:
     seqs = {k: v for k, v in sequences().items() if not args.only or k in args.only}
     with tempfile.TemporaryDirectory(prefix="bench_speed.") as tmp:
         site = build_baseline(args.baseline, Path(tmp))
-        print(f"| sequence | revision | end to end f/s | {' | '.join(STAGES)} (f/s) | start-up + eval s |\n|" + "---|" * (4 + len(STAGES)))
+        print(
+            f"| sequence | revision | end to end f/s | {' | '.join(STAGES)} (f/s) | start-up + eval s |\n|"
+            + "---|" * (4 + len(STAGES))
+        )
         for name, seq in seqs.items():
             rows = {}
             for label, path in (("baseline", site), ("now", None)):
@@ -111,8 +145,11 @@ def main() -> None:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 rows[label] = run(seq, out, path)
                 f = rows[label]
-                print(f"| {name} | {label if path is None else args.baseline} | {f['end_to_end']:.2f} | "
-                      f"{' | '.join(f'{f[s]:.1f}' for s in STAGES)} | {f['startup_s']:.1f} |", flush=True)
+                print(
+                    f"| {name} | {label if path is None else args.baseline} | {f['end_to_end']:.2f} | "
+                    f"{' | '.join(f'{f[s]:.1f}' for s in STAGES)} | {f['startup_s']:.1f} |",
+                    flush=True,
+                )
             ratio = rows["now"]["end_to_end"] / rows["baseline"]["end_to_end"]
             stage_ratios = " | ".join(f"{rows['now'][s] / rows['baseline'][s]:.2f}" for s in STAGES)
             print(f"| {name} | now / baseline | **{ratio:.2f}x** | {stage_ratios} | |", flush=True)

@@ -23,8 +23,16 @@ OUT = HERE / "out" / "screenshots"
 URL = re.compile(r"open (http://\S+) in a browser")
 SERVING = "keeps serving it until Ctrl-C"
 # Chromium on a machine without a GPU or a network: software WebGL, no background connections.
-CHROMIUM_FLAGS = ["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def photograph(url: str, shot: Path, chromium: str, wait_s: float, size: tuple[int, int]) -> None:
@@ -45,7 +53,9 @@ def photograph(url: str, shot: Path, chromium: str, wait_s: float, size: tuple[i
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=60)
-    ap.add_argument("--wait", type=float, default=30.0, help="seconds the viewer gets to load and draw before the screenshot")
+    ap.add_argument(
+        "--wait", type=float, default=30.0, help="seconds the viewer gets to load and draw before the screenshot"
+    )
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--size", default="1600,1000", help="window size W,H")
     args = ap.parse_args()
@@ -54,8 +64,20 @@ def main() -> int:
         return 1
     OUT.mkdir(parents=True, exist_ok=True)
     run_dir = OUT / "run"
-    cmd = [sys.executable, "-m", "recon", "run", "synthetic:street", "--max-frames", str(args.frames), "--viewer", "serve",
-           "--out", str(run_dir), "--overwrite"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recon",
+        "run",
+        "synthetic:street",
+        "--max-frames",
+        str(args.frames),
+        "--viewer",
+        "serve",
+        "--out",
+        str(run_dir),
+        "--overwrite",
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     url = None
     try:

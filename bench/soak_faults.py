@@ -81,8 +81,13 @@ class Fault:
 def draw_fault(rng: random.Random, clean_s: float, frames: int) -> Fault:
     kind = rng.choice(FAULTS)
     bad = tuple((i, rng.choice(BREAKAGES)) for i in sorted(rng.sample(range(frames), rng.randint(1, 4))))
-    return Fault(kind, at_s=rng.uniform(0.0, clean_s), again_after_s=rng.uniform(0.3, 0.5), limit_bytes=rng.randint(64 << 10, 2 << 20),
-                 bad=bad if kind == "bad frames" else ())
+    return Fault(
+        kind,
+        at_s=rng.uniform(0.0, clean_s),
+        again_after_s=rng.uniform(0.3, 0.5),
+        limit_bytes=rng.randint(64 << 10, 2 << 20),
+        bad=bad if kind == "bad frames" else (),
+    )
 
 
 def render_input(root: Path, frames: int) -> Path:
@@ -120,7 +125,9 @@ def run_once(source: Path, out: Path, fault: Fault, run_args: list[str]) -> tupl
             resource.setrlimit(resource.RLIMIT_FSIZE, (fault.limit_bytes, resource.RLIM_INFINITY))
 
     cmd = [sys.executable, "-m", "recon", "run", str(source), *run_args, "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=limit_file_size)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=limit_file_size
+    )
     if fault.kind in ("sigint", "sigterm", "double"):
         time.sleep(fault.at_s)
         first = signal.SIGINT if fault.kind == "sigint" else signal.SIGTERM
@@ -175,7 +182,9 @@ def trajectory_problems(out: Path, bad_frames: set[int]) -> list[str]:
         counts = [len(read_tum(out / "trajectory.tum")[0]), len(read_kitti(out / "trajectory.kitti")), len(indices)]
     except Exception as e:  # any parse failure is the finding
         return [f"trajectory files unreadable ({type(e).__name__}: {e})"]
-    lines = [len((out / name).read_text().splitlines()) for name in ("trajectory.tum", "trajectory.kitti", "frames.txt")]
+    lines = [
+        len((out / name).read_text().splitlines()) for name in ("trajectory.tum", "trajectory.kitti", "frames.txt")
+    ]
     if len(set(counts)) != 1 or lines != [counts[0], counts[0], counts[0] + 1]:
         return [f"trajectory files disagree: poses {counts}, lines {lines}"]
     if (indices[1:] <= indices[:-1]).any():
@@ -189,7 +198,11 @@ def ply_is_whole(path: Path) -> bool:
     data = path.read_bytes()
     end = data.find(b"end_header\n")
     match = re.search(rb"element vertex (\d+)", data[: max(end, 0)])
-    return end >= 0 and match is not None and len(data) - end - len(b"end_header\n") == int(match.group(1)) * PLY_VERTEX.itemsize
+    return (
+        end >= 0
+        and match is not None
+        and len(data) - end - len(b"end_header\n") == int(match.group(1)) * PLY_VERTEX.itemsize
+    )
 
 
 def outcome(out: Path) -> str:
@@ -203,7 +216,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=200, help="number of runs (default 200)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--frames", type=int, default=24, help="length of the drive every run reads (default 24)")
-    ap.add_argument("--run-args", default="--window 6 --overlap 2", help="what each `recon run` gets besides the input and --out")
+    ap.add_argument(
+        "--run-args", default="--window 6 --overlap 2", help="what each `recon run` gets besides the input and --out"
+    )
     args = ap.parse_args()
     rng = random.Random(args.seed)
     run_args = args.run_args.split()
@@ -230,7 +245,9 @@ def main() -> int:
             if source != seq:
                 shutil.rmtree(source.parent.parent)
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(tally.items()))
-    print(f"soak_faults: {args.runs} runs with faults (clean run {clean_s:.1f} s): {args.runs - bad} consistent, {bad} not ({outcomes})")
+    print(
+        f"soak_faults: {args.runs} runs with faults (clean run {clean_s:.1f} s): {args.runs - bad} consistent, {bad} not ({outcomes})"
+    )
     return 1 if bad else 0
 
 

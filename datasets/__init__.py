@@ -1,4 +1,4 @@
-"""Frame sources (DESIGN §3): every input kind as a lazy iterator of `Frame`, and `open_source` to pick
+"""Frame sources (ARCHITECTURE §1): every input kind as a lazy iterator of `Frame`, and `open_source` to pick
 one from what the user typed."""
 
 from __future__ import annotations
@@ -14,36 +14,33 @@ from .calibration import CalibratedSource, Calibration, intrinsics_origin, read_
 from .folder import ImageFolderSource
 from .image_files import IMAGE_EXTENSIONS, list_images
 from .kitti import KittiSource, write_kitti_sequence
-from .native_logs import quiet_native_logs
 from .resize import apply_resize, plan_resize, resize_for_model
 from .stream import StreamSource, is_stream_url
 from .tum import TumSource, write_tum_sequence
 from .video import VIDEO_EXTENSIONS, VideoSource
 
 __all__ = [
+    "KINDS",
     "CalibratedSource",
     "Calibration",
-    "intrinsics_origin",
-    "read_calibration",
     "FrameSource",
     "ImageFolderSource",
     "KittiSource",
-    "KINDS",
     "StreamSource",
     "TumSource",
     "VideoSource",
     "apply_resize",
     "detect_kind",
+    "intrinsics_origin",
     "length_hint",
     "open_source",
     "plan_resize",
+    "read_calibration",
     "resize_for_model",
     "source_notes",
     "write_kitti_sequence",
     "write_tum_sequence",
 ]
-
-quiet_native_logs()  # before any capture opens: see native_logs
 
 SYNTHETIC_PREFIX = "synthetic:"
 KINDS: tuple[str, ...] = ("folder", "video", "stream", "kitti", "tum", "synthetic")
@@ -111,11 +108,15 @@ def detect_kind(spec: str | int | Path) -> str:
         if list_images(path):
             return "folder"
         if (path / "image_2").is_dir():
-            raise SourceError(f"'{text}' looks like a KITTI sequence (image_2/) but has no calib.txt; add calib.txt "
-                              "with a 'P2: 12 numbers' line (3x4 projection of the image_2 camera)")
+            raise SourceError(
+                f"'{text}' looks like a KITTI sequence (image_2/) but has no calib.txt; add calib.txt "
+                "with a 'P2: 12 numbers' line (3x4 projection of the image_2 camera)"
+            )
         if (path / "rgb").is_dir():
-            raise SourceError(f"'{text}' looks like a TUM RGB-D sequence (rgb/) but has no rgb.txt; add rgb.txt "
-                              "with 'timestamp rgb/NAME.png' lines")
+            raise SourceError(
+                f"'{text}' looks like a TUM RGB-D sequence (rgb/) but has no rgb.txt; add rgb.txt "
+                "with 'timestamp rgb/NAME.png' lines"
+            )
         raise SourceError(f"cannot open '{text}': a folder without images; {_EXPECTED}")
     if path.is_file():
         suffix = path.suffix.lower()

@@ -1,4 +1,4 @@
-"""The one protocol every input kind implements (DESIGN §3)."""
+"""The one protocol every input kind implements (ARCHITECTURE §1)."""
 
 from __future__ import annotations
 
@@ -67,9 +67,14 @@ def check_one_per_image(path: Path, count: int, what: str, image_dir: Path, num_
     that has no image, or where the first missing line belongs."""
     if count == num_images:
         return
-    where = "this line and those after it have no image" if count > num_images else "the lines for the last images are missing"
+    where = (
+        "this line and those after it have no image"
+        if count > num_images
+        else "the lines for the last images are missing"
+    )
     raise FormatError(
-        path, entry_line_no(path, num_images if count > num_images else count),
+        path,
+        entry_line_no(path, num_images if count > num_images else count),
         f"{count} {what} but {image_dir} has {num_images} images ({where}); one line per image, in order",
     )
 
@@ -81,7 +86,8 @@ def check_increasing(path: Path, timestamps_s: np.ndarray) -> None:
     if bad.size:
         i = int(bad[0]) + 1
         raise FormatError(
-            path, entry_line_no(path, i),
+            path,
+            entry_line_no(path, i),
             f"timestamp {float(timestamps_s[i])!r} is not after the one before it ({float(timestamps_s[i - 1])!r}); "
             "timestamps must increase line by line: fix or sort the file",
         )

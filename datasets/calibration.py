@@ -63,11 +63,15 @@ class Calibration:
             return self
         sx, sy = wh[0] / self.size_wh[0], wh[1] / self.size_wh[1]
         if abs(sx / sy - 1) > 0.01:
-            raise SourceError(f"{self.origin} is for {self.size_wh[0]}x{self.size_wh[1]} images, these are {wh[0]}x{wh[1]} "
-                              "(another aspect ratio): calibrate at this size or crop the frames to the calibrated aspect")
+            raise SourceError(
+                f"{self.origin} is for {self.size_wh[0]}x{self.size_wh[1]} images, these are {wh[0]}x{wh[1]} "
+                "(another aspect ratio): calibrate at this size or crop the frames to the calibrated aspect"
+            )
         # pixel centres at integers: u' + 0.5 = s (u + 0.5)
         A = np.array([[sx, 0, 0.5 * (sx - 1)], [0, sy, 0.5 * (sy - 1)], [0, 0, 1]])
-        return dataclasses.replace(self, K=A @ self.K, size_wh=tuple(wh), origin=f"{self.origin}, scaled to {wh[0]}x{wh[1]}")
+        return dataclasses.replace(
+            self, K=A @ self.K, size_wh=tuple(wh), origin=f"{self.origin}, scaled to {wh[0]}x{wh[1]}"
+        )
 
 
 def read_calibration(path: str | Path) -> Calibration:
@@ -102,10 +106,21 @@ def _opencv_fields(path: Path) -> dict:
     except (cv2.error, SystemError):  # a parse error comes as either, depending on where OpenCV's parser stops
         fs = None
     if fs is None or not fs.isOpened():
-        raise SourceError(f"--calib {path}: not an OpenCV YAML/JSON/XML calibration, a JSON file or a COLMAP cameras.txt")
+        raise SourceError(
+            f"--calib {path}: not an OpenCV YAML/JSON/XML calibration, a JSON file or a COLMAP cameras.txt"
+        )
     fields: dict = {}
     try:
-        for key in ("camera_matrix", "K", "distortion_coefficients", "dist_coeffs", "D", "image_width", "image_height", "distortion_model"):
+        for key in (
+            "camera_matrix",
+            "K",
+            "distortion_coefficients",
+            "dist_coeffs",
+            "D",
+            "image_width",
+            "image_height",
+            "distortion_model",
+        ):
             node = fs.getNode(key)
             if node.empty():
                 continue
@@ -133,14 +148,22 @@ def _from_fields(path: Path, fields: dict) -> Calibration:
         K = intrinsics_matrix(K)
     except SourceError as e:
         raise SourceError(f"--calib {path}: camera_matrix: {e}") from None
-    dist = np.asarray(fields.get("distortion_coefficients", fields.get("dist_coeffs", fields.get("D", []))), dtype=np.float64).reshape(-1)
+    dist = np.asarray(
+        fields.get("distortion_coefficients", fields.get("dist_coeffs", fields.get("D", []))), dtype=np.float64
+    ).reshape(-1)
     name = str(fields.get("distortion_model", "")).lower()
     model = "fisheye" if name in ("fisheye", "equidistant", "kannala_brandt") else "opencv"
     valid = {"fisheye": (4,), "opencv": (0, 4, 5, 8, 12, 14)}[model]
     if len(dist) not in valid or not np.all(np.isfinite(dist)):
-        raise SourceError(f"--calib {path}: {len(dist)} distortion coefficients for the {model} model; it takes "
-                          f"{' or '.join(map(str, valid))}")
-    size = (int(fields["image_width"]), int(fields["image_height"])) if "image_width" in fields and "image_height" in fields else None
+        raise SourceError(
+            f"--calib {path}: {len(dist)} distortion coefficients for the {model} model; it takes "
+            f"{' or '.join(map(str, valid))}"
+        )
+    size = (
+        (int(fields["image_width"]), int(fields["image_height"]))
+        if "image_width" in fields and "image_height" in fields
+        else None
+    )
     return Calibration(K, dist, model if len(dist) else "pinhole", size, f"calibration file {path.name}")
 
 
@@ -150,8 +173,10 @@ def _colmap_cameras(path: Path, text: str) -> Calibration:
             continue
         parts = line.split()
         if len(parts) < 5 or parts[1] not in _COLMAP_MODELS:
-            raise SourceError(f"--calib {path}:{line_no}: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS...' with MODEL one of "
-                              f"{', '.join(_COLMAP_MODELS)}")
+            raise SourceError(
+                f"--calib {path}:{line_no}: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS...' with MODEL one of "
+                f"{', '.join(_COLMAP_MODELS)}"
+            )
         model, convert = _COLMAP_MODELS[parts[1]]
         try:
             width, height, params = int(parts[2]), int(parts[3]), [float(v) for v in parts[4:]]
@@ -211,8 +236,10 @@ class CalibratedSource:
         self.source, self.calib, self.name = source, calib, source.name
         self._notes: list[str] = []
         if (own := source.intrinsics) is not None and not np.allclose(own, calib.K):
-            self._notes.append(f"{calib.origin} replaces the source's own intrinsics (fx {own[0, 0]:.1f} -> {calib.K[0, 0]:.1f}, "
-                               f"cx {own[0, 2]:.1f} -> {calib.K[0, 2]:.1f})")
+            self._notes.append(
+                f"{calib.origin} replaces the source's own intrinsics (fx {own[0, 0]:.1f} -> {calib.K[0, 0]:.1f}, "
+                f"cx {own[0, 2]:.1f} -> {calib.K[0, 2]:.1f})"
+            )
         self._undistort = Undistorter(calib, calib.size_wh) if calib.size_wh is not None else None
 
     @property

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from itertools import chain

@@ -202,7 +202,9 @@ class KittiSource:
         self.skipped = []
         anchor_cam_from_world: np.ndarray | None = None
         warned_depth = False
-        for position, rgb in readable_images(self._files[:: self.stride], self.max_frames, self.skipped, self.seq_dir / "image_2"):
+        for position, rgb in readable_images(
+            self._files[:: self.stride], self.max_frames, self.skipped, self.seq_dir / "image_2"
+        ):
             file_index = position * self.stride
             path = self._files[file_index]
             gt_cam_from_world = None
@@ -220,7 +222,9 @@ class KittiSource:
                 elif not warned_depth:
                     logger.warning(
                         "%s: missing, unreadable or not uint16 %dx%d; such frames come without depth",
-                        depth_path, rgb.shape[1], rgb.shape[0],
+                        depth_path,
+                        rgb.shape[1],
+                        rgb.shape[0],
                     )
                     warned_depth = True
             yield Frame(

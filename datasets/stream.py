@@ -70,7 +70,10 @@ def _rtsp_over_tcp(spec: int | str) -> Iterator[None]:
     user chose options. OpenCV reads the variable only while opening a capture, and offers no per-capture
     way to pass it, so it is set for the duration of the open and restored right after: the process
     environment is only changed for those milliseconds (not thread-safe against a concurrent open)."""
-    if not (isinstance(spec, str) and spec.lower().startswith(("rtsp://", "rtsps://"))) or FFMPEG_OPTIONS_ENV in os.environ:
+    if (
+        not (isinstance(spec, str) and spec.lower().startswith(("rtsp://", "rtsps://")))
+        or FFMPEG_OPTIONS_ENV in os.environ
+    ):
         yield
         return
     os.environ[FFMPEG_OPTIONS_ENV] = "rtsp_transport;tcp"
@@ -139,7 +142,11 @@ class StreamSource:
         for label, count in {"max_reconnects": max_reconnects, "max_total_reconnects": max_total_reconnects}.items():
             if not isinstance(count, int) or count < 0:
                 raise SourceError(f"{label} must be an integer >= 0, got {count!r}")
-        durations_s = {"reconnect_delay_s": reconnect_delay_s, "read_timeout_s": read_timeout_s, "open_timeout_s": open_timeout_s}
+        durations_s = {
+            "reconnect_delay_s": reconnect_delay_s,
+            "read_timeout_s": read_timeout_s,
+            "open_timeout_s": open_timeout_s,
+        }
         for label, value in durations_s.items():
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise SourceError(f"{label} must be a number >= 0, got {value!r}")
@@ -162,11 +169,15 @@ class StreamSource:
     @property
     def notes(self) -> list[str]:
         if self.gave_up and self.reconnects >= self.max_total_reconnects:
-            return [f"{self.name}: the stream kept dropping: after {self.reconnects} reconnects, the most one run makes, "
-                    "the run ended there with the frames it had"]
+            return [
+                f"{self.name}: the stream kept dropping: after {self.reconnects} reconnects, the most one run makes, "
+                "the run ended there with the frames it had"
+            ]
         if self.gave_up:
-            return [f"{self.name}: the stream dropped and {self.max_reconnects} reconnect attempts failed; "
-                    "the run ended there with the frames it had"]
+            return [
+                f"{self.name}: the stream dropped and {self.max_reconnects} reconnect attempts failed; "
+                "the run ended there with the frames it had"
+            ]
         if self.reconnects:
             return [f"{self.name}: the stream dropped and was reconnected ({self.reconnects} reconnect attempts)"]
         return []
@@ -225,8 +236,12 @@ class StreamSource:
                     if self._is_file or (length is not None and reached_stated_end(frames_read, length)):
                         break
                     if failures_in_row >= self.max_reconnects or self.reconnects >= self.max_total_reconnects:
-                        logger.warning("%s: no new frames after %d reconnect attempts in a row (%d in the run); ending the stream",
-                                       self.name, failures_in_row, self.reconnects)
+                        logger.warning(
+                            "%s: no new frames after %d reconnect attempts in a row (%d in the run); ending the stream",
+                            self.name,
+                            failures_in_row,
+                            self.reconnects,
+                        )
                         self.gave_up = True
                         break
                     failures_in_row += 1
@@ -235,12 +250,17 @@ class StreamSource:
                         cap.release()
                         cap = None
                     logger.warning(
-                        "%s: stream dropped; reconnect attempt %d of %d", self.name, failures_in_row, self.max_reconnects
+                        "%s: stream dropped; reconnect attempt %d of %d",
+                        self.name,
+                        failures_in_row,
+                        self.max_reconnects,
                     )
                     time.sleep(self.reconnect_delay_s)
                     if (cap := self._try_open()) is not None:
                         length = stated_length(cap)
-                        replayed = frames_read if length is not None else 0  # a video starts over; a live stream goes on
+                        replayed = (
+                            frames_read if length is not None else 0
+                        )  # a video starts over; a live stream goes on
                     continue
                 if replayed:  # read before the drop: not a new frame, and no sign the stream recovered
                     replayed -= 1
@@ -266,8 +286,14 @@ class StreamSource:
 def open_failure_message(spec: int | str, attempts: int, last_attempt_s: float, open_timeout_s: float) -> str:
     """Why a camera/URL did not open, as far as we can tell, and what to check."""
     if isinstance(spec, int):
-        return (f"cannot open stream {redact(spec)!r} ({attempts} attempts); check the camera index (ls /dev/video*), "
-                "that no other program holds it, and permissions")
+        return (
+            f"cannot open stream {redact(spec)!r} ({attempts} attempts); check the camera index (ls /dev/video*), "
+            "that no other program holds it, and permissions"
+        )
     # FFmpeg gives up at the timeout without saying so; an attempt that lasted that long timed out.
-    why = f"no answer within {open_timeout_s:g} s" if last_attempt_s >= 0.9 * open_timeout_s > 0 else "refused or not a stream"
+    why = (
+        f"no answer within {open_timeout_s:g} s"
+        if last_attempt_s >= 0.9 * open_timeout_s > 0
+        else "refused or not a stream"
+    )
     return f"cannot open stream {redact(spec)!r}: {why}; check the URL, network and credentials (or raise --timeout)"

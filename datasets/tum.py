@@ -118,7 +118,9 @@ class TumSource:
             raise SourceError(f"max_dt_s must be a number >= 0, got {max_dt_s!r}")
         rgb_list = self.dir / "rgb.txt"
         if not rgb_list.is_file():
-            raise SourceError(f"'{self.dir}' is not a TUM RGB-D dir; expected rgb.txt (+ depth.txt, groundtruth.txt) in it")
+            raise SourceError(
+                f"'{self.dir}' is not a TUM RGB-D dir; expected rgb.txt (+ depth.txt, groundtruth.txt) in it"
+            )
         self.name = self.dir.resolve().name
         self.stride = int(stride)
         self.max_frames = max_frames
@@ -128,7 +130,11 @@ class TumSource:
         if self._K is None:
             self._K = freiburg_intrinsics(self.dir)
             named = _FREIBURG.search(self.dir.resolve().name)
-            self.intrinsics_origin = f"the TUM freiburg{named.group(1)} preset" if named else "the ROS default (fx=fy=525), no freiburg camera in the folder name"
+            self.intrinsics_origin = (
+                f"the TUM freiburg{named.group(1)} preset"
+                if named
+                else "the ROS default (fx=fy=525), no freiburg camera in the folder name"
+            )
 
         rgb_s, self._rgb_names = read_file_list(rgb_list)
         if len(rgb_s) == 0:
@@ -166,7 +172,11 @@ class TumSource:
         if dropped:
             logger.info(
                 "%s: %d of %d rgb images have no %s within %.3f s; dropped",
-                self.dir, dropped, len(rgb_s), " or ".join(why), self.max_dt_s,
+                self.dir,
+                dropped,
+                len(rgb_s),
+                " or ".join(why),
+                self.max_dt_s,
             )
         self.skipped: list[str] = []
 
@@ -209,7 +219,9 @@ class TumSource:
                 if raw is not None and raw.shape == rgb.shape[:2]:
                     depth_m = raw.astype(np.float32) / np.float32(DEPTH_SCALE_PER_M)
                 else:
-                    logger.warning("%s: missing, unreadable or not uint16 of the image's size; frame without depth", depth_path)
+                    logger.warning(
+                        "%s: missing, unreadable or not uint16 of the image's size; frame without depth", depth_path
+                    )
             yield Frame(
                 index=int(row),
                 timestamp_s=float(self._rgb_s[row]),

@@ -43,7 +43,9 @@ class VideoSource:
         if not self.path.is_file():
             raise SourceError(f"video '{self.path}' not found; pass the path of a video file")
         if self.path.stat().st_size == 0:
-            raise SourceError(f"video '{self.path}' is empty (0 bytes); the recording or copy did not finish: pass a complete file")
+            raise SourceError(
+                f"video '{self.path}' is empty (0 bytes); the recording or copy did not finish: pass a complete file"
+            )
         self.stride = int(stride)
         self.max_frames = max_frames
         self._K = intrinsics_matrix(intrinsics)
@@ -110,8 +112,10 @@ class VideoSource:
                 continue
             ok, bgr = cap.retrieve()
             if not ok or bgr is None:
-                self.notes.append(f"video '{self.path}': frame {frame_no} could not be decoded, so the run stopped there; "
-                                  "the file is damaged: repair or re-encode it with ffmpeg to use the rest")
+                self.notes.append(
+                    f"video '{self.path}': frame {frame_no} could not be decoded, so the run stopped there; "
+                    "the file is damaged: repair or re-encode it with ffmpeg to use the rest"
+                )
                 return
             timestamp_s = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
             # Some containers report 0 or a stale time for every frame; a time that does not advance
@@ -142,12 +146,16 @@ def reached_stated_end(frames_read: int, stated: int) -> bool:
     return frames_read >= stated - max(1, math.ceil(COUNT_TOLERANCE * stated))
 
 
-def ended_early_note(path: Path, frames_read: int, stated: int | None, max_frames: int | None, yielded: int) -> str | None:
+def ended_early_note(
+    path: Path, frames_read: int, stated: int | None, max_frames: int | None, yielded: int
+) -> str | None:
     """A note when the video ran out well before the frame count its header states: the sign of a file cut
     short (a copy or recording that did not finish). None when it ended where it said, or we stopped it."""
     if stated is None or (max_frames is not None and yielded >= max_frames):
         return None
     if reached_stated_end(frames_read, stated):
         return None
-    return (f"video '{path}' ended at frame {frames_read} of the {stated} its header states; the file looks truncated: "
-            "the run used the frames up to there")
+    return (
+        f"video '{path}' ended at frame {frames_read} of the {stated} its header states; the file looks truncated: "
+        "the run used the frames up to there"
+    )

@@ -62,7 +62,14 @@ class _Sums:
             return DepthStats(nan, nan, nan, nan, nan, nan, 0, nan)
         n = float(self.n)
         return DepthStats(
-            self.abs_rel / n, self.sq_rel / n, float(np.sqrt(self.sq_err / n)), self.d1 / n, self.d2 / n, self.d3 / n, self.n, self.n_pred / n
+            self.abs_rel / n,
+            self.sq_rel / n,
+            float(np.sqrt(self.sq_err / n)),
+            self.d1 / n,
+            self.d2 / n,
+            self.d3 / n,
+            self.n,
+            self.n_pred / n,
         )
 
 
@@ -84,7 +91,9 @@ def _pair(pred_depth: np.ndarray, gt_depth: np.ndarray) -> tuple[np.ndarray, np.
     return pred, gt
 
 
-def _ratios(pred_depth: np.ndarray, gt_depth: np.ndarray, max_depth_m: float | None, mask: np.ndarray | None) -> np.ndarray:
+def _ratios(
+    pred_depth: np.ndarray, gt_depth: np.ndarray, max_depth_m: float | None, mask: np.ndarray | None
+) -> np.ndarray:
     pred, gt = _pair(pred_depth, gt_depth)
     m = _valid_gt(gt, max_depth_m, mask) & np.isfinite(pred) & (pred > 0)
     return gt[m] / pred[m]
@@ -104,7 +113,9 @@ def median_scale(
     return float(np.median(all_ratios)) if all_ratios.size else float("nan")
 
 
-def _frame_sums(pred_depth: np.ndarray, gt_depth: np.ndarray, scale: float, max_depth_m: float | None, mask: np.ndarray | None) -> _Sums:
+def _frame_sums(
+    pred_depth: np.ndarray, gt_depth: np.ndarray, scale: float, max_depth_m: float | None, mask: np.ndarray | None
+) -> _Sums:
     pred, gt = _pair(pred_depth, gt_depth)
     valid = _valid_gt(gt, max_depth_m, mask)
     g = gt[valid]
@@ -127,7 +138,11 @@ def _frame_sums(pred_depth: np.ndarray, gt_depth: np.ndarray, scale: float, max_
 
 
 def depth_frame_stats(
-    pred_depth: np.ndarray, gt_depth: np.ndarray, scale: float = 1.0, max_depth_m: float | None = None, mask: np.ndarray | None = None
+    pred_depth: np.ndarray,
+    gt_depth: np.ndarray,
+    scale: float = 1.0,
+    max_depth_m: float | None = None,
+    mask: np.ndarray | None = None,
 ) -> DepthStats:
     """Metrics of one frame [H,W] after multiplying the prediction by `scale` (1 for metric predictions)."""
     return _frame_sums(pred_depth, gt_depth, scale, max_depth_m, mask).stats()
@@ -148,7 +163,9 @@ def evaluate_depth(
         raise ValueError(f"{len(pred_depths)} predictions for {len(gt_depths)} ground-truth frames")
     masks = [None] * len(pred_depths) if masks is None else list(masks)
     if scale_mode == "frame":
-        scales = [median_scale([p], [g], max_depth_m, [m]) for p, g, m in zip(pred_depths, gt_depths, masks, strict=True)]
+        scales = [
+            median_scale([p], [g], max_depth_m, [m]) for p, g, m in zip(pred_depths, gt_depths, masks, strict=True)
+        ]
     elif scale_mode == "sequence":
         scales = [median_scale(pred_depths, gt_depths, max_depth_m, masks)] * len(pred_depths)
     elif scale_mode == "none":
@@ -186,7 +203,14 @@ def _mean_stats(per_frame: Sequence[DepthStats]) -> DepthStats:
         return float(np.mean([getattr(st, name) for st in used]))
 
     return DepthStats(
-        avg("abs_rel"), avg("sq_rel"), avg("rmse"), avg("delta1"), avg("delta2"), avg("delta3"), sum(st.num_pixels for st in used), avg("pred_coverage")
+        avg("abs_rel"),
+        avg("sq_rel"),
+        avg("rmse"),
+        avg("delta1"),
+        avg("delta2"),
+        avg("delta3"),
+        sum(st.num_pixels for st in used),
+        avg("pred_coverage"),
     )
 
 

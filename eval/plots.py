@@ -39,7 +39,9 @@ def ground_plane_axes(gt_world_from_cam: np.ndarray) -> tuple[int, int]:
     return a, b
 
 
-def plot_trajectory_top_view(est_xyz: np.ndarray, gt_world_from_cam: np.ndarray, path: Path, title: str = "", unit: str = "m") -> Path:
+def plot_trajectory_top_view(
+    est_xyz: np.ndarray, gt_world_from_cam: np.ndarray, path: Path, title: str = "", unit: str = "m"
+) -> Path:
     """Estimated camera centres (already aligned to ground truth) [N,3] beside the ground truth's [N,4,4]."""
     gt_xyz = np.asarray(gt_world_from_cam)[:, :3, 3]
     a, b = ground_plane_axes(gt_world_from_cam)
@@ -57,8 +59,15 @@ def plot_trajectory_top_view(est_xyz: np.ndarray, gt_world_from_cam: np.ndarray,
     return _save(fig, path)
 
 
-def plot_error_over_time(time_s: np.ndarray, series: dict[str, np.ndarray], path: Path, ylabel: str, title: str = "",
-                         joins_s: Sequence[float] = (), fallbacks_s: Sequence[tuple[float, float]] = ()) -> Path:
+def plot_error_over_time(
+    time_s: np.ndarray,
+    series: dict[str, np.ndarray],
+    path: Path,
+    ylabel: str,
+    title: str = "",
+    joins_s: Sequence[float] = (),
+    fallbacks_s: Sequence[tuple[float, float]] = (),
+) -> Path:
     """One line per named error series over capture time; window joins as thin vertical lines and windows whose
     join fell back to the overlap poses (no usable shared geometry) as shaded spans."""
     fig = _figure(8.0, 3.5)
@@ -68,7 +77,9 @@ def plot_error_over_time(time_s: np.ndarray, series: dict[str, np.ndarray], path
     for k, t in enumerate(joins_s):
         ax.axvline(t, color="0.6", lw=0.5, ls=":", label="window join" if k == 0 else None)
     for k, (t0, t1) in enumerate(fallbacks_s):
-        ax.axvspan(t0, t1, color="tab:red", alpha=0.15, lw=0, label="fallback window (pose-only join)" if k == 0 else None)
+        ax.axvspan(
+            t0, t1, color="tab:red", alpha=0.15, lw=0, label="fallback window (pose-only join)" if k == 0 else None
+        )
     ax.set_xlabel("time (s)")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -87,7 +98,9 @@ class DepthPanel:
     rel_error: np.ndarray  # [H,W] |pred - gt| / gt, NaN where not evaluated
 
 
-def plot_depth_samples(panels: Sequence[DepthPanel], path: Path, max_rel_error: float = 0.25, depth_unit: str = "m") -> Path:
+def plot_depth_samples(
+    panels: Sequence[DepthPanel], path: Path, max_rel_error: float = 0.25, depth_unit: str = "m"
+) -> Path:
     """A row per sampled frame: image, predicted depth, ground-truth depth, relative error."""
     rows = max(len(panels), 1)
     first = panels[0].depth_gt.shape if panels else (1, 1)
@@ -113,5 +126,7 @@ def plot_depth_samples(panels: Sequence[DepthPanel], path: Path, max_rel_error: 
             else:
                 im = ax.imshow(data, cmap=cmap[0], vmin=cmap[1], vmax=cmap[2])
                 if c >= 2:  # the predicted and true depth share one scale: one bar for both
-                    fig.colorbar(im, ax=ax, shrink=0.8).set_label(f"depth ({depth_unit})" if c == 2 else "|pred - gt| / gt", fontsize=7)
+                    fig.colorbar(im, ax=ax, shrink=0.8).set_label(
+                        f"depth ({depth_unit})" if c == 2 else "|pred - gt| / gt", fontsize=7
+                    )
     return _save(fig, path)

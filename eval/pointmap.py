@@ -101,7 +101,12 @@ def _resolution(points: np.ndarray, voxel_size: float) -> float:
 
 
 def _icp(
-    est_pc: o3d.geometry.PointCloud, gt_pc: o3d.geometry.PointCloud, method: IcpMethod, max_distance: float, with_scale: bool, max_iterations: int
+    est_pc: o3d.geometry.PointCloud,
+    gt_pc: o3d.geometry.PointCloud,
+    method: IcpMethod,
+    max_distance: float,
+    with_scale: bool,
+    max_iterations: int,
 ) -> tuple[Sim3, float, float]:
     import open3d as o3d
 

@@ -20,10 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from recon.signals import signals_deferred
 from recon.errors import ReconError
-from recon.eval.trajectory import ATE, ErrorStats, absolute_trajectory_error, associate, kitti_drift, relative_pose_error
+from recon.eval.trajectory import (
+    ATE,
+    ErrorStats,
+    absolute_trajectory_error,
+    associate,
+    kitti_drift,
+    relative_pose_error,
+)
 from recon.outputs import PLOTS_DIR, atomic_write_json, run_lock
+from recon.signals import signals_deferred
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +41,21 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="output directory of `recon run`")
     p.add_argument("--gt", help="ground-truth trajectory file (default: the run's ground_truth.kitti)")
     p.add_argument("--format", choices=["kitti", "tum"], help="format of --gt (default: from its first line)")
-    p.add_argument("--depth-align", choices=["sequence", "frame", "none"], default="sequence",
-                   help="scale the depth onto ground truth once per sequence (default), per frame, or not (metric runs)")
-    p.add_argument("--max-depth", type=float, default=None, help="evaluate depth only up to this ground-truth depth (metres)")
-    p.add_argument("--depth-samples", type=int, default=50, help="evaluate at most N of the run's kept depth frames, evenly spread (default 50)")
+    p.add_argument(
+        "--depth-align",
+        choices=["sequence", "frame", "none"],
+        default="sequence",
+        help="scale the depth onto ground truth once per sequence (default), per frame, or not (metric runs)",
+    )
+    p.add_argument(
+        "--max-depth", type=float, default=None, help="evaluate depth only up to this ground-truth depth (metres)"
+    )
+    p.add_argument(
+        "--depth-samples",
+        type=int,
+        default=50,
+        help="evaluate at most N of the run's kept depth frames, evenly spread (default 50)",
+    )
     p.add_argument("--no-geometry", action="store_true", help="trajectory metrics only (skip depth and point map)")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
 
@@ -54,7 +72,9 @@ class PairedTrajectory:
 def read_summary(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "summary.json"
     if not path.is_file():
-        raise ReconError(f"'{run_dir}' is not a recon output folder (no summary.json); pass the --out folder of `recon run`")
+        raise ReconError(
+            f"'{run_dir}' is not a recon output folder (no summary.json); pass the --out folder of `recon run`"
+        )
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -77,7 +97,9 @@ def _gt_format(path: Path, given: str | None) -> str:
     raise ReconError(f"{path}:{lines[0][0]}: {count} numbers; KITTI lines have 12, TUM lines 8 (or pass --format)")
 
 
-def pair_trajectories(run_dir: Path, summary: dict[str, Any], gt_path: Path | None, gt_format: str | None) -> PairedTrajectory:
+def pair_trajectories(
+    run_dir: Path, summary: dict[str, Any], gt_path: Path | None, gt_format: str | None
+) -> PairedTrajectory:
     from recon.trajectory_io import read_frames, read_kitti, read_tum
 
     if not (run_dir / "trajectory.tum").is_file():
@@ -86,7 +108,9 @@ def pair_trajectories(run_dir: Path, summary: dict[str, Any], gt_path: Path | No
     if gt_path is None:
         own = run_dir / "ground_truth.kitti"
         if not own.is_file():
-            raise ReconError(f"'{run_dir}' has no ground truth: its source had none; pass --gt FILE [--format kitti|tum]")
+            raise ReconError(
+                f"'{run_dir}' has no ground truth: its source had none; pass --gt FILE [--format kitti|tum]"
+            )
         gt = read_kitti(own)
         n = min(len(gt), len(est))  # a killed run may have one file a window ahead of the other
         return PairedTrajectory(est[:n], gt[:n], stamps[:n], f"{own.name} (the source's ground truth)")
@@ -96,8 +120,12 @@ def pair_trajectories(run_dir: Path, summary: dict[str, Any], gt_path: Path | No
         gt_stamps, gt = read_tum(gt_path)
         pairs = associate(stamps, gt_stamps, max_diff_s=0.02)
         if len(pairs) < 3:
-            raise ReconError(f"--gt {gt_path}: only {len(pairs)} of {len(stamps)} poses have a ground-truth timestamp within 20 ms")
-        return PairedTrajectory(est[pairs[:, 0]], gt[pairs[:, 1]], stamps[pairs[:, 0]], f"{gt_path} (TUM, matched by timestamp)")
+            raise ReconError(
+                f"--gt {gt_path}: only {len(pairs)} of {len(stamps)} poses have a ground-truth timestamp within 20 ms"
+            )
+        return PairedTrajectory(
+            est[pairs[:, 0]], gt[pairs[:, 1]], stamps[pairs[:, 0]], f"{gt_path} (TUM, matched by timestamp)"
+        )
     gt = read_kitti(gt_path)
     frames_txt = run_dir / "frames.txt"
     if frames_txt.is_file():
@@ -106,10 +134,14 @@ def pair_trajectories(run_dir: Path, summary: dict[str, Any], gt_path: Path | No
     elif len(gt) == len(est):
         rows = np.arange(len(est))
     else:
-        raise ReconError(f"--gt {gt_path}: {len(gt)} poses for {len(est)} estimated, and the run has no frames.txt to match them")
+        raise ReconError(
+            f"--gt {gt_path}: {len(gt)} poses for {len(est)} estimated, and the run has no frames.txt to match them"
+        )
     ok = rows < len(gt)
     if not ok.all():
-        raise ReconError(f"--gt {gt_path}: has {len(gt)} poses but the run used frame {int(rows.max())}; is it the right sequence?")
+        raise ReconError(
+            f"--gt {gt_path}: has {len(gt)} poses but the run used frame {int(rows.max())}; is it the right sequence?"
+        )
     return PairedTrajectory(est, gt[rows], stamps, f"{gt_path} (KITTI, matched by frame index)")
 
 
@@ -155,19 +187,43 @@ def trajectory_metrics(pair: PairedTrajectory, metric: bool, gt_metric: bool = F
         "scale": s,
         "gt_metric": gt_metric,  # errors are in metres (else in the ground truth's own units)
         "path_length": ate.length,
-        "ate": {"rmse": ate.rmse, "mean": ate.mean, "median": ate.median, "max": ate.max, "std": ate.std,
-                "rmse_percent_of_path": ate.rmse_percent_of_length, "rotation_deg": _stats(ate.rotation_deg)},
-        "rpe_frame": {"delta": 1, "unit": "frames", "translation": _stats(rpe_f.translation), "rotation_deg": _stats(rpe_f.rotation_deg)},
-        "rpe_distance": {"delta": step, "unit": "m", "translation": _stats(rpe_d.translation), "rotation_deg": _stats(rpe_d.rotation_deg)},
+        "ate": {
+            "rmse": ate.rmse,
+            "mean": ate.mean,
+            "median": ate.median,
+            "max": ate.max,
+            "std": ate.std,
+            "rmse_percent_of_path": ate.rmse_percent_of_length,
+            "rotation_deg": _stats(ate.rotation_deg),
+        },
+        "rpe_frame": {
+            "delta": 1,
+            "unit": "frames",
+            "translation": _stats(rpe_f.translation),
+            "rotation_deg": _stats(rpe_f.rotation_deg),
+        },
+        "rpe_distance": {
+            "delta": step,
+            "unit": "m",
+            "translation": _stats(rpe_d.translation),
+            "rotation_deg": _stats(rpe_d.rotation_deg),
+        },
     }
     out["ate"]["rotation_deg_orientation_aligned"] = _stats(orientation_errors_deg(est, gt))
     if gt_metric and ate.length >= KITTI_MIN_PATH_M:
         drift = kitti_drift(est, gt, scale=s)
-        out["kitti_drift"] = {"translation_percent": drift.t_err_percent, "rotation_deg_per_100m": drift.r_err_deg_per_100m,
-                              "lengths": list(drift.lengths), "lengths_source": drift.lengths_source, "segments": drift.num_segments}
+        out["kitti_drift"] = {
+            "translation_percent": drift.t_err_percent,
+            "rotation_deg_per_100m": drift.r_err_deg_per_100m,
+            "lengths": list(drift.lengths),
+            "lengths_source": drift.lengths_source,
+            "segments": drift.num_segments,
+        }
     else:
-        out["kitti_drift"] = {"skipped": f"the path is {ate.length:.3g} {'m' if gt_metric else 'ground-truth units (not known to be metres)'}; "
-                                         f"KITTI drift needs a metric path of at least {KITTI_MIN_PATH_M:g} m"}
+        out["kitti_drift"] = {
+            "skipped": f"the path is {ate.length:.3g} {'m' if gt_metric else 'ground-truth units (not known to be metres)'}; "
+            f"KITTI drift needs a metric path of at least {KITTI_MIN_PATH_M:g} m"
+        }
     return out, ate
 
 
@@ -194,11 +250,19 @@ def _to_source_pixels(depth_model: np.ndarray, resize: Any, hw: tuple[int, int])
     u = np.arange(W, dtype=np.float32) * np.float32(resize.scale_xy[0]) + np.float32(resize.offset_xy[0])
     v = np.arange(H, dtype=np.float32) * np.float32(resize.scale_xy[1]) + np.float32(resize.offset_xy[1])
     map_u, map_v = np.broadcast_to(u, (H, W)), np.broadcast_to(v[:, None], (H, W))
-    return cv2.remap(depth_model, np.ascontiguousarray(map_u), np.ascontiguousarray(map_v), cv2.INTER_NEAREST,
-                     borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    return cv2.remap(
+        depth_model,
+        np.ascontiguousarray(map_u),
+        np.ascontiguousarray(map_v),
+        cv2.INTER_NEAREST,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0.0,
+    )
 
 
-def load_geometry_inputs(run_dir: Path, summary: dict[str, Any], max_samples: int, keep_images: int = 3) -> GeometryInputs | str:
+def load_geometry_inputs(
+    run_dir: Path, summary: dict[str, Any], max_samples: int, keep_images: int = 3
+) -> GeometryInputs | str:
     """-> the inputs, or a one-line reason why geometry cannot be evaluated."""
     from recon.depth_samples import depth_sample_paths, read_depth_sample
 
@@ -250,9 +314,14 @@ def depth_metrics(g: GeometryInputs, align: str, max_depth: float | None) -> tup
     masks = [p > 0 for p in g.pred_depth]
     ev = evaluate_depth(g.pred_depth, g.gt_depth, scale_mode=align, max_depth_m=max_depth, masks=masks)
     # The same on each frame's more confident half: what a user keeps when filtering by confidence.
-    confident = [(p > 0) & (c >= np.median(c[p > 0])) if (p > 0).any() else p > 0 for p, c in zip(g.pred_depth, g.pred_conf)]
+    confident = [
+        (p > 0) & (c >= np.median(c[p > 0])) if (p > 0).any() else p > 0 for p, c in zip(g.pred_depth, g.pred_conf)
+    ]
     ev_conf = evaluate_depth(g.pred_depth, g.gt_depth, scale_mode=align, max_depth_m=max_depth, masks=confident)
-    covered = sum(int(((gd > 0) & (pd > 0) & ((gd <= max_depth) if max_depth else True)).sum()) for pd, gd in zip(g.pred_depth, g.gt_depth))
+    covered = sum(
+        int(((gd > 0) & (pd > 0) & ((gd <= max_depth) if max_depth else True)).sum())
+        for pd, gd in zip(g.pred_depth, g.gt_depth)
+    )
     valid = sum(int(((gd > 0) & ((gd <= max_depth) if max_depth else True)).sum()) for gd in g.gt_depth)
     m = ev.mean
     return {
@@ -272,7 +341,9 @@ def depth_metrics(g: GeometryInputs, align: str, max_depth: float | None) -> tup
     }, ev
 
 
-def pointmap_metrics(run_dir: Path, g: GeometryInputs, metric: bool, icp: str = "point_to_point") -> dict[str, Any] | str:
+def pointmap_metrics(
+    run_dir: Path, g: GeometryInputs, metric: bool, icp: str = "point_to_point"
+) -> dict[str, Any] | str:
     """Point-map metrics of the run's map.ply against the ground-truth depth of the sampled frames, in the
     ground truth's world: placed by the kept frames' poses, then refined by `icp` ("none": the poses alone,
     so runs with one trajectory and different maps are compared on their maps only)."""
@@ -307,40 +378,79 @@ def _f(v: Any, spec: str = ".4g") -> str:
 def format_table(metrics: dict[str, Any]) -> str:
     t = metrics["trajectory"]
     unit = "m" if t.get("gt_metric") else "gt units"
-    aligned = ("SE(3) (the run is metric)" if t["alignment"] == "se3" else
-               f"Sim(3) Umeyama, scale {_f(t['scale'])} (the run has its own units)")
+    aligned = (
+        "SE(3) (the run is metric)"
+        if t["alignment"] == "se3"
+        else f"Sim(3) Umeyama, scale {_f(t['scale'])} (the run has its own units)"
+    )
     ate, rot = t["ate"], t["ate"]["rotation_deg_orientation_aligned"]
     rows = [
         ("poses compared", f"{t['frames']} (ground truth: {metrics['ground_truth']})"),
         ("alignment to ground truth", f"{aligned}; errors in {unit}; path {_f(t['path_length'], '.1f')} {unit}"),
-        ("ATE RMSE / mean / median / max", f"{_f(ate['rmse'])} / {_f(ate['mean'])} / {_f(ate['median'])} / {_f(ate['max'])} {unit}"
-                                           f"  ({_f(ate['rmse_percent_of_path'], '.2f')}% of path)"),
+        (
+            "ATE RMSE / mean / median / max",
+            f"{_f(ate['rmse'])} / {_f(ate['mean'])} / {_f(ate['median'])} / {_f(ate['max'])} {unit}"
+            f"  ({_f(ate['rmse_percent_of_path'], '.2f')}% of path)",
+        ),
         ("ATE rotation RMSE / max", f"{_f(rot['rmse'])} / {_f(rot['max'])} deg  (orientations aligned)"),
-        ("RPE per frame: trans RMSE / rot RMSE", f"{_f(t['rpe_frame']['translation']['rmse'])} {unit} / {_f(t['rpe_frame']['rotation_deg']['rmse'])} deg"),
-        (f"RPE per {_f(t['rpe_distance']['delta'])} {unit} of path: trans / rot", f"{_f(t['rpe_distance']['translation']['rmse'])} {unit} / "
-                                                                                 f"{_f(t['rpe_distance']['rotation_deg']['rmse'])} deg"),
+        (
+            "RPE per frame: trans RMSE / rot RMSE",
+            f"{_f(t['rpe_frame']['translation']['rmse'])} {unit} / {_f(t['rpe_frame']['rotation_deg']['rmse'])} deg",
+        ),
+        (
+            f"RPE per {_f(t['rpe_distance']['delta'])} {unit} of path: trans / rot",
+            f"{_f(t['rpe_distance']['translation']['rmse'])} {unit} / "
+            f"{_f(t['rpe_distance']['rotation_deg']['rmse'])} deg",
+        ),
     ]
     k = t["kitti_drift"]
     if "skipped" in k:
         rows.append(("KITTI drift", f"not reported: {k['skipped']}"))
     else:
-        rows.append(("KITTI drift: trans % / rot deg per 100 m", f"{_f(k['translation_percent'], '.2f')}% / {_f(k['rotation_deg_per_100m'], '.3f')}  "
-                                                                f"({k['segments']} segments, {k['lengths_source']} lengths)"))
+        rows.append(
+            (
+                "KITTI drift: trans % / rot deg per 100 m",
+                f"{_f(k['translation_percent'], '.2f')}% / {_f(k['rotation_deg_per_100m'], '.3f')}  "
+                f"({k['segments']} segments, {k['lengths_source']} lengths)",
+            )
+        )
     d = metrics.get("depth")
     if isinstance(d, dict):
-        rows.append((f"depth ({d['frames']} frames, {d['scale_mode']} scale)", f"AbsRel {_f(d['abs_rel'], '.4f')}, δ<1.25 {_f(d['delta1'], '.3f')}, "
-                                                                             f"RMSE {_f(d['rmse'], '.3f')}, coverage {_f(100 * d['coverage'], '.1f')}%"))
+        rows.append(
+            (
+                f"depth ({d['frames']} frames, {d['scale_mode']} scale)",
+                f"AbsRel {_f(d['abs_rel'], '.4f')}, δ<1.25 {_f(d['delta1'], '.3f')}, "
+                f"RMSE {_f(d['rmse'], '.3f')}, coverage {_f(100 * d['coverage'], '.1f')}%",
+            )
+        )
         c = d["confident_half"]
-        rows.append(("depth, more confident half of pixels", f"AbsRel {_f(c['abs_rel'], '.4f')}, δ<1.25 {_f(c['delta1'], '.3f')}, RMSE {_f(c['rmse'], '.3f')}"))
+        rows.append(
+            (
+                "depth, more confident half of pixels",
+                f"AbsRel {_f(c['abs_rel'], '.4f')}, δ<1.25 {_f(c['delta1'], '.3f')}, RMSE {_f(c['rmse'], '.3f')}",
+            )
+        )
     else:
         rows.append(("depth", f"not evaluated: {metrics.get('depth_skipped', 'no ground-truth depth')}"))
     p = metrics.get("pointmap")
     if isinstance(p, dict):
-        rows.append(("point map: accuracy / completeness", f"mean {_f(p['accuracy_mean'])} / {_f(p['completeness_mean'])}, "
-                                                           f"median {_f(p['accuracy_median'])} / {_f(p['completeness_median'])}"))
-        rows.append(("point map: precision / recall / F", f"{_f(p['precision'], '.3f')} / {_f(p['recall'], '.3f')} / {_f(p['fscore'], '.3f')} "
-                                                          f"within {_f(p['threshold'])}"))
-        rows.append(("point map: Chamfer / normal consistency", f"{_f(p['chamfer'])} / {_f(p['normal_consistency'], '.3f')}"))
+        rows.append(
+            (
+                "point map: accuracy / completeness",
+                f"mean {_f(p['accuracy_mean'])} / {_f(p['completeness_mean'])}, "
+                f"median {_f(p['accuracy_median'])} / {_f(p['completeness_median'])}",
+            )
+        )
+        rows.append(
+            (
+                "point map: precision / recall / F",
+                f"{_f(p['precision'], '.3f')} / {_f(p['recall'], '.3f')} / {_f(p['fscore'], '.3f')} "
+                f"within {_f(p['threshold'])}",
+            )
+        )
+        rows.append(
+            ("point map: Chamfer / normal consistency", f"{_f(p['chamfer'])} / {_f(p['normal_consistency'], '.3f')}")
+        )
     else:
         rows.append(("point map", f"not evaluated: {metrics.get('pointmap_skipped', 'no ground-truth depth')}"))
     width = max(len(k) for k, _ in rows)
@@ -369,8 +479,14 @@ def window_marks(run_dir: Path, summary: dict[str, Any], t0_s: float) -> tuple[l
     return joins, fallbacks
 
 
-def write_plots(run_dir: Path, pair: PairedTrajectory, ate: ATE, geometry: GeometryInputs | None, depth_ev: Any,
-                unit: str = "gt units") -> list[Path]:
+def write_plots(
+    run_dir: Path,
+    pair: PairedTrajectory,
+    ate: ATE,
+    geometry: GeometryInputs | None,
+    depth_ev: Any,
+    unit: str = "gt units",
+) -> list[Path]:
     from recon.eval.depth import relative_error_map
     from recon.eval.plots import DepthPanel, plot_depth_samples, plot_error_over_time, plot_trajectory_top_view
 
@@ -379,10 +495,22 @@ def write_plots(run_dir: Path, pair: PairedTrajectory, ate: ATE, geometry: Geome
     est_in_gt = ate.gt_from_est.apply_to_world_from_cam(pair.est_world_from_cam)
     joins, fallbacks = window_marks(run_dir, read_summary(run_dir), float(pair.time_s[0]))
     written = [
-        plot_trajectory_top_view(est_in_gt[:, :3, 3], pair.gt_world_from_cam, folder / "trajectory_top.png",
-                                 f"ATE RMSE {ate.rmse:.3g} {unit} ({ate.rmse_percent_of_length:.2f}% of path)", unit),
-        plot_error_over_time(pair.time_s - pair.time_s[0], {"position error": ate.position_errors}, folder / "ate_over_time.png",
-                             f"position error ({unit})", "absolute trajectory error after alignment", joins, fallbacks),
+        plot_trajectory_top_view(
+            est_in_gt[:, :3, 3],
+            pair.gt_world_from_cam,
+            folder / "trajectory_top.png",
+            f"ATE RMSE {ate.rmse:.3g} {unit} ({ate.rmse_percent_of_length:.2f}% of path)",
+            unit,
+        ),
+        plot_error_over_time(
+            pair.time_s - pair.time_s[0],
+            {"position error": ate.position_errors},
+            folder / "ate_over_time.png",
+            f"position error ({unit})",
+            "absolute trajectory error after alignment",
+            joins,
+            fallbacks,
+        ),
     ]
     if geometry is not None and depth_ev is not None and geometry.images:
         panels = []
@@ -390,15 +518,25 @@ def write_plots(run_dir: Path, pair: PairedTrajectory, ate: ATE, geometry: Geome
             if idx in geometry.images:
                 s = float(depth_ev.scales[k]) if np.isfinite(depth_ev.scales[k]) else 1.0
                 pred = geometry.pred_depth[k] * s
-                rel = relative_error_map(geometry.pred_depth[k], geometry.gt_depth[k], s, depth_ev.max_depth_m, geometry.pred_depth[k] > 0)
+                rel = relative_error_map(
+                    geometry.pred_depth[k], geometry.gt_depth[k], s, depth_ev.max_depth_m, geometry.pred_depth[k] > 0
+                )
                 panels.append(DepthPanel(idx, geometry.images[idx], pred, geometry.gt_depth[k], rel))
         written.append(plot_depth_samples(panels, folder / "depth_samples.png"))  # ground-truth depth is in metres
     return written
 
 
-def evaluate_run(run_dir: Path, gt_path: Path | None = None, gt_format: str | None = None, depth_align: str = "sequence",
-                 max_depth: float | None = None, depth_samples: int = 50, geometry: bool = True, plots: bool = True,
-                 say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path,
+    gt_path: Path | None = None,
+    gt_format: str | None = None,
+    depth_align: str = "sequence",
+    max_depth: float | None = None,
+    depth_samples: int = 50,
+    geometry: bool = True,
+    plots: bool = True,
+    say: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
     """Everything `recon eval` computes; writes OUT/metrics.json (and plots). Returns the metrics."""
     run_dir = Path(run_dir)
     summary = read_summary(run_dir)
@@ -406,7 +544,12 @@ def evaluate_run(run_dir: Path, gt_path: Path | None = None, gt_format: str | No
     pair = pair_trajectories(run_dir, summary, gt_path, gt_format)
     gt_metric = gt_path is None and bool(summary.get("ground_truth_metric", False))  # a --gt file's units are not known
     traj, ate = trajectory_metrics(pair, metric, gt_metric)
-    metrics: dict[str, Any] = {"run_dir": str(run_dir), "status": summary.get("status"), "ground_truth": pair.label, "trajectory": traj}
+    metrics: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "status": summary.get("status"),
+        "ground_truth": pair.label,
+        "trajectory": traj,
+    }
     g: GeometryInputs | None = None
     depth_ev = None
     if geometry:
@@ -416,7 +559,9 @@ def evaluate_run(run_dir: Path, gt_path: Path | None = None, gt_format: str | No
             metrics["depth_skipped"] = metrics["pointmap_skipped"] = loaded
         else:
             g = loaded
-            metrics["depth"], depth_ev = depth_metrics(g, "none" if metric and depth_align == "sequence" else depth_align, max_depth)
+            metrics["depth"], depth_ev = depth_metrics(
+                g, "none" if metric and depth_align == "sequence" else depth_align, max_depth
+            )
             say("point map: aligning to ground truth (ICP) ...")
             pm = pointmap_metrics(run_dir, g, metric)
             if isinstance(pm, str):
@@ -452,9 +597,17 @@ def eval_command(args: argparse.Namespace) -> int:
     # A run still writing there would change the trajectory under the evaluation, and two evaluations would
     # interleave metrics.json and the plots.
     with run_lock(run_dir, advice="evaluate it when the run has ended"):
-        metrics = evaluate_run(run_dir, Path(args.gt) if args.gt else None, args.format, args.depth_align, args.max_depth,
-                               args.depth_samples, geometry=not args.no_geometry, plots=not args.no_plots,
-                               say=lambda m: print(f"recon eval: {m}", flush=True))
+        metrics = evaluate_run(
+            run_dir,
+            Path(args.gt) if args.gt else None,
+            args.format,
+            args.depth_align,
+            args.max_depth,
+            args.depth_samples,
+            geometry=not args.no_geometry,
+            plots=not args.no_plots,
+            say=lambda m: print(f"recon eval: {m}", flush=True),
+        )
     print(f"{run_dir}/ vs ground truth")
     print(format_table(metrics))
     print(f"  -> {run_dir}/metrics.json" + (f", {run_dir}/{PLOTS_DIR}/*.png" if not args.no_plots else ""))

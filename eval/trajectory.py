@@ -42,7 +42,13 @@ class ErrorStats:
             nan = float("nan")
             return ErrorStats(nan, nan, nan, nan, nan, nan, 0)
         return ErrorStats(
-            float(np.sqrt(np.mean(e**2))), float(e.mean()), float(np.median(e)), float(e.std()), float(e.min()), float(e.max()), int(e.size)
+            float(np.sqrt(np.mean(e**2))),
+            float(e.mean()),
+            float(np.median(e)),
+            float(e.std()),
+            float(e.min()),
+            float(e.max()),
+            int(e.size),
         )
 
 
@@ -110,11 +116,15 @@ def _positions(world_from_cam: np.ndarray) -> np.ndarray:
     return as_4x4(world_from_cam)[:, :3, 3]
 
 
-def _check_pair(est_world_from_cam: np.ndarray, gt_world_from_cam: np.ndarray, min_frames: int) -> tuple[np.ndarray, np.ndarray]:
+def _check_pair(
+    est_world_from_cam: np.ndarray, gt_world_from_cam: np.ndarray, min_frames: int
+) -> tuple[np.ndarray, np.ndarray]:
     est = as_4x4(est_world_from_cam)
     gt = as_4x4(gt_world_from_cam)
     if est.ndim != 3 or len(est) != len(gt) or len(est) < min_frames:
-        raise ValueError(f"need two trajectories [N,4,4] of the same >= {min_frames} frames, got {est.shape} and {gt.shape}")
+        raise ValueError(
+            f"need two trajectories [N,4,4] of the same >= {min_frames} frames, got {est.shape} and {gt.shape}"
+        )
     return est, gt
 
 
@@ -124,7 +134,9 @@ def path_distances(world_from_cam: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(c, axis=0), axis=1))])
 
 
-def absolute_trajectory_error(est_world_from_cam: np.ndarray, gt_world_from_cam: np.ndarray, with_scale: bool = True) -> ATE:
+def absolute_trajectory_error(
+    est_world_from_cam: np.ndarray, gt_world_from_cam: np.ndarray, with_scale: bool = True
+) -> ATE:
     """Camera centres of two trajectories of the same frames [N,4,4]: align est onto gt (Umeyama on the
     centres: Sim(3) for up-to-scale runs, SE(3) with `with_scale=False` for metric runs), then the
     per-frame position errors' statistics (evo APE translation_part), plus the rotation part."""
@@ -167,7 +179,9 @@ def _scaled(world_from_cam: np.ndarray, scale: float) -> np.ndarray:
     return out
 
 
-def relative_motion_errors(est_world_from_cam: np.ndarray, gt_world_from_cam: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def relative_motion_errors(
+    est_world_from_cam: np.ndarray, gt_world_from_cam: np.ndarray, pairs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """For index pairs [K,2] (i, j): the motion i->j in each trajectory (`cam_i_from_cam_j`) and the
     error between them -> (translation error [K], rotation error deg [K]).
 
@@ -290,7 +304,8 @@ def kitti_drift(
     t_pct = 100.0 * t_err / length_k if len(length_k) else np.zeros(0)
     r_per_100 = 100.0 * r_err_deg / length_k if len(length_k) else np.zeros(0)
     per_length = tuple(
-        DriftAtLength(L, *_means(t_pct[length_k == L], r_per_100[length_k == L]), int(np.sum(length_k == L))) for L in used
+        DriftAtLength(L, *_means(t_pct[length_k == L], r_per_100[length_k == L]), int(np.sum(length_k == L)))
+        for L in used
     )
     t_all, r_all = _means(t_pct, r_per_100)
     return KittiDrift(
@@ -317,7 +332,9 @@ def _means(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(a.mean()), float(b.mean())
 
 
-def associate(stamps_a: np.ndarray, stamps_b: np.ndarray, max_diff_s: float = 0.02, offset_b_s: float = 0.0) -> np.ndarray:
+def associate(
+    stamps_a: np.ndarray, stamps_b: np.ndarray, max_diff_s: float = 0.02, offset_b_s: float = 0.0
+) -> np.ndarray:
     """Match timestamps one-to-one (TUM's associate.py): among all pairs with |a - (b + offset)| <= max_diff,
     take the closest first, greedily, each stamp used at most once. -> [K,2] int (index into a, index
     into b), sorted by the index into a."""

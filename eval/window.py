@@ -8,7 +8,9 @@ import numpy as np
 from recon.geometry import invert_rigid, rotation_angle_deg
 
 
-def relative_pose_errors(est_cam_from_world: np.ndarray, gt_cam_from_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def relative_pose_errors(
+    est_cam_from_world: np.ndarray, gt_cam_from_world: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Each frame's pose relative to the window's first frame vs the same from ground truth.
 
     -> (rotation error deg [S-1], translation-direction error deg [S-1]; NaN where either translation

@@ -64,9 +64,7 @@ def gather_heads(x: Tensor, idx: Tensor, out: Tensor | None = None) -> Tensor:
     return torch.gather(x, 2, idx_bhkd, out=out) if out is not None else torch.gather(x, 2, idx_bhkd)
 
 
-def dynamic_layer_budgets(
-    mean_scores: list[float], total: int, floor: int, temperature: float = 0.5
-) -> list[int]:
+def dynamic_layer_budgets(mean_scores: list[float], total: int, floor: int, temperature: float = 0.5) -> list[int]:
     """Split `total` tokens across layers by softmax((1 - mean cosine) / temperature) (InfiniteVGGT),
     after giving each layer `floor` tokens (the least a layer can run with). Sums exactly to `total`;
     rounding remainders go to the layers with the largest fractional parts."""

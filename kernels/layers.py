@@ -98,7 +98,12 @@ def _region_edges(
     keep = (ra >= 0) & (rb >= 0) & (ra != rb)
     key = np.minimum(ra[keep], rb[keep]) * n + np.maximum(ra[keep], rb[keep])
     k, inv = np.unique(key, return_inverse=True)
-    return k // n, k % n, np.bincount(inv, weights=touch[keep], minlength=len(k)), np.bincount(inv, weights=smooth[keep], minlength=len(k))
+    return (
+        k // n,
+        k % n,
+        np.bincount(inv, weights=touch[keep], minlength=len(k)),
+        np.bincount(inv, weights=smooth[keep], minlength=len(k)),
+    )
 
 
 def _find(parent: np.ndarray) -> np.ndarray:
@@ -110,7 +115,9 @@ def _find(parent: np.ndarray) -> np.ndarray:
         parent = nxt
 
 
-def _join_small(a: np.ndarray, b: np.ndarray, area: np.ndarray, mean_log: np.ndarray, min_size: int, tol: float) -> np.ndarray:
+def _join_small(
+    a: np.ndarray, b: np.ndarray, area: np.ndarray, mean_log: np.ndarray, min_size: int, tol: float
+) -> np.ndarray:
     """Union-find over adjacency edges (a, b), cheapest first, joining only while one side is smaller than
     min_size and the sets' area-weighted mean log-depths are within tol. Returns the root per component.
     A Python loop, but over region edges (tens to a few thousand), not pixels."""
@@ -284,7 +291,9 @@ def layer_iou(
     unlabelled in the other map, so a layer that vanishes gets a low IoU. num_a / num_b [P]: layer counts
     when a map may not show all its layers (default: max label + 1)."""
     if labels_a.shape != labels_b.shape or labels_a.ndim != 3:
-        raise ValueError(f"layer_iou: label maps must both be [P,H,W], got {tuple(labels_a.shape)} / {tuple(labels_b.shape)}")
+        raise ValueError(
+            f"layer_iou: label maps must both be [P,H,W], got {tuple(labels_a.shape)} / {tuple(labels_b.shape)}"
+        )
     dev = labels_a.device
     la = labels_a.flatten(1).long()
     lb = labels_b.flatten(1).long()

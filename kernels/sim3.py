@@ -123,7 +123,9 @@ def robust_sim3_batched(
     all moments Umeyama needs, in chunks of `_CHUNK` points whose partial sums are added in float64.
     The 3x3 closed form runs on the host: on a GPU that is one tiny device-to-host copy per iteration."""
     if source.ndim != 3 or source.shape != target.shape or source.shape[-1] != 3:
-        raise ValueError(f"robust_sim3_batched: source/target must both be [B,N,3], got {tuple(source.shape)} / {tuple(target.shape)}")
+        raise ValueError(
+            f"robust_sim3_batched: source/target must both be [B,N,3], got {tuple(source.shape)} / {tuple(target.shape)}"
+        )
     B, N, _ = source.shape
     dev = source.device
     c = torch.ones(B, N, device=dev) if weights is None else weights.to(device=dev, dtype=torch.float32)

@@ -9,7 +9,9 @@ from recon.geometry import project_to_rotation
 from recon.types import Sim3
 
 
-def umeyama_sim3(source: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None, with_scale: bool = True) -> Sim3:
+def umeyama_sim3(
+    source: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None, with_scale: bool = True
+) -> Sim3:
     """target ≈ s R source + t for points [N,3] (N ≥ 3, not collinear). Returns `target_from_source`."""
     src = np.asarray(source, dtype=np.float64)
     dst = np.asarray(target, dtype=np.float64)

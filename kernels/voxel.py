@@ -70,6 +70,14 @@ class Voxels:
             index = torch.nonzero(index).squeeze(1)  # once, not once per field
         return Voxels(*(getattr(self, f.name)[index] for f in fields(self)))
 
+    def keep_only(self, index: torch.Tensor) -> None:
+        """`select` in place, one field at a time: each field's old storage goes as soon as its subset exists,
+        so the copy in flight is one field (xyz: 12 of the 44 bytes a voxel takes), not a second map."""
+        if index.dtype == torch.bool:
+            index = torch.nonzero(index).squeeze(1)
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name)[index])
+
 
 def pack_keys(ijk: torch.Tensor) -> torch.Tensor:
     """ijk [N,3] int64 (each in [KEY_MIN, KEY_MAX]) -> keys [N] int64."""
@@ -103,7 +111,12 @@ def voxel_indices(points: torch.Tensor, voxel_m: float) -> tuple[torch.Tensor, t
 
 
 def scatter_voxels(
-    points: torch.Tensor, colors: torch.Tensor, conf: torch.Tensor, voxel_m: float, min_conf: float = 0.0, window: int = -1
+    points: torch.Tensor,
+    colors: torch.Tensor,
+    conf: torch.Tensor,
+    voxel_m: float,
+    min_conf: float = 0.0,
+    window: int = -1,
 ) -> tuple[Voxels, ScatterCounts]:
     """Reduce points into voxels. points [N,3] float32, colors [N,3] uint8 (or float in [0,255]),
     conf [N] float32. Points with a non-finite position or confidence, confidence <= min_conf (min_conf
@@ -198,7 +211,9 @@ def revoxelize(vox: Voxels, voxel_m: float) -> Voxels:
     _, ijk_f, in_range = voxel_indices(vox.xyz, voxel_m)
     keep = torch.nonzero(in_range & torch.isfinite(vox.xyz).all(dim=1)).squeeze(1)
     slot = torch.searchsorted(merged.keys, pack_keys(ijk_f[keep].to(torch.int64)))
-    count = torch.zeros(len(merged), dtype=torch.int64, device=vox.keys.device).index_add_(0, slot, vox.count[keep].to(torch.int64))
+    count = torch.zeros(len(merged), dtype=torch.int64, device=vox.keys.device).index_add_(
+        0, slot, vox.count[keep].to(torch.int64)
+    )
     merged.count = count.clamp_(max=_COUNT_MAX).to(torch.int32)
     merged.window = torch.full_like(merged.window, -1).scatter_reduce_(0, slot, vox.window[keep], reduce="amax")
     return merged
@@ -219,7 +234,12 @@ class ReferenceVoxels:
         p32 = np.asarray(points, dtype=np.float32)
         with np.errstate(invalid="ignore"):
             ijk_f = np.floor(p32 / np.float32(self.voxel_m))  # float32 division, like the kernel
-        rows = zip(ijk_f.tolist(), p32.astype(np.float64).tolist(), np.asarray(colors, np.float64).tolist(), np.asarray(conf, np.float64).tolist())
+        rows = zip(
+            ijk_f.tolist(),
+            p32.astype(np.float64).tolist(),
+            np.asarray(colors, np.float64).tolist(),
+            np.asarray(conf, np.float64).tolist(),
+        )
         for ijk, p, c, w in rows:
             if not (math.isfinite(w) and w > self.min_conf and all(math.isfinite(x) for x in p)):
                 continue

@@ -1,4 +1,4 @@
-"""Joining a window to the previous one (DESIGN §5): the Sim(3) `prev_from_cur` that maps the new window's
+"""Joining a window to the previous one (ARCHITECTURE §4): the Sim(3) `prev_from_cur` that maps the new window's
 frame into the previous window's frame through the frames both share (the core composes these joins in
 its pose graph; with `prev` None the window defines its own frame).
 
@@ -12,7 +12,7 @@ its pose graph; with `prev` None the window defines its own frame).
    translation from the shared camera centres. An overlap that measures no scale
    (empty, low-parallax, rotation-only) inherits it through the shared frames' median depths, flagged —
    the scale never jumps. The fit's uncertainty becomes the pose-graph edge's noise.
-3. Layer-wise scale (mode "lsa", specs/streaming_alignment.md): segment every depth map of the window
+3. Layer-wise scale (mode "lsa", as LASER): segment every depth map of the window
    into depth layers; link layers of each overlap frame across the two windows (IoU >= cross_iou); per
    link a robust scale of this window's Sim(3)-aligned depth onto the previous window's depth over the
    two layers' intersection; propagate forward through the window's frames along links between
@@ -145,7 +145,7 @@ class AlignedWindow:
             c = self.centres_window[frames][:, None, None, :]
             points = torch.addcmul(c, points - c, self.scale_map[frames, ::stride, ::stride][..., None])
         sim = self.world_from_window
-        if sim.s == 1.0 and bool((sim.R == np.eye(3)).all()) and not np.any(sim.t):
+        if sim.s == 1.0 and bool((np.eye(3) == sim.R).all()) and not np.any(sim.t):
             return points
         sR = torch.as_tensor(sim.s * sim.R, dtype=torch.float32, device=points.device)
         t = torch.as_tensor(sim.t, dtype=torch.float32, device=points.device)
@@ -186,14 +186,21 @@ class WindowFit:
 
 
 # ------------------------------------------------------------------------------------ entry points
-def align_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int, config: AlignConfig = AlignConfig()) -> AlignedWindow:
+def align_window(
+    prev: AlignedWindow | None, cur: WindowPrediction, overlap: int, config: AlignConfig = AlignConfig()
+) -> AlignedWindow:
     """Map `cur` into the world of `prev` (its first `overlap` frames are `prev`'s last ones); with
     `prev` None, `cur` defines the world. Never NaN: a degenerate overlap takes the pose fallback."""
     return place_window(cur, fit_window(prev, cur, overlap, config))
 
 
-def fit_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int, config: AlignConfig = AlignConfig(),
-               layers: WindowLayers | None = None) -> WindowFit:
+def fit_window(
+    prev: AlignedWindow | None,
+    cur: WindowPrediction,
+    overlap: int,
+    config: AlignConfig = AlignConfig(),
+    layers: WindowLayers | None = None,
+) -> WindowFit:
     """The join of `cur` to `prev` (see `align_window`), without placing its points. `layers`: its
     window_layers when worked out beforehand."""
     t0 = time.perf_counter()
@@ -222,17 +229,25 @@ def fit_window(prev: AlignedWindow | None, cur: WindowPrediction, overlap: int, 
 
     scale_map = None
     n = int(corr.weights.shape[0])
-    if layers is not None and labels is not None and num_layers is not None and join.path == "joint" and n >= config.min_correspondences:
+    if (
+        layers is not None
+        and labels is not None
+        and num_layers is not None
+        and join.path == "joint"
+        and n >= config.min_correspondences
+    ):
         scene_depth = float(prev.depth[-overlap:].to(dev)[corr.frame, corr.v, corr.u].median())
         delta = config.huber_delta_rel * max(scene_depth, 1e-12)
         try:
-            sim, scale_map, layer_scales, lsa_diag = _layer_scale_alignment(prev, cur, overlap, corr, sim, layers, num_layers, delta, config, warnings)
+            sim, scale_map, layer_scales, lsa_diag = _layer_scale_alignment(
+                prev, cur, overlap, corr, sim, layers, num_layers, delta, config, warnings
+            )
             diag["path"] = "lsa"
             diag["lsa"] = lsa_diag
             if not config.lsa_depth:
                 scale_map = None
                 layer_scales = [torch.ones_like(k) for k in layer_scales]
-        except Exception as exc:  # noqa: BLE001 - LSA is a refinement: never lose the window over it
+        except Exception as exc:
             message = f"layer-wise scale alignment failed ({type(exc).__name__}: {exc}); kept the joint fit"
             log.warning(message)
             warnings.append(message)
@@ -256,7 +271,9 @@ def anchored_fit(world_from_anchor: Sim3 | None = None) -> WindowFit:
     return WindowFit(sim, None, None, None, {"path": "anchored", "warnings": [], "scale": sim.s})
 
 
-def place_window(cur: WindowPrediction, fit: WindowFit, target_from_window: Sim3 | None = None, frames: slice = slice(None)) -> AlignedWindow:
+def place_window(
+    cur: WindowPrediction, fit: WindowFit, target_from_window: Sim3 | None = None, frames: slice = slice(None)
+) -> AlignedWindow:
     """Frames `frames` of `cur` mapped by the layer scales and then by `target_from_window` (default:
     the fit's own Sim(3), i.e. into the previous window's frame). Poses and depth are mapped now; the
     points on demand (`AlignedWindow.world_points`). With no scale map and the identity the prediction's
@@ -266,15 +283,21 @@ def place_window(cur: WindowPrediction, fit: WindowFit, target_from_window: Sim3
     dev = cur.depth.device
     depth = cur.depth[frames]
     scale_map = None if fit.scale_map is None else fit.scale_map[frames]
-    identity = sim.s == 1.0 and bool((sim.R == np.eye(3)).all()) and not np.any(sim.t)
+    identity = sim.s == 1.0 and bool((np.eye(3) == sim.R).all()) and not np.any(sim.t)
     window_from_cam = invert_rigid(cur.cam_from_world[frames].double().cpu().numpy())
     if identity and scale_map is None:
         cam_from_world = cur.cam_from_world[frames]
     else:
-        cam_from_world = torch.from_numpy(sim.apply_to_cam_from_world(cur.cam_from_world[frames].double().cpu().numpy())).float().to(dev)
+        cam_from_world = (
+            torch.from_numpy(sim.apply_to_cam_from_world(cur.cam_from_world[frames].double().cpu().numpy()))
+            .float()
+            .to(dev)
+        )
         depth = depth * sim.s
         if scale_map is not None:
-            depth = depth.mul_(scale_map)  # k x the camera-frame point == scaling the window point about the camera centre
+            depth = depth.mul_(
+                scale_map
+            )  # k x the camera-frame point == scaling the window point about the camera centre
     return AlignedWindow(
         frame_indices=list(cur.frame_indices[frames]),
         cam_from_world=cam_from_world,
@@ -295,7 +318,9 @@ def place_window(cur: WindowPrediction, fit: WindowFit, target_from_window: Sim3
 # -------------------------------------------------------------------------------------- pieces
 def _check_overlap(prev: AlignedWindow, cur: WindowPrediction, overlap: int) -> None:
     if not 1 <= overlap <= min(len(prev), len(cur)):
-        raise ContractError(f"align_window: overlap {overlap} must be in 1..{min(len(prev), len(cur))} (frames of both windows)")
+        raise ContractError(
+            f"align_window: overlap {overlap} must be in 1..{min(len(prev), len(cur))} (frames of both windows)"
+        )
     if list(prev.frame_indices[-overlap:]) != list(cur.frame_indices[:overlap]):
         raise ContractError(
             f"align_window: the first {overlap} frames of the new window {cur.frame_indices[:overlap]} must be the last "
@@ -338,7 +363,9 @@ def window_layers(cur: WindowPrediction, config: AlignConfig) -> WindowLayers | 
         return WindowLayers(labels, None)
     iou_stride = _stride_for(labels.shape[1] * labels.shape[2], config.iou_pixels)
     if config.within_links == "warp":
-        within = link_layers_warped(labels, cur.points, cur.cam_from_world, cur.K, config.within_iou, iou_stride, num_layers=_num_layers(labels))
+        within = link_layers_warped(
+            labels, cur.points, cur.cam_from_world, cur.K, config.within_iou, iou_stride, num_layers=_num_layers(labels)
+        )
     else:
         within = link_layers(labels[:-1], labels[1:], config.within_iou, iou_stride)
     return WindowLayers(labels, within)
@@ -348,7 +375,9 @@ def _stride_for(num_pixels: int, max_points: int) -> int:
     return max(1, int(np.ceil(np.sqrt(num_pixels / max(max_points, 1)))))
 
 
-def _conf_threshold(c_prev: torch.Tensor, c_cur: torch.Tensor, config: AlignConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _conf_threshold(
+    c_prev: torch.Tensor, c_cur: torch.Tensor, config: AlignConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-window thresholds (strict >) for the candidate confidences [M] of both windows."""
     # Quantiles from every 4th candidate: thresholds need not be exact, and selection is ~n log n.
     c_prev, c_cur = c_prev[::4], c_cur[::4]
@@ -359,7 +388,9 @@ def _conf_threshold(c_prev: torch.Tensor, c_cur: torch.Tensor, config: AlignConf
     return thr, thr
 
 
-def select_correspondences(prev: AlignedWindow, cur: WindowPrediction, overlap: int, config: AlignConfig) -> Correspondences:
+def select_correspondences(
+    prev: AlignedWindow, cur: WindowPrediction, overlap: int, config: AlignConfig
+) -> Correspondences:
     """Overlap pixels (on a stride) confident in both windows with positive depth in both."""
     dev = cur.depth.device
     O = overlap
@@ -455,7 +486,9 @@ def _consistent_sources(sources: dict[str, tuple[float, float]], n_sigma: float)
     return []
 
 
-def _track_log_ratios(prev: AlignedWindow, cur: WindowPrediction, overlap: int, config: AlignConfig) -> tuple[np.ndarray, np.ndarray] | None:
+def _track_log_ratios(
+    prev: AlignedWindow, cur: WindowPrediction, overlap: int, config: AlignConfig
+) -> tuple[np.ndarray, np.ndarray] | None:
     """log(depth_prev / depth_cur) of the keypoints both windows placed at the same pixel (within
     `join_keypoint_px`) of a shared frame, with weights; None when fewer than `min_join_keypoints`."""
     if prev.keypoints is None or cur.keypoints is None:
@@ -479,7 +512,9 @@ def _track_log_ratios(prev: AlignedWindow, cur: WindowPrediction, overlap: int, 
     return (v[ok], w[ok] / w[ok].max()) if ok.sum() >= config.min_join_keypoints else None
 
 
-def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Correspondences, config: AlignConfig) -> JoinFit:
+def fit_join(
+    prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Correspondences, config: AlignConfig
+) -> JoinFit:
     """The Sim(3) mapping `cur`'s frame into `prev`'s from every constraint the shared frames offer:
     - rotation: the shared cameras' orientations in both windows (far better than a fit to noisy depth);
     - scale: the depth ratios of the keypoints both windows placed at the same corners of a shared frame
@@ -506,7 +541,9 @@ def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Cor
         sigma_rot = max(float(np.sqrt(np.mean(spread**2))) / np.sqrt(kept.sum()), np.radians(0.05))
         info["rotation_spread_deg"] = float(np.degrees(spread.max()))
     elif n >= config.min_correspondences:
-        fit_sim, _ = robust_sim3(corr.source, corr.target, corr.weights, config.huber_delta_rel * scene_depth, config.irls_iterations)
+        fit_sim, _ = robust_sim3(
+            corr.source, corr.target, corr.weights, config.huber_delta_rel * scene_depth, config.irls_iterations
+        )
         R, sigma_rot = fit_sim.R, np.radians(1.0)
         info["rotation_from"] = "dense points"
     else:
@@ -514,8 +551,13 @@ def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Cor
         # overlap poses are a guess, and a loose one, so that a relocalisation (a loop edge) overrides it.
         sim, fb = pose_fallback_sim3(prev, cur, overlap, config)
         noise = {"rot_rad": np.radians(30.0), "trans": 2.0 * scene_depth, "log_scale": 1.0}
-        return JoinFit(sim, noise, "pose_fallback", {**info, "fallback": fb},
-                       "no shared camera placed by both windows and too few confident pixels; using the overlap camera poses")
+        return JoinFit(
+            sim,
+            noise,
+            "pose_fallback",
+            {**info, "fallback": fb},
+            "no shared camera placed by both windows and too few confident pixels; using the overlap camera poses",
+        )
 
     # Scale: each source gives (log s, sigma).
     sources: dict[str, tuple[float, float]] = {}
@@ -567,7 +609,8 @@ def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Cor
         kept = _consistent_sources(sources, config.join_scale_conflict)
         for k in sorted(set(sources) - set(kept)):
             info.setdefault("scale_conflict", []).append(
-                f"{k} {np.exp(sources[k][0]):.4g} disagrees with {'+'.join(kept)}: kept {'+'.join(kept)}")
+                f"{k} {np.exp(sources[k][0]):.4g} disagrees with {'+'.join(kept)}: kept {'+'.join(kept)}"
+            )
         w = {k: 1.0 / sources[k][1] ** 2 for k in kept}
         log_s = sum(w[k] * sources[k][0] for k in kept) / sum(w.values())
         sigma_log_s = 1.0 / np.sqrt(sum(w.values()))
@@ -595,7 +638,9 @@ def fit_join(prev: AlignedWindow, cur: WindowPrediction, overlap: int, corr: Cor
     return JoinFit(Sim3(s, R, t), noise, path, info, warning)
 
 
-def pose_fallback_sim3(prev: AlignedWindow, cur: WindowPrediction, overlap: int, config: AlignConfig) -> tuple[Sim3, dict[str, Any]]:
+def pose_fallback_sim3(
+    prev: AlignedWindow, cur: WindowPrediction, overlap: int, config: AlignConfig
+) -> tuple[Sim3, dict[str, Any]]:
     """`world_from_window` from the overlap camera poses alone: 3 points per camera (centre, centre +
     arm x viewing direction, centre + arm x up) so rotation is defined even for one camera or collinear
     centres. Scale: ratio of the centres' spreads when the window's baseline is non-negligible, else the
@@ -629,7 +674,11 @@ def pose_fallback_sim3(prev: AlignedWindow, cur: WindowPrediction, overlap: int,
     target = np.concatenate([c_world, c_world + arm * view_world, c_world + arm * up_world])
     source_pts = np.concatenate([s * c_win, s * c_win + arm * view_win, s * c_win + arm * up_win])
     rigid = umeyama_sim3(source_pts, target, with_scale=False)  # target = R (s x) + t
-    return Sim3(s, rigid.R, rigid.t), {"scale_source": source, "baseline_world": spread_world, "baseline_window": spread_win}
+    return Sim3(s, rigid.R, rigid.t), {
+        "scale_source": source,
+        "baseline_world": spread_world,
+        "baseline_window": spread_win,
+    }
 
 
 def _layer_scale_alignment(
@@ -652,7 +701,9 @@ def _layer_scale_alignment(
     t0 = time.perf_counter()
     prev_labels = prev.layer_labels[-O:].to(dev) if prev.layer_labels is not None else None
     if prev_labels is None:  # previous window aligned without LSA: segment its overlap frames now
-        prev_labels = torch.from_numpy(segment_depth_layers_batch(prev.depth[-O:], prev.conf[-O:], config.layers)).to(dev)
+        prev_labels = torch.from_numpy(segment_depth_layers_batch(prev.depth[-O:], prev.conf[-O:], config.layers)).to(
+            dev
+        )
     iou_stride = _stride_for(labels.shape[1] * labels.shape[2], config.iou_pixels)
     cross = link_layers(prev_labels, labels[:O], config.cross_iou, iou_stride)
 
@@ -669,7 +720,9 @@ def _layer_scale_alignment(
     group = table[slot]
     d_prev = prev.depth[-O:].to(dev)[corr.frame, corr.v, corr.u]
     d_cur = cur.depth[:O][corr.frame, corr.v, corr.u]
-    centres = torch.from_numpy(invert_rigid(cur.cam_from_world.double().cpu().numpy())[:, :3, 3]).float().to(dev)  # [S,3]
+    centres = (
+        torch.from_numpy(invert_rigid(cur.cam_from_world.double().cpu().numpy())[:, :3, 3]).float().to(dev)
+    )  # [S,3]
 
     refine_rounds = 1 if config.lsa_refine else 0
     for round_ in range(refine_rounds + 1):
@@ -707,7 +760,13 @@ def _layer_scale_alignment(
         "cross_links": [
             {"frame": p, "prev_layer": a, "layer": b, "iou": i, "scale": k, "samples": int(n)}
             for p, a, b, i, k, n in zip(
-                cross.pair.tolist(), cross.a.tolist(), cross.b.tolist(), cross.iou.tolist(), link_scale.tolist(), support.tolist(), strict=True
+                cross.pair.tolist(),
+                cross.a.tolist(),
+                cross.b.tolist(),
+                cross.iou.tolist(),
+                link_scale.tolist(),
+                support.tolist(),
+                strict=True,
             )
         ],
         "within_links": 0 if within is None else len(within),
@@ -721,7 +780,12 @@ def _layer_scale_alignment(
 
 
 def _propagate(
-    cross: LayerLinks, within: LayerLinks | None, link_scale: torch.Tensor, good: torch.Tensor, num_layers: list[int], overlap: int
+    cross: LayerLinks,
+    within: LayerLinks | None,
+    link_scale: torch.Tensor,
+    good: torch.Tensor,
+    num_layers: list[int],
+    overlap: int,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Forward in time: each layer's scale is the IoU-weighted mean of what reaches it — cross-window
     links (overlap frames) and links from reached layers of the previous frame; unreached: 1.

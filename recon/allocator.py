@@ -17,7 +17,11 @@ def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
-        return libc if libc is not None and hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "malloc_trim") else None
+        return (
+            libc
+            if libc is not None and hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "malloc_trim")
+            else None
+        )
     except OSError:
         return None
 
@@ -42,7 +46,7 @@ def reuse_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # The heap grows 256 MiB of address space at a time (untouched pages cost nothing).
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, 1 << 20), (_M_TOP_PAD, 256 << 20))
-    return all([mallopt(param, value) == 1 for param, value in settings])
+    return all([mallopt(param, value) == 1 for param, value in settings])  # noqa: C419 - a list: every setting is applied
 
 
 def heap_trimmer() -> Callable[[], None]:

@@ -145,8 +145,10 @@ class KVCache:
         self.num_layers, self.batch, self.num_heads, self.head_dim = num_layers, batch, num_heads, head_dim
         self.tokens_per_frame, self.special_tokens = tokens_per_frame, special_tokens
         self.device, self.dtype = torch.device(device), dtype
-        self.sink_tokens = 0 if config.policy != "sink-window" else (
-            tokens_per_frame if config.sink_tokens is None else config.sink_tokens
+        self.sink_tokens = (
+            0
+            if config.policy != "sink-window"
+            else (tokens_per_frame if config.sink_tokens is None else config.sink_tokens)
         )
         self.min_layer_budget = tokens_per_frame * (1 + config.frames_per_step) + self.sink_tokens
         self._check_budget()
@@ -303,7 +305,9 @@ class KVCache:
     def _check_tokens(self, k: Tensor, v: Tensor) -> int:
         B, H, D = self.batch, self.num_heads, self.head_dim
         if k.shape != v.shape or k.dim() != 4 or (k.shape[0], k.shape[1], k.shape[3]) != (B, H, D):
-            raise CacheConfigError(f"k, v must both be [B={B}, H={H}, T, D={D}], got {tuple(k.shape)}, {tuple(v.shape)}")
+            raise CacheConfigError(
+                f"k, v must both be [B={B}, H={H}, T, D={D}], got {tuple(k.shape)}, {tuple(v.shape)}"
+            )
         T = int(k.shape[2])
         if T == 0 or T % self.tokens_per_frame:
             raise CacheConfigError(f"append takes whole frames: T={T} is not a multiple of {self.tokens_per_frame}")
@@ -453,8 +457,9 @@ class KVCache:
         numel = self.batch * self.num_heads * K * self.head_dim
         if self._scratch.numel() < numel:
             most = max(lay.capacity for lay in self._layers)
-            self._scratch = torch.empty(max(numel, self.batch * self.num_heads * most * self.head_dim),
-                                        device=self.device, dtype=self.dtype)
+            self._scratch = torch.empty(
+                max(numel, self.batch * self.num_heads * most * self.head_dim), device=self.device, dtype=self.dtype
+            )
         buffer = self._scratch[:numel].view(shape)
         gather_heads(source, idx, out=buffer)
         store[:, :, start : start + K].copy_(buffer)
@@ -547,7 +552,9 @@ class CameraHeadCache:
         idx = [i for i, f in enumerate(frames) if f not in dropped]
         idx_t = torch.tensor(idx, dtype=torch.int64, device=self._k[layer].device)
         for store in (self._k[layer], self._v[layer]):
-            store[:, :, : len(idx)] = torch.index_select(store[:, :, : len(frames)], 2, idx_t)  # new tensor: no aliasing
+            store[:, :, : len(idx)] = torch.index_select(
+                store[:, :, : len(frames)], 2, idx_t
+            )  # new tensor: no aliasing
         self._frames[layer] = [frames[i] for i in idx]
 
     def view(self, layer: int) -> tuple[Tensor, Tensor]:

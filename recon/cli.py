@@ -16,6 +16,7 @@ from recon.allocator import reuse_freed_memory
 from recon.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, ReconError
 from recon.signals import Terminated, signals_deferred, signals_unwind
 
+
 def _cmd_run(args: argparse.Namespace) -> int:
     with signals_deferred():  # OpenCV
         from recon.run import run_command
@@ -113,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     reuse_freed_memory()
+    with signals_deferred():  # OpenCV
+        from recon.native_logs import quiet_native_logs
+
+    quiet_native_logs()
     # Our own messages at INFO; libraries' (numexpr, open3d, ...) only when they warn, unless --verbose.
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -133,7 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `recon run ... | head`: the reader left. Commands print after their files are written, so only the
         # report is lost. stdout goes to /dev/null so the interpreter's last flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print("recon: error: standard output was closed before the report was printed; the files are written", file=sys.stderr)
+        print(
+            "recon: error: standard output was closed before the report was printed; the files are written",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except Exception as e:  # a bug: still one line, the traceback is one flag away
         if args.debug:
@@ -143,8 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # extension module's import gives "ImportError: initialization failed"): a stop, not a bug.
             return _report_stop(stopped)
         first = (str(e).strip().splitlines() or [""])[0]
-        print(f"recon: error: internal error ({type(e).__name__}: {first}); rerun with --debug for the traceback and report it",
-              file=sys.stderr)
+        print(
+            f"recon: error: internal error ({type(e).__name__}: {first}); rerun with --debug for the traceback and report it",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     except KeyboardInterrupt as e:
         return _report_stop(e)

@@ -28,7 +28,9 @@ CONFIG_FILE = "config.yaml"
 @dataclass(frozen=True)
 class SourceConfig:
     path: str | None = None  # what `recon run SOURCE` names (recorded absolute)
-    kind: Literal["folder", "video", "stream", "kitti", "tum", "synthetic"] | None = None  # None: detected from the path
+    kind: Literal["folder", "video", "stream", "kitti", "tum", "synthetic"] | None = (
+        None  # None: detected from the path
+    )
     stride: int = 1
     max_frames: int | None = None
     intrinsics: tuple[float, float, float, float] | None = None  # fx, fy, cx, cy in source pixels
@@ -192,4 +194,3 @@ def write_config(path: Path, config: RunConfig) -> None:
 
     text = "# recon run --config this-file --out NEW_FOLDER repeats this run (flags given then override it)\n"
     atomic_write_text(path, text + yaml.safe_dump(to_dict(config), sort_keys=False))
-

@@ -1,4 +1,4 @@
-"""The reconstruction core (DESIGN §1): one object that takes each window prediction and owns
+"""The reconstruction core (ARCHITECTURE §1, §4): one object that takes each window prediction and owns
 registration, the Sim(3) pose graph, loop closure and the map. The driver (recon/pipeline.py) only
 feeds it predictions and writes what it hands back.
 
@@ -28,7 +28,18 @@ import cv2
 import numpy as np
 import torch
 
-from recon.align import AlignConfig, AlignedWindow, WindowFit, WindowLayers, anchored_fit, fit_window, median_depth, place_window, registered_frames, window_layers
+from recon.align import (
+    AlignConfig,
+    AlignedWindow,
+    WindowFit,
+    WindowLayers,
+    anchored_fit,
+    fit_window,
+    median_depth,
+    place_window,
+    registered_frames,
+    window_layers,
+)
 from recon.fusion import VoxelMap
 from recon.geometry import invert_rigid
 from recon.places import PlaceConfig
@@ -89,7 +100,9 @@ class GraphConfig:
     keyframe_every: int = 5  # new frames between place-database keyframes
     # Floors of a join's 1-sigma: the overlap agreeing with itself says nothing of the model's systematic
     # error, and the graph must be able to spread a loop's correction over the joins.
-    join_noise_floor: EdgeNoise = field(default_factory=lambda: EdgeNoise(rot_rad=float(np.radians(0.2)), trans=0.01, log_scale=0.01))
+    join_noise_floor: EdgeNoise = field(
+        default_factory=lambda: EdgeNoise(rot_rad=float(np.radians(0.2)), trans=0.01, log_scale=0.01)
+    )
 
 
 @dataclass(frozen=True)
@@ -124,7 +137,9 @@ class CoreUpdate:
     trajectory: list[FramePose] | None = None
     moved: dict[int, Sim3] = field(default_factory=dict)
     loop: dict[str, Any] | None = None
-    fused_conf: torch.Tensor | None = None  # [F,H',W'] the new frames' pixels on the map's stride: confidence fused, 0 = left out
+    fused_conf: torch.Tensor | None = (
+        None  # [F,H',W'] the new frames' pixels on the map's stride: confidence fused, 0 = left out
+    )
 
 
 @dataclass
@@ -157,7 +172,9 @@ class Reconstruction:
         self._last: AlignedWindow | None = None
         self._estimates: dict[int, Sim3] = {}
         self.loops: list[dict[str, Any]] = []
-        self.rejected_loops: deque[dict[str, Any]] = deque(maxlen=200)  # the latest: an endless stream keeps no full log
+        self.rejected_loops: deque[dict[str, Any]] = deque(
+            maxlen=200
+        )  # the latest: an endless stream keeps no full log
         self._loop_pairs: set[tuple[int, int]] = set()
         # Breaks: windows whose join found no shared view (the edge to k - 1 is a guess). Until a loop edge
         # ties the windows from `_detached_from` on to the ones before it, their keyframes relocalise.
@@ -175,8 +192,13 @@ class Reconstruction:
         thread works it out while the core registers earlier windows. Reads nothing but the configuration."""
         return window_layers(pred, self.config.align) if self.overlap else None
 
-    def add(self, pred: WindowPrediction, meta: list[tuple[int, float, np.ndarray | None]], colors: np.ndarray,
-            layers: WindowLayers | None = None) -> CoreUpdate:
+    def add(
+        self,
+        pred: WindowPrediction,
+        meta: list[tuple[int, float, np.ndarray | None]],
+        colors: np.ndarray,
+        layers: WindowLayers | None = None,
+    ) -> CoreUpdate:
         """Register window `pred` (frames `meta`: index, timestamp, ground truth; `colors` [S,H,W,3] uint8;
         `layers`: prepare(pred), if done beforehand)."""
         k = self._windows
@@ -251,7 +273,11 @@ class Reconstruction:
         edge's noise)."""
         prev, O = self._prev_tail, self._carry
         if self._windows == 0:
-            return 0, anchored_fit() if self.overlap == 0 else fit_window(None, pred, 0, self.config.align, layers), _ANCHORED_NOISE
+            return (
+                0,
+                anchored_fit() if self.overlap == 0 else fit_window(None, pred, 0, self.config.align, layers),
+                _ANCHORED_NOISE,
+            )
         if O == 0:
             if not self._reanchor:
                 return 0, anchored_fit(), _ANCHORED_NOISE
@@ -265,12 +291,21 @@ class Reconstruction:
         fit = fit_window(prev, pred, O, self.config.align, layers)
         sigma = fit.diagnostics.get("noise", {"rot_rad": 0.01, "trans": 0.1, "log_scale": 0.1})
         floor, depth = self.config.graph.join_noise_floor, median_depth(prev.depth)
-        noise = EdgeNoise(rot_rad=max(sigma["rot_rad"], floor.rot_rad), trans=max(sigma["trans"], floor.trans * depth),
-                          log_scale=max(sigma["log_scale"], floor.log_scale))
+        noise = EdgeNoise(
+            rot_rad=max(sigma["rot_rad"], floor.rot_rad),
+            trans=max(sigma["trans"], floor.trans * depth),
+            log_scale=max(sigma["log_scale"], floor.log_scale),
+        )
         return O, fit, noise
 
-    def _record(self, k: int, world: AlignedWindow, window_from_cam: np.ndarray, meta: list[tuple[int, float, np.ndarray | None]],
-                shared: int) -> list[tuple[int, FramePose]]:
+    def _record(
+        self,
+        k: int,
+        world: AlignedWindow,
+        window_from_cam: np.ndarray,
+        meta: list[tuple[int, float, np.ndarray | None]],
+        shared: int,
+    ) -> list[tuple[int, FramePose]]:
         """Attach this window's view of each frame; the shared head frames (pending from the previous
         window) and the middle become final; the tail waits for the next window."""
         window_from_cam = window_from_cam.copy()  # placeholders are replaced below
@@ -292,7 +327,7 @@ class Reconstruction:
         for j in range(shared, S):
             f = _Frame(meta[j][0], meta[j][1], meta[j][2], [(k, window_from_cam[j], bool(reg[j]), 1.0)])
             final_frames.append(f)
-        keep_pending = final_frames[S - tail:] if tail else []
+        keep_pending = final_frames[S - tail :] if tail else []
         final_frames = final_frames[: S - tail] if tail else final_frames
         self._pending = keep_pending
         self._frames.extend(final_frames)
@@ -312,8 +347,15 @@ class Reconstruction:
             pose[:3, 3] = weights @ poses[:, :3, 3] / weights.sum()
         return FramePose(f.index, f.timestamp_s, pose, f.gt_cam_from_world, any(v[2] for v in f.views))
 
-    def _close_loop(self, k: int, pred: WindowPrediction, fit: WindowFit, window_from_cam: np.ndarray, colors: np.ndarray,
-                    shared: int) -> dict[str, Any] | None:
+    def _close_loop(
+        self,
+        k: int,
+        pred: WindowPrediction,
+        fit: WindowFit,
+        window_from_cam: np.ndarray,
+        colors: np.ndarray,
+        shared: int,
+    ) -> dict[str, Any] | None:
         """Every `keyframe_every`-th new frame of the window goes into the place database (a revisit is
         then never more than a few metres from a keyframe); the best verified loop that agrees with the
         chain becomes a graph edge and the graph is re-optimised."""
@@ -327,9 +369,13 @@ class Reconstruction:
             if not reg[j]:
                 continue
             kf = Keyframe(
-                keyframe_id=self._keyframes, window_id=k, image_gray=cv2.cvtColor(np.ascontiguousarray(colors[j]), cv2.COLOR_RGB2GRAY),
-                K=pred.K[j].double().cpu().numpy(), depth=_local_depth(pred, fit, j).float().cpu().numpy(),
-                conf=pred.points_conf[j].float().cpu().numpy(), window_from_cam=window_from_cam[j],
+                keyframe_id=self._keyframes,
+                window_id=k,
+                image_gray=cv2.cvtColor(np.ascontiguousarray(colors[j]), cv2.COLOR_RGB2GRAY),
+                K=pred.K[j].double().cpu().numpy(),
+                depth=_local_depth(pred, fit, j).float().cpu().numpy(),
+                conf=pred.points_conf[j].float().cpu().numpy(),
+                window_from_cam=window_from_cam[j],
             )
             self._keyframes += 1
             matches += self.places.add_and_query(kf, before_window=self._detached_from)  # type: ignore[union-attr]
@@ -345,15 +391,24 @@ class Reconstruction:
             t = time.perf_counter()
             # The loop's uncertainty: its 3D residual (relative to depth) spread over its inliers.
             sigma = max(m.rmse_rel / np.sqrt(m.inliers), 0.002)
-            noise = EdgeNoise(rot_rad=max(sigma, np.radians(0.1)), trans=sigma * median_depth(_local_depth(pred, fit)) * m.match_window_from_query_window.s,
-                              log_scale=max(sigma, 0.005))
+            noise = EdgeNoise(
+                rot_rad=max(sigma, np.radians(0.1)),
+                trans=sigma * median_depth(_local_depth(pred, fit)) * m.match_window_from_query_window.s,
+                log_scale=max(sigma, 0.005),
+            )
             self.graph.add_edge(*pair, m.match_window_from_query_window, noise, loop=True)
             self.graph.optimize()
             self.timings_s["graph"] += time.perf_counter() - t
             self._loop_pairs.add(pair)
             if self._detached_from is not None and pair[0] < self._detached_from <= pair[1]:
                 self._detached_from = None  # relocalised: the windows since the break hang on the map again
-            info = {"window": m.query_window, "match_window": m.match_window, "inliers": m.inliers, "rmse_rel": m.rmse_rel, "score": m.score}
+            info = {
+                "window": m.query_window,
+                "match_window": m.match_window,
+                "inliers": m.inliers,
+                "rmse_rel": m.rmse_rel,
+                "score": m.score,
+            }
             self.loops.append(info)
             log.info("loop closed: window %d -> window %d (%d inliers)", m.query_window, m.match_window, m.inliers)
             return info
@@ -379,8 +434,16 @@ class Reconstruction:
             return f"{drift:.3g} from the chain's position over a path of {path:.3g}"
         return None
 
-    def _fuse(self, k: int, world: AlignedWindow, colors: np.ndarray, new: slice, moved: dict[int, Sim3],
-              before: dict[int, Sim3], K: torch.Tensor | None = None) -> torch.Tensor:
+    def _fuse(
+        self,
+        k: int,
+        world: AlignedWindow,
+        colors: np.ndarray,
+        new: slice,
+        moved: dict[int, Sim3],
+        before: dict[int, Sim3],
+        K: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The window's more confident new pixels on a grid go into the map under its id; a loop correction
         first moves every voxel of the windows that moved. Returns the confidence fused per pixel (0: left out)."""
         t = time.perf_counter()
@@ -397,9 +460,13 @@ class Reconstruction:
             if cfg.edge_jump_rel is not None:
                 keep &= ~depth_edges(world.depth[new], cfg.edge_jump_rel, cfg.edge_window_px)[:, ::s, ::s]
             if cfg.consistency_px is not None and K is not None:
-                keep &= consistent_in_neighbours(world, K, new, s, cfg.consistency_px, cfg.consistency_offsets, cfg.consistency_rel)
+                keep &= consistent_in_neighbours(
+                    world, K, new, s, cfg.consistency_px, cfg.consistency_offsets, cfg.consistency_rel
+                )
             conf = torch.where(keep, conf, torch.zeros_like(conf))
-        self.map.integrate(world.world_points(new, s), colors[new, ::s, ::s], conf, camera_centre=world_from_cam[-1, :3, 3], window=k)
+        self.map.integrate(
+            world.world_points(new, s), colors[new, ::s, ::s], conf, camera_centre=world_from_cam[-1, :3, 3], window=k
+        )
         self.timings_s["map"] += time.perf_counter() - t
         return conf
 
@@ -431,8 +498,16 @@ def depth_edges(depth: torch.Tensor, jump_rel: float, window_px: int) -> torch.T
     return edge
 
 
-def consistent_in_neighbours(world: AlignedWindow, K: torch.Tensor, new: slice, stride: int, max_px: float,
-                             offsets: tuple[int, ...], max_rel: float, unseen_max_depth: float = 2.0) -> torch.Tensor:
+def consistent_in_neighbours(
+    world: AlignedWindow,
+    K: torch.Tensor,
+    new: slice,
+    stride: int,
+    max_px: float,
+    offsets: tuple[int, ...],
+    max_rel: float,
+    unseen_max_depth: float = 2.0,
+) -> torch.Tensor:
     """[F,H',W'] bool for the `new` frames on every stride-th pixel: no frame `offsets` away in the window
     contradicts the pixel's depth. COLMAP's geometric consistency (its stereo fusion): project the point into
     the partner, lift the pixel it lands on with the partner's depth, project that back; it confirms the
@@ -456,12 +531,20 @@ def consistent_in_neighbours(world: AlignedWindow, K: torch.Tensor, new: slice, 
         uv_i = _project(points[f] @ T[i, :3, :3].T + T[i, :3, 3], Kf[i])  # [h,w,2]
         for j in partners:
             p_j = points[f] @ T[j, :3, :3].T + T[j, :3, 3]  # [h,w,3] in camera j
-            uv_j = _project(p_j, Kf[j])  # lifted along its own ray, with the depth of the nearest pixel: no rounding error
+            uv_j = _project(
+                p_j, Kf[j]
+            )  # lifted along its own ray, with the depth of the nearest pixel: no rounding error
             u, v = torch.round(uv_j[..., 0]).long(), torch.round(uv_j[..., 1]).long()
             inside = (p_j[..., 2] > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
             d = world.depth[j][v.clamp(0, H - 1), u.clamp(0, W - 1)]  # [h,w]
-            ray = torch.stack([(uv_j[..., 0] - Kf[j, 0, 2]) / Kf[j, 0, 0], (uv_j[..., 1] - Kf[j, 1, 2]) / Kf[j, 1, 1],
-                               torch.ones_like(d)], dim=-1)
+            ray = torch.stack(
+                [
+                    (uv_j[..., 0] - Kf[j, 0, 2]) / Kf[j, 0, 0],
+                    (uv_j[..., 1] - Kf[j, 1, 2]) / Kf[j, 1, 1],
+                    torch.ones_like(d),
+                ],
+                dim=-1,
+            )
             lifted_j = ray * d[..., None]  # camera j
             R_ij = T[i, :3, :3] @ T[j, :3, :3].T  # camera j -> camera i
             t_ij = T[i, :3, 3] - R_ij @ T[j, :3, 3]

@@ -15,7 +15,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     shutil.rmtree(out / "kitti", ignore_errors=True)  # the demo owns this folder: a second run starts fresh
-    seq_dir = render_sequence(out / "kitti", scene="street", name="demo", fmt="kitti", num_frames=args.frames, seed=0, progress=True)
+    seq_dir = render_sequence(
+        out / "kitti", scene="street", name="demo", fmt="kitti", num_frames=args.frames, seed=0, progress=True
+    )
     print(f"rendered {args.frames} frames of a street drive with turns to {seq_dir}")
     rrd = out / "run" / "recording.rrd"
     run_args = [str(seq_dir), "--out", str(out / "run"), "--overwrite", "--rrd", str(rrd)]

@@ -48,8 +48,17 @@ def write_depth_sample(out_dir: Path, sample: DepthSample) -> Path:
 def read_depth_sample(path: Path) -> DepthSample:
     with np.load(path) as z:
         r = z["resize"]
-        resize = ResizeMap((int(r[0]), int(r[1])), (int(r[2]), int(r[3])), (float(r[4]), float(r[5])), (float(r[6]), float(r[7])))
-        return DepthSample(int(Path(path).stem), z["depth"].astype(np.float32), z["conf"].astype(np.float32), z["K_model"], z["cam_from_world"], resize)
+        resize = ResizeMap(
+            (int(r[0]), int(r[1])), (int(r[2]), int(r[3])), (float(r[4]), float(r[5])), (float(r[6]), float(r[7]))
+        )
+        return DepthSample(
+            int(Path(path).stem),
+            z["depth"].astype(np.float32),
+            z["conf"].astype(np.float32),
+            z["K_model"],
+            z["cam_from_world"],
+            resize,
+        )
 
 
 def depth_sample_paths(out_dir: Path) -> list[Path]:

@@ -1,7 +1,6 @@
 """Errors a user can cause or meet. Each carries a one-line message that names the problem and the fix;
 the CLI prints it without a traceback (unless --debug)."""
 
-
 # Exit codes of every command.
 EXIT_FAILURE = 1  # a bug, not the user's doing
 EXIT_USAGE = 2  # the user's input: a one-line error says what and how to fix it

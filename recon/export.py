@@ -63,12 +63,25 @@ class Scene:
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a run's output folder (what `recon run --out` wrote)")
-    p.add_argument("--format", choices=FORMATS, default="colmap",
-                   help="colmap: images/ + sparse/0/ (cameras, images, points3D); nerfstudio: images/ + transforms.json + sparse_pc.ply")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="colmap",
+        help="colmap: images/ + sparse/0/ (cameras, images, points3D); nerfstudio: images/ + transforms.json + sparse_pc.ply",
+    )
     p.add_argument("--to", metavar="DIR", help="where to write (default: RUN/colmap or RUN/nerfstudio)")
-    p.add_argument("--every", type=int, default=1, metavar="N", help="export every N-th trajectory frame (default 1: all)")
-    p.add_argument("--image-format", choices=IMAGE_FORMATS, default="jpg", help="images as jpg (quality 95, default) or png (lossless)")
-    p.add_argument("--text", action="store_true", help="colmap: write the text format (cameras.txt, ...) instead of the binary one")
+    p.add_argument(
+        "--every", type=int, default=1, metavar="N", help="export every N-th trajectory frame (default 1: all)"
+    )
+    p.add_argument(
+        "--image-format",
+        choices=IMAGE_FORMATS,
+        default="jpg",
+        help="images as jpg (quality 95, default) or png (lossless)",
+    )
+    p.add_argument(
+        "--text", action="store_true", help="colmap: write the text format (cameras.txt, ...) instead of the binary one"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in the target folder")
 
 
@@ -77,16 +90,32 @@ def export_command(args: argparse.Namespace) -> int:
     if args.every < 1:
         raise ReconError(f"--every must be >= 1, got {args.every}")
     target = Path(args.to) if args.to else run_dir / args.format
-    scene = export_run(run_dir, target, args.format, every=args.every, image_format=args.image_format, text=args.text,
-                       overwrite=args.overwrite)
+    scene = export_run(
+        run_dir,
+        target,
+        args.format,
+        every=args.every,
+        image_format=args.image_format,
+        text=args.text,
+        overwrite=args.overwrite,
+    )
     observations = sum(len(i) for i, _ in scene.observed)
-    print(f"{len(scene.views)} images, {len(np.unique(np.concatenate([i for i, _ in scene.observed] or [np.zeros(0, np.int64)])))} "
-          f"of {len(scene.xyz)} map points observed ({observations} observations) -> {target}/")
+    print(
+        f"{len(scene.views)} images, {len(np.unique(np.concatenate([i for i, _ in scene.observed] or [np.zeros(0, np.int64)])))} "
+        f"of {len(scene.xyz)} map points observed ({observations} observations) -> {target}/"
+    )
     return 0
 
 
-def export_run(run_dir: Path, target: Path, fmt: str, every: int = 1, image_format: str = "jpg", text: bool = False,
-               overwrite: bool = False) -> Scene:
+def export_run(
+    run_dir: Path,
+    target: Path,
+    fmt: str,
+    every: int = 1,
+    image_format: str = "jpg",
+    text: bool = False,
+    overwrite: bool = False,
+) -> Scene:
     """Writes the export of run folder `run_dir` into `target`; returns what was written."""
     if fmt not in FORMATS:
         raise ReconError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -122,7 +151,9 @@ def _claim(target: Path, overwrite: bool) -> None:
 
     if earlier := matching_files(target, EXPORT_FILES):
         if not overwrite:
-            raise ReconError(f"{target} already holds an export ({earlier[0].relative_to(target)}); pass --overwrite or --to another folder")
+            raise ReconError(
+                f"{target} already holds an export ({earlier[0].relative_to(target)}); pass --overwrite or --to another folder"
+            )
         remove_matching_files(target, EXPORT_FILES)
 
 
@@ -136,8 +167,10 @@ def _views(run_dir: Path, every: int) -> list[View]:
         raise ReconError(f"{run_dir}: frames.txt lists {len(indices)} frames for {len(stamps)} poses in trajectory.tum")
     samples = [read_depth_sample(p) for p in depth_sample_paths(run_dir)]
     if not samples:
-        raise ReconError(f"{run_dir} kept no depth (run with --depth-every N > 0): the export takes the intrinsics and "
-                         "the points' observations from it")
+        raise ReconError(
+            f"{run_dir} kept no depth (run with --depth-every N > 0): the export takes the intrinsics and "
+            "the points' observations from it"
+        )
     sample_index = np.array([s.frame_index for s in samples])
     cam_from_world = np.linalg.inv(world_from_cam)
     views = []
@@ -168,8 +201,10 @@ def _write_images(summary: dict[str, Any], views: list[View], folder: Path, imag
     if not spec.get("source"):
         raise ReconError("summary.json does not record the run's source; the images cannot be read again")
     if spec.get("kind") == "stream" or str(spec["source"]).isdigit() or "://" in str(spec["source"]):
-        raise ReconError(f"the run read a live stream ({spec['source']}); its frames cannot be read again for the "
-                         "export. Record it to a video file and run recon on that")
+        raise ReconError(
+            f"the run read a live stream ({spec['source']}); its frames cannot be read again for the "
+            "export. Record it to a video file and run recon on that"
+        )
     options = {k: v for k, v in spec.items() if k not in ("source", "kind") and v is not None}
     source = open_source(spec["source"], kind=spec.get("kind"), **options)
     wanted = {v.frame_index: v for v in views}
@@ -184,8 +219,10 @@ def _write_images(summary: dict[str, Any], views: list[View], folder: Path, imag
                     break
                 continue
             if tuple(frame.hw) != tuple(view.hw):
-                raise ReconError(f"frame {frame.index} of the source is {frame.hw[1]}x{frame.hw[0]} now, the run saw "
-                                 f"{view.hw[1]}x{view.hw[0]}: the source changed since the run")
+                raise ReconError(
+                    f"frame {frame.index} of the source is {frame.hw[1]}x{frame.hw[0]} now, the run saw "
+                    f"{view.hw[1]}x{view.hw[0]}: the source changed since the run"
+                )
             path = folder / f"{view.image_name}.{image_format}"
             if not cv2.imwrite(str(path), np.ascontiguousarray(frame.image_rgb[..., ::-1]), params):
                 raise ReconError(f"cannot write {path}")
@@ -193,8 +230,10 @@ def _write_images(summary: dict[str, Any], views: list[View], folder: Path, imag
             bar.update(1)
     if written < len(wanted):
         missing = sorted(set(wanted) - {int(p.stem) for p in folder.iterdir()})
-        raise ReconError(f"the source no longer has {len(missing)} of the run's frames (first: {missing[0]}); the "
-                         "source changed since the run")
+        raise ReconError(
+            f"the source no longer has {len(missing)} of the run's frames (first: {missing[0]}); the "
+            "source changed since the run"
+        )
 
 
 # -- observations --------------------------------------------------------------------------------------------
@@ -217,7 +256,9 @@ def observe(xyz: np.ndarray, views: list[View], run_dir: Path) -> list[tuple[np.
 
     by_frame = {int(p.stem): p for p in depth_sample_paths(run_dir)}
     observed = []
-    for view in tqdm(views, unit="image", desc="observations", disable=None if len(views) > 50 else True, dynamic_ncols=True):
+    for view in tqdm(
+        views, unit="image", desc="observations", disable=None if len(views) > 50 else True, dynamic_ncols=True
+    ):
         path = by_frame.get(view.frame_index)
         if path is None or len(xyz) == 0:
             observed.append((np.zeros(0, np.int64), np.zeros((0, 2))))
@@ -225,7 +266,14 @@ def observe(xyz: np.ndarray, views: list[View], run_dir: Path) -> list[tuple[np.
         sample = read_depth_sample(path)
         uv, z = project(xyz, view.cam_from_world, view.K)
         H, W = view.hw
-        inside = (z > 0) & np.isfinite(uv).all(axis=1) & (uv[:, 0] > -0.5) & (uv[:, 0] < W - 0.5) & (uv[:, 1] > -0.5) & (uv[:, 1] < H - 0.5)
+        inside = (
+            (z > 0)
+            & np.isfinite(uv).all(axis=1)
+            & (uv[:, 0] > -0.5)
+            & (uv[:, 0] < W - 0.5)
+            & (uv[:, 1] > -0.5)
+            & (uv[:, 1] < H - 0.5)
+        )
         idx = np.nonzero(inside)[0]
         uv_model = np.rint(sample.resize.to_model(uv[idx])).astype(np.int64)
         h, w = sample.depth.shape
@@ -278,11 +326,17 @@ def write_colmap(scene: Scene, model_dir: Path, image_format: str, text: bool) -
     cams, of_view = _cameras(scene.views)
     for c, (K, (H, W)) in enumerate(cams):
         params = [K[0, 0], K[1, 1], K[0, 2] + COLMAP_PIXEL_OFFSET, K[1, 2] + COLMAP_PIXEL_OFFSET]
-        rec.add_camera_with_trivial_rig(pycolmap.Camera(model="PINHOLE", width=W, height=H, params=params, camera_id=c + 1))
+        rec.add_camera_with_trivial_rig(
+            pycolmap.Camera(model="PINHOLE", width=W, height=H, params=params, camera_id=c + 1)
+        )
     tracks: dict[int, list[tuple[int, int]]] = {}
     for i, (view, (pts, uv)) in enumerate(zip(scene.views, scene.observed)):
-        image = pycolmap.Image(name=f"{view.image_name}.{image_format}", keypoints=uv + COLMAP_PIXEL_OFFSET,
-                               camera_id=of_view[i] + 1, image_id=i + 1)
+        image = pycolmap.Image(
+            name=f"{view.image_name}.{image_format}",
+            keypoints=uv + COLMAP_PIXEL_OFFSET,
+            camera_id=of_view[i] + 1,
+            image_id=i + 1,
+        )
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(view.cam_from_world[:3, :4]))
         for k, p in enumerate(pts.tolist()):
             tracks.setdefault(p, []).append((i + 1, k))
@@ -301,22 +355,39 @@ def write_nerfstudio(scene: Scene, folder: Path, image_format: str) -> None:
     cams, of_view = _cameras(scene.views)
 
     def intrinsics(K: np.ndarray, hw: tuple[int, int]) -> dict[str, Any]:
-        return {"fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]), "cx": float(K[0, 2]) + COLMAP_PIXEL_OFFSET,
-                "cy": float(K[1, 2]) + COLMAP_PIXEL_OFFSET, "w": int(hw[1]), "h": int(hw[0])}
+        return {
+            "fl_x": float(K[0, 0]),
+            "fl_y": float(K[1, 1]),
+            "cx": float(K[0, 2]) + COLMAP_PIXEL_OFFSET,
+            "cy": float(K[1, 2]) + COLMAP_PIXEL_OFFSET,
+            "w": int(hw[1]),
+            "h": int(hw[0]),
+        }
 
     frames = []
     for i, view in enumerate(scene.views):
         c2w = np.linalg.inv(view.cam_from_world) @ _OPENGL_FROM_OPENCV
-        frame: dict[str, Any] = {"file_path": f"images/{view.image_name}.{image_format}", "transform_matrix": c2w.tolist(),
-                                 "colmap_im_id": i + 1}
+        frame: dict[str, Any] = {
+            "file_path": f"images/{view.image_name}.{image_format}",
+            "transform_matrix": c2w.tolist(),
+            "colmap_im_id": i + 1,
+        }
         if len(cams) > 1:
             frame.update(intrinsics(*cams[of_view[i]]))
         frames.append(frame)
-    data: dict[str, Any] = {"camera_model": "OPENCV", **(intrinsics(*cams[0]) if len(cams) == 1 else {}),
-                            "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames,
-                            "applied_transform": np.eye(4)[:3].tolist()}
+    data: dict[str, Any] = {
+        "camera_model": "OPENCV",
+        **(intrinsics(*cams[0]) if len(cams) == 1 else {}),
+        "k1": 0.0,
+        "k2": 0.0,
+        "p1": 0.0,
+        "p2": 0.0,
+        "frames": frames,
+        "applied_transform": np.eye(4)[:3].tolist(),
+    }
     if len(scene.xyz):
-        write_map_ply(folder / "sparse_pc.ply", scene.xyz, scene.rgb, np.ones(len(scene.xyz), np.float32), outlier_removal=False)
+        write_map_ply(
+            folder / "sparse_pc.ply", scene.xyz, scene.rgb, np.ones(len(scene.xyz), np.float32), outlier_removal=False
+        )
         data["ply_file_path"] = "sparse_pc.ply"
     (folder / "transforms.json").write_text(json.dumps(data, indent=2))
-

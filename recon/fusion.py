@@ -1,4 +1,4 @@
-"""The bounded global map (DESIGN §1): a voxel map with confidence-weighted fusion and a hard point cap.
+"""The bounded global map (ARCHITECTURE §5): a voxel map with confidence-weighted fusion and a hard point cap.
 
 Each voxel keeps the confidence-weighted running mean of the positions and colours of every point
 fused into it, its accumulated confidence (the sum of the points' confidences) and a point count.
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from recon.errors import ContractError
-from recon.outputs import atomic_write
 from recon.kernels.voxel import Voxels, merge_voxels, revoxelize, scatter_voxels
+from recon.outputs import atomic_write
 
 DEFAULT_DISTANCE_SCALE_VOXELS = 200.0  # 10 m at 5 cm voxels: in voxel units so it follows the run's scale
 BYTES_PER_VOXEL = 8 + 12 + 12 + 4 + 4 + 4  # key, xyz, rgb (float32 mean), weight, count, window
@@ -83,7 +83,9 @@ class VoxelMap:
         self.voxel_m = float(voxel_m)
         self.max_points = int(max_points)
         self.min_conf = float(min_conf)
-        self.distance_scale_m = DEFAULT_DISTANCE_SCALE_VOXELS * self.voxel_m if distance_scale_m is None else float(distance_scale_m)
+        self.distance_scale_m = (
+            DEFAULT_DISTANCE_SCALE_VOXELS * self.voxel_m if distance_scale_m is None else float(distance_scale_m)
+        )
         if not self.distance_scale_m > 0:
             raise ValueError(f"distance_scale_m must be > 0, got {distance_scale_m}")
         self.device = torch.device(device)
@@ -125,19 +127,21 @@ class VoxelMap:
             if centre.shape != (3,) or not bool(torch.isfinite(centre).all()):
                 raise ContractError(f"VoxelMap.integrate: camera_centre must be 3 finite numbers, got {camera_centre}")
             self.camera_centre = centre
-        fresh, counts = scatter_voxels(p.reshape(-1, 3), c.reshape(-1, 3), w.reshape(-1), self.voxel_m, self.min_conf, window)
+        fresh, counts = scatter_voxels(
+            p.reshape(-1, 3), c.reshape(-1, 3), w.reshape(-1), self.voxel_m, self.min_conf, window
+        )
         del p, c, w  # the window's input copies (float32 points etc.) are not needed past the scatter
         self.points_out_of_range += counts.points_out_of_range
         merged, n_new = merge_voxels(self._vox, fresh)
         peak, touched = merged.nbytes + fresh.nbytes, len(fresh)
         # The old map and the window's voxels are folded into `merged`: let them go before eviction copies
-        # the survivors, or the map exists three times at once (old, merged, kept) at the cap, every window.
+        # the survivors, or the map exists three times at once (old, merged, kept) at the cap, every window;
+        # and the survivors are copied a field at a time, or it exists twice.
         self._vox = merged
         del fresh
         n_evict = max(0, len(merged) - self.max_points)
         if n_evict:
-            merged = merged.select(~self._eviction_mask(merged, n_evict))
-            self._vox = merged
+            merged.keep_only(~self._eviction_mask(merged, n_evict))
         return FusionStats(
             points_in=counts.points_in,
             points_invalid=counts.points_invalid,
@@ -206,7 +210,15 @@ class VoxelMap:
         number of points written."""
         v = self._vox  # read-only views where the map is on the CPU: `points()` copies, a file needs none
         rgb = v.rgb.round().clamp_(0, 255).to(torch.uint8)
-        return write_map_ply(path, v.xyz.cpu().numpy(), rgb.cpu().numpy(), v.weight.cpu().numpy(), outlier_removal, nb_neighbors, std_ratio)
+        return write_map_ply(
+            path,
+            v.xyz.cpu().numpy(),
+            rgb.cpu().numpy(),
+            v.weight.cpu().numpy(),
+            outlier_removal,
+            nb_neighbors,
+            std_ratio,
+        )
 
 
 def write_map_ply(
@@ -260,8 +272,15 @@ def read_map_ply(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, 
     end = data.find(b"end_header\n")
     header = data[: max(end, 0)].decode("ascii", "replace").splitlines()
     count = next((int(line.split()[2]) for line in header if line.startswith("element vertex ")), None)
-    if end < 0 or count is None or "format binary_little_endian 1.0" not in header or len(data) - end - 11 != count * PLY_VERTEX.itemsize:
-        raise ContractError(f"{path} is not a map.ply recon wrote (x y z float, red green blue uchar, confidence float)")
+    if (
+        end < 0
+        or count is None
+        or "format binary_little_endian 1.0" not in header
+        or len(data) - end - 11 != count * PLY_VERTEX.itemsize
+    ):
+        raise ContractError(
+            f"{path} is not a map.ply recon wrote (x y z float, red green blue uchar, confidence float)"
+        )
     vertex = np.frombuffer(data, dtype=PLY_VERTEX, count=count, offset=end + 11)
     xyz = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1)
     return xyz, np.stack([vertex["red"], vertex["green"], vertex["blue"]], axis=1), vertex["confidence"].copy()

@@ -1,4 +1,4 @@
-"""Pose math in numpy, float64. Conventions (DESIGN §2): OpenCV camera axes, `cam_from_world` maps world
+"""Pose math in numpy, float64. Conventions (ARCHITECTURE §2): OpenCV camera axes, `cam_from_world` maps world
 points into the camera, `world_from_cam` is its inverse; 4x4 homogeneous rigid transforms."""
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ def project_to_rotation(M: np.ndarray) -> np.ndarray:
 def rotation_distance_deg(Ra: np.ndarray, Rb: np.ndarray) -> np.ndarray:
     """Angle between rotations [...,3,3] in degrees, from the chord |Ra - Rb|_F = 2 sqrt(2) sin(angle / 2):
     unlike arccos of the trace it stays accurate for tiny angles (float32 poses read ~0.02 deg there)."""
-    chord = np.linalg.norm(np.asarray(Ra, dtype=np.float64) - np.asarray(Rb, dtype=np.float64), axis=(-2, -1)) / (2.0 * np.sqrt(2.0))
+    chord = np.linalg.norm(np.asarray(Ra, dtype=np.float64) - np.asarray(Rb, dtype=np.float64), axis=(-2, -1)) / (
+        2.0 * np.sqrt(2.0)
+    )
     return np.degrees(2.0 * np.arcsin(np.clip(chord, 0.0, 1.0)))
 
 

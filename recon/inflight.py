@@ -1,4 +1,4 @@
-"""Several windows in the model at once, results in stream order (issue 13: a CPU model leaves a core idle
+"""Several windows in the model at once, results in stream order (a CPU model leaves a core idle
 while one window is in its single-threaded stages).
 
 A window is cut as if the one before it will be used as it is. When it is not (its prediction was dropped,
@@ -30,8 +30,14 @@ class WindowsInFlight:
     `settle(window, result)` is called for each window in order, in the pushing thread, and returns how the
     scheduler continues: None (as cut), "reject", or the number of frames the next window carries."""
 
-    def __init__(self, scheduler: WindowScheduler, infer: Callable[[list[Frame]], object],
-                 settle: Callable[[list[Frame], object], str | int | None], depth: int, thread_name: str) -> None:
+    def __init__(
+        self,
+        scheduler: WindowScheduler,
+        infer: Callable[[list[Frame]], object],
+        settle: Callable[[list[Frame], object], str | int | None],
+        depth: int,
+        thread_name: str,
+    ) -> None:
         self.scheduler, self.infer, self.settle, self.depth = scheduler, infer, settle, max(1, depth)
         self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix=thread_name)
         self._jobs: deque[_Job] = deque()

@@ -1,4 +1,4 @@
-"""Files of a run (DESIGN §6), written as the run goes: a crash or Ctrl-C at frame N leaves valid files up
+"""Files of a run (ARCHITECTURE §1), written as the run goes: a crash or Ctrl-C at frame N leaves valid files up
 to the last finished window. Line files (trajectories) are appended and flushed per window; whole-file
 outputs (summary, map) are replaced atomically.
 
@@ -14,8 +14,8 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from io import FileIO
 from dataclasses import dataclass
+from io import FileIO
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -23,7 +23,6 @@ import numpy as np
 
 from recon.errors import OutputError
 from recon.trajectory_io import FRAMES_HEADER, format_frames_line, format_kitti_line, format_tum_line
-
 
 # The pre-run probe writes this much: a folder that cannot take it (a full disk, a quota) fails before any
 # work instead of after the first window. About the first map.ply of a short run.
@@ -78,7 +77,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, default=_json_default) + "\n"))
+    def write(p: Path) -> None:
+        p.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+    atomic_write(path, write)
 
 
 def _json_default(o: Any) -> Any:
@@ -100,14 +102,18 @@ def prepare_out_dir(out_dir: Path, probe_bytes: int = PROBE_BYTES) -> Path:
             raise OutputError(f"output folder '{out_dir}' is a file; pass --out to a folder (it is created if missing)")
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"cannot create output folder '{out_dir}' ({e.strerror or e}); pass --out to a writable folder") from None
+        raise OutputError(
+            f"cannot create output folder '{out_dir}' ({e.strerror or e}); pass --out to a writable folder"
+        ) from None
     probe = out_dir / ".recon-write-test"
     try:
         with open(probe, "wb") as f:
             f.write(bytes(probe_bytes))
             f.flush()
     except OSError as e:
-        raise OutputError(f"output folder '{out_dir}' cannot take {probe_bytes >> 10} KiB ({e.strerror or e}); {_FIX}") from None
+        raise OutputError(
+            f"output folder '{out_dir}' cannot take {probe_bytes >> 10} KiB ({e.strerror or e}); {_FIX}"
+        ) from None
     finally:
         with suppress(OSError):
             probe.unlink(missing_ok=True)
@@ -134,11 +140,29 @@ PLOTS_DIR = "plots"  # `recon eval`'s figures
 # earlier run, and all that --overwrite removes (a user's other files there stay). Not a recording: --rrd FILE
 # is the user's name, anywhere, and the run opens it before it clears the folder (`recon demo` puts it in OUT).
 # What `recon export` writes into its folder (OUT/colmap or OUT/nerfstudio by default): all its --overwrite removes.
-EXPORT_FILES = ("images/[0-9]*.jpg", "images/[0-9]*.png", "sparse/0/*.bin", "sparse/0/*.txt", "transforms.json", "sparse_pc.ply")
+EXPORT_FILES = (
+    "images/[0-9]*.jpg",
+    "images/[0-9]*.png",
+    "sparse/0/*.bin",
+    "sparse/0/*.txt",
+    "transforms.json",
+    "sparse_pc.ply",
+)
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
-RUN_FILES = ("config.yaml", "trajectory.tum", "trajectory.kitti", "frames.txt", "ground_truth.tum", "ground_truth.kitti", "map.ply",
-             "summary.json", "metrics.json", f"{DEPTH_DIR}/[0-9]*.npz", f"{PLOTS_DIR}/*.png",
-             *(f"{fmt}/{pattern}" for fmt in EXPORT_FORMATS for pattern in EXPORT_FILES))  # the exports go with their run
+RUN_FILES = (
+    "config.yaml",
+    "trajectory.tum",
+    "trajectory.kitti",
+    "frames.txt",
+    "ground_truth.tum",
+    "ground_truth.kitti",
+    "map.ply",
+    "summary.json",
+    "metrics.json",
+    f"{DEPTH_DIR}/[0-9]*.npz",
+    f"{PLOTS_DIR}/*.png",
+    *(f"{fmt}/{pattern}" for fmt in EXPORT_FORMATS for pattern in EXPORT_FILES),
+)  # the exports go with their run
 LOCK_FILE = ".recon.lock"
 
 
@@ -177,8 +201,10 @@ def refuse_earlier_run(out_dir: Path) -> None:
     if earlier := run_files(out_dir):
         names = sorted({p.relative_to(out_dir).parts[0] for p in earlier})
         listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        raise OutputError(f"output folder '{out_dir}' holds an earlier run ({listed}); "
-                          "pass --overwrite to replace it, or --out to another folder")
+        raise OutputError(
+            f"output folder '{out_dir}' holds an earlier run ({listed}); "
+            "pass --overwrite to replace it, or --out to another folder"
+        )
 
 
 def remove_run_files(out_dir: Path) -> None:
@@ -203,7 +229,9 @@ def run_lock(out_dir: Path, advice: str = "wait for it to end or pass --out to a
                 os.close(fd)
                 if e.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
-                raise OutputError(f"output folder '{out_dir}' is in use by another recon run (pid {holder}); {advice}") from None
+                raise OutputError(
+                    f"output folder '{out_dir}' is in use by another recon run (pid {holder}); {advice}"
+                ) from None
             # The holder before us may have removed the file between our open and our lock: lock the new one.
             if os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path)):
                 break
@@ -244,16 +272,20 @@ class TrajectoryWriter:
         self._files: list[FileIO] = []
         for path in self._paths:
             with _writing(path):
-                self._files.append(open(path, "wb", buffering=0))  # unbuffered: a failed write leaves nothing pending
+                self._files.append(open(path, "wb", buffering=0))  # noqa: SIM115 - open for the writer's life; unbuffered: a failed write leaves nothing pending
         self.count = 0
         if frames_file:
             self._append_all(["", "", FRAMES_HEADER + "\n"])
 
-    def append(self, timestamps_s: list[float], world_from_cam: np.ndarray, frame_indices: list[int] | None = None) -> None:
+    def append(
+        self, timestamps_s: list[float], world_from_cam: np.ndarray, frame_indices: list[int] | None = None
+    ) -> None:
         self._append_all(self._texts(timestamps_s, world_from_cam, frame_indices))
         self.count += len(timestamps_s)
 
-    def rewrite(self, timestamps_s: list[float], world_from_cam: np.ndarray, frame_indices: list[int] | None = None) -> None:
+    def rewrite(
+        self, timestamps_s: list[float], world_from_cam: np.ndarray, frame_indices: list[int] | None = None
+    ) -> None:
         """Replace every file's content with these poses (a loop closure corrected earlier ones). Each file
         is replaced atomically, so a crash leaves either the old or the new poses, whole."""
         for f in self._files:
@@ -266,15 +298,20 @@ class TrajectoryWriter:
             atomic_write_text(path, text)
         for path in self._paths:
             with _writing(path):
-                self._files.append(open(path, "ab", buffering=0))
+                self._files.append(open(path, "ab", buffering=0))  # noqa: SIM115 - open for the writer's life
         self.count = len(timestamps_s)
 
-    def _texts(self, timestamps_s: list[float], world_from_cam: np.ndarray, frame_indices: list[int] | None) -> list[str]:
+    def _texts(
+        self, timestamps_s: list[float], world_from_cam: np.ndarray, frame_indices: list[int] | None
+    ) -> list[str]:
         frames_file = len(self._paths) == 3
         if frames_file and (frame_indices is None or len(frame_indices) != len(timestamps_s)):
             raise ValueError("this writer keeps frames.txt: pass one frame index per pose")
         poses = list(zip((float(ts) for ts in timestamps_s), world_from_cam))
-        texts = ["".join(format_tum_line(ts, T) + "\n" for ts, T in poses), "".join(format_kitti_line(T) + "\n" for _, T in poses)]
+        texts = [
+            "".join(format_tum_line(ts, T) + "\n" for ts, T in poses),
+            "".join(format_kitti_line(T) + "\n" for _, T in poses),
+        ]
         if frames_file and frame_indices is not None:
             texts.append("".join(format_frames_line(i, ts) + "\n" for i, (ts, _) in zip(frame_indices, poses)))
         return texts

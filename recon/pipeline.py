@@ -1,4 +1,4 @@
-"""The streaming pipeline (DESIGN §1), the driver: source -> windows -> model -> reconstruction core -> outputs.
+"""The streaming pipeline (ARCHITECTURE §1, §3), the driver: source -> windows -> model -> reconstruction core -> outputs.
 
 Two threads joined by a bounded queue: the producer reads frames, cuts windows and runs the model (on as
 many windows at once as its registration allows, results in stream order: recon/inflight.py); the
@@ -63,7 +63,9 @@ class RunState:
     windows: int = 0
     map_ply_points: int = 0
     status: str = "running"
-    timings_s: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in ("read", "infer", "align", "fuse", "write")})
+    timings_s: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("read", "infer", "align", "fuse", "write"), 0.0)
+    )
     # The most recent windows' alignment (a bounded log: summary.json is rewritten every window), and the
     # count of every path taken over the whole run.
     alignment: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ALIGNMENT_LOG_WINDOWS))
@@ -88,20 +90,28 @@ def nothing_reconstructed(st: RunState, stride: int, images_skipped: int, points
     if st.frames_read == 0:
         return "the source gave no frames; nothing to reconstruct"
     if st.frames_used < 2 and st.frames_skipped:
-        return (f"no motion: the camera did not move in the {read} (all after the first were skipped as without motion); "
-                "nothing to reconstruct")
+        return (
+            f"no motion: the camera did not move in the {read} (all after the first were skipped as without motion); "
+            "nothing to reconstruct"
+        )
     if st.frames_used < 2:
         why = [f"--stride {stride} keeps one frame in {stride}"] if stride > 1 else []
         why += [f"{images_skipped} unreadable or odd-sized images were skipped"] if images_skipped else []
-        return (f"too few frames: {read}{' (' + '; '.join(why) + ')' if why else ''}; a reconstruction needs at least 2 frames "
-                "of a moving camera")
+        return (
+            f"too few frames: {read}{' (' + '; '.join(why) + ')' if why else ''}; a reconstruction needs at least 2 frames "
+            "of a moving camera"
+        )
     used = f"the {st.frames_used} frames used"
     if st.flags.get(FLAG_TOO_FEW_TRACKS):
-        return (f"no texture: the model found too few points to track in {used}, so none could be placed (blank, dark or "
-                "blurred images, or images too small)")
+        return (
+            f"no texture: the model found too few points to track in {used}, so none could be placed (blank, dark or "
+            "blurred images, or images too small)"
+        )
     if st.flags.get(FLAG_LOW_PARALLAX):
-        return (f"no motion: the camera barely moved or only turned across {used}: too little parallax to find depth, "
-                "so no 3D point; move the camera sideways or forward")
+        return (
+            f"no motion: the camera barely moved or only turned across {used}: too little parallax to find depth, "
+            "so no 3D point; move the camera sideways or forward"
+        )
     if st.skipped_windows:
         return f"nothing reconstructed from {used}: the model's predictions were not finite (NaN/inf)"
     return f"nothing reconstructed from {used}: no frame could be placed and no 3D point was found"
@@ -112,8 +122,10 @@ def unplaced_frames_notes(st: RunState) -> list[str]:
     window could place (the core gives each its nearest placed neighbour's pose, not a measured one)."""
     if not st.frames_unregistered:
         return []
-    return [f"{st.frames_unregistered} of the {st.frames_written} frames in the trajectory could not be placed (too little texture "
-            "or motion there): each holds its nearest placed neighbour's pose (summary.json: frames_unregistered)"]
+    return [
+        f"{st.frames_unregistered} of the {st.frames_written} frames in the trajectory could not be placed (too little texture "
+        "or motion there): each holds its nearest placed neighbour's pose (summary.json: frames_unregistered)"
+    ]
 
 
 @dataclass
@@ -134,9 +146,18 @@ class Pipeline:
     """Feeds the model's predictions to the reconstruction core and writes what it returns. How windows are
     cut and registered is the model's `registration` strategy (its registry entry declares it)."""
 
-    def __init__(self, source: FrameSource, model: GeometryModel | StreamingModel, out_dir: Path, config: PipelineConfig = PipelineConfig(),
-                 on_window: Callable[[RunState, VoxelMap | None], None] | None = None, viewer: Viewer | None = None,
-                 input_spec: dict[str, Any] | None = None, registration: Registration | None = None, run_config: Any = None) -> None:
+    def __init__(
+        self,
+        source: FrameSource,
+        model: GeometryModel | StreamingModel,
+        out_dir: Path,
+        config: PipelineConfig = PipelineConfig(),
+        on_window: Callable[[RunState, VoxelMap | None], None] | None = None,
+        viewer: Viewer | None = None,
+        input_spec: dict[str, Any] | None = None,
+        registration: Registration | None = None,
+        run_config: Any = None,
+    ) -> None:
         """`input_spec`: how the source was opened (recorded in summary.json so `recon eval` can reopen it
         for ground truth). `registration`: recon.models.base.registration_for(name); default overlapping windows.
         `run_config`: the command's recon.config.RunConfig, written to OUT/config.yaml so the run can be repeated."""
@@ -156,7 +177,11 @@ class Pipeline:
         self._t0 = 0.0
         self._gt_writer: TrajectoryWriter | None = None
         self._last_pred: WindowPrediction | None = None
-        self._last_view: tuple[float, int, dict[str, float]] = (0.0, 0, {})  # (time, frames placed, timings) at the last window shown
+        self._last_view: tuple[float, int, dict[str, float]] = (
+            0.0,
+            0,
+            {},
+        )  # (time, frames placed, timings) at the last window shown
 
     # -- the run, top to bottom ------------------------------------------------------------------
     def run(self) -> RunState:
@@ -214,7 +239,9 @@ class Pipeline:
                 self._write_summary()
                 self.viewer.close()
         off_grid = self.core.map.points_out_of_range if self.core.map is not None else 0
-        if (why := nothing_reconstructed(self.state, getattr(self.source, "stride", 1), len(getattr(self.source, "skipped", [])), off_grid)):
+        if why := nothing_reconstructed(
+            self.state, getattr(self.source, "stride", 1), len(getattr(self.source, "skipped", [])), off_grid
+        ):
             self.state.status = "failed"  # empty files must not pass for a result
             self._write_summary()
             raise ReconError(why)
@@ -240,7 +267,9 @@ class Pipeline:
         try:
             cfg = self.config.schedule
             scheduler = WindowScheduler(cfg.window, self.overlap, min_size=1 if self.overlap == 0 else 2)
-            windows = WindowsInFlight(scheduler, self._timed_infer, self._settle, self.registration.in_flight(self.model), "recon-infer")
+            windows = WindowsInFlight(
+                scheduler, self._timed_infer, self._settle, self.registration.in_flight(self.model), "recon-infer"
+            )
             keyframes = KeyframeSelector(cfg.keyframes_detail) if cfg.keyframes else None
             t_read = time.perf_counter()
             for frame in self.source:
@@ -273,7 +302,9 @@ class Pipeline:
             return e, None, time.perf_counter() - t
         return pred, self.core.prepare(pred), time.perf_counter() - t
 
-    def _settle(self, frames: list[Frame], result: tuple[WindowPrediction | NonFiniteError, WindowLayers | None, float]) -> str | int | None:
+    def _settle(
+        self, frames: list[Frame], result: tuple[WindowPrediction | NonFiniteError, WindowLayers | None, float]
+    ) -> str | int | None:
         """A window's prediction, in stream order: queued for the core, or skipped when unusable. -> how the
         next window is cut: as planned (None), after the last usable window ("reject"), or starting with
         the frames this one could not place (their count)."""
@@ -281,13 +312,22 @@ class Pipeline:
         if isinstance(pred, NonFiniteError):
             self._skip(frames, str(pred))
             return "reject"
-        self.state.timings_s["infer"] += infer_s  # with its depth layers; summed over windows, also those in flight together
+        self.state.timings_s["infer"] += (
+            infer_s  # with its depth layers; summed over windows, also those in flight together
+        )
         H, W = pred.hw
-        colors = np.stack([f.image_rgb if f.hw == (H, W) else cv2.resize(f.image_rgb, (W, H), interpolation=cv2.INTER_AREA) for f in frames])
+        colors = np.stack(
+            [
+                f.image_rgb if f.hw == (H, W) else cv2.resize(f.image_rgb, (W, H), interpolation=cv2.INTER_AREA)
+                for f in frames
+            ]
+        )
         meta = [(f.index, f.timestamp_s, f.gt_cam_from_world) for f in frames]
         self._put(_Window(meta, colors, pred, infer_s, layers))
         n = carried_frames(pred, self.overlap)
-        return n if n > self.overlap else None  # the stream broke inside the window: the next one starts after the break
+        return (
+            n if n > self.overlap else None
+        )  # the stream broke inside the window: the next one starts after the break
 
     def _infer(self, frames: list[Frame]) -> WindowPrediction:
         try:
@@ -295,7 +335,9 @@ class Pipeline:
         except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
             if not _is_out_of_memory(e):
                 raise
-            what = "the KV cache budget (--cache-budget) or " if self.registration.overlap(1) == 0 else ""  # causal steps: a KV cache
+            what = (
+                "the KV cache budget (--cache-budget) or " if self.registration.overlap(1) == 0 else ""
+            )  # causal steps: a KV cache
             raise ReconError(
                 f"out of memory on frames {frames[0].index}..{frames[-1].index} ({len(frames)} frames of {frames[0].hw[1]}x{frames[0].hw[0]}): "
                 f"lower {what}--window (now {self.config.schedule.window}), --dtype bf16 for learned models, or the input resolution"
@@ -339,8 +381,11 @@ class Pipeline:
 
         t = time.perf_counter()
         if update.trajectory is not None:  # a loop closure moved earlier poses: rewrite, then append
-            writer.rewrite([p.timestamp_s for p in update.trajectory], np.stack([p.world_from_cam for p in update.trajectory]),
-                           [p.index for p in update.trajectory])
+            writer.rewrite(
+                [p.timestamp_s for p in update.trajectory],
+                np.stack([p.world_from_cam for p in update.trajectory]),
+                [p.index for p in update.trajectory],
+            )
             st.trajectory_rewrites += 1
             self.viewer.update_window_transforms(update.moved)
         if update.loop is not None:
@@ -371,8 +416,13 @@ class Pipeline:
                 raise
             log.warning("%s", e)  # the error that stopped the run is the one to report
 
-    def _write_final(self, final: list[tuple[int, FramePose]], writer: TrajectoryWriter, pred: WindowPrediction | None,
-                     aligned: AlignedWindow | None = None) -> None:
+    def _write_final(
+        self,
+        final: list[tuple[int, FramePose]],
+        writer: TrajectoryWriter,
+        pred: WindowPrediction | None,
+        aligned: AlignedWindow | None = None,
+    ) -> None:
         """Append the poses that became final (positions in `aligned`, by default the last window), their
         ground truth and depth samples."""
         if not final:
@@ -388,14 +438,22 @@ class Pipeline:
         self.state.frames_written = writer.count
         self.state.frames_unregistered += sum(not p.registered for p in poses)
 
-    def _write_depth_samples(self, aligned: AlignedWindow, pred: WindowPrediction, positions: list[int], first_ordinal: int) -> None:
+    def _write_depth_samples(
+        self, aligned: AlignedWindow, pred: WindowPrediction, positions: list[int], first_ordinal: int
+    ) -> None:
         every = self.config.outputs.depth_every
         if every <= 0:
             return
         for ordinal, j in enumerate(positions, start=first_ordinal):
             if ordinal % every == 0:
-                sample = DepthSample(aligned.frame_indices[j], aligned.depth[j].cpu().numpy(), aligned.conf[j].cpu().numpy(),
-                                     pred.K[j].double().cpu().numpy(), aligned.cam_from_world[j].double().cpu().numpy(), pred.resize)
+                sample = DepthSample(
+                    aligned.frame_indices[j],
+                    aligned.depth[j].cpu().numpy(),
+                    aligned.conf[j].cpu().numpy(),
+                    pred.K[j].double().cpu().numpy(),
+                    aligned.cam_from_world[j].double().cpu().numpy(),
+                    pred.resize,
+                )
                 write_depth_sample(self.out_dir, sample)
 
     def _window_view(self, item: _Window, update: CoreUpdate) -> WindowView:
@@ -413,7 +471,11 @@ class Pipeline:
             "infer_ms_per_frame": 1e3 * item.infer_s / max(len(aligned), 1),
             **{f"window_s/{k}": v - timings_last.get(k, 0.0) for k, v in st.timings_s.items()},
             # Model-reported numbers (e.g. KV-cache bytes of a streaming model) are plotted as they come.
-            **{f"model/{k}": float(v) for k, v in item.pred.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            **{
+                f"model/{k}": float(v)
+                for k, v in item.pred.info.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            },
         }
         gt = [m[2] for m in item.frames_meta]
         return WindowView(
@@ -439,7 +501,9 @@ class Pipeline:
     def _write_map(self, final: bool = False) -> None:
         """Every window: the map as it is. At the end of a finished run: without statistical outliers."""
         if self.core.map is not None and len(self.core.map):
-            self.state.map_ply_points = self.core.map.export_ply(self.out_dir / "map.ply", outlier_removal=final and self.config.outputs.final_outlier_removal)
+            self.state.map_ply_points = self.core.map.export_ply(
+                self.out_dir / "map.ply", outlier_removal=final and self.config.outputs.final_outlier_removal
+            )
 
     def _write_summary(self) -> None:
         st = self.state
@@ -471,7 +535,9 @@ class Pipeline:
             "place_database_bytes": self.core.places.nbytes if self.core.places is not None else 0,
             "place_recognition": _place_stats(self.core),
             "scale": scale_note(self.model, self.source),
-            "ground_truth_metric": bool(getattr(self.source, "metric", False)) if self.source.has_ground_truth else None,
+            "ground_truth_metric": bool(getattr(self.source, "metric", False))
+            if self.source.has_ground_truth
+            else None,
             "intrinsics": intrinsics_report(self.source, self.model, st.model_K),
             "settings": asdict(self.config),
             "model_flags": st.flags,
@@ -487,13 +553,20 @@ class Pipeline:
 def _map_warnings(voxel_map: VoxelMap | None, ply: Path) -> list[str]:
     """Why map.ply is missing, or what it leaves out: a run that ends without a map says so."""
     lost = voxel_map.points_out_of_range if voxel_map is not None else 0
-    grid = (f"outside the voxel grid at voxel {voxel_map.voxel_m:g} ({KEY_OFFSET:,} voxels each way from the origin); pass a larger --voxel"
-            if voxel_map is not None else "")
+    grid = (
+        f"outside the voxel grid at voxel {voxel_map.voxel_m:g} ({KEY_OFFSET:,} voxels each way from the origin); pass a larger --voxel"
+        if voxel_map is not None
+        else ""
+    )
     if ply.is_file():
         return [f"map.ply leaves out {lost:,} points {grid}"] if lost else []
     if lost:
         return [f"no map.ply: every point fell {grid}"]
-    return ["no map.ply: no window was registered" if voxel_map is None else "no map.ply: no point was confident enough to fuse"]
+    return [
+        "no map.ply: no window was registered"
+        if voxel_map is None
+        else "no map.ply: no point was confident enough to fuse"
+    ]
 
 
 def _place_stats(core: Reconstruction) -> dict[str, Any] | None:
@@ -502,13 +575,23 @@ def _place_stats(core: Reconstruction) -> dict[str, Any] | None:
     if core.places is None:
         return None
     st = core.places.stats
-    return {"keyframes": len(core.places), "queries": st.queries, "candidates": st.candidates, "verified": st.verified,
-            "rejected": dict(st.rejected), "gate_rejected": list(core.rejected_loops)[-ALIGNMENT_LOG_WINDOWS:]}
+    return {
+        "keyframes": len(core.places),
+        "queries": st.queries,
+        "candidates": st.candidates,
+        "verified": st.verified,
+        "rejected": dict(st.rejected),
+        "gate_rejected": list(core.rejected_loops)[-ALIGNMENT_LOG_WINDOWS:],
+    }
 
 
 def _is_out_of_memory(e: BaseException) -> bool:
     """Python's MemoryError, torch's device OOM, or torch's CPU allocator failing."""
-    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
+    return (
+        isinstance(e, (MemoryError, torch.OutOfMemoryError))
+        or "can't allocate memory" in str(e)
+        or "out of memory" in str(e).lower()
+    )
 
 
 def _brief(diag: dict[str, Any]) -> dict[str, Any]:
@@ -527,7 +610,9 @@ def scale_note(model: object, source: object) -> dict[str, Any]:
     metric = bool(getattr(model, "metric", False))
     return {
         "metric": metric,
-        "note": "metres" if metric else "arbitrary but consistent units: the first window's median sparse depth is 1; "
+        "note": "metres"
+        if metric
+        else "arbitrary but consistent units: the first window's median sparse depth is 1; "
         "align to ground truth with a Sim(3) to compare",
     }
 
@@ -540,11 +625,16 @@ def intrinsics_report(source: object, model: object, model_K: np.ndarray | None)
     origin = intrinsics_origin(source)  # type: ignore[arg-type]
     K = getattr(source, "intrinsics", None)
     report: dict[str, Any] = {
-        "origin": origin or f"none given: estimated by the {getattr(model, 'name', type(model).__name__)} model (pass --calib FILE or --intrinsics)",
+        "origin": origin
+        or f"none given: estimated by the {getattr(model, 'name', type(model).__name__)} model (pass --calib FILE or --intrinsics)",
         "K": (K if K is not None else model_K),
     }
     if isinstance(source, CalibratedSource) and source.calib.distorted:
-        report["distortion"] = {"model": source.calib.model, "coefficients": source.calib.dist.tolist(), "K_distorted": source.calib.K}
+        report["distortion"] = {
+            "model": source.calib.model,
+            "coefficients": source.calib.dist.tolist(),
+            "K_distorted": source.calib.K,
+        }
     if model_K is not None and K is not None and not np.allclose(model_K, K, rtol=1e-4, atol=1e-3):
         report["K_model"] = model_K  # a model that predicts its own K (learned ones) may differ from the source's
     return report

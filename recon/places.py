@@ -1,4 +1,4 @@
-"""Place recognition and geometric verification for online loop closure (issue 12), without learned weights.
+"""Place recognition and geometric verification for online loop closure (ARCHITECTURE §4), without learned weights.
 
 Per keyframe: ORB features; the camera-frame z-depth of each keypoint where the window's depth is valid
 and confident. Recognition: a bag of binary words (DBoW-like) with an inverted index and tf-idf weights.
@@ -169,7 +169,9 @@ def _majority_centres(bits: np.ndarray, label: np.ndarray, old: np.ndarray) -> n
     return centres
 
 
-def k_majority(desc: np.ndarray, k: int, iterations: int, rng: np.random.Generator, max_points: int = 8192) -> np.ndarray:
+def k_majority(
+    desc: np.ndarray, k: int, iterations: int, rng: np.random.Generator, max_points: int = 8192
+) -> np.ndarray:
     """Binary k-means: Hamming assignment, bitwise-majority centres. k-means++ seeding spreads the
     initial centres (distinct descriptors far from each other). Clusters a random subsample of at most
     `max_points` (plenty for k centres, and bounds the cost). Returns centres [<=k, 32] uint8."""
@@ -401,7 +403,11 @@ def _mutual_matches(dq: np.ndarray, dm: np.ndarray, ratio: float) -> np.ndarray:
     bf = cv2.BFMatcher(cv2.NORM_HAMMING)
     fwd = bf.knnMatch(dq, dm, k=2)
     back = {m.queryIdx: m.trainIdx for m in bf.match(dm, dq)}
-    pairs = [(a.queryIdx, a.trainIdx) for a, b in fwd if a.distance < ratio * b.distance and back.get(a.trainIdx) == a.queryIdx]
+    pairs = [
+        (a.queryIdx, a.trainIdx)
+        for a, b in fwd
+        if a.distance < ratio * b.distance and back.get(a.trainIdx) == a.queryIdx
+    ]
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
@@ -422,14 +428,23 @@ def _normalised(uv: np.ndarray, K: np.ndarray) -> np.ndarray:
     return ((uv.astype(np.float64) - K[:2, 2]) / np.array([K[0, 0], K[1, 1]])).reshape(-1, 1, 2)
 
 
-def _essential(q: _Entry, m: _Entry, pairs: np.ndarray, cfg: PlaceConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _essential(
+    q: _Entry, m: _Entry, pairs: np.ndarray, cfg: PlaceConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Robust essential matrix on normalised coordinates (USAC: plain RANSAC costs ~50 ms on the outlier-rich
     matches of a wrong place, USAC ~5 ms). Returns (inlier mask over pairs, R, t) with
     x_m = R x_q + t (t unit length), i.e. cam_m_from_cam_q up to scale."""
     xq, xm = _normalised(q.uv[pairs[:, 0]], q.K), _normalised(m.uv[pairs[:, 1]], m.K)
     f = 0.5 * (q.K[0, 0] + m.K[0, 0])
-    E, mask = cv2.findEssentialMat(xq, xm, np.eye(3), method=cv2.USAC_DEFAULT, prob=0.999,
-                                   threshold=cfg.essential_threshold_px / f, maxIters=cfg.essential_max_iters)
+    E, mask = cv2.findEssentialMat(
+        xq,
+        xm,
+        np.eye(3),
+        method=cv2.USAC_DEFAULT,
+        prob=0.999,
+        threshold=cfg.essential_threshold_px / f,
+        maxIters=cfg.essential_max_iters,
+    )
     if E is None or E.shape != (3, 3) or mask is None:
         return None
     inl = mask.ravel() > 0
@@ -457,7 +472,9 @@ def _relative_residuals(sim: Sim3, pq: np.ndarray, pm: np.ndarray) -> np.ndarray
     return np.linalg.norm(sim.apply(pq) - pm, axis=1) / pm[:, 2]
 
 
-def _ransac_sim3(pq: np.ndarray, pm: np.ndarray, cfg: PlaceConfig, rng: np.random.Generator) -> tuple[Sim3, np.ndarray] | None:
+def _ransac_sim3(
+    pq: np.ndarray, pm: np.ndarray, cfg: PlaceConfig, rng: np.random.Generator
+) -> tuple[Sim3, np.ndarray] | None:
     """cam_m_from_cam_q from 3D-3D pairs: the minimal sample with most inliers (residual <= inlier_rel of
     the point's depth), then weighted Umeyama refits on its inliers (weights 1/z^2 make the least-squares
     residual relative, like the threshold). Returns (Sim3, inlier mask)."""
@@ -539,14 +556,30 @@ def verify(q: _Entry, m: _Entry, score: float, cfg: PlaceConfig, rng: np.random.
         cos = float(t_e @ cam_m_from_cam_q.t / np.linalg.norm(cam_m_from_cam_q.t))
         if np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))) > cfg.max_translation_angle_deg:
             return _Verdict(False, "translation")
-    dense = min(_dense_agreement(q, m, cam_m_from_cam_q, cfg.thumbnail_agreement_rel),
-                _dense_agreement(m, q, cam_m_from_cam_q.inverse(), cfg.thumbnail_agreement_rel))
+    dense = min(
+        _dense_agreement(q, m, cam_m_from_cam_q, cfg.thumbnail_agreement_rel),
+        _dense_agreement(m, q, cam_m_from_cam_q.inverse(), cfg.thumbnail_agreement_rel),
+    )
     if dense < cfg.min_dense_agreement:
         return _Verdict(False, "dense")
     rmse_rel = float(np.sqrt(np.mean(_relative_residuals(cam_m_from_cam_q, pq[inl], pm[inl]) ** 2)))
     edge = _to_sim3(m.window_from_cam) @ cam_m_from_cam_q @ _to_sim3(invert_rigid(q.window_from_cam))
-    match = LoopMatch(q.keyframe_id, m.keyframe_id, q.window_id, m.window_id, edge, cam_m_from_cam_q, n_inl, share,
-                      rmse_rel, float(score), int(e_inl.sum()), rot_dis, cells, dense)
+    match = LoopMatch(
+        q.keyframe_id,
+        m.keyframe_id,
+        q.window_id,
+        m.window_id,
+        edge,
+        cam_m_from_cam_q,
+        n_inl,
+        share,
+        rmse_rel,
+        float(score),
+        int(e_inl.sum()),
+        rot_dis,
+        cells,
+        dense,
+    )
     return _Verdict(True, "ok", match)
 
 
@@ -593,7 +626,7 @@ class PlaceDatabase:
         self._slots: list[_Entry | None] = [None] * (config.max_keyframes + 1)
         self._order: list[int] = []  # slots in insertion order
         self._rng = np.random.default_rng(config.seed)
-        self._orb = cv2.ORB_create(nfeatures=config.orb_features)
+        self._orb = cv2.ORB.create(nfeatures=config.orb_features)
         self._pending: list[_Pending] = []  # verified, not yet confirmed by a consistent later query
 
     def __len__(self) -> int:
@@ -623,8 +656,11 @@ class PlaceDatabase:
         self.stats.queries += 1
         entry = self._extract(kf)
         clock = self.stats.tick("features", clock)
-        eligible = self._eligible(entry) if before_window is None else \
-            [s for s in self._order if self._slots[s].window_id < before_window]  # type: ignore[union-attr]
+        eligible = (
+            self._eligible(entry)
+            if before_window is None
+            else [s for s in self._order if self._slots[s].window_id < before_window]
+        )  # type: ignore[union-attr]
         scores, prev_score = self._score(entry, eligible)
         clock = self.stats.tick("score", clock)
         verified: list[_Pending] = []
@@ -673,9 +709,17 @@ class PlaceDatabase:
         else:
             uv = np.array([k.pt for k in kps], dtype=np.float32)
         conf_min = _conf_min(kf, self.config)
-        entry = _Entry(int(kf.keyframe_id), int(kf.window_id), self.stats.queries, np.asarray(kf.K, np.float64).copy(),
-                       np.asarray(kf.window_from_cam, np.float64).copy(), uv, _keypoint_depth(kf, uv, conf_min, self.config),
-                       desc, *_thumbnail(kf, conf_min, self.config.thumbnail_width))
+        entry = _Entry(
+            int(kf.keyframe_id),
+            int(kf.window_id),
+            self.stats.queries,
+            np.asarray(kf.K, np.float64).copy(),
+            np.asarray(kf.window_from_cam, np.float64).copy(),
+            uv,
+            _keypoint_depth(kf, uv, conf_min, self.config),
+            desc,
+            *_thumbnail(kf, conf_min, self.config.thumbnail_width),
+        )
         if self.vocabulary is not None and len(desc):
             entry.bow, entry.node = self.vocabulary.bow(desc)
         return entry

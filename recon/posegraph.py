@@ -1,4 +1,4 @@
-"""Online Sim(3) pose graph over windows (DESIGN §5.5), solved incrementally by GTSAM's iSAM2.
+"""Online Sim(3) pose graph over windows (ARCHITECTURE §4), solved incrementally by GTSAM's iSAM2.
 
 Nodes are windows; a node's value is `world_from_window`. Node values live in GTSAM as `Similarity3`;
 every join between windows is a `BetweenFactorSimilarity3` weighted by the uncertainty of its fit, loop

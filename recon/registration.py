@@ -1,5 +1,5 @@
 """How a model's predictions reach the map: a strategy each model's registry entry declares, so the
-driver and the core never ask which model they run (DESIGN §1, "registration strategy").
+driver and the core never ask which model they run (ARCHITECTURE §1).
 
 - `OverlappingWindows`: an offline model (GeometryModel) runs on windows that share `overlap` frames;
   each window is joined to the previous one through the shared frames (recon.align.join_windows).

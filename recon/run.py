@@ -35,67 +35,160 @@ if TYPE_CHECKING:
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """Every flag defaults to None ("not given"): the run's settings are the defaults, then --config's file, then
     the flags given (recon.config); the defaults named in the help are RunConfig's."""
-    p.add_argument("source", nargs="?", help="video file, image folder, KITTI sequence dir, TUM RGB-D dir, camera index, rtsp/http URL, "
-                   "or synthetic:street|room (default: --config's source.path)")
-    p.add_argument("--config", metavar="FILE", help="settings file (YAML, nested per stage as OUT/config.yaml, which every run "
-                   "writes); flags given override it")
-    p.add_argument("--source-kind", choices=["folder", "video", "stream", "kitti", "tum", "synthetic"], help="override source detection")
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="camera / stream sources: how long to wait for the stream to open or for a frame (default 10)")
+    p.add_argument(
+        "source",
+        nargs="?",
+        help="video file, image folder, KITTI sequence dir, TUM RGB-D dir, camera index, rtsp/http URL, "
+        "or synthetic:street|room (default: --config's source.path)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings file (YAML, nested per stage as OUT/config.yaml, which every run "
+        "writes); flags given override it",
+    )
+    p.add_argument(
+        "--source-kind",
+        choices=["folder", "video", "stream", "kitti", "tum", "synthetic"],
+        help="override source detection",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="camera / stream sources: how long to wait for the stream to open or for a frame (default 10)",
+    )
     p.add_argument("--model", help="geometry model: classical (default, needs no weights), vggt, streamvggt")
     m = p.add_argument_group("learned models (vggt, streamvggt)")
-    m.add_argument("--weights", metavar="PATH", help="checkpoint: .safetensors, or a torch file of plain tensors (never unpickles code)")
+    m.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="checkpoint: .safetensors, or a torch file of plain tensors (never unpickles code)",
+    )
     m.add_argument("--model-config", help="architecture of the checkpoint: 1b (VGGT-1B, default) or tiny (tests)")
-    m.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="compute precision of the aggregator (default fp32; heads stay fp32)")
+    m.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "fp16"],
+        help="compute precision of the aggregator (default fp32; heads stay fp32)",
+    )
     m.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
-    m.add_argument("--cache", choices=["none", "queue", "sink-window", "keydiff"],
-                   help="streamvggt: KV-cache policy (default keydiff; none = unbounded)")
-    m.add_argument("--cache-budget", type=int, metavar="TOKENS",
-                   help="streamvggt: tokens kept per global-attention layer (required unless --cache none)")
-    p.add_argument("--window", type=int,
-                   help=f"frames per window (default {DEFAULT_WINDOW}); streamvggt: frames per step, block-causal inside the step")
-    p.add_argument("--overlap", type=int,
-                   help=f"frames shared by consecutive windows (default {DEFAULT_OVERLAP}; streamvggt: none, its KV cache carries the context)")
-    p.add_argument("--align", choices=["sim3", "lsa"], help="window alignment: one Sim(3), or Sim(3) + layer-wise scale (default)")
-    p.add_argument("--no-loop-closure", action="store_true", default=None,
-                   help="no place recognition / loop edges (the pose graph then only chains the windows' joins)")
-    p.add_argument("--voxel", type=float, help="map voxel size in run units (default: 1%% of the first window's median depth)")
+    m.add_argument(
+        "--cache",
+        choices=["none", "queue", "sink-window", "keydiff"],
+        help="streamvggt: KV-cache policy (default keydiff; none = unbounded)",
+    )
+    m.add_argument(
+        "--cache-budget",
+        type=int,
+        metavar="TOKENS",
+        help="streamvggt: tokens kept per global-attention layer (required unless --cache none)",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        help=f"frames per window (default {DEFAULT_WINDOW}); streamvggt: frames per step, block-causal inside the step",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        help=f"frames shared by consecutive windows (default {DEFAULT_OVERLAP}; streamvggt: none, its KV cache carries the context)",
+    )
+    p.add_argument(
+        "--align", choices=["sim3", "lsa"], help="window alignment: one Sim(3), or Sim(3) + layer-wise scale (default)"
+    )
+    p.add_argument(
+        "--no-loop-closure",
+        action="store_true",
+        default=None,
+        help="no place recognition / loop edges (the pose graph then only chains the windows' joins)",
+    )
+    p.add_argument(
+        "--voxel", type=float, help="map voxel size in run units (default: 1%% of the first window's median depth)"
+    )
     p.add_argument("--max-map-points", type=int, help="hard cap on map points (default 1,000,000)")
     p.add_argument("--max-frames", type=int, help="stop after N frames")
     p.add_argument("--stride", type=int, help="use every K-th frame (default 1)")
-    p.add_argument("--no-keyframes", action="store_true", default=None, help="keep every frame, even when the camera does not move")
-    p.add_argument("--intrinsics", help="fx,fy,cx,cy in pixels of the input images, for any source; overrides a dataset's or "
-                   "--calib's K (default: the source's, else estimated by the model)")
-    p.add_argument("--calib", metavar="FILE", help="camera calibration: OpenCV YAML/JSON (camera_matrix, distortion_coefficients; "
-                   "distortion_model: fisheye for the fisheye model) or a COLMAP cameras.txt; frames are undistorted at the source")
-    p.add_argument("--depth-every", type=int, metavar="N",
-                   help="keep every N-th trajectory frame's depth in OUT/depth/ for `recon eval` (default 10; 0: none)")
-    p.add_argument("--export", choices=EXPORT_FORMATS,
-                   help="after the run, also write OUT/colmap or OUT/nerfstudio, as `recon export OUT --format ...` does")
+    p.add_argument(
+        "--no-keyframes", action="store_true", default=None, help="keep every frame, even when the camera does not move"
+    )
+    p.add_argument(
+        "--intrinsics",
+        help="fx,fy,cx,cy in pixels of the input images, for any source; overrides a dataset's or "
+        "--calib's K (default: the source's, else estimated by the model)",
+    )
+    p.add_argument(
+        "--calib",
+        metavar="FILE",
+        help="camera calibration: OpenCV YAML/JSON (camera_matrix, distortion_coefficients; "
+        "distortion_model: fisheye for the fisheye model) or a COLMAP cameras.txt; frames are undistorted at the source",
+    )
+    p.add_argument(
+        "--depth-every",
+        type=int,
+        metavar="N",
+        help="keep every N-th trajectory frame's depth in OUT/depth/ for `recon eval` (default 10; 0: none)",
+    )
+    p.add_argument(
+        "--export",
+        choices=EXPORT_FORMATS,
+        help="after the run, also write OUT/colmap or OUT/nerfstudio, as `recon export OUT --format ...` does",
+    )
     p.add_argument("--out", help="output directory (default: out); a folder holding an earlier run needs --overwrite")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier run's files in --out (recon's own outputs only; other files stay)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's files in --out (recon's own outputs only; other files stay)",
+    )
     v = p.add_argument_group("viewing (Rerun)")
-    v.add_argument("--viewer", choices=["none", "spawn", "serve"], help="none (default), spawn the native Rerun viewer, or serve the web viewer")
-    v.add_argument("--rrd", metavar="FILE", help="also save the recording to FILE (.rrd; open it later with `recon view FILE`)")
+    v.add_argument(
+        "--viewer",
+        choices=["none", "spawn", "serve"],
+        help="none (default), spawn the native Rerun viewer, or serve the web viewer",
+    )
+    v.add_argument(
+        "--rrd", metavar="FILE", help="also save the recording to FILE (.rrd; open it later with `recon view FILE`)"
+    )
     v.add_argument("--bind", help="address the --viewer serve servers listen on (default 127.0.0.1: this machine only)")
     v.add_argument("--port", type=int, help="port of the web viewer with --viewer serve (default: Rerun's)")
-    v.add_argument("--rrd-depth", type=int, metavar="N", help="log every N-th frame's depth and confidence images to the viewer "
-                   "and recording (default 1; 0: none; they are most of a recording's ~0.5 MB a frame)")
+    v.add_argument(
+        "--rrd-depth",
+        type=int,
+        metavar="N",
+        help="log every N-th frame's depth and confidence images to the viewer "
+        "and recording (default 1; 0: none; they are most of a recording's ~0.5 MB a frame)",
+    )
 
 
 # flag (argparse dest) -> (stage, setting[, True when the flag negates the setting])
 FLAG_SETTINGS: dict[str, tuple] = {
-    "source": ("source", "path"), "source_kind": ("source", "kind"), "stride": ("source", "stride"),
-    "max_frames": ("source", "max_frames"), "intrinsics": ("source", "intrinsics"), "calib": ("source", "calib"),
+    "source": ("source", "path"),
+    "source_kind": ("source", "kind"),
+    "stride": ("source", "stride"),
+    "max_frames": ("source", "max_frames"),
+    "intrinsics": ("source", "intrinsics"),
+    "calib": ("source", "calib"),
     "timeout": ("source", "timeout_s"),
-    "model": ("model", "name"), "weights": ("model", "weights"), "model_config": ("model", "architecture"),
-    "dtype": ("model", "dtype"), "device": ("model", "device"), "cache": ("model", "cache"), "cache_budget": ("model", "cache_budget"),
-    "window": ("schedule", "window"), "overlap": ("schedule", "overlap"), "no_keyframes": ("schedule", "keyframes", True),
-    "align": ("align", "mode"), "voxel": ("map", "voxel"), "max_map_points": ("map", "max_points"),
+    "model": ("model", "name"),
+    "weights": ("model", "weights"),
+    "model_config": ("model", "architecture"),
+    "dtype": ("model", "dtype"),
+    "device": ("model", "device"),
+    "cache": ("model", "cache"),
+    "cache_budget": ("model", "cache_budget"),
+    "window": ("schedule", "window"),
+    "overlap": ("schedule", "overlap"),
+    "no_keyframes": ("schedule", "keyframes", True),
+    "align": ("align", "mode"),
+    "voxel": ("map", "voxel"),
+    "max_map_points": ("map", "max_points"),
     "no_loop_closure": ("graph", "loop_closure", True),
-    "depth_every": ("outputs", "depth_every"), "out": ("outputs", "out"), "export": ("outputs", "export"),
-    "viewer": ("viewer", "mode"), "rrd": ("viewer", "rrd"), "bind": ("viewer", "bind"), "port": ("viewer", "port"),
+    "depth_every": ("outputs", "depth_every"),
+    "out": ("outputs", "out"),
+    "export": ("outputs", "export"),
+    "viewer": ("viewer", "mode"),
+    "rrd": ("viewer", "rrd"),
+    "bind": ("viewer", "bind"),
+    "port": ("viewer", "port"),
     "rrd_depth": ("viewer", "depth_every"),
 }
 
@@ -125,7 +218,9 @@ def load_run_config(args: argparse.Namespace) -> RunConfig:
     if config.source.path is None:
         raise ReconError("no source: name one (recon run SOURCE) or give --config FILE with a source.path")
     # A file's source path, like the flag's, is recorded absolute: `recon eval` and `export` reopen it from anywhere.
-    return dataclasses.replace(config, source=dataclasses.replace(config.source, path=_recorded_source(config.source.path)))
+    return dataclasses.replace(
+        config, source=dataclasses.replace(config.source, path=_recorded_source(config.source.path))
+    )
 
 
 def _overlap(config: RunConfig) -> int:
@@ -143,7 +238,9 @@ def _check(config: RunConfig, args: argparse.Namespace) -> None:
         if sched.window < 1:
             raise ReconError(f"--window (frames per step) must be >= 1, got {sched.window}")
         if args.overlap is not None:
-            raise ReconError(f"--overlap does not apply to --model {config.model.name}: steps do not overlap, its KV cache carries the context")
+            raise ReconError(
+                f"--overlap does not apply to --model {config.model.name}: steps do not overlap, its KV cache carries the context"
+            )
     else:
         if sched.window < 2:
             raise ReconError(f"--window must be >= 2, got {sched.window}")
@@ -170,7 +267,9 @@ def _check(config: RunConfig, args: argparse.Namespace) -> None:
     if viewer.port is not None and viewer.mode != "serve":
         raise ReconError(f"--port sets the web viewer's port and needs --viewer serve (got --viewer {viewer.mode})")
     if out.export is not None and out.depth_every == 0:
-        raise ReconError("--export takes the intrinsics and the points' observations from the kept depth; it needs --depth-every N > 0")
+        raise ReconError(
+            "--export takes the intrinsics and the points' observations from the kept depth; it needs --depth-every N > 0"
+        )
     if viewer.depth_every < 0:
         raise ReconError(f"--rrd-depth must be >= 0 (0: no depth images), got {viewer.depth_every}")
     if viewer.rrd is not None and Path(viewer.rrd).suffix.lower() != ".rrd":
@@ -201,15 +300,22 @@ def model_options(config: RunConfig) -> dict[str, object]:
     """The model's constructor arguments; a setting given to a model that ignores it is an error, not a surprise."""
     m = config.model
     if m.name not in LEARNED_MODELS:
-        given = [flag for flag, value in (("--weights", m.weights), ("--device", m.device), ("--cache-budget", m.cache_budget))
-                 if value is not None]
+        given = [
+            flag
+            for flag, value in (("--weights", m.weights), ("--device", m.device), ("--cache-budget", m.cache_budget))
+            if value is not None
+        ]
         if given:
-            raise ReconError(f"{', '.join(given)} only apply to --model {' or '.join(LEARNED_MODELS)}; the {m.name} model takes none")
+            raise ReconError(
+                f"{', '.join(given)} only apply to --model {' or '.join(LEARNED_MODELS)}; the {m.name} model takes none"
+            )
         return {"config": m.classical} if m.name == "classical" else {}
     options: dict[str, object] = {"weights": m.weights, "config": m.architecture, "dtype": m.dtype, "device": m.device}
     if m.name == "streamvggt":
         if m.cache != "none" and m.cache_budget is None:
-            raise ReconError(f"--cache {m.cache} needs --cache-budget TOKENS (per global-attention layer), or use --cache none")
+            raise ReconError(
+                f"--cache {m.cache} needs --cache-budget TOKENS (per global-attention layer), or use --cache none"
+            )
         if m.cache_budget is not None and m.cache_budget < 1:
             raise ReconError(f"--cache-budget must be >= 1 token, got {m.cache_budget}")
         options.update(cache=m.cache, cache_budget=m.cache_budget, frames_per_step=config.schedule.window)
@@ -239,8 +345,12 @@ class Progress:
         if not self.tty and now - self._last >= self.every_s:
             self._last = now
             of = f"/{self.total}" if self.total else ""
-            print(f"recon: {done}{of} frames, {state.windows} windows, {done / max(now - self._t0, 1e-9):.1f} frames/s, "
-                  f"map {map_points} points", file=sys.stderr, flush=True)
+            print(
+                f"recon: {done}{of} frames, {state.windows} windows, {done / max(now - self._t0, 1e-9):.1f} frames/s, "
+                f"map {map_points} points",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self, state: RunState) -> None:
         self.done = state.frames_written + state.frames_skipped
@@ -317,7 +427,9 @@ def run_command(args: argparse.Namespace) -> int:
         return _reconstruct(config, source, out, model_opts, input_spec)
 
 
-def _reconstruct(config: RunConfig, source: FrameSource, out: Path, model_opts: dict[str, object], input_spec: dict) -> int:
+def _reconstruct(
+    config: RunConfig, source: FrameSource, out: Path, model_opts: dict[str, object], input_spec: dict
+) -> int:
     from dataclasses import replace
 
     from recon.datasets.base import length_hint
@@ -329,7 +441,9 @@ def _reconstruct(config: RunConfig, source: FrameSource, out: Path, model_opts: 
 
         model_class = model_factory(config.model.name)
     model = model_class(**model_opts)
-    pipeline_config = PipelineConfig(schedule=replace(config.schedule, overlap=_overlap(config)), core=config.core(), outputs=config.outputs)
+    pipeline_config = PipelineConfig(
+        schedule=replace(config.schedule, overlap=_overlap(config)), core=config.core(), outputs=config.outputs
+    )
     progress = Progress(length_hint(source))
     trim_heap = heap_trimmer()
 
@@ -345,15 +459,26 @@ def _reconstruct(config: RunConfig, source: FrameSource, out: Path, model_opts: 
         options = ViewerOptions(depth_every=v.depth_every, linger=v.mode == "serve")
     viewer = open_viewer(v.mode, Path(v.rrd) if v.rrd else None, bind=v.bind, port=v.port, options=options)
     try:
-        pipeline = Pipeline(source, model, out, pipeline_config, on_window=on_window, viewer=viewer, input_spec=input_spec,
-                            registration=registration_for(config.model.name), run_config=config)
+        pipeline = Pipeline(
+            source,
+            model,
+            out,
+            pipeline_config,
+            on_window=on_window,
+            viewer=viewer,
+            input_spec=input_spec,
+            registration=registration_for(config.model.name),
+            run_config=config,
+        )
         # On a terminal, log lines go above the bar instead of through it.
         with stop_on_signals(pipeline.request_stop) as stop, logging_redirect_tqdm() if progress.tty else nullcontext():
             state = pipeline.run()
         progress.close(state)
         if stop.signum is not None:
-            print(f"recon: {'terminated' if stop.terminated else 'interrupted'}; outputs up to the last finished window are in {out}/",
-                  file=sys.stderr)
+            print(
+                f"recon: {'terminated' if stop.terminated else 'interrupted'}; outputs up to the last finished window are in {out}/",
+                file=sys.stderr,
+            )
             return EXIT_TERMINATED if stop.terminated else EXIT_INTERRUPTED
         report(config, source, out, state)
         viewer.linger()  # --viewer serve: the recording stays up until Ctrl-C
@@ -371,7 +496,9 @@ def report(config: RunConfig, source: FrameSource, out: Path, state: RunState) -
     metrics = evaluate(out) if source.has_ground_truth and state.frames_written >= 3 else None
     for warning in [*state.warnings, *source_notes(source), *unplaced_frames_notes(state)]:
         print(f"recon: warning: {warning}", file=sys.stderr)
-    print(f"{state.frames_read} frames ({state.frames_skipped} without motion skipped), {state.windows} windows -> {out}/")
+    print(
+        f"{state.frames_read} frames ({state.frames_skipped} without motion skipped), {state.windows} windows -> {out}/"
+    )
     print(f"  {pace_line(out)}")
     print(f"  {', '.join(written_outputs(out, state))}")
     print(f"  {intrinsics_line(source, config.model.name, state.model_K)}")

@@ -60,7 +60,10 @@ class KeyframeSelector:
         moved, status, _ = cv2.calcOpticalFlowPyrLK(self._last, gray, self._points, None, winSize=(15, 15), maxLevel=3)
         ok = status.ravel() == 1
         # Lost tracks mean the view changed a lot: keep the frame.
-        if ok.mean() < 0.5 or np.median(np.linalg.norm((moved - self._points).reshape(-1, 2)[ok], axis=1)) >= self.config.min_flow_px:
+        if (
+            ok.mean() < 0.5
+            or np.median(np.linalg.norm((moved - self._points).reshape(-1, 2)[ok], axis=1)) >= self.config.min_flow_px
+        ):
             self._keep(gray)
             return True
         return False
@@ -80,7 +83,9 @@ class WindowScheduler:
 
     def __init__(self, size: int, overlap: int, min_size: int = 2) -> None:
         if not (size >= min_size >= 1 and 0 <= overlap < size):
-            raise ValueError(f"need window >= {min_size} and 0 <= overlap < window, got window {size}, overlap {overlap}")
+            raise ValueError(
+                f"need window >= {min_size} and 0 <= overlap < window, got window {size}, overlap {overlap}"
+            )
         self.size, self.overlap, self.min_size = size, overlap, min_size
         self._frames: list[Frame] = []
         self._carry: list[Frame] = []  # tail of the last accepted window: the next window starts with it
@@ -100,7 +105,9 @@ class WindowScheduler:
     def snapshot(self) -> WindowScheduler:
         """A copy to go back to: its own lists, the same frames."""
         other = WindowScheduler(self.size, self.overlap, self.min_size)
-        other._frames, other._carry, other._carry_before, other._last = (list(x) for x in (self._frames, self._carry, self._carry_before, self._last))
+        other._frames, other._carry, other._carry_before, other._last = (
+            list(x) for x in (self._frames, self._carry, self._carry_before, self._last)
+        )
         return other
 
     def carry(self, n: int) -> None:

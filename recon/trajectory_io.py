@@ -1,4 +1,4 @@
-"""Trajectory files (DESIGN §2): TUM `timestamp tx ty tz qx qy qz qw` and KITTI 12 numbers (row-major
+"""Trajectory files (ARCHITECTURE §2): TUM `timestamp tx ty tz qx qy qz qw` and KITTI 12 numbers (row-major
 3x4), both world_from_cam; and a run's `frames.txt`, each pose's source frame index and timestamp. Readers report the file and line of a malformed entry."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def read_tum(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         if np.linalg.norm(q) < 1e-9:
             raise FormatError(path, line_no, "zero quaternion")
         stamps.append(v[0])
-        poses.append(make_rigid(rotation_from_quat_xyzw(q), v[1:4]))
+        poses.append(make_rigid(rotation_from_quat_xyzw(q), np.asarray(v[1:4])))
     return np.array(stamps, dtype=np.float64), np.array(poses).reshape(-1, 4, 4)
 
 

@@ -1,4 +1,4 @@
-"""Data contracts (DESIGN §3): `Frame`, `ResizeMap`, `WindowPrediction`, `Sim3`.
+"""Data contracts (ARCHITECTURE §2): `Frame`, `ResizeMap`, `WindowPrediction`, `Sim3`.
 
 Every contract validates itself on construction, so a bad shape, dtype or a non-finite value is caught
 where it is made, not three stages later."""
@@ -27,7 +27,7 @@ def _check_rigid(T: np.ndarray, name: str, atol: float = 1e-4) -> None:
     R = T[..., :3, :3]
     RtR = np.swapaxes(R, -1, -2) @ R
     _check(np.allclose(RtR, np.eye(3), atol=atol), f"{name}: rotation part is not orthonormal")
-    _check(np.all(np.linalg.det(R) > 0), f"{name}: rotation part has negative determinant")
+    _check(bool(np.all(np.linalg.det(R) > 0)), f"{name}: rotation part has negative determinant")
     _check(np.allclose(T[..., 3, :], [0, 0, 0, 1], atol=1e-9), f"{name}: last row must be [0, 0, 0, 1]")
 
 
@@ -49,7 +49,8 @@ class ResizeMap:
 
     @staticmethod
     def identity(hw: tuple[int, int]) -> ResizeMap:
-        return ResizeMap(original_hw=tuple(hw), model_hw=tuple(hw))
+        h, w = hw
+        return ResizeMap(original_hw=(h, w), model_hw=(h, w))
 
     def to_model(self, uv_orig: np.ndarray) -> np.ndarray:
         uv = np.asarray(uv_orig, dtype=np.float64)
@@ -119,7 +120,10 @@ class Frame:
         if self.gt_depth_m is not None:
             d = np.asarray(self.gt_depth_m, dtype=np.float32)
             _check(d.shape == img.shape[:2], f"Frame {self.index}: gt_depth_m {d.shape} != image {img.shape[:2]}")
-            _check(bool(np.all(np.isfinite(d))) and bool(np.all(d >= 0)), f"Frame {self.index}: gt_depth_m must be finite and >= 0")
+            _check(
+                bool(np.all(np.isfinite(d))) and bool(np.all(d >= 0)),
+                f"Frame {self.index}: gt_depth_m must be finite and >= 0",
+            )
             self.gt_depth_m = d
 
     @property
@@ -204,7 +208,10 @@ class WindowPrediction:
         _check(tuple(self.points_conf.shape) == (S, H, W), "WindowPrediction.points_conf must be [S,H,W]")
         _check(tuple(self.cam_from_world.shape) == (S, 4, 4), "WindowPrediction.cam_from_world must be [S,4,4]")
         _check(tuple(self.K.shape) == (S, 3, 3), "WindowPrediction.K must be [S,3,3]")
-        _check(tuple(self.resize.model_hw) == (H, W), f"WindowPrediction.resize.model_hw {self.resize.model_hw} != {(H, W)}")
+        _check(
+            tuple(self.resize.model_hw) == (H, W),
+            f"WindowPrediction.resize.model_hw {self.resize.model_hw} != {(H, W)}",
+        )
         _check(bool((self.depth >= 0).all()), "WindowPrediction.depth must be >= 0")
         _check(bool((self.depth_conf >= 0).all()) and bool((self.points_conf >= 0).all()), "confidences must be >= 0")
         _check_rigid(self.cam_from_world.detach().double().cpu().numpy(), "WindowPrediction.cam_from_world", atol=1e-3)

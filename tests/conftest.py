@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 import torch
+
+from recon.native_logs import quiet_native_logs
+
+# The command line quiets OpenCV's and FFmpeg's own logs as a command starts, before any capture opens (FFmpeg's
+# level is read once per process, at the first capture). Many commands and captures share this test process:
+# the same, once, before any of them.
+quiet_native_logs()
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +46,8 @@ def http_file() -> Iterator[Callable[..., str]]:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 cut = cut_first_after if cut_first_after is not None and len(downloads) == 1 else len(data)
-                try:
+                with contextlib.suppress(OSError):  # the reader hung up
                     self.wfile.write(data[:cut])
-                except OSError:  # the reader hung up
-                    pass
                 self.close_connection = True
 
             def log_message(self, *args: object) -> None:

@@ -27,8 +27,12 @@ def _robust_cost(r: np.ndarray, mask: np.ndarray, delta: float) -> float:
 
 
 def plain_bundle_adjust(
-    cam_from_world: np.ndarray, points_w: np.ndarray, uv_px: np.ndarray, visible: np.ndarray, K: np.ndarray,
-    cfg: BundleConfig = BundleConfig(),
+    cam_from_world: np.ndarray,
+    points_w: np.ndarray,
+    uv_px: np.ndarray,
+    visible: np.ndarray,
+    K: np.ndarray,
+    cfg: BundleConfig = BundleConfig(),  # noqa: B008 - frozen
 ) -> BundleResult:
     """cam_from_world [S,4,4], points_w [T,3], observations uv_px [T,S,2] where visible [T,S]."""
     S, T = cam_from_world.shape[0], points_w.shape[0]
@@ -44,7 +48,7 @@ def plain_bundle_adjust(
     r = uv - obs
     current = _robust_cost(r, visible, cfg.huber_px)
     it = 0
-    for it in range(1, cfg.iterations + 1):
+    for it in range(1, cfg.iterations + 1):  # noqa: B007 - the count after the loop is the result
         n = np.linalg.norm(r, axis=-1)
         w = np.where(visible, np.where(n <= cfg.huber_px, 1.0, cfg.huber_px / np.maximum(n, 1e-12)), 0.0)  # [T,S]
         z = np.maximum(Xc[..., 2], 1e-6)
@@ -82,7 +86,11 @@ def plain_bundle_adjust(
             Vd = V + lam * (V * np.eye(3)) + 1e-9 * np.eye(3)
             V_inv = np.linalg.inv(Vd)
             Y = (W[..., :, None] * V_inv[:, None, :, :]).sum(-2)  # [T,n_cam,3] = W V^-1
-            schur = U + lam * np.diag(np.diag(U)) - Y.transpose(1, 0, 2).reshape(n_cam, -1) @ W.transpose(1, 0, 2).reshape(n_cam, -1).T
+            schur = (
+                U
+                + lam * np.diag(np.diag(U))
+                - Y.transpose(1, 0, 2).reshape(n_cam, -1) @ W.transpose(1, 0, 2).reshape(n_cam, -1).T
+            )
             rhs = -g_c + (Y * g_p[:, None, :]).sum((0, 2))
             A = schur[np.ix_(free, free)] + 1e-9 * np.eye(free.sum())
             d_c = np.zeros(n_cam)

@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from recon.align import AlignConfig, AlignedWindow, align_window, fit_window, place_window
-from recon.geometry import rotation_distance_deg
 from recon.errors import ContractError
-from recon.geometry import invert_rigid, make_rigid, rotation_from_axis_angle
+from recon.geometry import invert_rigid, make_rigid, rotation_distance_deg, rotation_from_axis_angle
 from recon.kernels.layers import LayerParams, layer_iou, link_layers, link_layers_warped, segment_depth_layers
 from recon.kernels.sim3 import (
     robust_log_scale_grouped,
@@ -32,7 +31,11 @@ def random_sim3(rng: np.random.Generator, scale_range: tuple[float, float] = (0.
 
 
 def sim3_close(a: Sim3, b: Sim3, tol: float) -> bool:
-    return abs(a.s / b.s - 1) < tol and np.abs(a.R - b.R).max() < tol and np.abs(a.t - b.t).max() < tol * max(1.0, np.abs(b.t).max())
+    return (
+        abs(a.s / b.s - 1) < tol
+        and np.abs(a.R - b.R).max() < tol
+        and np.abs(a.t - b.t).max() < tol * max(1.0, np.abs(b.t).max())
+    )
 
 
 # ------------------------------------------------------------------------------------ kernel: Sim(3)
@@ -41,7 +44,9 @@ def test_robust_sim3_recovers_exact_sim3_on_clean_data() -> None:
     truth = random_sim3(rng)
     src = rng.normal(size=(5000, 3)) * 2 + [0, 0, 8]
     dst = truth.apply(src)
-    sim, fit = robust_sim3(torch.tensor(src, dtype=torch.float32), torch.tensor(dst, dtype=torch.float32), torch.rand(5000) + 0.5, 0.1, 5)
+    sim, fit = robust_sim3(
+        torch.tensor(src, dtype=torch.float32), torch.tensor(dst, dtype=torch.float32), torch.rand(5000) + 0.5, 0.1, 5
+    )
     assert sim3_close(sim, truth, 1e-5)
     assert fit.valid and fit.inlier_share == 1.0 and fit.residual_rms < 1e-4
 
@@ -81,7 +86,9 @@ def test_batched_kernel_equals_single_and_handles_padding_and_empty_sets() -> No
     rng = np.random.default_rng(3)
     truths = [random_sim3(rng) for _ in range(3)]
     src = torch.tensor(rng.normal(size=(3, 800, 3)), dtype=torch.float32)
-    dst = torch.stack([torch.tensor(t.apply(src[i].double().numpy()), dtype=torch.float32) for i, t in enumerate(truths)])
+    dst = torch.stack(
+        [torch.tensor(t.apply(src[i].double().numpy()), dtype=torch.float32) for i, t in enumerate(truths)]
+    )
     w = torch.ones(3, 800)
     w[1, 500:] = 0  # a shorter set, padded
     dst[1, 500:] = 1e6  # padding content must not matter
@@ -160,8 +167,12 @@ def test_segmentation_pixel_budget_coarsens_the_grid_like_a_stride() -> None:
     conf = np.ones_like(depth)
     H, W = depth.shape
     budget = LayerParams(stride=1, max_pixels=H * W // 16)  # -> every 4th pixel per axis
-    assert np.array_equal(segment_depth_layers(depth, conf, budget), segment_depth_layers(depth, conf, LayerParams(stride=4)))
-    assert np.array_equal(segment_depth_layers(depth, conf, LayerParams(stride=1, max_pixels=H * W)), segment_depth_layers(depth, conf))
+    assert np.array_equal(
+        segment_depth_layers(depth, conf, budget), segment_depth_layers(depth, conf, LayerParams(stride=4))
+    )
+    assert np.array_equal(
+        segment_depth_layers(depth, conf, LayerParams(stride=1, max_pixels=H * W)), segment_depth_layers(depth, conf)
+    )
 
 
 def test_segmentation_of_empty_and_constant_maps() -> None:
@@ -284,7 +295,13 @@ def make_window(
 
 
 def run_chain(
-    scene: Scene, L: int, O: int, n_windows: int, config: AlignConfig, errors: list[dict[int, float] | None] | None = None, noise: float = 0.0
+    scene: Scene,
+    L: int,
+    O: int,
+    n_windows: int,
+    config: AlignConfig,
+    errors: list[dict[int, float] | None] | None = None,
+    noise: float = 0.0,
 ) -> tuple[list[AlignedWindow], list[WindowPrediction], Sim3]:
     rng = np.random.default_rng(7)
     prev = None
@@ -310,7 +327,9 @@ def pose_errors(out: AlignedWindow, scene: Scene, first_from_world: Sim3) -> tup
     return float(rot), float(np.linalg.norm(ce - cg, axis=1).max() / (10 * first_from_world.s))
 
 
-def layer_depth_ratios(out: AlignedWindow, scene: Scene, first_from_world: Sim3, frames: slice = slice(None)) -> dict[int, float]:
+def layer_depth_ratios(
+    out: AlignedWindow, scene: Scene, first_from_world: Sim3, frames: slice = slice(None)
+) -> dict[int, float]:
     """Median aligned depth / true depth (in run units) per true layer, over the given frames."""
     idx = np.asarray(out.frame_indices)[frames]
     ratio = out.depth[frames].double().numpy() / (first_from_world.s * scene.depth[idx])
@@ -328,17 +347,29 @@ def test_first_window_defines_the_world(scene: Scene) -> None:
     out = align_window(None, pred, 2, AlignConfig())
     assert out.diagnostics["path"] == "first" and np.array_equal(out.world_from_window.matrix(), np.eye(4))
     assert torch.equal(out.points_world, pred.points) and torch.equal(out.cam_from_world, pred.cam_from_world)
-    assert out.layer_labels is not None and out.layer_labels.shape == pred.depth.shape and out.layer_labels.dtype == torch.int32
+    assert (
+        out.layer_labels is not None
+        and out.layer_labels.shape == pred.depth.shape
+        and out.layer_labels.dtype == torch.int32
+    )
 
 
 def test_placing_a_fit_elsewhere_is_the_similarity_applied_to_the_joined_window(scene: Scene) -> None:
     prev = align_window(None, make_window(scene, list(range(8)), Sim3(1.0)), 3, AlignConfig())
-    cur = make_window(scene, list(range(5, 13)), Sim3(1.7, rotation_from_axis_angle(np.array([0.1, -0.2, 0.05])), np.array([0.3, 0.0, -0.2])))
+    cur = make_window(
+        scene,
+        list(range(5, 13)),
+        Sim3(1.7, rotation_from_axis_angle(np.array([0.1, -0.2, 0.05])), np.array([0.3, 0.0, -0.2])),
+    )
     fit = fit_window(prev, cur, 3, AlignConfig())
     joined = place_window(cur, fit)  # into prev's frame: what align_window returns
     T = Sim3(0.5, rotation_from_axis_angle(np.array([0.0, 0.3, 0.0])), np.array([1.0, 2.0, 3.0]))
     moved = place_window(cur, fit, T @ fit.sim, frames=slice(2, 6))
-    expected = torch.from_numpy(T.apply(joined.points_world[2:6].double().numpy().reshape(-1, 3))).float().view(moved.points_world.shape)
+    expected = (
+        torch.from_numpy(T.apply(joined.points_world[2:6].double().numpy().reshape(-1, 3)))
+        .float()
+        .view(moved.points_world.shape)
+    )
     assert torch.allclose(moved.points_world, expected, atol=1e-4)
     assert torch.allclose(moved.depth, joined.depth[2:6] * 0.5, rtol=1e-5)
     assert moved.frame_indices == joined.frame_indices[2:6] and moved.world_from_window is not fit.sim
@@ -361,7 +392,9 @@ def test_lsa_recovers_layer_scales_that_sim3_cannot(scene: Scene) -> None:
     errors = [None, {0: 0.9, 1: 1.0, 2: 1.2}]  # window 2: background x0.9, front box x1.2
     results = {}
     for mode in ("sim3", "lsa"):
-        outs, _, first = run_chain(scene, L=10, O=4, n_windows=2, config=AlignConfig(mode=mode), errors=errors, noise=0.002)
+        outs, _, first = run_chain(
+            scene, L=10, O=4, n_windows=2, config=AlignConfig(mode=mode), errors=errors, noise=0.002
+        )
         results[mode] = (layer_depth_ratios(outs[1], scene, first), outs[1], first)
     lsa, lsa_out, first = results["lsa"]
     sim3, sim3_out, _ = results["sim3"]
@@ -403,19 +436,27 @@ def test_the_join_edge_ignores_the_previous_windows_layer_scales(scene: Scene) -
     errors = [None, {0: 0.9, 2: 1.2}, {0: 1.1, 1: 0.85, 2: 0.95}]
     lsa, _, _ = run_chain(scene, L=8, O=3, n_windows=3, config=AlignConfig(mode="lsa"), errors=errors, noise=0.002)
     rigid, _, _ = run_chain(scene, L=8, O=3, n_windows=3, config=AlignConfig(mode="sim3"), errors=errors, noise=0.002)
-    assert any(not torch.allclose(s, torch.ones_like(s)) for s in lsa[1].layer_scales)  # the tail does carry layer scales
+    assert any(
+        not torch.allclose(s, torch.ones_like(s)) for s in lsa[1].layer_scales
+    )  # the tail does carry layer scales
     for a, b in zip(lsa[1:], rigid[1:], strict=True):
         assert abs(np.log(a.world_from_window.s / b.world_from_window.s)) < 1e-4
-        assert np.allclose(a.world_from_window.matrix(), b.world_from_window.matrix(), atol=1e-4 * b.world_from_window.s)
+        assert np.allclose(
+            a.world_from_window.matrix(), b.world_from_window.matrix(), atol=1e-4 * b.world_from_window.s
+        )
 
 
 def test_unlinked_layers_keep_the_window_scale(scene: Scene) -> None:
     errors = [None, {2: 1.2}]
     sim3_out = run_chain(scene, L=8, O=3, n_windows=2, config=AlignConfig(mode="sim3"), errors=errors)[0][1]
-    out = run_chain(scene, L=8, O=3, n_windows=2, config=AlignConfig(mode="lsa", cross_iou=1.01, lsa_refine=False), errors=errors)[0][1]
+    out = run_chain(
+        scene, L=8, O=3, n_windows=2, config=AlignConfig(mode="lsa", cross_iou=1.01, lsa_refine=False), errors=errors
+    )[0][1]
     assert out.diagnostics["path"] == "lsa" and out.diagnostics["lsa"]["cross_links"] == []
     assert all(bool((s == 1).all()) for s in out.layer_scales)
-    assert torch.allclose(out.depth, sim3_out.depth) and torch.allclose(out.points_world, sim3_out.points_world, atol=1e-4)
+    assert torch.allclose(out.depth, sim3_out.depth) and torch.allclose(
+        out.points_world, sim3_out.points_world, atol=1e-4
+    )
 
 
 def test_config_is_validated() -> None:
@@ -450,7 +491,9 @@ def test_empty_pure_rotation_overlap_inherits_the_scale_without_nan(caplog: pyte
     for t in (out.cam_from_world, out.depth, out.points_world):
         assert torch.isfinite(t).all()
     # continuity: the overlap cameras sit on the map's copies
-    rot = rotation_distance_deg(prev.cam_from_world[3:].double().numpy()[:, :3, :3], out.cam_from_world[:3].double().numpy()[:, :3, :3])
+    rot = rotation_distance_deg(
+        prev.cam_from_world[3:].double().numpy()[:, :3, :3], out.cam_from_world[:3].double().numpy()[:, :3, :3]
+    )
     assert rot.max() < 1e-3
     c_prev = invert_rigid(prev.cam_from_world[3:].double().numpy())[:, :3, 3]
     c_out = invert_rigid(out.cam_from_world[:3].double().numpy())[:, :3, 3]
@@ -464,7 +507,12 @@ def test_empty_pure_rotation_overlap_inherits_the_scale_without_nan(caplog: pyte
     out = align_window(prev, cur, 3, AlignConfig())
     assert out.diagnostics["path"] == "inherited_scale" and out.world_from_window.s == 1.0
     assert all(bool(torch.isfinite(t).all()) for t in (out.cam_from_world, out.depth, out.points_world))
-    assert rotation_distance_deg(prev.cam_from_world[3].double().numpy()[:3, :3], out.cam_from_world[0].double().numpy()[:3, :3]) < 1e-3
+    assert (
+        rotation_distance_deg(
+            prev.cam_from_world[3].double().numpy()[:3, :3], out.cam_from_world[0].double().numpy()[:3, :3]
+        )
+        < 1e-3
+    )
 
 
 def test_garbage_points_do_not_move_the_join(scene: Scene) -> None:
@@ -517,7 +565,9 @@ def test_contract_errors(scene: Scene) -> None:
 
 
 def test_top_p_confidence_mode(scene: Scene) -> None:
-    outs, _, first = run_chain(scene, L=8, O=3, n_windows=2, config=AlignConfig(mode="sim3", conf_mode="top_p", top_p=0.5))
+    outs, _, first = run_chain(
+        scene, L=8, O=3, n_windows=2, config=AlignConfig(mode="sim3", conf_mode="top_p", top_p=0.5)
+    )
     assert outs[1].diagnostics["num_correspondences"] < 0.5 * outs[1].diagnostics["num_candidates"]
     rot, centre = pose_errors(outs[1], scene, first)
     assert rot < 0.05 and centre < 1e-3
@@ -536,7 +586,10 @@ def test_synthetic_source_windows_align() -> None:
     depth = np.stack([f.gt_depth_m for f in frames]).astype(np.float64)
     poses = np.stack([f.gt_cam_from_world for f in frames])
     world_from_cam = invert_rigid(poses)
-    pts = np.einsum("tij,thwj->thwi", world_from_cam[:, :3, :3], depth[..., None] * rays) + world_from_cam[:, None, None, :3, 3]
+    pts = (
+        np.einsum("tij,thwj->thwi", world_from_cam[:, :3, :3], depth[..., None] * rays)
+        + world_from_cam[:, None, None, :3, 3]
+    )
     real = Scene(poses, depth, pts, np.where(depth > 0, 0, -1).astype(np.int32), Kf)
     rng = np.random.default_rng(0)
     first_from_world = random_sim3(rng)
@@ -570,7 +623,9 @@ def test_shared_keypoints_outvote_dense_depth_that_disagrees_with_the_cameras(sc
     cur.depth.mul_(1.5)  # dense depth 50% off; the cameras (and keypoints) say x2
     out = align_window(prev, cur, 6, AlignConfig(mode="sim3"))
     sources = out.diagnostics["join"]["scale_sources"]
-    assert sources["tracks"]["scale"] == pytest.approx(0.5, rel=1e-4) and sources["baseline"]["scale"] == pytest.approx(0.5, rel=1e-4)
+    assert sources["tracks"]["scale"] == pytest.approx(0.5, rel=1e-4) and sources["baseline"]["scale"] == pytest.approx(
+        0.5, rel=1e-4
+    )
     assert any(c.startswith("dense") for c in out.diagnostics["join"]["scale_conflict"])  # two against one
     assert out.world_from_window.s == pytest.approx(0.5, rel=0.02)
     rot, centre = pose_errors(out, scene, Sim3(1.0))
@@ -613,7 +668,9 @@ def test_only_depth_another_view_confirms_is_fused(scene: Scene) -> None:
     edge = out_of_view
     far.depth[0][edge] *= 5.0
     far.points[0][edge] = c0 + 5.0 * (far.points[0][edge] - c0)
-    assert not consistent_in_neighbours(align_window(None, far, 2, AlignConfig()), far.K, slice(0, 1), 1, px, (3,), 0.05)[0][edge].any()
+    assert not consistent_in_neighbours(
+        align_window(None, far, 2, AlignConfig()), far.K, slice(0, 1), 1, px, (3,), 0.05
+    )[0][edge].any()
     rest = ok.clone()
     rest[block] = True
     assert rest.float().mean() > 0.9  # the true surfaces, less what hides behind a nearer one in both partners

@@ -40,18 +40,18 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 
 from recon.cli import main
 from recon.datasets import stream as stream_module
 from recon.datasets import write_kitti_sequence, write_tum_sequence
 from recon.datasets.image_files import write_png
+from recon.errors import OutputError
 from recon.fusion import PLY_VERTEX
 from recon.outputs import TrajectoryWriter
-from recon.errors import OutputError
 from recon.trajectory_io import FRAMES_HEADER, read_frames, read_kitti, read_tum
 from recon.types import Frame
 
@@ -83,7 +83,9 @@ class Case:
     message: str  # regex for the error line (exit != 0) or for the warning report (exit 0)
     outputs: Outputs
     check: Callable[[Ctx], None] | None = None  # anything else the case promises
-    overwrite: bool = True  # the runner passes `recon run` --overwrite: the case's failure is under test, not the refusal
+    overwrite: bool = (
+        True  # the runner passes `recon run` --overwrite: the case's failure is under test, not the refusal
+    )
 
 
 FRAME_SIZE = "192,64"  # w,h of the rendered frames: small, so each run that goes on takes about a second
@@ -168,8 +170,17 @@ def tiny_vggt_state() -> dict[str, torch.Tensor]:
 
 
 def vggt_args(weights: Path | None) -> list[str]:
-    return ["run", "synthetic:street", "--model", "vggt", "--model-config", "tiny", "--device", "cpu",
-            *(["--weights", str(weights)] if weights is not None else [])]
+    return [
+        "run",
+        "synthetic:street",
+        "--model",
+        "vggt",
+        "--model-config",
+        "tiny",
+        "--device",
+        "cpu",
+        *(["--weights", str(weights)] if weights is not None else []),
+    ]
 
 
 class FakeCapture:
@@ -241,7 +252,9 @@ def mount_tmpfs(ctx: Ctx, size: str) -> Path:
     disk.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root")
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True, text=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True, text=True
+    )
     if res.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
     ctx.stack.callback(subprocess.run, ["umount", "-l", str(disk)], check=False)
@@ -482,7 +495,9 @@ def one_frame_video(ctx: Ctx) -> list[str]:
 # - 2 frames a step apart: no motion either, too little parallax for one 3D point; a 2-pose trajectory and
 #   no map is no reconstruction, and exit 0 would let a script take it for one.
 # - all-black and 16x16 frames: no texture; the trajectory held only placeholder poses.
-NO_MOTION = r"no motion: the camera did not move in the 24 frames read \(all after the first were skipped as without motion\)"
+NO_MOTION = (
+    r"no motion: the camera did not move in the 24 frames read \(all after the first were skipped as without motion\)"
+)
 NO_PARALLAX = r"no motion: the camera barely moved or only turned across the {} frames used: too little parallax"
 NO_TEXTURE = r"no texture: the model found too few points to track in the {} frames used, so none could be placed"
 ONE_FRAME = r"too few frames: 1 frame read{}; a reconstruction needs at least 2 frames"
@@ -495,8 +510,13 @@ def trajectory_of(n: int) -> Callable[[Ctx], None]:
     return check
 
 
-def test_a_video_over_http_is_run_once(street_frames: list[Frame], tmp_path: Path, http_file: Callable[..., str],
-                                       capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_video_over_http_is_run_once(
+    street_frames: list[Frame],
+    tmp_path: Path,
+    http_file: Callable[..., str],
+    capfd: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """`recon run http://host/drive.avi` reads the file once and finishes (it replayed it for ever; here
     --max-frames stops the old loop): each frame once, by its number in the video."""
     ctx = Ctx(tmp_path, tmp_path / "out", street_frames, monkeypatch, ExitStack())
@@ -506,8 +526,9 @@ def test_a_video_over_http_is_run_once(street_frames: list[Frame], tmp_path: Pat
     assert "recon: warning" not in capfd.readouterr().err
 
 
-def test_frames_that_could_not_be_placed_are_a_warning(street_frames: list[Frame], tmp_path: Path, capfd: pytest.CaptureFixture,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_frames_that_could_not_be_placed_are_a_warning(
+    street_frames: list[Frame], tmp_path: Path, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The camera's view goes black for its last frames: the run reconstructs the rest (exit 0), and says
     which part it did not; the black frames' poses are only their placed neighbour's (no word of it before)."""
     ctx = Ctx(tmp_path, tmp_path / "out", street_frames, monkeypatch, ExitStack())
@@ -517,30 +538,70 @@ def test_frames_that_could_not_be_placed_are_a_warning(street_frames: list[Frame
     summary = json.loads((ctx.out / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["frames_unregistered"] == 4
     err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and re.match(r"recon: warning: 4 of the 12 frames in the trajectory could not be placed \(too little texture "
-                                      r"or motion there\): each holds its nearest placed neighbour's pose", err[0]), err
+    assert len(err) == 1 and re.match(
+        r"recon: warning: 4 of the 12 frames in the trajectory could not be placed \(too little texture "
+        r"or motion there\): each holds its nearest placed neighbour's pose",
+        err[0],
+    ), err
 
 
 INPUT_CASES_15 = [
-    Case("kitti_unreadable_image_keeps_frame_identity", kitti_with_an_unreadable_image, 0,
-         r"skipped 1 image of .*image_2 that cannot be read .*: 000003\.png", Outputs.WRITTEN, frames_keep_their_source_index),
-    Case("folder_symlink_loop_skipped", folder_with_a_symlink_loop, 0,
-         r"skipped 2 images of .*frames that cannot be read .*: f0010\.png, f0011\.png; fix or remove them", Outputs.WRITTEN,
-         trajectory_of(8)),
-    Case("folder_of_only_a_symlink_loop", folder_of_only_a_symlink_loop, 2, r"none of the 2 images in '.*links' could be read",
-         Outputs.VALID),
-    Case("folder_thumbnail_sorted_first_skipped", folder_with_a_thumbnail_first, 0,
-         r"skipped 1 image of .*frames that cannot be read or differ in size .*: a_thumb\.png; fix or remove them", Outputs.WRITTEN,
-         trajectory_of(8)),
-    Case("tum_lists_only_missing_images", tum_listing_only_missing_images, 2, r"none of the 8 images in '.*rgb\.txt' could be read",
-         Outputs.VALID),
+    Case(
+        "kitti_unreadable_image_keeps_frame_identity",
+        kitti_with_an_unreadable_image,
+        0,
+        r"skipped 1 image of .*image_2 that cannot be read .*: 000003\.png",
+        Outputs.WRITTEN,
+        frames_keep_their_source_index,
+    ),
+    Case(
+        "folder_symlink_loop_skipped",
+        folder_with_a_symlink_loop,
+        0,
+        r"skipped 2 images of .*frames that cannot be read .*: f0010\.png, f0011\.png; fix or remove them",
+        Outputs.WRITTEN,
+        trajectory_of(8),
+    ),
+    Case(
+        "folder_of_only_a_symlink_loop",
+        folder_of_only_a_symlink_loop,
+        2,
+        r"none of the 2 images in '.*links' could be read",
+        Outputs.VALID,
+    ),
+    Case(
+        "folder_thumbnail_sorted_first_skipped",
+        folder_with_a_thumbnail_first,
+        0,
+        r"skipped 1 image of .*frames that cannot be read or differ in size .*: a_thumb\.png; fix or remove them",
+        Outputs.WRITTEN,
+        trajectory_of(8),
+    ),
+    Case(
+        "tum_lists_only_missing_images",
+        tum_listing_only_missing_images,
+        2,
+        r"none of the 8 images in '.*rgb\.txt' could be read",
+        Outputs.VALID,
+    ),
     Case("folder_of_one_frame", folder_of(1, street), 2, ONE_FRAME.format(""), Outputs.VALID),
     Case("video_of_one_frame", one_frame_video, 2, ONE_FRAME.format(""), Outputs.VALID),
-    Case("stride_leaves_one_frame", folder_of(8, street, "--stride", "100"), 2, ONE_FRAME.format(r" \(--stride 100 keeps one frame in 100\)"),
-         Outputs.VALID),
+    Case(
+        "stride_leaves_one_frame",
+        folder_of(8, street, "--stride", "100"),
+        2,
+        ONE_FRAME.format(r" \(--stride 100 keeps one frame in 100\)"),
+        Outputs.VALID,
+    ),
     Case("two_frames_one_step_apart", folder_of(2, street), 2, NO_PARALLAX.format(2), Outputs.VALID),
     Case("identical_frames", folder_of(24, parked), 2, NO_MOTION, Outputs.VALID),
-    Case("identical_frames_no_keyframes", folder_of(24, parked, "--no-keyframes"), 2, NO_PARALLAX.format(24), Outputs.VALID),
+    Case(
+        "identical_frames_no_keyframes",
+        folder_of(24, parked, "--no-keyframes"),
+        2,
+        NO_PARALLAX.format(24),
+        Outputs.VALID,
+    ),
     Case("all_black_frames", folder_of(24, black), 2, NO_TEXTURE.format(24), Outputs.VALID),
     Case("frames_of_16x16", folder_of(8, tiny), 2, NO_TEXTURE.format(r"\d+"), Outputs.VALID),
 ]
@@ -583,8 +644,21 @@ def weights_keys_mismatch(ctx: Ctx) -> list[str]:
 
 def streamvggt_args(ctx: Ctx, *flags: str) -> list[str]:
     save_file(tiny_vggt_state(), str(ctx.tmp / "model.safetensors"))
-    return ["run", "synthetic:street", "--max-frames", "6", "--model", "streamvggt", "--model-config", "tiny", "--device", "cpu",
-            "--weights", str(ctx.tmp / "model.safetensors"), *flags]
+    return [
+        "run",
+        "synthetic:street",
+        "--max-frames",
+        "6",
+        "--model",
+        "streamvggt",
+        "--model-config",
+        "tiny",
+        "--device",
+        "cpu",
+        "--weights",
+        str(ctx.tmp / "model.safetensors"),
+        *flags,
+    ]
 
 
 def cache_budget_below_one_step(ctx: Ctx) -> list[str]:
@@ -718,94 +792,370 @@ def keeps_finished_windows(ctx: Ctx) -> None:
 # -- the table ---------------------------------------------------------------------------------------------
 
 ERR = "recon: error: "
-CANNOT_OPEN = "cannot open video '.*drive.mp4': it is truncated, corrupt or not a video; check it is a complete video file"
+CANNOT_OPEN = (
+    "cannot open video '.*drive.mp4': it is truncated, corrupt or not a video; check it is a complete video file"
+)
 
 CASES = [
     # sources
-    Case("missing_path", missing_path, 2, r"cannot open '.*no_such_drive\.mp4': not found; expected a video file", Outputs.IDENTICAL),
-    Case("empty_folder", empty_folder, 2, r"cannot open '.*empty': a folder without images; expected a video file", Outputs.IDENTICAL),
-    Case("corrupt_images_skipped", corrupt_images, 0,
-         r"skipped 2 images of .*frames that cannot be read or differ in size from most of them: f0003b\.png, f0005b\.jpg; fix or remove them",
-         Outputs.WRITTEN, poses(8)),
-    Case("mixed_image_sizes_skipped", mixed_sizes, 0,
-         r"skipped 2 images of .*frames that cannot be read or differ in size .*: f0002b\.png, f0006b\.png", Outputs.WRITTEN, poses(8)),
-    Case("all_images_corrupt", all_images_corrupt, 2, r"none of the 3 images in '.*junk' could be read; check the files", Outputs.VALID),
-    Case("video_zero_length", video_zero_length, 2, r"video '.*drive\.mp4' is empty \(0 bytes\).*pass a complete file", Outputs.IDENTICAL),
+    Case(
+        "missing_path",
+        missing_path,
+        2,
+        r"cannot open '.*no_such_drive\.mp4': not found; expected a video file",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "empty_folder",
+        empty_folder,
+        2,
+        r"cannot open '.*empty': a folder without images; expected a video file",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "corrupt_images_skipped",
+        corrupt_images,
+        0,
+        r"skipped 2 images of .*frames that cannot be read or differ in size from most of them: f0003b\.png, f0005b\.jpg; fix or remove them",
+        Outputs.WRITTEN,
+        poses(8),
+    ),
+    Case(
+        "mixed_image_sizes_skipped",
+        mixed_sizes,
+        0,
+        r"skipped 2 images of .*frames that cannot be read or differ in size .*: f0002b\.png, f0006b\.png",
+        Outputs.WRITTEN,
+        poses(8),
+    ),
+    Case(
+        "all_images_corrupt",
+        all_images_corrupt,
+        2,
+        r"none of the 3 images in '.*junk' could be read; check the files",
+        Outputs.VALID,
+    ),
+    Case(
+        "video_zero_length",
+        video_zero_length,
+        2,
+        r"video '.*drive\.mp4' is empty \(0 bytes\).*pass a complete file",
+        Outputs.IDENTICAL,
+    ),
     Case("video_not_a_video", video_not_a_video, 2, CANNOT_OPEN, Outputs.IDENTICAL),
     Case("video_truncated_index", video_cut_before_its_index, 2, CANNOT_OPEN, Outputs.IDENTICAL),
-    Case("video_truncated_frames", video_cut_in_its_frames, 0,
-         r"video '.*drive\.avi' ended at frame [1-6] of the 8 its header states; the file looks truncated", Outputs.WRITTEN),
-    Case("camera_cannot_open", camera_cannot_open, 2,
-         r"cannot open stream 'camera 7' \(4 attempts\); check the camera index", Outputs.VALID, camera_opened(4)),
-    Case("camera_drops_mid_run", camera_drops_mid_run, 0,
-         r"camera 7: the stream dropped and 3 reconnect attempts failed; the run ended there", Outputs.WRITTEN, poses(8)),
-    Case("stream_url_unreachable", stream_url_unreachable, 2,
-         r"cannot open stream 'rtsp://127\.0\.0\.1:\d+/live': no answer within 0\.5 s; check the URL", Outputs.VALID),
-    Case("kitti_without_calib", kitti_without_calib, 2, r"looks like a KITTI sequence \(image_2/\) but has no calib\.txt", Outputs.IDENTICAL),
-    Case("kitti_calib_short_p2", kitti_calib_short_p2, 2, r"calib\.txt:3: P2 needs 12 numbers \(3x4 row-major\), found 11", Outputs.IDENTICAL),
-    Case("kitti_calib_without_p2", kitti_calib_without_p2, 2, r"calib\.txt: no P2 line; expected 'P2: 12 numbers'", Outputs.IDENTICAL),
-    Case("kitti_times_bad_line", kitti_times_bad_line, 2, r"times\.txt:4: expected one timestamp in seconds, found '0\.3s'", Outputs.IDENTICAL),
-    Case("kitti_times_missing_line", kitti_times_missing_line, 2,
-         r"times\.txt:8: 7 timestamps but .*image_2 has 8 images \(the lines for the last images are missing\)", Outputs.IDENTICAL),
-    Case("kitti_times_extra_lines", kitti_times_extra_line, 2,
-         r"times\.txt:9: 10 timestamps but .*image_2 has 8 images \(this line and those after it have no image\)", Outputs.IDENTICAL),
-    Case("kitti_times_not_increasing", kitti_times_not_increasing, 2,
-         r"times\.txt:5: timestamp 0\.15 is not after the one before it \(0\.3.*\); timestamps must increase", Outputs.IDENTICAL),
-    Case("kitti_poses_bad_line", kitti_poses_bad_line, 2, r"poses/07\.txt:2: expected 12 numbers, found 11", Outputs.IDENTICAL),
-    Case("kitti_poses_missing_line", kitti_poses_missing_line, 2, r"poses/07\.txt:8: 7 poses but .*image_2 has 8 images", Outputs.IDENTICAL),
-    Case("tum_without_rgb_txt", tum_without_rgb_txt, 2, r"looks like a TUM RGB-D sequence \(rgb/\) but has no rgb\.txt", Outputs.IDENTICAL),
-    Case("tum_rgb_bad_timestamp", tum_rgb_bad_timestamp, 2, r"rgb\.txt:5: timestamp '0\.2oops' is not a number", Outputs.IDENTICAL),
-    Case("tum_rgb_not_increasing", tum_rgb_not_increasing, 2, r"rgb\.txt:7: timestamp 0\.1 is not after the one before it", Outputs.IDENTICAL),
-    Case("tum_groundtruth_short_line", tum_groundtruth_short_line, 2, r"groundtruth\.txt:4: expected 8 numbers, found 7", Outputs.IDENTICAL),
-    Case("tum_lists_a_missing_image", tum_lists_a_missing_image, 0, r"skipped 1 image of .*rgb\.txt .*: 000003\.png; fix or remove",
-         Outputs.WRITTEN, poses(7)),
+    Case(
+        "video_truncated_frames",
+        video_cut_in_its_frames,
+        0,
+        r"video '.*drive\.avi' ended at frame [1-6] of the 8 its header states; the file looks truncated",
+        Outputs.WRITTEN,
+    ),
+    Case(
+        "camera_cannot_open",
+        camera_cannot_open,
+        2,
+        r"cannot open stream 'camera 7' \(4 attempts\); check the camera index",
+        Outputs.VALID,
+        camera_opened(4),
+    ),
+    Case(
+        "camera_drops_mid_run",
+        camera_drops_mid_run,
+        0,
+        r"camera 7: the stream dropped and 3 reconnect attempts failed; the run ended there",
+        Outputs.WRITTEN,
+        poses(8),
+    ),
+    Case(
+        "stream_url_unreachable",
+        stream_url_unreachable,
+        2,
+        r"cannot open stream 'rtsp://127\.0\.0\.1:\d+/live': no answer within 0\.5 s; check the URL",
+        Outputs.VALID,
+    ),
+    Case(
+        "kitti_without_calib",
+        kitti_without_calib,
+        2,
+        r"looks like a KITTI sequence \(image_2/\) but has no calib\.txt",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "kitti_calib_short_p2",
+        kitti_calib_short_p2,
+        2,
+        r"calib\.txt:3: P2 needs 12 numbers \(3x4 row-major\), found 11",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "kitti_calib_without_p2",
+        kitti_calib_without_p2,
+        2,
+        r"calib\.txt: no P2 line; expected 'P2: 12 numbers'",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "kitti_times_bad_line",
+        kitti_times_bad_line,
+        2,
+        r"times\.txt:4: expected one timestamp in seconds, found '0\.3s'",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "kitti_times_missing_line",
+        kitti_times_missing_line,
+        2,
+        r"times\.txt:8: 7 timestamps but .*image_2 has 8 images \(the lines for the last images are missing\)",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "kitti_times_extra_lines",
+        kitti_times_extra_line,
+        2,
+        r"times\.txt:9: 10 timestamps but .*image_2 has 8 images \(this line and those after it have no image\)",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "kitti_times_not_increasing",
+        kitti_times_not_increasing,
+        2,
+        r"times\.txt:5: timestamp 0\.15 is not after the one before it \(0\.3.*\); timestamps must increase",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "kitti_poses_bad_line",
+        kitti_poses_bad_line,
+        2,
+        r"poses/07\.txt:2: expected 12 numbers, found 11",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "kitti_poses_missing_line",
+        kitti_poses_missing_line,
+        2,
+        r"poses/07\.txt:8: 7 poses but .*image_2 has 8 images",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "tum_without_rgb_txt",
+        tum_without_rgb_txt,
+        2,
+        r"looks like a TUM RGB-D sequence \(rgb/\) but has no rgb\.txt",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "tum_rgb_bad_timestamp",
+        tum_rgb_bad_timestamp,
+        2,
+        r"rgb\.txt:5: timestamp '0\.2oops' is not a number",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "tum_rgb_not_increasing",
+        tum_rgb_not_increasing,
+        2,
+        r"rgb\.txt:7: timestamp 0\.1 is not after the one before it",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "tum_groundtruth_short_line",
+        tum_groundtruth_short_line,
+        2,
+        r"groundtruth\.txt:4: expected 8 numbers, found 7",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "tum_lists_a_missing_image",
+        tum_lists_a_missing_image,
+        0,
+        r"skipped 1 image of .*rgb\.txt .*: 000003\.png; fix or remove",
+        Outputs.WRITTEN,
+        poses(7),
+    ),
     *INPUT_CASES_15,  # issue 15, defined with their setups above
     # models
-    Case("weights_flag_missing", weights_flag_missing, 2, r"the vggt model needs weights: pass --weights PATH", Outputs.IDENTICAL),
-    Case("weights_file_missing", weights_file_missing, 2,
-         r"weights file .*model\.safetensors does not exist; pass --weights PATH to a \.safetensors or \.pt checkpoint", Outputs.IDENTICAL),
-    Case("weights_not_a_checkpoint", weights_not_a_checkpoint, 2, r"cannot read safetensors file .*model\.safetensors", Outputs.IDENTICAL),
-    Case("weights_pickle_with_code", weights_pickle_with_code, 2,
-         r"refusing .*model\.pt: not a weights-only torch file .*convert it to \.safetensors", Outputs.IDENTICAL, nothing_unpickled),
-    Case("weights_keys_mismatch", weights_keys_mismatch, 2,
-         r"weights do not match the model: .*1 missing, 1 unexpected, 1 with the wrong shape; "
-         r"missing \(expected shape\): aggregator\.frame_blocks\.0\.attn\.qkv\.bias \[192\]; "
-         r"unexpected \(shape in file\): aggregator\.frame_blocks\.0\.attn\.qkv\.bais \[192\]; "
-         r"wrong shape \(expected vs file\): depth_head\.norm\.weight: expected \[128\], file has \[100\]; check --model", Outputs.IDENTICAL),
+    Case(
+        "weights_flag_missing",
+        weights_flag_missing,
+        2,
+        r"the vggt model needs weights: pass --weights PATH",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "weights_file_missing",
+        weights_file_missing,
+        2,
+        r"weights file .*model\.safetensors does not exist; pass --weights PATH to a \.safetensors or \.pt checkpoint",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "weights_not_a_checkpoint",
+        weights_not_a_checkpoint,
+        2,
+        r"cannot read safetensors file .*model\.safetensors",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "weights_pickle_with_code",
+        weights_pickle_with_code,
+        2,
+        r"refusing .*model\.pt: not a weights-only torch file .*convert it to \.safetensors",
+        Outputs.IDENTICAL,
+        nothing_unpickled,
+    ),
+    Case(
+        "weights_keys_mismatch",
+        weights_keys_mismatch,
+        2,
+        r"weights do not match the model: .*1 missing, 1 unexpected, 1 with the wrong shape; "
+        r"missing \(expected shape\): aggregator\.frame_blocks\.0\.attn\.qkv\.bias \[192\]; "
+        r"unexpected \(shape in file\): aggregator\.frame_blocks\.0\.attn\.qkv\.bais \[192\]; "
+        r"wrong shape \(expected vs file\): depth_head\.norm\.weight: expected \[128\], file has \[100\]; check --model",
+        Outputs.IDENTICAL,
+    ),
     # outputs
-    Case("out_is_a_file", out_is_a_file, 2, r"output folder '.*summary\.json' is a file; pass --out to a folder", Outputs.IDENTICAL),
-    Case("out_under_a_file", out_under_a_file, 2, r"cannot create output folder '.*summary\.json/run2' \(Not a directory\)", Outputs.IDENTICAL),
-    Case("out_read_only", out_read_only, 2, r"output folder '.*out' cannot take 256 KiB \(Read-only file system\)", Outputs.IDENTICAL),
-    Case("out_disk_full_before_run", out_full_before_run, 2,
-         r"output folder '.*out' cannot take 256 KiB \(No space left on device\); free space there or pass --out", Outputs.IDENTICAL),
-    Case("out_file_limit_before_run", out_file_limit_before_run, 2,
-         r"output folder '.*out' cannot take 256 KiB \(File too large\); free space there or pass --out", Outputs.IDENTICAL),
-    Case("out_disk_full_mid_run", out_full_mid_run, 2,
-         r"cannot write .*out/map\.ply: No space left on device; free space there or pass --out", Outputs.VALID, keeps_finished_windows),
-    Case("out_file_limit_mid_run", out_file_limit_mid_run, 2,
-         r"cannot write .*out/map\.ply: File too large; free space there or pass --out", Outputs.VALID, keeps_finished_windows),
+    Case(
+        "out_is_a_file",
+        out_is_a_file,
+        2,
+        r"output folder '.*summary\.json' is a file; pass --out to a folder",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "out_under_a_file",
+        out_under_a_file,
+        2,
+        r"cannot create output folder '.*summary\.json/run2' \(Not a directory\)",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "out_read_only",
+        out_read_only,
+        2,
+        r"output folder '.*out' cannot take 256 KiB \(Read-only file system\)",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "out_disk_full_before_run",
+        out_full_before_run,
+        2,
+        r"output folder '.*out' cannot take 256 KiB \(No space left on device\); free space there or pass --out",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "out_file_limit_before_run",
+        out_file_limit_before_run,
+        2,
+        r"output folder '.*out' cannot take 256 KiB \(File too large\); free space there or pass --out",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "out_disk_full_mid_run",
+        out_full_mid_run,
+        2,
+        r"cannot write .*out/map\.ply: No space left on device; free space there or pass --out",
+        Outputs.VALID,
+        keeps_finished_windows,
+    ),
+    Case(
+        "out_file_limit_mid_run",
+        out_file_limit_mid_run,
+        2,
+        r"cannot write .*out/map\.ply: File too large; free space there or pass --out",
+        Outputs.VALID,
+        keeps_finished_windows,
+    ),
     # arguments
-    Case("args_overlap_not_below_window", args_overlap_not_below_window, 2, r"--overlap must be in \[1, 5\] for --window 6, got 6", Outputs.IDENTICAL),
+    Case(
+        "args_overlap_not_below_window",
+        args_overlap_not_below_window,
+        2,
+        r"--overlap must be in \[1, 5\] for --window 6, got 6",
+        Outputs.IDENTICAL,
+    ),
     Case("args_max_frames_zero", args_max_frames_zero, 2, r"--max-frames must be >= 1, got 0", Outputs.IDENTICAL),
     Case("args_voxel_negative", args_voxel_negative, 2, r"--voxel must be > 0, got -0\.1", Outputs.IDENTICAL),
-    Case("args_max_map_points_zero", args_max_map_points_zero, 2, r"--max-map-points must be >= 1, got 0", Outputs.IDENTICAL),
-    Case("args_cache_budget_below_one_step", cache_budget_below_one_step, 2,
-         r"budget_tokens=10 per layer is smaller than one step needs: at least 24 tokens per layer \(anchor frame 8 \+ 2 new frame\(s\) x 8\)",
-         Outputs.VALID),
-    Case("args_bounded_cache_without_budget", cache_without_budget, 2, r"--cache queue needs --cache-budget TOKENS", Outputs.IDENTICAL),
-    Case("args_overlap_for_streamvggt", overlap_for_streamvggt, 2, r"--overlap does not apply to --model streamvggt", Outputs.IDENTICAL),
-    Case("args_cache_budget_for_vggt", cache_budget_for_vggt, 2, r"--cache-budget applies to --model streamvggt only", Outputs.IDENTICAL),
-    Case("args_device_unknown", device_unknown, 2, r"unknown --device 'gpu0'; use cpu, cuda or cuda:N", Outputs.IDENTICAL),
-    Case("args_device_unavailable", device_unavailable, 2, r"--device cuda:99 is not available here \(.*\); use --device cpu",
-         Outputs.IDENTICAL),
-    Case("args_not_a_number", args_not_a_number, 2,
-         r"^recon run: error: argument --window: invalid int value: 'twenty'; see 'recon run --help'$", Outputs.IDENTICAL),
-    Case("args_weights_for_classical", args_weights_for_classical, 2,
-         r"--weights only apply to --model vggt or streamvggt; the classical model takes none", Outputs.IDENTICAL),
-    Case("args_port_without_web_viewer", args_port_without_web_viewer, 2, r"--port .* needs --viewer serve \(got --viewer none\)", Outputs.IDENTICAL),
-    Case("args_timeout_for_a_folder", args_timeout_for_a_folder, 2, r"--timeout applies to camera and stream sources only; this source is a folder",
-         Outputs.IDENTICAL),
-    Case("args_intrinsics_not_positive", args_intrinsics_not_positive, 2, r"intrinsics must be .* with positive focal lengths", Outputs.IDENTICAL),
+    Case(
+        "args_max_map_points_zero",
+        args_max_map_points_zero,
+        2,
+        r"--max-map-points must be >= 1, got 0",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "args_cache_budget_below_one_step",
+        cache_budget_below_one_step,
+        2,
+        r"budget_tokens=10 per layer is smaller than one step needs: at least 24 tokens per layer \(anchor frame 8 \+ 2 new frame\(s\) x 8\)",
+        Outputs.VALID,
+    ),
+    Case(
+        "args_bounded_cache_without_budget",
+        cache_without_budget,
+        2,
+        r"--cache queue needs --cache-budget TOKENS",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "args_overlap_for_streamvggt",
+        overlap_for_streamvggt,
+        2,
+        r"--overlap does not apply to --model streamvggt",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "args_cache_budget_for_vggt",
+        cache_budget_for_vggt,
+        2,
+        r"--cache-budget applies to --model streamvggt only",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "args_device_unknown", device_unknown, 2, r"unknown --device 'gpu0'; use cpu, cuda or cuda:N", Outputs.IDENTICAL
+    ),
+    Case(
+        "args_device_unavailable",
+        device_unavailable,
+        2,
+        r"--device cuda:99 is not available here \(.*\); use --device cpu",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "args_not_a_number",
+        args_not_a_number,
+        2,
+        r"^recon run: error: argument --window: invalid int value: 'twenty'; see 'recon run --help'$",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "args_weights_for_classical",
+        args_weights_for_classical,
+        2,
+        r"--weights only apply to --model vggt or streamvggt; the classical model takes none",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "args_port_without_web_viewer",
+        args_port_without_web_viewer,
+        2,
+        r"--port .* needs --viewer serve \(got --viewer none\)",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "args_timeout_for_a_folder",
+        args_timeout_for_a_folder,
+        2,
+        r"--timeout applies to camera and stream sources only; this source is a folder",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "args_intrinsics_not_positive",
+        args_intrinsics_not_positive,
+        2,
+        r"intrinsics must be .* with positive focal lengths",
+        Outputs.IDENTICAL,
+    ),
 ]
 
 
@@ -854,30 +1204,80 @@ def no_file_holds(text: str) -> Callable[[Ctx], None]:
 
 
 def names_no_map(ctx: Ctx) -> None:
-    assert not (ctx.out / "map.ply").exists() and not re.search(r"map\.ply \(", str(ctx.facts["stdout"])), ctx.facts["stdout"]
+    assert not (ctx.out / "map.ply").exists() and not re.search(r"map\.ply \(", str(ctx.facts["stdout"])), ctx.facts[
+        "stdout"
+    ]
 
 
 CASES += [
-    Case("out_holds_an_earlier_run", street_run(), 2,
-         r"output folder '.*out' holds an earlier run \(config\.yaml, depth, frames\.txt, \.\.\.\); pass --overwrite to replace it",
-         Outputs.IDENTICAL, overwrite=False),
-    Case("out_name_too_long", out_name_too_long, 2, r"cannot create output folder '.*x{300}' \(File name too long\)", Outputs.IDENTICAL),
-    Case("args_voxel_infinite", street_run("--voxel", "inf"), 2, r"--voxel must be a finite size in run units, got inf", Outputs.IDENTICAL),
-    Case("voxel_too_small_for_a_map", street_run("--voxel", "1e-30"), 0,
-         r"no map\.ply: every point fell outside the voxel grid at voxel 1e-30 .*; pass a larger --voxel", Outputs.WRITTEN, names_no_map),
-    Case("url_password_never_written", url_with_password, 2,
-         r"cannot open stream 'http://\*\*\*@127\.0\.0\.1:\d+/x\.avi': no answer within 0\.5 s", Outputs.VALID, no_file_holds("secret")),
-    Case("eval_gt_is_an_image", eval_gt_is_an_image, 2, r"x\.png: not a text file; expected one pose per line", Outputs.IDENTICAL),
-    Case("view_corrupt_recording", view_corrupt_recording, 2, r"rec\.rrd: cannot read the recording", Outputs.IDENTICAL),
-    Case("rrd_read_only", rrd_read_only, 2, r"cannot write the recording: Failed to create file: Read-only file system .*rec\.rrd",
-         Outputs.IDENTICAL),
-    Case("viewer_port_taken", viewer_port_taken, 2, r"port \d+ on 127\.0\.0\.1 is in use by another program; pass another --port",
-         Outputs.IDENTICAL),
+    Case(
+        "out_holds_an_earlier_run",
+        street_run(),
+        2,
+        r"output folder '.*out' holds an earlier run \(config\.yaml, depth, frames\.txt, \.\.\.\); pass --overwrite to replace it",
+        Outputs.IDENTICAL,
+        overwrite=False,
+    ),
+    Case(
+        "out_name_too_long",
+        out_name_too_long,
+        2,
+        r"cannot create output folder '.*x{300}' \(File name too long\)",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "args_voxel_infinite",
+        street_run("--voxel", "inf"),
+        2,
+        r"--voxel must be a finite size in run units, got inf",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "voxel_too_small_for_a_map",
+        street_run("--voxel", "1e-30"),
+        0,
+        r"no map\.ply: every point fell outside the voxel grid at voxel 1e-30 .*; pass a larger --voxel",
+        Outputs.WRITTEN,
+        names_no_map,
+    ),
+    Case(
+        "url_password_never_written",
+        url_with_password,
+        2,
+        r"cannot open stream 'http://\*\*\*@127\.0\.0\.1:\d+/x\.avi': no answer within 0\.5 s",
+        Outputs.VALID,
+        no_file_holds("secret"),
+    ),
+    Case(
+        "eval_gt_is_an_image",
+        eval_gt_is_an_image,
+        2,
+        r"x\.png: not a text file; expected one pose per line",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "view_corrupt_recording", view_corrupt_recording, 2, r"rec\.rrd: cannot read the recording", Outputs.IDENTICAL
+    ),
+    Case(
+        "rrd_read_only",
+        rrd_read_only,
+        2,
+        r"cannot write the recording: Failed to create file: Read-only file system .*rec\.rrd",
+        Outputs.IDENTICAL,
+    ),
+    Case(
+        "viewer_port_taken",
+        viewer_port_taken,
+        2,
+        r"port \d+ on 127\.0\.0\.1 is in use by another program; pass another --port",
+        Outputs.IDENTICAL,
+    ),
 ]
 
 
-def test_overwrite_replaces_the_earlier_run_and_keeps_the_users_files(earlier_run: Path, street_frames: list[Frame], tmp_path: Path,
-                                                                      capfd: pytest.CaptureFixture) -> None:
+def test_overwrite_replaces_the_earlier_run_and_keeps_the_users_files(
+    earlier_run: Path, street_frames: list[Frame], tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
     """Run A (a drive with ground truth, evaluated) then run B (frames without any) into one folder: B's
     folder holds B's outputs only, so `recon eval` cannot score B against A's ground truth."""
     out = tmp_path / "out"
@@ -889,8 +1289,17 @@ def test_overwrite_replaces_the_earlier_run_and_keeps_the_users_files(earlier_ru
     for f in street_frames:
         write_png(d / f"f{f.index:04d}.png", f.image_rgb)
     assert run_main(["run", str(d), "--out", str(out), "--overwrite"]) == 0
-    assert sorted(files(out)) == ["config.yaml", "depth/000000.npz", "frames.txt", "map.ply", "notes.txt", "plots/sketch.txt", "summary.json",
-                                  "trajectory.kitti", "trajectory.tum"]  # no ground truth, metrics or plots of run A
+    assert sorted(files(out)) == [
+        "config.yaml",
+        "depth/000000.npz",
+        "frames.txt",
+        "map.ply",
+        "notes.txt",
+        "plots/sketch.txt",
+        "summary.json",
+        "trajectory.kitti",
+        "trajectory.tum",
+    ]  # no ground truth, metrics or plots of run A
     assert json.loads((out / "summary.json").read_text())["input"]["source"] == str(d)
     capfd.readouterr()
     assert run_main(["eval", str(out)]) == 2
@@ -908,14 +1317,18 @@ def test_an_empty_folder_or_one_with_other_files_needs_no_overwrite(tmp_path: Pa
 
 def hold_run_lock(out: Path) -> subprocess.Popen:
     """Another process holding `out`'s run lock until killed; returned once it holds it."""
-    code = ("import sys, time; from pathlib import Path; from recon.outputs import run_lock\n"
-            "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)")
+    code = (
+        "import sys, time; from pathlib import Path; from recon.outputs import run_lock\n"
+        "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline() == "held\n"
     return proc
 
 
-def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_first(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_first(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
     holder = hold_run_lock(out)
@@ -923,8 +1336,10 @@ def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_first(tmp_path:
         capfd.readouterr()
         assert run_main(["run", "synthetic:street", "--max-frames", "4", "--out", str(out), "--overwrite"]) == 2
         err = capfd.readouterr().err.strip().splitlines()
-        assert err == [f"recon: error: output folder '{out}' is in use by another recon run (pid {holder.pid}); "
-                       "wait for it to end or pass --out to another folder"]
+        assert err == [
+            f"recon: error: output folder '{out}' is in use by another recon run (pid {holder.pid}); "
+            "wait for it to end or pass --out to another folder"
+        ]
         assert sorted(files(out)) == [".recon.lock"]  # the holder's, untouched
     finally:
         holder.kill()
@@ -942,8 +1357,10 @@ def test_eval_of_a_folder_a_run_is_still_writing_is_refused(tmp_path: Path, capf
         capfd.readouterr()
         assert run_main(["eval", str(out)]) == 2
         err = capfd.readouterr().err.strip().splitlines()
-        assert err == [f"recon: error: output folder '{out}' is in use by another recon run (pid {holder.pid}); "
-                       "evaluate it when the run has ended"]
+        assert err == [
+            f"recon: error: output folder '{out}' is in use by another recon run (pid {holder.pid}); "
+            "evaluate it when the run has ended"
+        ]
         assert not (out / "metrics.json").exists()
     finally:
         holder.kill()
@@ -982,7 +1399,9 @@ def test_a_closed_stdout_loses_the_report_never_a_file(tmp_path: Path) -> None:
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
-    assert err.splitlines() == ["recon: error: standard output was closed before the report was printed; the files are written"]
+    assert err.splitlines() == [
+        "recon: error: standard output was closed before the report was printed; the files are written"
+    ]
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
     assert (out / "metrics.json").is_file() and (out / "map.ply").is_file()
 
@@ -1046,7 +1465,9 @@ def assert_consistent(out: Path) -> None:
         assert_parses(out / name)
     n = len(read_tum(out / "trajectory.tum")[0])
     assert len(read_kitti(out / "trajectory.kitti")) == n and len(read_frames(out / "frames.txt")[0]) == n
-    assert [len((out / name).read_text().splitlines()) for name in ("trajectory.tum", "trajectory.kitti", "frames.txt")] == [n, n, n + 1]
+    assert [
+        len((out / name).read_text().splitlines()) for name in ("trajectory.tum", "trajectory.kitti", "frames.txt")
+    ] == [n, n, n + 1]
     assert (out / "frames.txt").read_text().startswith(FRAMES_HEADER + "\n")
 
 
@@ -1062,8 +1483,14 @@ ERROR = re.compile(r"^recon( \w+)?: error: ")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: Case, earlier_run: Path, street_frames: list[Frame], tmp_path: Path, capfd: pytest.CaptureFixture,
-                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_input(
+    case: Case,
+    earlier_run: Path,
+    street_frames: list[Frame],
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     out = tmp_path / "out"
     shutil.copytree(earlier_run, out)
     age_files(out)
@@ -1072,7 +1499,11 @@ def test_bad_input(case: Case, earlier_run: Path, street_frames: list[Frame], tm
         args = case.setup(ctx)
         before = files(ctx.out)
         if args[0] == "run":
-            args = [*args, *(["--out", str(ctx.out)] if "--out" not in args else []), *(["--overwrite"] if case.overwrite else [])]
+            args = [
+                *args,
+                *(["--out", str(ctx.out)] if "--out" not in args else []),
+                *(["--overwrite"] if case.overwrite else []),
+            ]
         capfd.readouterr()
         code = run_main(args)
         captured = capfd.readouterr()
@@ -1147,8 +1578,9 @@ def test_a_failed_append_leaves_whole_windows(tmp_path: Path, monkeypatch: pytes
     assert len(read_tum(tmp_path / "trajectory.tum")[0]) == len(read_frames(tmp_path / "frames.txt")[0]) == 3
 
 
-def test_a_run_that_dies_writing_its_map_says_failed_in_its_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                     capfd: pytest.CaptureFixture) -> None:
+def test_a_run_that_dies_writing_its_map_says_failed_in_its_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
     with ExitStack() as stack:
         file_size_limit(Ctx(tmp_path, tmp_path, [], monkeypatch, stack), 350_000)
         assert run_main([*MID_RUN, "--out", str(tmp_path / "out")]) == 2

@@ -99,7 +99,9 @@ def test_undistorted_frames_put_each_point_where_the_pinhole_camera_of_their_k_d
 def test_a_colmap_cameras_txt_is_the_same_camera_half_a_pixel_over(tmp_path: Path) -> None:
     dist = DIST["opencv"][:4]
     params = [K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5, *dist]
-    (tmp_path / "cameras.txt").write_text("# Camera list\n1 OPENCV %d %d %s\n" % (W, H, " ".join(repr(float(p)) for p in params)))
+    (tmp_path / "cameras.txt").write_text(
+        f"# Camera list\n1 OPENCV {W} {H} {' '.join(repr(float(p)) for p in params)}\n"
+    )
     calib = read_calibration(tmp_path / "cameras.txt")
     np.testing.assert_allclose(calib.K, K)
     np.testing.assert_allclose(calib.dist, dist)
@@ -114,20 +116,36 @@ def test_a_colmap_cameras_txt_is_the_same_camera_half_a_pixel_over(tmp_path: Pat
 
 
 def test_a_calibration_for_a_larger_size_of_the_same_aspect_is_scaled(tmp_path: Path) -> None:
-    (tmp_path / "cam.json").write_text(json.dumps({"camera_matrix": (K * [[2], [2], [1]] + [[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]]).tolist(),
-                                                   "dist_coeffs": [], "image_width": 2 * W, "image_height": 2 * H}))
+    (tmp_path / "cam.json").write_text(
+        json.dumps(
+            {
+                "camera_matrix": (K * [[2], [2], [1]] + [[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]]).tolist(),
+                "dist_coeffs": [],
+                "image_width": 2 * W,
+                "image_height": 2 * H,
+            }
+        )
+    )
     calib = read_calibration(tmp_path / "cam.json").for_size((W, H))
     np.testing.assert_allclose(calib.K, K, atol=1e-9)  # pixel centres stay on centres: (c + 0.5) / 2 - 0.5
     with pytest.raises(SourceError, match="aspect"):
         read_calibration(tmp_path / "cam.json").for_size((W, W))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("not: [a, calibration", "not an OpenCV"),
-    ('{"camera_matrix": [[1, 0, 1], [0, 1, 1], [0, 0, 1]], "dist_coeffs": [0.1, 0.2, 0.3]}', "3 distortion coefficients"),
-    ('{"camera_matrix": [[-5, 0, 1], [0, 1, 1], [0, 0, 1]]}', "positive focal"),
-])
-def test_a_bad_calibration_file_is_one_line(text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("not: [a, calibration", "not an OpenCV"),
+        (
+            '{"camera_matrix": [[1, 0, 1], [0, 1, 1], [0, 0, 1]], "dist_coeffs": [0.1, 0.2, 0.3]}',
+            "3 distortion coefficients",
+        ),
+        ('{"camera_matrix": [[-5, 0, 1], [0, 1, 1], [0, 0, 1]]}', "positive focal"),
+    ],
+)
+def test_a_bad_calibration_file_is_one_line(
+    text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     suffix = ".json" if text.startswith("{") else ".yaml"
     (tmp_path / f"cam{suffix}").write_text(text)
     folder = _folder(tmp_path, np.zeros((H, W, 3), np.uint8))
@@ -136,19 +154,79 @@ def test_a_bad_calibration_file_is_one_line(text: str, message: str, tmp_path: P
     assert len(err) == 1 and message in err[0]
 
 
-def test_intrinsics_apply_to_a_dataset_with_its_own_calibration_and_the_summary_says_whence(tmp_path: Path,
-                                                                                           capsys: pytest.CaptureFixture) -> None:
-    assert main(["render", "--scene", "room", "--frames", "10", "--width", "160", "--height", "120", "--out", str(tmp_path / "data")]) == 0
+def test_intrinsics_apply_to_a_dataset_with_its_own_calibration_and_the_summary_says_whence(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert (
+        main(
+            [
+                "render",
+                "--scene",
+                "room",
+                "--frames",
+                "10",
+                "--width",
+                "160",
+                "--height",
+                "120",
+                "--out",
+                str(tmp_path / "data"),
+            ]
+        )
+        == 0
+    )
     seq = tmp_path / "data" / "sequences" / "synthetic_room"
-    assert main(["run", str(seq), "--intrinsics", "150,150,79.5,59.5", "--out", str(tmp_path / "a"), "--window", "5", "--overlap", "2",
-                 "--no-loop-closure"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(seq),
+                "--intrinsics",
+                "150,150,79.5,59.5",
+                "--out",
+                str(tmp_path / "a"),
+                "--window",
+                "5",
+                "--overlap",
+                "2",
+                "--no-loop-closure",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr()
-    assert "intrinsics from --intrinsics: fx 150.0" in printed.out and "replaces the source's own intrinsics" in printed.err
+    assert (
+        "intrinsics from --intrinsics: fx 150.0" in printed.out
+        and "replaces the source's own intrinsics" in printed.err
+    )
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["intrinsics"]["origin"] == "--intrinsics"
     np.testing.assert_allclose(summary["intrinsics"]["K"], [[150, 0, 79.5], [0, 150, 59.5], [0, 0, 1]])
-    assert main(["run", str(seq), "--out", str(tmp_path / "b"), "--window", "5", "--overlap", "2", "--no-loop-closure"]) == 0
-    assert json.loads((tmp_path / "b" / "summary.json").read_text())["intrinsics"]["origin"] == "the sequence's calib.txt (P2)"
-    assert main(["run", str(seq / "image_2"), "--source-kind", "folder", "--out", str(tmp_path / "c"), "--window", "5", "--overlap", "2", "--no-loop-closure"]) == 0
+    assert (
+        main(["run", str(seq), "--out", str(tmp_path / "b"), "--window", "5", "--overlap", "2", "--no-loop-closure"])
+        == 0
+    )
+    assert (
+        json.loads((tmp_path / "b" / "summary.json").read_text())["intrinsics"]["origin"]
+        == "the sequence's calib.txt (P2)"
+    )
+    assert (
+        main(
+            [
+                "run",
+                str(seq / "image_2"),
+                "--source-kind",
+                "folder",
+                "--out",
+                str(tmp_path / "c"),
+                "--window",
+                "5",
+                "--overlap",
+                "2",
+                "--no-loop-closure",
+            ]
+        )
+        == 0
+    )
     estimated = json.loads((tmp_path / "c" / "summary.json").read_text())["intrinsics"]
     assert estimated["origin"].startswith("none given: estimated by the classical model") and len(estimated["K"]) == 3

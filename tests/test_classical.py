@@ -4,7 +4,7 @@ Tests use loose bounds; bench/bench_classical.py holds the real targets."""
 from __future__ import annotations
 
 import dataclasses
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
@@ -21,13 +21,13 @@ from recon.models.classical.model import FLAG_LOW_PARALLAX, FLAG_TOO_FEW_TRACKS
 from recon.types import Frame, WindowPrediction
 
 
-@lru_cache(maxsize=None)
+@cache
 def rendered_window(scene: str, start: int = 0, size: int = 12) -> tuple[Frame, ...]:
     frames = list(SyntheticSource(scene=scene, num_frames=start + size, seed=3))
     return tuple(frames[start:])
 
 
-@lru_cache(maxsize=None)
+@cache
 def prediction(scene: str) -> WindowPrediction:
     return ClassicalModel().infer(rendered_window(scene))
 
@@ -163,7 +163,15 @@ def test_pure_rotation_gives_rotations_and_no_depth() -> None:
 def test_parked_camera_and_textureless_walls_are_flagged() -> None:
     base = rendered_window("street")[0]
     rng = np.random.default_rng(0)
-    parked = [Frame(i, 0.1 * i, np.clip(base.image_rgb + rng.normal(0, 1.5, base.image_rgb.shape), 0, 255).astype(np.uint8), K=base.K) for i in range(8)]
+    parked = [
+        Frame(
+            i,
+            0.1 * i,
+            np.clip(base.image_rgb + rng.normal(0, 1.5, base.image_rgb.shape), 0, 255).astype(np.uint8),
+            K=base.K,
+        )
+        for i in range(8)
+    ]
     _assert_degenerate(ClassicalModel().infer(parked), FLAG_LOW_PARALLAX)
     wall = [Frame(i, 0.1 * i, np.full((96, 320, 3), 128, np.uint8)) for i in range(8)]
     _assert_degenerate(ClassicalModel().infer(wall), FLAG_TOO_FEW_TRACKS)
@@ -229,7 +237,11 @@ def _assert_even_steps(scene: str, seed: int, first: int) -> None:
     est = invert_rigid(pred.cam_from_world.double().numpy())
     gt = np.stack([invert_rigid(f.gt_cam_from_world) for f in frames])
     sim = sim3_from_poses(est, gt)
-    steps = sim.s * np.linalg.norm(np.diff(est[:, :3, 3], axis=0), axis=1) / np.linalg.norm(np.diff(gt[:, :3, 3], axis=0), axis=1)
+    steps = (
+        sim.s
+        * np.linalg.norm(np.diff(est[:, :3, 3], axis=0), axis=1)
+        / np.linalg.norm(np.diff(gt[:, :3, 3], axis=0), axis=1)
+    )
     assert steps.max() / steps.min() < 1.3
     rot_deg, _ = relative_pose_errors(pred.cam_from_world.double().numpy(), gt_poses(frames))
     assert np.median(rot_deg) < 1.0
@@ -295,7 +307,7 @@ def test_frames_that_share_no_view_are_not_bridged(monkeypatch: pytest.MonkeyPat
     from recon.models.classical.model import FLAG_UNREGISTERED
 
     room = rendered_window("room")
-    other = [f for f in SyntheticSource(scene="room", num_frames=200, seed=11)][-6:]
+    other = list(SyntheticSource(scene="room", num_frames=200, seed=11))[-6:]
     frames = [dataclasses.replace(f, index=i, K=room[0].K) for i, f in enumerate(list(room[:6]) + other)]
     monkeypatch.setattr(model_module, "track_window", _cut_tracks_at(5))
     pred = ClassicalModel().infer(frames)
@@ -338,8 +350,12 @@ def test_bundle_adjustment_agrees_with_its_plain_dense_reference() -> None:
     rng = np.random.default_rng(1)
     T, S = 250, 9
     X = rng.uniform([-3, -2, 4], [3, 2, 9], (T, 3))
-    poses = np.stack([make_rigid(rotation_from_axis_angle(np.array([0.0, 0.03 * s, 0.01 * s])), np.array([-0.1 * s, 0, 0]))
-                      for s in range(S)])
+    poses = np.stack(
+        [
+            make_rigid(rotation_from_axis_angle(np.array([0.0, 0.03 * s, 0.01 * s])), np.array([-0.1 * s, 0, 0]))
+            for s in range(S)
+        ]
+    )
     K = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
     Xc = (poses[None, :, :3, :3] * X[:, None, None, :]).sum(-1) + poses[None, :, :3, 3]
     uv = 500 * Xc[..., :2] / Xc[..., 2:] + np.array([320, 240]) + rng.normal(0, 0.3, (T, S, 2))
@@ -356,4 +372,6 @@ def test_bundle_adjustment_agrees_with_its_plain_dense_reference() -> None:
     np.testing.assert_allclose(fast.points_w, plain.points_w, atol=1e-8)
     np.testing.assert_allclose(fast.K, plain.K, rtol=1e-10)
     assert fast.rms_px == pytest.approx(plain.rms_px, rel=1e-10)
-    assert fast.rms_px < 0.5 * bundle_adjust(start, X0, uv, visible, K, BundleConfig(iterations=0)).rms_px  # it did adjust
+    assert (
+        fast.rms_px < 0.5 * bundle_adjust(start, X0, uv, visible, K, BundleConfig(iterations=0)).rms_px
+    )  # it did adjust

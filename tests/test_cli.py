@@ -41,7 +41,12 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
 def test_render_writes_a_kitti_sequence_the_sources_read(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from recon.datasets import open_source
 
-    assert main(["render", "--scene", "room", "--frames", "3", "--width", "160", "--height", "120", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            ["render", "--scene", "room", "--frames", "3", "--width", "160", "--height", "120", "--out", str(tmp_path)]
+        )
+        == 0
+    )
     seq = next((tmp_path / "sequences").iterdir())
     frames = list(open_source(str(seq)))
     assert len(frames) == 3 and frames[0].hw == (120, 160) and frames[0].gt_depth_m is not None
@@ -65,7 +70,9 @@ def test_demo_runs_twice_in_the_same_folder(tmp_path: Path, capsys: pytest.Captu
         (["run", "synthetic:street", "--model", "nope"], "unknown model 'nope'"),
     ],
 )
-def test_run_rejects_bad_input_in_one_line(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_run_rejects_bad_input_in_one_line(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main([*args, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("recon: error:") and message in err[0]
@@ -83,8 +90,26 @@ def test_run_hands_free_heap_pages_back_once_per_window(tmp_path: Path, monkeypa
     monkeypatch.setattr(recon.run, "heap_trimmer", lambda: lambda: calls.append(1))
     monkeypatch.setattr(recon.run, "evaluate", lambda out: None)  # the evaluation is not under test
     out = tmp_path / "out"
-    assert main(["run", "synthetic:street", "--max-frames", "8", "--window", "4", "--overlap", "1", "--no-loop-closure",
-                 "--depth-every", "0", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "synthetic:street",
+                "--max-frames",
+                "8",
+                "--window",
+                "4",
+                "--overlap",
+                "1",
+                "--no-loop-closure",
+                "--depth-every",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     windows = json.loads((out / "summary.json").read_text())["windows"]
     assert windows >= 2 and len(calls) == windows
 
@@ -94,7 +119,9 @@ def test_progress_counts_frames_done_and_logs_plain_lines_without_a_terminal(cap
     from recon.run import Progress
 
     progress = Progress(total=100, every_s=0.0, first_after_s=0.0)
-    state = RunState(frames_read=100, frames_written=40, frames_skipped=5, windows=4)  # the reader is ahead of the windows
+    state = RunState(
+        frames_read=100, frames_written=40, frames_skipped=5, windows=4
+    )  # the reader is ahead of the windows
     progress.update(state, map_points=1234)
     assert progress.done == 45  # not 100: the bar ends when the work does
     line = capsys.readouterr().err.strip()

@@ -19,9 +19,9 @@ from recon.eval.trajectory import absolute_trajectory_error
 from recon.geometry import invert_rigid
 from recon.kernels.umeyama import sim3_from_poses
 from recon.models import base
+from recon.outputs import OutputConfig
 from recon.pipeline import Pipeline, PipelineConfig
 from recon.places import PlaceConfig
-from recon.outputs import OutputConfig
 from recon.schedule import ScheduleConfig, WindowScheduler
 from recon.trajectory_io import read_kitti
 from recon.types import Frame, ResizeMap, WindowPrediction
@@ -61,9 +61,16 @@ class DriftingOracle:
             depths.append(d)
         depth = torch.from_numpy(np.stack(depths)).float()
         conf = (depth > 0).float()
-        return WindowPrediction([f.index for f in frames], depth, conf, torch.from_numpy(np.stack(points)).float(), conf.clone(),
-                                torch.from_numpy(np.stack(cams)).float(), torch.from_numpy(np.repeat(K[None], S, 0)).float(),
-                                ResizeMap.identity((H, W)))
+        return WindowPrediction(
+            [f.index for f in frames],
+            depth,
+            conf,
+            torch.from_numpy(np.stack(points)).float(),
+            conf.clone(),
+            torch.from_numpy(np.stack(cams)).float(),
+            torch.from_numpy(np.repeat(K[None], S, 0)).float(),
+            ResizeMap.identity((H, W)),
+        )
 
 
 def loop_drive() -> list[Frame]:
@@ -89,13 +96,17 @@ class JumpingOracle(DriftingOracle):
         return pred
 
 
-def run_core(frames: list[Frame], loop_closure: bool, model: DriftingOracle | None = None) -> tuple[Reconstruction, list[int]]:
+def run_core(
+    frames: list[Frame], loop_closure: bool, model: DriftingOracle | None = None
+) -> tuple[Reconstruction, list[int]]:
     core = Reconstruction(3, CoreConfig(graph=GraphConfig(loop_closure=loop_closure, places=LOOP_PLACES)))
     model, scheduler, rewrites = model or DriftingOracle(), WindowScheduler(10, 3), []
 
     def add(w: list[Frame]) -> None:
         pred = model.infer(w)
-        update = core.add(pred, [(f.index, f.timestamp_s, f.gt_cam_from_world) for f in w], np.stack([f.image_rgb for f in w]))
+        update = core.add(
+            pred, [(f.index, f.timestamp_s, f.gt_cam_from_world) for f in w], np.stack([f.image_rgb for f in w])
+        )
         if update.trajectory is not None:
             rewrites.append(update.window)
         if (n := carried_frames(pred, 3)) > 3:
@@ -169,7 +180,9 @@ def test_a_break_in_the_stream_is_relocalised_against_the_map(drive: list[Frame]
     relocalised, rewrites = run_core(jumped, loop_closure=True, model=JumpingOracle(jump, **drift))
     lost, _ = run_core(jumped, loop_closure=False, model=JumpingOracle(jump, **drift))
     assert [p.index for p in relocalised.trajectory()] == [f.index for f in jumped]  # every frame once, in order
-    assert all(p.registered for p in relocalised.trajectory())  # the frames past the jump were placed by the next window
+    assert all(
+        p.registered for p in relocalised.trajectory()
+    )  # the frames past the jump were placed by the next window
     (broken,) = relocalised.breaks
     first = relocalised.loops[0]
     assert first["match_window"] < broken <= first["window"] and rewrites[0] == first["window"]
@@ -193,7 +206,11 @@ def test_the_pipeline_rewrites_the_trajectory_while_it_runs(tmp_path: Path, driv
         if state.trajectory_rewrites and not seen:  # the first rewrite: the file already holds it
             seen.append((state.windows, len(read_kitti(tmp_path / "trajectory.kitti"))))
 
-    cfg = PipelineConfig(ScheduleConfig(window=10, overlap=3, keyframes=False), CoreConfig(graph=GraphConfig(places=LOOP_PLACES)), OutputConfig(depth_every=0))
+    cfg = PipelineConfig(
+        ScheduleConfig(window=10, overlap=3, keyframes=False),
+        CoreConfig(graph=GraphConfig(places=LOOP_PLACES)),
+        OutputConfig(depth_every=0),
+    )
     state = Pipeline(Source(), DriftingOracle(), tmp_path, cfg, on_window=on_window).run()  # type: ignore[arg-type]
     assert state.status == "finished" and state.loops and seen
     windows_at_rewrite, rows = seen[0]
@@ -222,9 +239,16 @@ class ToyAnchored:
         S, (H, W) = len(frames), frames[0].hw
         cams = np.stack([f.gt_cam_from_world @ invert_rigid(self.first) for f in frames])
         ones = torch.ones(S, H, W)
-        return WindowPrediction([f.index for f in frames], ones, ones, torch.zeros(S, H, W, 3), ones,
-                                torch.from_numpy(cams).float(), torch.from_numpy(np.repeat(frames[0].K[None], S, 0)).float(),
-                                ResizeMap.identity((H, W)))
+        return WindowPrediction(
+            [f.index for f in frames],
+            ones,
+            ones,
+            torch.zeros(S, H, W, 3),
+            ones,
+            torch.from_numpy(cams).float(),
+            torch.from_numpy(np.repeat(frames[0].K[None], S, 0)).float(),
+            ResizeMap.identity((H, W)),
+        )
 
 
 def test_a_new_model_kind_needs_only_its_registry_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,8 +261,26 @@ def test_a_new_model_kind_needs_only_its_registry_entry(tmp_path: Path, monkeypa
     module.ToyAnchored = ToyAnchored  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "toy_models", module)
     monkeypatch.setitem(base.MODELS, "toy", base.ModelEntry("toy_models:ToyAnchored", "anchored"))
-    assert main(["run", "synthetic:street", "--max-frames", "12", "--model", "toy", "--window", "3",
-                 "--no-keyframes", "--out", str(tmp_path), "--depth-every", "0"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "synthetic:street",
+                "--max-frames",
+                "12",
+                "--model",
+                "toy",
+                "--window",
+                "3",
+                "--no-keyframes",
+                "--out",
+                str(tmp_path),
+                "--depth-every",
+                "0",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["registration"] == "anchored" and summary["alignment_paths"] == {"anchored": 4}
     world_from_cam = read_kitti(tmp_path / "trajectory.kitti")

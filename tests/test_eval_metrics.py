@@ -35,7 +35,10 @@ def random_walk(rng: np.random.Generator, n: int, step_m: float = 1.0, turn_rad:
 
 
 def perturb(rng: np.random.Generator, world_from_cam: np.ndarray, sigma_m: float, sigma_rad: float) -> np.ndarray:
-    noise = make_rigid(rotation_from_axis_angle(rng.normal(0.0, sigma_rad, (len(world_from_cam), 3))), rng.normal(0.0, sigma_m, (len(world_from_cam), 3)))
+    noise = make_rigid(
+        rotation_from_axis_angle(rng.normal(0.0, sigma_rad, (len(world_from_cam), 3))),
+        rng.normal(0.0, sigma_m, (len(world_from_cam), 3)),
+    )
     return np.einsum("kab,kbc->kac", world_from_cam, noise)
 
 
@@ -68,7 +71,13 @@ def test_ate_matches_evo(trajectories: tuple[np.ndarray, np.ndarray], with_scale
     ape = metrics.APE(metrics.PoseRelation.translation_part)
     ape.process_data((ref, est_evo))
     S = metrics.StatisticsType
-    for ours_value, stat in [(ours.rmse, S.rmse), (ours.mean, S.mean), (ours.median, S.median), (ours.max, S.max), (ours.std, S.std)]:
+    for ours_value, stat in [
+        (ours.rmse, S.rmse),
+        (ours.mean, S.mean),
+        (ours.median, S.median),
+        (ours.max, S.max),
+        (ours.std, S.std),
+    ]:
         assert ours_value == pytest.approx(ape.get_statistic(stat), rel=1e-6, abs=1e-9)
     ape_rot = metrics.APE(metrics.PoseRelation.rotation_angle_deg)
     ape_rot.process_data((ref, est_evo))
@@ -91,11 +100,19 @@ def test_rpe_matches_evo(trajectories: tuple[np.ndarray, np.ndarray], delta: flo
     evo_unit = metrics.Unit.frames if unit == "frames" else metrics.Unit.meters
     ours = relative_pose_error(est, gt, delta=delta, delta_unit=unit, with_scale=True)  # type: ignore[arg-type]
     S = metrics.StatisticsType
-    for relation, stats in [(metrics.PoseRelation.translation_part, ours.translation), (metrics.PoseRelation.rotation_angle_deg, ours.rotation_deg)]:
+    for relation, stats in [
+        (metrics.PoseRelation.translation_part, ours.translation),
+        (metrics.PoseRelation.rotation_angle_deg, ours.rotation_deg),
+    ]:
         rpe = metrics.RPE(relation, delta=delta, delta_unit=evo_unit, all_pairs=False, pairs_from_reference=True)
         rpe.process_data((copy.deepcopy(ref), copy.deepcopy(est_evo)))
         assert stats.count == len(rpe.error) > 3
-        for ours_value, stat in [(stats.rmse, S.rmse), (stats.mean, S.mean), (stats.median, S.median), (stats.max, S.max)]:
+        for ours_value, stat in [
+            (stats.rmse, S.rmse),
+            (stats.mean, S.mean),
+            (stats.median, S.median),
+            (stats.max, S.max),
+        ]:
             assert ours_value == pytest.approx(rpe.get_statistic(stat), rel=1e-6, abs=1e-12)
     np.testing.assert_array_equal(ours.pairs[:, 1], rpe.delta_ids)
 
@@ -162,7 +179,9 @@ def test_kitti_drift_matches_the_devkit_loops() -> None:
     for at in ours.per_length:
         assert at.num_segments == len(ref[at.length]) > 0
         assert at.t_err_percent == pytest.approx(100 * np.mean([t for t, _ in ref[at.length]]), rel=1e-6)
-        assert at.r_err_deg_per_100m == pytest.approx(100 * np.degrees(np.mean([r for _, r in ref[at.length]])), rel=1e-6)
+        assert at.r_err_deg_per_100m == pytest.approx(
+            100 * np.degrees(np.mean([r for _, r in ref[at.length]])), rel=1e-6
+        )
 
 
 def straight_line(n: int, step_m: float) -> np.ndarray:
@@ -212,7 +231,9 @@ def test_kitti_drift_on_a_short_path_uses_fractions_of_it() -> None:
 # ----------------------------------------------------------------------------------------- association
 def tum_associate(a: list[float], b: list[float], max_diff: float) -> list[tuple[int, int]]:
     """TUM associate.py, on indices."""
-    candidates = sorted((abs(x - y), x, y, i, j) for i, x in enumerate(a) for j, y in enumerate(b) if abs(x - y) <= max_diff)
+    candidates = sorted(
+        (abs(x - y), x, y, i, j) for i, x in enumerate(a) for j, y in enumerate(b) if abs(x - y) <= max_diff
+    )
     used_a: set[int] = set()
     used_b: set[int] = set()
     matches = []
@@ -292,7 +313,9 @@ def test_depth_cap_masks_and_missing_predictions() -> None:
     pred = gt.copy()
     pred[:, :4] = 1.0  # garbage there
     capped = evaluate_depth([pred], [gt], scale_mode="frame", max_depth_m=10.0)
-    assert capped.per_frame[0].num_pixels == 32 and capped.mean.abs_rel == pytest.approx(0.0) and capped.scales[0] == 1.0
+    assert (
+        capped.per_frame[0].num_pixels == 32 and capped.mean.abs_rel == pytest.approx(0.0) and capped.scales[0] == 1.0
+    )
     assert evaluate_depth([pred], [gt], scale_mode="none").mean.abs_rel > 0.4
     mask = np.zeros((8, 8), dtype=bool)
     mask[0, 4:] = True

@@ -22,7 +22,9 @@ def street_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from recon.datasets.synthetic import render_sequence
 
     root = tmp_path_factory.mktemp("street")
-    seq = render_sequence(root / "data", scene="street", name="s", fmt="kitti", num_frames=45, width=320, height=96, seed=3)
+    seq = render_sequence(
+        root / "data", scene="street", name="s", fmt="kitti", num_frames=45, width=320, height=96, seed=3
+    )
     out = root / "run"
     assert main(["run", str(seq), "--out", str(out), "--window", "12", "--overlap", "3", "--depth-every", "5"]) == 0
     return out
@@ -34,7 +36,9 @@ def test_run_with_ground_truth_writes_metrics_and_plots(street_run: Path) -> Non
     assert traj["frames"] == 45 and traj["alignment"] == "sim3"
     assert traj["ate"]["rmse_percent_of_path"] < 2.0
     assert traj["rpe_frame"]["rotation_deg"]["rmse"] < 0.5
-    assert traj["gt_metric"] and "KITTI drift needs a metric path of at least 100 m" in traj["kitti_drift"]["skipped"]  # a 45 m drive
+    assert (
+        traj["gt_metric"] and "KITTI drift needs a metric path of at least 100 m" in traj["kitti_drift"]["skipped"]
+    )  # a 45 m drive
     assert traj["ate"]["rotation_deg_orientation_aligned"]["rmse"] < 0.5
     depth = metrics["depth"]
     assert depth["frames"] == 9  # every 5th of 45 frames kept
@@ -62,8 +66,16 @@ def test_eval_prints_the_table_and_agrees_with_the_run(street_run: Path, capsys:
     before = json.loads((street_run / "metrics.json").read_text())
     assert main(["eval", str(street_run), "--no-plots"]) == 0
     out = capsys.readouterr().out
-    for row in ("ATE RMSE", "ATE rotation RMSE", "RPE per frame", "KITTI drift  ", "depth (9 frames, sequence scale)", "point map: accuracy",
-                "errors in m; path", " m  ("):
+    for row in (
+        "ATE RMSE",
+        "ATE rotation RMSE",
+        "RPE per frame",
+        "KITTI drift  ",
+        "depth (9 frames, sequence scale)",
+        "point map: accuracy",
+        "errors in m; path",
+        " m  (",
+    ):
         assert row in out
     after = json.loads((street_run / "metrics.json").read_text())
     assert after["trajectory"]["ate"]["rmse"] == pytest.approx(before["trajectory"]["ate"]["rmse"], rel=1e-12)
@@ -110,7 +122,9 @@ def test_eval_numbers_match_evo_on_the_run_files(street_run: Path) -> None:
     ape.process_data((ref, est))
     ours = json.loads((street_run / "metrics.json").read_text())["trajectory"]["ate"]
     for name, stat in (("rmse", "rmse"), ("mean", "mean"), ("median", "median"), ("max", "max")):
-        assert ours[name] == pytest.approx(ape.get_statistic(getattr(evo_metrics.StatisticsType, stat)), rel=1e-6, abs=1e-9)
+        assert ours[name] == pytest.approx(
+            ape.get_statistic(getattr(evo_metrics.StatisticsType, stat)), rel=1e-6, abs=1e-9
+        )
 
 
 @pytest.mark.parametrize(
@@ -122,15 +136,18 @@ def test_eval_numbers_match_evo_on_the_run_files(street_run: Path) -> None:
         (["eval", "{run}", "--depth-samples", "0"], "--depth-samples must be >= 1"),
     ],
 )
-def test_eval_rejects_bad_input_in_one_line(args: list[str], message: str, street_run: Path, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture) -> None:
+def test_eval_rejects_bad_input_in_one_line(
+    args: list[str], message: str, street_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     argv = [a.replace("{tmp}", str(tmp_path)).replace("{run}", str(street_run)) for a in args]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("recon: error:") and message in err[0], err
 
 
-def test_eval_without_ground_truth_says_how_to_give_it(street_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_eval_without_ground_truth_says_how_to_give_it(
+    street_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(street_run, run)
     for name in ("ground_truth.kitti", "ground_truth.tum"):
@@ -140,7 +157,9 @@ def test_eval_without_ground_truth_says_how_to_give_it(street_run: Path, tmp_pat
 
 
 @pytest.mark.skipif(not (REAL / "fox").is_dir(), reason="real captures live in ../shared (not in a clean clone)")
-def test_the_real_fox_capture_is_whole_across_its_gap_and_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_the_real_fox_capture_is_whole_across_its_gap_and_evaluates(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Fox jumps 43 degrees between frames 36 and 37 (no match across): every frame is still placed, the
     stretch after the gap is relocalised onto the one before, and the trajectory holds to 2% of its path."""
     out = tmp_path / "fox"
@@ -176,7 +195,9 @@ def test_rotation_error_is_measured_after_aligning_orientations_and_drift_only_o
     metrics, _ = trajectory_metrics(pair, metric=False, gt_metric=True)
     assert metrics["ate"]["rotation_deg_orientation_aligned"]["max"] < 1e-6
     assert "translation_percent" in metrics["kitti_drift"]  # 118 m, metric
-    short, _ = trajectory_metrics(PairedTrajectory(est[:40], gt[:40], np.arange(40) * 0.1, "test"), metric=False, gt_metric=True)
+    short, _ = trajectory_metrics(
+        PairedTrajectory(est[:40], gt[:40], np.arange(40) * 0.1, "test"), metric=False, gt_metric=True
+    )
     assert "78 m" in short["kitti_drift"]["skipped"]
     unknown, _ = trajectory_metrics(pair, metric=False, gt_metric=False)
     assert "not known to be metres" in unknown["kitti_drift"]["skipped"]
@@ -186,8 +207,14 @@ def test_the_error_plot_marks_window_joins_and_fallback_windows(tmp_path: Path) 
     from recon.eval.run_eval import window_marks
 
     (tmp_path / "frames.txt").write_text("".join(f"{i} {0.1 * i:.6f}\n" for i in range(40)))
-    summary = {"alignment": [{"frames": [0, 11], "path": "first"}, {"frames": [8, 19], "path": "lsa"},
-                             {"frames": [16, 27], "path": "pose_fallback"}, {"frames": [24, 35], "path": "joint"}]}
+    summary = {
+        "alignment": [
+            {"frames": [0, 11], "path": "first"},
+            {"frames": [8, 19], "path": "lsa"},
+            {"frames": [16, 27], "path": "pose_fallback"},
+            {"frames": [24, 35], "path": "joint"},
+        ]
+    }
     joins, fallbacks = window_marks(tmp_path, summary, 0.0)
     assert joins == pytest.approx([0.8, 1.6, 2.4]) and fallbacks == [pytest.approx((1.6, 2.7))]
 

@@ -45,7 +45,9 @@ def _hand_made_run(root: Path) -> tuple[Path, np.ndarray, np.ndarray, list[np.nd
     run.mkdir()
     (run / "trajectory.tum").write_text("".join(format_tum_line(i / 30, T) + "\n" for i, T in enumerate(poses)))
     (run / "frames.txt").write_text("# index t\n" + "".join(format_frames_line(i, i / 30) + "\n" for i in range(2)))
-    (run / "summary.json").write_text(json.dumps({"input": {"source": str(images), "kind": None, "stride": 1, "max_frames": None}}))
+    (run / "summary.json").write_text(
+        json.dumps({"input": {"source": str(images), "kind": None, "stride": 1, "max_frames": None}})
+    )
     resize = ResizeMap((H, W), (H // 2, W // 2), (0.5, 0.5), (-0.25, -0.25))  # pixel centres map to pixel centres
     wall_depth = 4.0
     for i, T in enumerate(poses):
@@ -55,12 +57,16 @@ def _hand_made_run(root: Path) -> tuple[Path, np.ndarray, np.ndarray, list[np.nd
         rays_cam = np.stack([(u - Km[0, 2]) / Km[0, 0], (v - Km[1, 2]) / Km[1, 1], np.ones_like(u)], -1)
         rays_world = rays_cam @ T[:3, :3].T
         depth = (wall_depth - T[2, 3]) / rays_world[..., 2]
-        write_depth_sample(run, DepthSample(i, depth.astype(np.float32), np.ones_like(depth, np.float32), Km, invert_rigid(T), resize))
+        write_depth_sample(
+            run, DepthSample(i, depth.astype(np.float32), np.ones_like(depth, np.float32), Km, invert_rigid(T), resize)
+        )
     pixels = np.stack(np.meshgrid(np.arange(2, W - 2, 5), np.arange(2, H - 2, 5)), -1).reshape(-1, 2).astype(np.float64)
     rays = np.c_[(pixels[:, 0] - K[0, 2]) / K[0, 0], (pixels[:, 1] - K[1, 2]) / K[1, 1], np.ones(len(pixels))]
     xyz = rays * wall_depth  # frame 0 is the world
     colours = cv2.imread(str(images / "0000.png"))[..., ::-1][pixels[:, 1].astype(int), pixels[:, 0].astype(int)]
-    write_map_ply(run / "map.ply", xyz.astype(np.float32), colours, np.ones(len(xyz), np.float32), outlier_removal=False)
+    write_map_ply(
+        run / "map.ply", xyz.astype(np.float32), colours, np.ones(len(xyz), np.float32), outlier_removal=False
+    )
     return run, pixels, xyz, poses
 
 
@@ -101,18 +107,61 @@ def test_nerfstudio_rays_through_a_pixel_meet_the_point_made_from_it(tmp_path: P
     assert (tmp_path / "ns" / frame["file_path"]).is_file() and (tmp_path / "ns" / data["ply_file_path"]).is_file()
     c2w = np.array(frame["transform_matrix"])
     # nerfstudio's ray through pixel (i, j): its centre is (j + 0.5, i + 0.5); camera axes OpenGL (y up, z back)
-    d_cam = np.c_[(pixels[:, 0] + 0.5 - data["cx"]) / data["fl_x"], -(pixels[:, 1] + 0.5 - data["cy"]) / data["fl_y"], -np.ones(len(pixels))]
+    d_cam = np.c_[
+        (pixels[:, 0] + 0.5 - data["cx"]) / data["fl_x"],
+        -(pixels[:, 1] + 0.5 - data["cy"]) / data["fl_y"],
+        -np.ones(len(pixels)),
+    ]
     d_world = d_cam @ c2w[:3, :3].T
     to_point = xyz - c2w[:3, 3]
-    sin = np.linalg.norm(np.cross(d_world, to_point), axis=1) / (np.linalg.norm(d_world, axis=1) * np.linalg.norm(to_point, axis=1))
+    sin = np.linalg.norm(np.cross(d_world, to_point), axis=1) / (
+        np.linalg.norm(d_world, axis=1) * np.linalg.norm(to_point, axis=1)
+    )
     assert sin.max() < 1e-6
 
 
-def test_a_run_exports_to_colmap_with_its_poses_intrinsics_and_colours(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_run_exports_to_colmap_with_its_poses_intrinsics_and_colours(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
-    assert main(["render", "--scene", "room", "--frames", "16", "--width", "160", "--height", "120", "--out", str(tmp_path / "data")]) == 0
-    assert main(["run", str(tmp_path / "data" / "sequences" / "synthetic_room"), "--out", str(out), "--window", "8", "--overlap", "3",
-                 "--depth-every", "4", "--no-loop-closure", "--export", "nerfstudio"]) == 0
+    assert (
+        main(
+            [
+                "render",
+                "--scene",
+                "room",
+                "--frames",
+                "16",
+                "--width",
+                "160",
+                "--height",
+                "120",
+                "--out",
+                str(tmp_path / "data"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "run",
+                str(tmp_path / "data" / "sequences" / "synthetic_room"),
+                "--out",
+                str(out),
+                "--window",
+                "8",
+                "--overlap",
+                "3",
+                "--depth-every",
+                "4",
+                "--no-loop-closure",
+                "--export",
+                "nerfstudio",
+            ]
+        )
+        == 0
+    )
     assert "nerfstudio: 16 images" in capsys.readouterr().out
     assert len(json.loads((out / "nerfstudio" / "transforms.json").read_text())["frames"]) == 16
     assert main(["export", str(out), "--every", "2"]) == 0
@@ -121,13 +170,17 @@ def test_a_run_exports_to_colmap_with_its_poses_intrinsics_and_colours(tmp_path:
     from recon.trajectory_io import read_tum
 
     _, world_from_cam = read_tum(out / "trajectory.tum")
-    calib = np.loadtxt(tmp_path / "data" / "sequences" / "synthetic_room" / "calib.txt", usecols=range(1, 13), max_rows=3)[2].reshape(3, 4)
+    calib = np.loadtxt(
+        tmp_path / "data" / "sequences" / "synthetic_room" / "calib.txt", usecols=range(1, 13), max_rows=3
+    )[2].reshape(3, 4)
     colour_error = []
     for image in rec.images.values():
         frame = int(Path(image.name).stem)
         np.testing.assert_allclose(image.cam_from_world().matrix(), invert_rigid(world_from_cam[frame])[:3], atol=1e-6)
         cam = rec.camera(image.camera_id)
-        np.testing.assert_allclose(cam.params, [calib[0, 0], calib[1, 1], calib[0, 2] + 0.5, calib[1, 2] + 0.5], rtol=1e-6)
+        np.testing.assert_allclose(
+            cam.params, [calib[0, 0], calib[1, 1], calib[0, 2] + 0.5, calib[1, 2] + 0.5], rtol=1e-6
+        )
         pixels = cv2.imread(str(out / "colmap" / "images" / image.name))[..., ::-1]
         assert pixels.shape == (120, 160, 3)
         for p2 in image.points2D:
@@ -137,8 +190,25 @@ def test_a_run_exports_to_colmap_with_its_poses_intrinsics_and_colours(tmp_path:
     assert np.median(colour_error) < 10  # fused colours over their pixels (a wrong image or pose gives ~60)
     assert rec.compute_mean_reprojection_error() < 1e-3
     # the exports belong to the run: a new run over it takes them away with the rest
-    assert main(["run", str(tmp_path / "data" / "sequences" / "synthetic_room"), "--out", str(out), "--overwrite",
-                 "--max-frames", "8", "--window", "8", "--overlap", "3", "--no-loop-closure"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(tmp_path / "data" / "sequences" / "synthetic_room"),
+                "--out",
+                str(out),
+                "--overwrite",
+                "--max-frames",
+                "8",
+                "--window",
+                "8",
+                "--overlap",
+                "3",
+                "--no-loop-closure",
+            ]
+        )
+        == 0
+    )
     assert not (out / "colmap").exists() and not (out / "nerfstudio").exists()
 
 

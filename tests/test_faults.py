@@ -19,8 +19,8 @@ from recon.geometry import invert_rigid
 from recon.models.classical import ClassicalModel
 from recon.outputs import OutputConfig
 from recon.pipeline import Pipeline, PipelineConfig
-from recon.schedule import ScheduleConfig
 from recon.registration import AnchoredSteps
+from recon.schedule import ScheduleConfig
 from recon.trajectory_io import read_frames, read_kitti
 from recon.types import Frame, ResizeMap, WindowPrediction
 
@@ -48,7 +48,12 @@ class FailingOn:
 
 
 def test_a_window_with_nan_is_skipped_reported_and_never_fused(tmp_path: Path) -> None:
-    state = Pipeline(street(40), FailingOn(bad_call=2), tmp_path, PipelineConfig(ScheduleConfig(window=10, overlap=3, keyframes=False))).run()
+    state = Pipeline(
+        street(40),
+        FailingOn(bad_call=2),
+        tmp_path,
+        PipelineConfig(ScheduleConfig(window=10, overlap=3, keyframes=False)),
+    ).run()
     assert state.status == "finished"
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [w["frames"] for w in summary["skipped_windows"]] == [[7, 16]]
@@ -90,14 +95,27 @@ class OracleStream:
         points = np.einsum("sij,hwj->shwi", anchor_from_cam[:, :3, :3], rays) + anchor_from_cam[:, None, None, :3, 3]
         depth = torch.ones(S, H, W) * (float("nan") if self.steps == self.bad_step else 1.0)
         ones = torch.ones(S, H, W)
-        return WindowPrediction([f.index for f in frames], depth, ones, torch.from_numpy(points).float(), ones,
-                                torch.from_numpy(cam_from_anchor).float(), K.contiguous(),
-                                ResizeMap((96, 320), (H, W), (W / 320, H / 96), (0.0, 0.0)))
+        return WindowPrediction(
+            [f.index for f in frames],
+            depth,
+            ones,
+            torch.from_numpy(points).float(),
+            ones,
+            torch.from_numpy(cam_from_anchor).float(),
+            K.contiguous(),
+            ResizeMap((96, 320), (H, W), (W / 320, H / 96), (0.0, 0.0)),
+        )
 
 
 def test_a_streaming_step_with_nan_resets_the_model_and_continues_the_trajectory(tmp_path: Path) -> None:
     model = OracleStream(bad_step=3)
-    state = Pipeline(street(20), model, tmp_path, PipelineConfig(ScheduleConfig(window=4, keyframes=False), outputs=OutputConfig(depth_every=0)), registration=AnchoredSteps()).run()
+    state = Pipeline(
+        street(20),
+        model,
+        tmp_path,
+        PipelineConfig(ScheduleConfig(window=4, keyframes=False), outputs=OutputConfig(depth_every=0)),
+        registration=AnchoredSteps(),
+    ).run()
     assert state.status == "finished" and model.resets == 2  # at the start, and after the bad step
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [w["frames"] for w in summary["skipped_windows"]] == [[8, 11]]
@@ -114,8 +132,12 @@ def test_a_streaming_step_with_nan_resets_the_model_and_continues_the_trajectory
 
 def test_out_of_memory_stops_with_a_hint_and_keeps_the_finished_windows(tmp_path: Path) -> None:
     model = FailingOn(bad_call=2, error=torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    with pytest.raises(ReconError, match=r"out of memory on frames 7\.\.16 \(10 frames of 320x96\): lower --window \(now 10\)"):
-        Pipeline(street(40), model, tmp_path, PipelineConfig(ScheduleConfig(window=10, overlap=3, keyframes=False))).run()
+    with pytest.raises(
+        ReconError, match=r"out of memory on frames 7\.\.16 \(10 frames of 320x96\): lower --window \(now 10\)"
+    ):
+        Pipeline(
+            street(40), model, tmp_path, PipelineConfig(ScheduleConfig(window=10, overlap=3, keyframes=False))
+        ).run()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["frames_in_trajectory"] == 10
     assert len(read_kitti(tmp_path / "trajectory.kitti")) == 10 and (tmp_path / "map.ply").stat().st_size > 0

@@ -28,7 +28,13 @@ def random_window(rng: np.random.Generator, n: int, scale: float = 1.0, offset: 
 
 def map_arrays(m: VoxelMap) -> dict[str, np.ndarray]:
     v = m._vox
-    return {"keys": v.keys.cpu().numpy(), "xyz": v.xyz.cpu().numpy(), "rgb": v.rgb.cpu().numpy(), "weight": v.weight.cpu().numpy(), "count": v.count.cpu().numpy()}
+    return {
+        "keys": v.keys.cpu().numpy(),
+        "xyz": v.xyz.cpu().numpy(),
+        "rgb": v.rgb.cpu().numpy(),
+        "weight": v.weight.cpu().numpy(),
+        "count": v.count.cpu().numpy(),
+    }
 
 
 def read_ply(path: Path) -> tuple[list[str], np.ndarray]:
@@ -125,6 +131,12 @@ def test_merge_disjoint_and_shared_keeps_sorted() -> None:
     assert n_new == len(b) - shared and len(merged) == len(a) + n_new
     assert bool((merged.keys[1:] > merged.keys[:-1]).all())
     torch.testing.assert_close(merged.weight.sum(), a.weight.sum() + b.weight.sum())
+    # Eviction keeps the survivors in place, field by field: the same voxels as a copy would hold.
+    keep = torch.rand(len(merged), generator=torch.Generator().manual_seed(0)) > 0.3
+    expected = merged.select(keep)
+    merged.keep_only(keep)
+    for f in ("keys", "xyz", "rgb", "weight", "count", "window"):
+        assert torch.equal(getattr(merged, f), getattr(expected, f))
 
 
 # --- input filtering ------------------------------------------------------------------------------
@@ -207,7 +219,9 @@ def test_at_the_cap_a_window_holds_the_map_twice_not_three_times(monkeypatch: py
         p, c, w = random_window(rng, 3000)
         m.integrate(p + np.float32(0.5 * i), c, w, camera_centre=[0.5 * i, 0.0, 0.0])
         v = m._vox
-        owned = sum(getattr(v, f).untyped_storage().nbytes() for f in ("keys", "xyz", "rgb", "weight", "count", "window"))
+        owned = sum(
+            getattr(v, f).untyped_storage().nbytes() for f in ("keys", "xyz", "rgb", "weight", "count", "window")
+        )
         assert owned == m.bytes <= cap * BYTES_PER_VOXEL
         del v
     assert len(alive_at_eviction) >= 8 and not any(alive_at_eviction)

@@ -9,7 +9,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # The installed layout (pyproject's package-dir): folder -> package.
-PACKAGES = {"recon": "recon", "kernels": "recon.kernels", "datasets": "recon.datasets", "eval": "recon.eval", "viz": "recon.viz"}
+PACKAGES = {
+    "recon": "recon",
+    "kernels": "recon.kernels",
+    "datasets": "recon.datasets",
+    "eval": "recon.eval",
+    "viz": "recon.viz",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -68,7 +74,7 @@ def test_no_module_imports_itself_back() -> None:
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append(trail[trail.index(nxt):] + [node, nxt] if nxt in trail else [node, nxt])
+                cycles.append(trail[trail.index(nxt) :] + [node, nxt] if nxt in trail else [node, nxt])
             elif nxt not in state:
                 visit(nxt, trail + [node])
         state[node] = 2

@@ -65,9 +65,13 @@ def test_the_pipeline_writes_the_same_run_with_two_windows_in_flight(tmp_path: P
         model = ClassicalModel()
         model.windows_in_flight = depth
         source = SyntheticSource("street", num_frames=40, width=320, height=96, seed=4)
-        state = Pipeline(source, model, tmp_path / str(depth), PipelineConfig(ScheduleConfig(window=12, overlap=3))).run()
+        state = Pipeline(
+            source, model, tmp_path / str(depth), PipelineConfig(ScheduleConfig(window=12, overlap=3))
+        ).run()
         assert state.status == "finished" and state.windows == 5
-        outputs[depth] = [(tmp_path / str(depth) / name).read_bytes() for name in ("trajectory.tum", "frames.txt", "map.ply")]
+        outputs[depth] = [
+            (tmp_path / str(depth) / name).read_bytes() for name in ("trajectory.tum", "frames.txt", "map.ply")
+        ]
     assert outputs[2] == outputs[1]
 
 

@@ -41,7 +41,7 @@ def test_scheduler_cuts_overlapping_windows_and_keeps_a_useful_tail() -> None:
 
 def test_after_a_break_the_next_window_starts_where_the_model_stopped_placing_frames() -> None:
     sched = WindowScheduler(size=5, overlap=2)
-    first = [w for f in frames(5) if (w := sched.push(f)) is not None][0]
+    first = next(w for f in frames(5) if (w := sched.push(f)) is not None)
     sched.carry(3)  # frames 2, 3, 4: the model placed only 0, 1
     windows = [w for f in frames(12)[5:] if (w := sched.push(f)) is not None]
     assert [[f.index for f in w] for w in [first, *windows]] == [[0, 1, 2, 3, 4], [2, 3, 4, 5, 6], [5, 6, 7, 8, 9]]
@@ -101,7 +101,21 @@ def test_run_writes_consistent_outputs(tmp_path: Path) -> None:
 
 def start_run_until(out: Path, windows: int) -> subprocess.Popen:
     """`recon run` of a 400-frame drive in windows of 10 (overlap 2), returned once `windows` are written."""
-    cmd = [sys.executable, "-m", "recon", "run", "synthetic:street", "--max-frames", "400", "--window", "10", "--overlap", "2", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recon",
+        "run",
+        "synthetic:street",
+        "--max-frames",
+        "400",
+        "--window",
+        "10",
+        "--overlap",
+        "2",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -184,8 +198,8 @@ def test_after_a_stop_request_later_signals_stay_ignored_while_the_command_close
     """The first Ctrl-C asks the run to stop; one pressed again after the stream has stopped must not raise a
     KeyboardInterrupt into the closing code (a finalizer printed a traceback). Without a stop request the
     handlers the command had before are put back."""
-    from recon.signals import ignore_signal
     from recon.run import stop_on_signals
+    from recon.signals import ignore_signal
 
     def sentinel(signum: int, frame: object) -> None:
         raise AssertionError("the earlier handler ran")
@@ -221,19 +235,20 @@ def test_two_signals_that_land_together_unwind_without_a_race_report(monkeypatch
     reports: list[str] = []  # CPython reports the race through sys.unraisablehook (the traceback on stderr)
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reports.append(str(unraisable.exc_value)))
     main_thread = threading.get_ident()
-    with pytest.raises(KeyboardInterrupt):
-        with signals_unwind():
-            signal.pthread_sigmask(signal.SIG_BLOCK, both)
-            try:  # sent to this thread, not the process: another thread (torch's) would take them at once
-                signal.pthread_kill(main_thread, signal.SIGTERM)
-                signal.pthread_kill(main_thread, signal.SIGINT)
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, both)  # both delivered now; SIGINT's handler runs first
-            sum(range(1000))
+    with pytest.raises(KeyboardInterrupt), signals_unwind():
+        signal.pthread_sigmask(signal.SIG_BLOCK, both)
+        try:  # sent to this thread, not the process: another thread (torch's) would take them at once
+            signal.pthread_kill(main_thread, signal.SIGTERM)
+            signal.pthread_kill(main_thread, signal.SIGINT)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, both)  # both delivered now; SIGINT's handler runs first
+        sum(range(1000))
     assert reports == []
 
 
-def test_a_signal_that_breaks_an_import_is_reported_as_the_signal(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+def test_a_signal_that_breaks_an_import_is_reported_as_the_signal(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
     """Ctrl-C while a command imports torch or OpenCV: the extension's initialisation turns the KeyboardInterrupt
     into "ImportError: initialization failed". The user pressed Ctrl-C: exit 130 and "interrupted", not an
     internal error."""
@@ -254,7 +269,8 @@ def test_a_signal_that_breaks_an_import_is_reported_as_the_signal(monkeypatch: p
 
 
 def test_a_signal_during_the_libraries_imports_waits_for_them_then_stops_the_run(
-        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture, tmp_path: Path
+) -> None:
     """A KeyboardInterrupt raised halfway through torch's import left its C++ side half set up, and the process
     died of SIGABRT (soak run 79: Ctrl-C 0.8 s after start). The run imports its native libraries with signals
     held back: the import finishes, then the signal stops the run with exit 143 before any window."""

@@ -25,7 +25,9 @@ SINGLE = replace(FAST, min_consistent=1)  # report a verified pair at once: test
 def window_frame(window_id: int) -> Sim3:
     """`window_from_world` of a window: arbitrary rotation, offset and scale, fixed per window id."""
     rng = np.random.default_rng(1000 + window_id)
-    return Sim3(float(rng.uniform(0.4, 2.5)), rotation_from_axis_angle(rng.normal(size=3) * 0.5), rng.normal(size=3) * 5)
+    return Sim3(
+        float(rng.uniform(0.4, 2.5)), rotation_from_axis_angle(rng.normal(size=3) * 0.5), rng.normal(size=3) * 5
+    )
 
 
 def make_keyframe(frame, keyframe_id: int, window_id: int, depth: np.ndarray | None = None) -> Keyframe:
@@ -40,7 +42,9 @@ def make_keyframe(frame, keyframe_id: int, window_id: int, depth: np.ndarray | N
         K=frame.K,
         depth=(d * window_from_world.s).astype(np.float32),
         conf=(1.0 / (1.0 + d)).astype(np.float32),  # nearer = more confident, so the top half is the near half
-        window_from_cam=make_rigid(window_from_world.R @ world_from_cam[:3, :3], window_from_world.apply(world_from_cam[:3, 3])),
+        window_from_cam=make_rigid(
+            window_from_world.R @ world_from_cam[:3, :3], window_from_world.apply(world_from_cam[:3, 3])
+        ),
     )
 
 
@@ -165,7 +169,7 @@ def test_memory_is_capped_and_old_places_are_thinned_not_dropped(loop_drive: lis
         sizes.append(db.nbytes)
     assert len(db) == cfg.max_keyframes and db.stats.evicted == len(loop_drive) - cfg.max_keyframes
     at_cap = sizes[cfg.max_keyframes - 1]
-    assert max(sizes[cfg.max_keyframes:]) < 1.3 * at_cap  # bounded (posting lists may keep spare capacity)
+    assert max(sizes[cfg.max_keyframes :]) < 1.3 * at_cap  # bounded (posting lists may keep spare capacity)
     assert at_cap / cfg.max_keyframes < 80_000  # bytes per keyframe at 1000 ORB features
     ids = db.keyframe_ids
     assert ids == sorted(ids)

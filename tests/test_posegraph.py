@@ -187,7 +187,7 @@ def _drifting_edges(truth: list[Sim3]) -> list[Sim3]:
     return edges
 
 
-def _loop_graph(truth: list[Sim3], loop_edge: Sim3 | None, config: PoseGraphConfig = PoseGraphConfig()) -> PoseGraph:
+def _loop_graph(truth: list[Sim3], loop_edge: Sim3 | None, config: PoseGraphConfig = PoseGraphConfig()) -> PoseGraph:  # noqa: B008 - frozen
     graph = PoseGraph(config)
     graph.add_node(0, Sim3())
     for i, edge in enumerate(_drifting_edges(truth), start=1):

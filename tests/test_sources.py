@@ -308,20 +308,28 @@ def test_stream_of_a_finite_video_over_http_ends_at_its_end(tmp_path: Path, http
     """Each reconnect restarted the file and each of its frames reset the retry count: 155 frames read from
     a 67-frame file after 62 s, and counting. A video with a stated length ends there."""
     write_test_video(tmp_path / "clip.avi", n=6)
-    src = StreamSource(http_file((tmp_path / "clip.avi").read_bytes()), reconnect_delay_s=0.0, open_timeout_s=5.0, read_timeout_s=5.0)
+    src = StreamSource(
+        http_file((tmp_path / "clip.avi").read_bytes()), reconnect_delay_s=0.0, open_timeout_s=5.0, read_timeout_s=5.0
+    )
     frames = list(islice(src, 30))  # the guard: the old loop would fill it
     assert [video_frame_number(f) for f in frames] == [f.index for f in frames] == list(range(6))
     assert src.reconnects == 0 and src.notes == []
 
 
-def test_stream_of_a_finite_video_over_http_resumes_after_a_drop_without_repeats(tmp_path: Path, http_file: Callable[..., str]) -> None:
+def test_stream_of_a_finite_video_over_http_resumes_after_a_drop_without_repeats(
+    tmp_path: Path, http_file: Callable[..., str]
+) -> None:
     """The connection drops after most of the video (FFmpeg's probe reads well ahead: a cut sooner fails the
     open): the reconnect plays the video from its start again; the frames already read are skipped, so each
     frame comes once, with its own index."""
     write_test_video(tmp_path / "clip.avi", n=12)
     data = (tmp_path / "clip.avi").read_bytes()
-    src = StreamSource(http_file(data, cut_first_after=int(0.9 * len(data))), reconnect_delay_s=0.0, open_timeout_s=5.0,
-                       read_timeout_s=5.0)
+    src = StreamSource(
+        http_file(data, cut_first_after=int(0.9 * len(data))),
+        reconnect_delay_s=0.0,
+        open_timeout_s=5.0,
+        read_timeout_s=5.0,
+    )
     frames = list(islice(src, 50))
     assert [video_frame_number(f) for f in frames] == [f.index for f in frames] == list(range(12))
     assert src.reconnects == 1 and not src.gave_up
@@ -338,7 +346,9 @@ def test_stream_reconnects_are_bounded_over_the_run(monkeypatch: pytest.MonkeyPa
     default = StreamSource("rtsp://cam.local/live", open_capture=one_frame_each_time)
     read = len(list(islice(default, 10_000)))
     assert read < 10_000 and read == default.max_total_reconnects + 1
-    src = StreamSource("rtsp://cam.local/live", max_reconnects=3, max_total_reconnects=20, open_capture=one_frame_each_time)
+    src = StreamSource(
+        "rtsp://cam.local/live", max_reconnects=3, max_total_reconnects=20, open_capture=one_frame_each_time
+    )
     assert len(list(islice(src, 1000))) == 21
     assert src.gave_up and src.reconnects == 20
     assert "kept dropping: after 20 reconnects" in src.notes[0]
@@ -494,13 +504,13 @@ def test_kitti_counts_and_layout_are_checked(tmp_path: Path) -> None:
     seq_dir = write_kitti_sequence(synthetic_frames(3, with_depth=False), tmp_path, "cnt")
     times = seq_dir / "times.txt"
     times.write_text("\n".join(times.read_text().splitlines()[:2]) + "\n")
-    with pytest.raises(SourceError, match="2 timestamps but .* 3 images") as err:
+    with pytest.raises(SourceError, match=r"2 timestamps but .* 3 images") as err:
         KittiSource(seq_dir)
     assert_one_line(err)
     times.write_text("0\n0.1\n0.2\n")
     poses = tmp_path / "poses" / "cnt.txt"
     poses.write_text(poses.read_text() + "1 0 0 0 0 1 0 0 0 0 1 0\n")
-    with pytest.raises(SourceError, match="4 poses but .* 3 images"):
+    with pytest.raises(SourceError, match=r"4 poses but .* 3 images"):
         KittiSource(seq_dir)
     poses.unlink()
     src = KittiSource(seq_dir)  # no poses: frames without ground truth
@@ -673,7 +683,9 @@ def centroid(image: np.ndarray) -> np.ndarray:
         (None, None, "fit", 14),
     ],
 )
-def test_resize_map_says_where_a_feature_lands(width: int | None, height: int | None, mode: str, multiple_of: int) -> None:
+def test_resize_map_says_where_a_feature_lands(
+    width: int | None, height: int | None, mode: str, multiple_of: int
+) -> None:
     hw = (64, 96)
     uv = (49.3, 30.6)
     frame = Frame(index=0, timestamp_s=0.0, image_rgb=blob_image(hw, uv, sigma=4.0), K=K_SMALL)
@@ -688,7 +700,9 @@ def test_resize_map_says_where_a_feature_lands(width: int | None, height: int | 
     if mode == "pad":
         inside = rmap.to_model(np.array([[0, 0], [hw[1] - 1, hw[0] - 1]]))
         mask = np.zeros(img.shape[:2], dtype=bool)
-        mask[int(np.ceil(inside[0, 1])) : int(inside[1, 1]) + 1, int(np.ceil(inside[0, 0])) : int(inside[1, 0]) + 1] = True
+        mask[int(np.ceil(inside[0, 1])) : int(inside[1, 1]) + 1, int(np.ceil(inside[0, 0])) : int(inside[1, 0]) + 1] = (
+            True
+        )
         assert np.all(img[~mask] == 255)
         img[~mask] = 0
     np.testing.assert_allclose(centroid(img), rmap.to_model(np.array(uv)), atol=0.1)

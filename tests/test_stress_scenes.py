@@ -103,8 +103,10 @@ def test_low_texture_stretches_are_nearly_plain(seed: int) -> None:
     # Early in a stretch the camera looks down it (further on, the next segment's buildings fill the
     # view): there the image holds much less gradient than early in a textured stretch.
     textured = [i for i in range(src.num_frames) if i not in set(plain)]
-    plain_energy, textured_energy = (np.mean([_gradient_energy(src.render_frame(i).image_rgb) for i in _early(frames)])
-                                     for frames in (plain, textured))
+    plain_energy, textured_energy = (
+        np.mean([_gradient_energy(src.render_frame(i).image_rgb) for i in _early(frames)])
+        for frames in (plain, textured)
+    )
     assert plain_energy < 0.65 * textured_energy
 
 

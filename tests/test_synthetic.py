@@ -56,7 +56,12 @@ def reprojection_stats(fi: Frame, fj: Frame) -> dict[str, float]:
     visible = hit & (rel < 0.01)
     img = fj.image_rgb.astype(np.float64)
     A, B = a[:, None], b[:, None]
-    col_j = (1 - A) * (1 - B) * img[v0, u0] + A * (1 - B) * img[v0, u0 + 1] + (1 - A) * B * img[v0 + 1, u0] + A * B * img[v0 + 1, u0 + 1]
+    col_j = (
+        (1 - A) * (1 - B) * img[v0, u0]
+        + A * (1 - B) * img[v0, u0 + 1]
+        + (1 - A) * B * img[v0 + 1, u0]
+        + A * B * img[v0 + 1, u0 + 1]
+    )
     col_i = fi.image_rgb[ok][inside].astype(np.float64)
     diff = np.abs(col_j - col_i).mean(1)[visible]
     return {
@@ -312,7 +317,11 @@ def test_render_sequence_round_trips_through_the_kitti_and_tum_readers(tmp_path)
 
     root = render_sequence(tmp_path / "tum", scene="room", fmt="tum", num_frames=3, width=64, height=48)
     tum = list(TumSource(root, intrinsics=SyntheticSource("room", width=64, height=48).intrinsics))
-    assert len(tum) == 3 and np.allclose(tum[2].gt_cam_from_world, SyntheticSource("room", num_frames=3, width=64, height=48).gt_cam_from_world(2), atol=1e-6)
+    assert len(tum) == 3 and np.allclose(
+        tum[2].gt_cam_from_world,
+        SyntheticSource("room", num_frames=3, width=64, height=48).gt_cam_from_world(2),
+        atol=1e-6,
+    )
 
 
 def test_cli_render_writes_and_says_where(tmp_path, capsys) -> None:
@@ -322,7 +331,9 @@ def test_cli_render_writes_and_says_where(tmp_path, capsys) -> None:
 
     parser = argparse.ArgumentParser()
     add_render_args(parser)
-    args = parser.parse_args(["--scene", "street", "--frames", "3", "--out", str(tmp_path), "--width", "64", "--height", "24", "--name", "c"])
+    args = parser.parse_args(
+        ["--scene", "street", "--frames", "3", "--out", str(tmp_path), "--width", "64", "--height", "24", "--name", "c"]
+    )
     assert run_render(args) == 0
     assert len(list((tmp_path / "sequences" / "c" / "image_2").iterdir())) == 3
     assert str(tmp_path / "sequences" / "c") in capsys.readouterr().out

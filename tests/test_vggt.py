@@ -4,23 +4,21 @@ All on the tiny config with random weights (no checkpoint can be downloaded here
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_vggt import flat, frames_2x3, official_keys, run, tiny_net, write_checkpoint
 
 from recon.errors import ModelError, ReconError
 from recon.models.base import create_model
 from recon.models.dpt import ResidualConvUnit
 from recon.models.vggt import TRACK_HEAD_PREFIX, VGGTModel, load_vggt, plan_vggt_resize, preprocess
 from recon.models.vggt_layers import Attention, RotaryPositionEmbedding2D, frame_causal_mask
-from recon.models.vggt_net import VGGT, VGGTConfig, VGGTOutput, pose_encoding_to_extrinsics_intrinsics
+from recon.models.vggt_net import VGGT, VGGTConfig, pose_encoding_to_extrinsics_intrinsics
 from recon.types import Frame, WindowPrediction
-from tiny_vggt import official_keys, run, tiny_net, write_checkpoint, flat, frames_2x3
-
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -269,8 +267,26 @@ def test_recon_run_with_a_tiny_vggt_checkpoint_end_to_end(tmp_path: Path) -> Non
     ckpt = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in VGGT(VGGTConfig.tiny()).state_dict().items()}, str(ckpt))
     out = tmp_path / "out"
-    args = ["run", "synthetic:street", "--max-frames", "16", "--model", "vggt", "--weights", str(ckpt), "--model-config", "tiny",
-            "--window", "8", "--overlap", "2", "--out", str(out), "--depth-every", "0"]
+    args = [
+        "run",
+        "synthetic:street",
+        "--max-frames",
+        "16",
+        "--model",
+        "vggt",
+        "--weights",
+        str(ckpt),
+        "--model-config",
+        "tiny",
+        "--window",
+        "8",
+        "--overlap",
+        "2",
+        "--out",
+        str(out),
+        "--depth-every",
+        "0",
+    ]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "vggt" and summary["status"] == "finished" and summary["frames_in_trajectory"] == 16

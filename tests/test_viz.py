@@ -34,7 +34,7 @@ def test_window_points_are_the_pixels_the_map_fused(tmp_path: Path) -> None:
     view = _view(1)
     F = view.new.stop - view.new.start
     fused = np.zeros((F, H // 2, W // 2), np.float32)
-    fused[:, :, W // 4:] = 1.0
+    fused[:, :, W // 4 :] = 1.0
     viewer = open_viewer("none", rrd=tmp_path / "f.rrd")
     viewer.log_window(replace(view, fused_conf=fused, fused_stride=2))
     viewer.close()
@@ -42,7 +42,7 @@ def test_window_points_are_the_pixels_the_map_fused(tmp_path: Path) -> None:
     (chunk,) = chunks["/" + paths.window_path(1)]
     local = np.array(chunk.to_record_batch().column("Points3D:positions")[0].as_py())
     world = view.world_from_window.apply(local.astype(np.float64))
-    kept = view.new_points(2)[:, :, W // 4:].reshape(-1, 3)
+    kept = view.new_points(2)[:, :, W // 4 :].reshape(-1, 3)
     left_out = view.new_points(2)[:, :, : W // 4].reshape(-1, 3)
     assert len(local) > 0
     assert np.min(np.linalg.norm(world[:, None] - kept[None], axis=2), axis=1).max() < 1e-4  # each a fused pixel
@@ -71,7 +71,9 @@ def _view(k: int, map_calls: list[int] | None = None) -> WindowView:
     v, u = np.mgrid[0:H, 0:W]
     rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u, float)], -1)
     points_cam = rays[None] * depth[..., None]
-    points_world = np.einsum("sij,shwj->shwi", world_from_cam[:, :3, :3], points_cam) + world_from_cam[:, None, None, :3, 3]
+    points_world = (
+        np.einsum("sij,shwj->shwi", world_from_cam[:, :3, :3], points_cam) + world_from_cam[:, None, None, :3, 3]
+    )
     conf = np.random.default_rng(k).uniform(0.5, 3.0, (WINDOW, H, W)).astype(np.float32)
     gt_world_from_cam = GT_FROM_WORLD.apply_to_world_from_cam(world_from_cam)
 
@@ -83,14 +85,33 @@ def _view(k: int, map_calls: list[int] | None = None) -> WindowView:
 
     new = slice(0 if k == 0 else OVERLAP, WINDOW)
     return WindowView(
-        window=k, frame_indices=frames, timestamps_s=[0.1 * i for i in frames], new=new,
-        images_rgb=np.random.default_rng(k).integers(0, 255, (WINDOW, H, W, 3), dtype=np.uint8), depth=depth, conf=conf,
-        new_points=lambda stride: points_world[new, ::stride, ::stride].astype(np.float32), cam_from_world=invert_rigid(world_from_cam), K=np.stack([K] * WINDOW),
+        window=k,
+        frame_indices=frames,
+        timestamps_s=[0.1 * i for i in frames],
+        new=new,
+        images_rgb=np.random.default_rng(k).integers(0, 255, (WINDOW, H, W, 3), dtype=np.uint8),
+        depth=depth,
+        conf=conf,
+        new_points=lambda stride: points_world[new, ::stride, ::stride].astype(np.float32),
+        cam_from_world=invert_rigid(world_from_cam),
+        K=np.stack([K] * WINDOW),
         world_from_window=Sim3(1.0 + 0.1 * k, _rot_z(5.0 * k), np.array([0.1 * k, 0.0, 0.0])),
         gt_cam_from_world=invert_rigid(gt_world_from_cam),
-        alignment={"path": "lsa", "scale": 1.0 + 0.1 * k, "seam_rotation_deg": 0.1 * (k + 1), "seam_offset_rel": 0.002, "num_correspondences": 100},
-        stats={"fps": 10.0 + k, "rss_mb": 100.0, "peak_rss_mb": 120.0, "map_points": 500.0 * (k + 1),
-               "window_s/infer": 0.5, "model/kv_cache_bytes": 1e6 * k},
+        alignment={
+            "path": "lsa",
+            "scale": 1.0 + 0.1 * k,
+            "seam_rotation_deg": 0.1 * (k + 1),
+            "seam_offset_rel": 0.002,
+            "num_correspondences": 100,
+        },
+        stats={
+            "fps": 10.0 + k,
+            "rss_mb": 100.0,
+            "peak_rss_mb": 120.0,
+            "map_points": 500.0 * (k + 1),
+            "window_s/infer": 0.5,
+            "model/kv_cache_bytes": 1e6 * k,
+        },
         map_points=map_points,
     )
 
@@ -164,8 +185,15 @@ def test_rrd_has_frames_windows_map_and_plots(recording: tuple[Path, list[int]])
     assert map_calls == list(range(WINDOWS))
     assert rows[("/" + paths.MAP, "Points3D:positions")] == WINDOWS
     # Per-window series (alignment, stats incl. grouped keys) and the window log.
-    for series in ("plots/alignment/seam_rotation_deg", "plots/alignment/seam_offset_rel", "plots/run/fps", "plots/run/rss_mb",
-                   "plots/run/map_points", "plots/window_s/infer", "plots/model/kv_cache_bytes"):
+    for series in (
+        "plots/alignment/seam_rotation_deg",
+        "plots/alignment/seam_offset_rel",
+        "plots/run/fps",
+        "plots/run/rss_mb",
+        "plots/run/map_points",
+        "plots/window_s/infer",
+        "plots/model/kv_cache_bytes",
+    ):
         assert rows[("/" + series, "Scalars:scalars")] == WINDOWS, series
         assert any(c.is_static for c in entity[series]), f"{series}: no SeriesLines"
     assert rows[("/" + paths.WINDOW_LOG, "TextLog:text")] == WINDOWS
@@ -194,8 +222,14 @@ def test_ground_truth_is_aligned_onto_the_estimate(recording: tuple[Path, list[i
     chunks, _ = _read(recording[0])
 
     def last_strip(entity: str) -> np.ndarray:
-        rows = [(frame, strips) for chunk in chunks["/" + entity] for frame, strips in
-                zip(chunk.to_record_batch().column("frame").to_pylist(), chunk.to_record_batch().column("LineStrips3D:strips").to_pylist())]
+        rows = [
+            (frame, strips)
+            for chunk in chunks["/" + entity]
+            for frame, strips in zip(
+                chunk.to_record_batch().column("frame").to_pylist(),
+                chunk.to_record_batch().column("LineStrips3D:strips").to_pylist(),
+            )
+        ]
         return np.array(max(rows, key=lambda r: r[0])[1][0])
 
     est, gt = last_strip(paths.TRAJECTORY), last_strip(paths.TRAJECTORY_GT)
@@ -251,7 +285,9 @@ def test_viewing_off_is_a_null_viewer_without_rerun() -> None:
     assert isinstance(open_viewer("none", None), NullViewer)
     with pytest.raises(ReconError):
         open_viewer("bogus", None)
-    code = "import sys, recon.viz as v; v.open_viewer('none', None); assert 'rerun' not in sys.modules, 'rerun imported'"
+    code = (
+        "import sys, recon.viz as v; v.open_viewer('none', None); assert 'rerun' not in sys.modules, 'rerun imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -284,22 +320,42 @@ def test_recon_run_records_every_frame_and_window(tmp_path: Path) -> None:
 
     rrd = tmp_path / "rec.rrd"
     out = tmp_path / "out"
-    assert main(["run", "synthetic:street", "--max-frames", "30", "--window", "10", "--overlap", "3", "--out", str(out),
-                 "--rrd", str(rrd)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "synthetic:street",
+                "--max-frames",
+                "30",
+                "--window",
+                "10",
+                "--overlap",
+                "3",
+                "--out",
+                str(out),
+                "--rrd",
+                str(rrd),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     chunks, rows = _read(rrd)
     entity = {e.lstrip("/"): c for e, c in chunks.items()}
     frames, windows = summary["frames_in_trajectory"], summary["windows"]
     assert rows[("/" + paths.CAMERA, "Transform3D:translation")] == frames == 30
     assert sum(c.num_rows for c in entity[paths.RGB]) == frames
-    assert sorted(e for e in entity if e.startswith(paths.WINDOWS + "/")) == sorted(paths.window_path(k) for k in range(windows))
+    assert sorted(e for e in entity if e.startswith(paths.WINDOWS + "/")) == sorted(
+        paths.window_path(k) for k in range(windows)
+    )
     assert rows[("/" + paths.TRAJECTORY_GT, "LineStrips3D:strips")] >= 1  # the synthetic source has ground truth
     assert rows[("/" + paths.MAP, "Points3D:positions")] >= 1
     assert rows[("/plots/run/fps", "Scalars:scalars")] == windows
 
 
-def test_a_served_recording_stays_up_after_the_run_until_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                capsys: pytest.CaptureFixture) -> None:
+def test_a_served_recording_stays_up_after_the_run_until_ctrl_c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     import rerun as rr
 
     from recon.viz.rerun_viewer import RerunViewer, ViewerOptions
@@ -337,8 +393,11 @@ def test_recon_view_web_stops_its_servers_on_sigterm(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "recon", "view", "--web", "--port", str(port), str(rrd)],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recon", "view", "--web", "--port", str(port), str(rrd)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stderr is not None
         for line in proc.stderr:

@@ -68,4 +68,7 @@ def write_checkpoint(net: VGGT, path: Path) -> list[str]:
 
 def frames_2x3(n: int, seed: int = 0, hw: tuple[int, int] = (60, 90)) -> list[Frame]:
     rng = np.random.default_rng(seed)
-    return [Frame(index=10 + i, timestamp_s=float(i), image_rgb=rng.integers(0, 256, (*hw, 3), dtype=np.uint8)) for i in range(n)]
+    return [
+        Frame(index=10 + i, timestamp_s=float(i), image_rgb=rng.integers(0, 256, (*hw, 3), dtype=np.uint8))
+        for i in range(n)
+    ]

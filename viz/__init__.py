@@ -18,8 +18,14 @@ __all__ = ["NullViewer", "RerunViewer", "Viewer", "ViewerOptions", "WindowView",
 MODES = ("none", "spawn", "serve")
 
 
-def open_viewer(mode: str, rrd: Path | None, bind: str = "127.0.0.1", port: int | None = None, name: str = "recon",
-                options: ViewerOptions | None = None) -> Viewer:
+def open_viewer(
+    mode: str,
+    rrd: Path | None,
+    bind: str = "127.0.0.1",
+    port: int | None = None,
+    name: str = "recon",
+    options: ViewerOptions | None = None,
+) -> Viewer:
     """mode: `none` (no live viewer), `spawn` (native Rerun viewer; `port` = its port, default 9876) or `serve`
     (gRPC server + web viewer bound to `bind`; `port` = the web viewer's, default 9090). `rrd`: also save the
     recording there (with `none`: only that). `none` without `rrd` is a `NullViewer`."""
@@ -29,7 +35,9 @@ def open_viewer(mode: str, rrd: Path | None, bind: str = "127.0.0.1", port: int 
         return NullViewer()
     from recon.viz.rerun_viewer import open_rerun_viewer
 
-    return open_rerun_viewer(mode, Path(rrd) if rrd is not None else None, bind=bind, port=port, name=name, options=options)
+    return open_rerun_viewer(
+        mode, Path(rrd) if rrd is not None else None, bind=bind, port=port, name=name, options=options
+    )
 
 
 def __getattr__(name: str) -> Any:  # RerunViewer / ViewerOptions without importing rerun up front

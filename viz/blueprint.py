@@ -60,8 +60,12 @@ def default_blueprint(eye: Eye | None = None) -> rrb.Blueprint:
     placed = {} if eye is None else {"position": eye.position, "look_target": eye.look_target, "eye_up": eye.up}
     # The depth image stays in its 2D view: under the pinhole, the 3D view would draw it as a cloud of every
     # pixel, unconfident sky and blends included, over the filtered map.
-    scene = rrb.Spatial3DView(name="Scene", origin=WORLD, contents=["+ $origin/**", f"- /{DEPTH}", f"- /{CONFIDENCE}"],
-                              eye_controls=rrb.EyeControls3D(tracking_entity=CAMERA, **placed))
+    scene = rrb.Spatial3DView(
+        name="Scene",
+        origin=WORLD,
+        contents=["+ $origin/**", f"- /{DEPTH}", f"- /{CONFIDENCE}"],
+        eye_controls=rrb.EyeControls3D(tracking_entity=CAMERA, **placed),
+    )
     frame_views = rrb.Vertical(
         rrb.Spatial2DView(name="Image", origin=IMAGE_PLANE, contents=["$origin/rgb"]),
         rrb.Spatial2DView(name="Depth", origin=IMAGE_PLANE, contents=["$origin/depth"]),

@@ -127,8 +127,12 @@ class RerunViewer:
     """A `Viewer` that logs to a ready `rr.RecordingStream` (sinks already set). `cleanup` runs after the
     sinks are closed (e.g. stopping a web-viewer process)."""
 
-    def __init__(self, recording: rr.RecordingStream, options: ViewerOptions | None = None,
-                 cleanup: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        recording: rr.RecordingStream,
+        options: ViewerOptions | None = None,
+        cleanup: Callable[[], None] | None = None,
+    ) -> None:
         import rerun as rr
 
         self._rr = rr
@@ -219,7 +223,11 @@ class RerunViewer:
             if not (self.options.linger and self._cleanup is not None):
                 self.stop()
         if self.windows_dropped:
-            logger.info("viewer: %d of %d windows were not shown (the viewer was behind)", self.windows_dropped, self.windows_seen)
+            logger.info(
+                "viewer: %d of %d windows were not shown (the viewer was behind)",
+                self.windows_dropped,
+                self.windows_seen,
+            )
 
     def _accept(self, view: WindowView) -> None:
         self.windows_seen += 1
@@ -232,8 +240,10 @@ class RerunViewer:
             self.windows_dropped += 1
             if not self._warned_drop:
                 self._warned_drop = True
-                logger.warning("viewer: the viewer is behind, dropping windows (the run is not slowed; "
-                               "the viewer shows fewer windows)")
+                logger.warning(
+                    "viewer: the viewer is behind, dropping windows (the run is not slowed; "
+                    "the viewer shows fewer windows)"
+                )
             return
         try:
             packet = self._packet(view, new, world_from_cam)
@@ -351,8 +361,16 @@ class RerunViewer:
         world_from_cam = p.world_from_cam[j]
         H, W = p.depth.shape[1:]
         rec.log(paths.CAMERA, rr.Transform3D(translation=world_from_cam[:3, 3], mat3x3=world_from_cam[:3, :3]))
-        rec.log(paths.IMAGE_PLANE, rr.Pinhole(image_from_camera=p.K[j], width=W, height=H,
-                                              camera_xyz=rr.ViewCoordinates.RDF, image_plane_distance=self._plane_distance))
+        rec.log(
+            paths.IMAGE_PLANE,
+            rr.Pinhole(
+                image_from_camera=p.K[j],
+                width=W,
+                height=H,
+                camera_xyz=rr.ViewCoordinates.RDF,
+                image_plane_distance=self._plane_distance,
+            ),
+        )
         rec.log(paths.RGB, rr.Image(p.images_rgb[j]).compress(jpeg_quality=self.options.jpeg_quality))
         if self.options.depth_every and p.frame_indices[j] % self.options.depth_every == 0:
             # float16 halves the recording's largest stream; ~0.05 % relative precision is plenty to look at.
@@ -365,8 +383,12 @@ class RerunViewer:
         centres = p.centres_world
         radius = rr.components.Radius.ui_points(1.5)
         if len(centres) >= 2:
-            rec.log(paths.TRAJECTORY, rr.LineStrips3D([_strided(centres, self.options.trajectory_points_max)],
-                                                     colors=[TRAJECTORY_RGB], radii=radius))
+            rec.log(
+                paths.TRAJECTORY,
+                rr.LineStrips3D(
+                    [_strided(centres, self.options.trajectory_points_max)], colors=[TRAJECTORY_RGB], radii=radius
+                ),
+            )
         if p.gt_centres_gt_world is None:
             return
         known = np.all(np.isfinite(p.gt_centres_gt_world), axis=1)
@@ -381,8 +403,12 @@ class RerunViewer:
         except (ReconError, ValueError, np.linalg.LinAlgError):  # degenerate so far (e.g. no motion yet)
             return
         gt_in_est = est_from_gt.apply(p.gt_centres_gt_world[known])
-        rec.log(paths.TRAJECTORY_GT, rr.LineStrips3D([_strided(gt_in_est, self.options.trajectory_points_max)],
-                                                    colors=[TRAJECTORY_GT_RGB], radii=radius))
+        rec.log(
+            paths.TRAJECTORY_GT,
+            rr.LineStrips3D(
+                [_strided(gt_in_est, self.options.trajectory_points_max)], colors=[TRAJECTORY_GT_RGB], radii=radius
+            ),
+        )
 
     def _log_window_points(self, p: _WindowPacket) -> None:
         # Logged once, in the window's own frame: a later correction re-logs only the transform.
@@ -391,18 +417,29 @@ class RerunViewer:
         stride = max(1, math.ceil(len(keep) / self.options.window_points_max))
         keep = keep[::stride]
         points_window = p.world_from_window.inverse().apply(p.points_world[keep].astype(np.float64))
-        self._rec.log(paths.window_path(p.window), self._sim3_transform(p.world_from_window),
-                      rr.Points3D(points_window.astype(np.float32), colors=p.points_rgb[keep],
-                                  radii=rr.components.Radius.ui_points(1.0)))
+        self._rec.log(
+            paths.window_path(p.window),
+            self._sim3_transform(p.world_from_window),
+            rr.Points3D(
+                points_window.astype(np.float32), colors=p.points_rgb[keep], radii=rr.components.Radius.ui_points(1.0)
+            ),
+        )
 
     def _sim3_transform(self, world_from_window: Sim3) -> rr.Transform3D:
-        return self._rr.Transform3D(translation=world_from_window.t, mat3x3=world_from_window.R, scale=world_from_window.s)
+        return self._rr.Transform3D(
+            translation=world_from_window.t, mat3x3=world_from_window.R, scale=world_from_window.s
+        )
 
     def _log_map(self, xyz_world: np.ndarray, rgb: np.ndarray) -> None:
         stride = max(1, math.ceil(len(xyz_world) / self.options.map_points_max))
-        self._rec.log(paths.MAP, self._rr.Points3D(np.ascontiguousarray(xyz_world[::stride], dtype=np.float32),
-                                                   colors=np.ascontiguousarray(rgb[::stride], dtype=np.uint8),
-                                                   radii=self._rr.components.Radius.ui_points(1.5)))
+        self._rec.log(
+            paths.MAP,
+            self._rr.Points3D(
+                np.ascontiguousarray(xyz_world[::stride], dtype=np.float32),
+                colors=np.ascontiguousarray(rgb[::stride], dtype=np.uint8),
+                radii=self._rr.components.Radius.ui_points(1.5),
+            ),
+        )
 
     def _log_window_text(self, p: _WindowPacket) -> None:
         a = p.alignment
@@ -446,8 +483,11 @@ def _entity_part(key: str) -> str:
 
 
 def _numeric(values: dict[str, Any]) -> list[tuple[str, float]]:
-    return [(k, float(v)) for k, v in values.items()
-            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(float(v))]
+    return [
+        (k, float(v))
+        for k, v in values.items()
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(float(v))
+    ]
 
 
 def _pixel_stride(frames: int, hw: tuple[int, ...], max_samples: int) -> int:
@@ -489,8 +529,14 @@ def _frustum_size(depth: np.ndarray) -> float:
 
 
 # -- sinks ----------------------------------------------------------------------------------------------------
-def open_rerun_viewer(mode: str, rrd: Path | None, bind: str = "127.0.0.1", port: int | None = None,
-                      name: str = "recon", options: ViewerOptions | None = None) -> RerunViewer:
+def open_rerun_viewer(
+    mode: str,
+    rrd: Path | None,
+    bind: str = "127.0.0.1",
+    port: int | None = None,
+    name: str = "recon",
+    options: ViewerOptions | None = None,
+) -> RerunViewer:
     """mode `spawn`: native viewer (port = its gRPC port); `serve`: gRPC server + web viewer (port = the web
     viewer's); `none`: no live viewer. `rrd`: also (or only) write the recording to this file."""
     import rerun as rr
@@ -512,8 +558,12 @@ def open_rerun_viewer(mode: str, rrd: Path | None, bind: str = "127.0.0.1", port
             sinks.append(rr.FileSink(str(_rrd_target(rrd))))
         try:
             recording.set_sinks(*sinks)
-        except RuntimeError as e:  # rerun creates the .rrd file here ("Failed to create file: Read-only file system ...")
-            raise ReconError(f"cannot write the recording: {str(e).splitlines()[0]}; pass --rrd a file in a writable folder") from e
+        except (
+            RuntimeError
+        ) as e:  # rerun creates the .rrd file here ("Failed to create file: Read-only file system ...")
+            raise ReconError(
+                f"cannot write the recording: {str(e).splitlines()[0]}; pass --rrd a file in a writable folder"
+            ) from e
         recording.send_blueprint(paths.default_blueprint(), make_active=True, make_default=True)
     except BaseException:
         if cleanup is not None:
@@ -536,7 +586,10 @@ def _rrd_target(rrd: Path) -> Path:
 def _spawn_native_viewer(recording: rr.RecordingStream, port: int | None) -> Any:
     import rerun as rr
 
-    require_display("--viewer spawn", "use --viewer serve (web viewer), or --rrd FILE and `recon view FILE` on a machine with a screen")
+    require_display(
+        "--viewer spawn",
+        "use --viewer serve (web viewer), or --rrd FILE and `recon view FILE` on a machine with a screen",
+    )
     binary = rerun_binary()
     port = port or DEFAULT_GRPC_PORT
     try:
@@ -545,12 +598,16 @@ def _spawn_native_viewer(recording: rr.RecordingStream, port: int | None) -> Any
     except RuntimeError as e:
         raise ReconError(f"cannot start the Rerun viewer ({str(e).splitlines()[0]})") from e
     if not wait_for_port("127.0.0.1", port, timeout_s=2.0):
-        raise ReconError(f"the Rerun viewer did not start (nothing listens on port {port}; see its message above); "
-                         "use --viewer serve, or --rrd FILE")
+        raise ReconError(
+            f"the Rerun viewer did not start (nothing listens on port {port}; see its message above); "
+            "use --viewer serve, or --rrd FILE"
+        )
     return rr.GrpcSink(f"rerun+http://127.0.0.1:{port}/proxy")
 
 
-def serve_web_viewer(bind: str, web_port: int | None, server_memory_limit: str = "1GiB") -> tuple[Any, Callable[[], None]]:
+def serve_web_viewer(
+    bind: str, web_port: int | None, server_memory_limit: str = "1GiB"
+) -> tuple[Any, Callable[[], None]]:
     """-> (a gRPC server sink bound to `bind`, a function that stops the web viewer). Prints the address to open."""
     import rerun as rr
 
@@ -563,8 +620,11 @@ def serve_web_viewer(bind: str, web_port: int | None, server_memory_limit: str =
         raise ReconError(f"cannot serve the recording on {bind}:{grpc_port} ({e})") from e
     grpc_url = f"rerun+http://{url_host(bind)}:{grpc_port}/proxy"
     # The in-process web server of rerun-sdk listens on all interfaces; the CLI's honours --bind.
-    process = start_rerun_process([str(binary), "--serve-web", "--bind", bind, "--web-viewer-port", str(web_port), grpc_url],
-                                  wait_for=(url_host(bind), web_port), what="the web viewer")
+    process = start_rerun_process(
+        [str(binary), "--serve-web", "--bind", bind, "--web-viewer-port", str(web_port), grpc_url],
+        wait_for=(url_host(bind), web_port),
+        what="the web viewer",
+    )
     print_viewer_url(bind, web_port, grpc_url)
     return sink, process.stop
 
@@ -578,18 +638,25 @@ def rerun_binary() -> Path:
     spec = importlib.util.find_spec("rerun_cli")
     if spec is not None and spec.submodule_search_locations:
         base = Path(next(iter(spec.submodule_search_locations)))
-        candidates += [base / "Rerun.app" / "Contents" / "MacOS" / "Rerun", base / ("rerun.exe" if sys.platform.startswith("win") else "rerun")]
+        candidates += [
+            base / "Rerun.app" / "Contents" / "MacOS" / "Rerun",
+            base / ("rerun.exe" if sys.platform.startswith("win") else "rerun"),
+        ]
     if found := shutil.which("rerun"):
         candidates.append(Path(found))
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path
-    raise ReconError("the Rerun viewer executable was not found; install rerun-sdk in this environment "
-                     "(`pip install 'rerun-sdk>=0.36,<0.42'`) or set RERUN_CLI_PATH")
+    raise ReconError(
+        "the Rerun viewer executable was not found; install rerun-sdk in this environment "
+        "(`pip install 'rerun-sdk>=0.36,<0.42'`) or set RERUN_CLI_PATH"
+    )
 
 
 def require_display(what: str, hint: str) -> None:
-    if sys.platform.startswith("linux") and not any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "WAYLAND_SOCKET")):
+    if sys.platform.startswith("linux") and not any(
+        os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "WAYLAND_SOCKET")
+    ):
         raise ReconError(f"{what} needs a display and none is set (DISPLAY / WAYLAND_DISPLAY); {hint}")
 
 
@@ -604,18 +671,26 @@ def web_viewer_url(bind: str, web_port: int, grpc_url: str) -> str:
 
 
 def print_viewer_url(bind: str, web_port: int, grpc_url: str) -> None:
-    print(f"recon: open {web_viewer_url(bind, web_port, grpc_url)} in a browser "
-          f"(or run `rerun --connect {grpc_url}`)", file=sys.stderr, flush=True)
+    print(
+        f"recon: open {web_viewer_url(bind, web_port, grpc_url)} in a browser (or run `rerun --connect {grpc_url}`)",
+        file=sys.stderr,
+        flush=True,
+    )
     if bind in ("0.0.0.0", "::", ""):
-        print(f"recon: serving on all interfaces ({bind}); from another machine use this machine's address",
-              file=sys.stderr, flush=True)
+        print(
+            f"recon: serving on all interfaces ({bind}); from another machine use this machine's address",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def pick_port(bind: str, wanted: int | None, default: int) -> int:
     """`wanted` as given, if free; else `default`, or a free port when `default` is taken."""
     if wanted is not None:
         if not _can_bind(bind, wanted):  # the viewer would fail to start and the printed address reach that program
-            raise ReconError(f"port {wanted} on {bind} is in use by another program; pass another --port, or none to get a free one")
+            raise ReconError(
+                f"port {wanted} on {bind} is in use by another program; pass another --port, or none to get a free one"
+            )
         return wanted
     return default if _can_bind(bind, default) else _free_port(bind)
 
@@ -623,7 +698,9 @@ def pick_port(bind: str, wanted: int | None, default: int) -> int:
 def _can_bind(bind: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a port in TIME_WAIT is free, a listening one not
+        s.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # as servers bind: a port in TIME_WAIT is free, a listening one not
         try:
             s.bind((bind, port))
         except OSError:
@@ -681,7 +758,7 @@ class RerunProcess:
 def start_rerun_process(cmd: list[str], wait_for: tuple[str, int], what: str, timeout_s: float = 15.0) -> RerunProcess:
     """Start the rerun CLI and wait until it listens on `wait_for`; a ReconError with its last output if not.
     Its output goes to a temporary file (a pipe nobody reads would stall it)."""
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - the process's log, closed with it
     try:
         popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     except OSError as e:

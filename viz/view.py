@@ -19,8 +19,12 @@ RRD_MAGIC = b"RRF"  # every .rrd version starts with RRF0 / RRF1 / RRF2
 def add_view_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="a recording saved with `recon run --rrd FILE`")
     parser.add_argument("--web", action="store_true", help="serve it to a browser instead of opening the native viewer")
-    parser.add_argument("--bind", default="127.0.0.1", help="address the --web servers listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=None, help="port of the web viewer with --web (default 9090, or a free one)")
+    parser.add_argument(
+        "--bind", default="127.0.0.1", help="address the --web servers listen on (default 127.0.0.1: this machine only)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="port of the web viewer with --web (default 9090, or a free one)"
+    )
 
 
 def run_view(args: argparse.Namespace) -> int:
@@ -59,7 +63,9 @@ def serve_rrd(path: Path, bind: str, web_port: int | None) -> int:
         raise ReconError(f"{path}: cannot read the recording ({e})") from e
     recording = rr.RecordingStream(entry.application_id, recording_id=entry.recording_id)
     # The server keeps everything for browsers that connect later: room for the whole file.
-    sink, stop_web_viewer = serve_web_viewer(bind, web_port, server_memory_limit=f"{max(1, math.ceil(2 * path.stat().st_size / 2**30))}GiB")
+    sink, stop_web_viewer = serve_web_viewer(
+        bind, web_port, server_memory_limit=f"{max(1, math.ceil(2 * path.stat().st_size / 2**30))}GiB"
+    )
     try:
         recording.set_sinks(sink)
         recording.send_blueprint(default_blueprint(), make_active=True, make_default=True)

@@ -41,9 +41,13 @@ class WindowView:
     # filters); None: the viewer picks the more confident half itself.
     fused_conf: np.ndarray | None = None
     fused_stride: int = 1
-    new_points: Callable[[int], np.ndarray] = field(repr=False, default=lambda stride: np.zeros((0, 0, 0, 3), np.float32))
+    new_points: Callable[[int], np.ndarray] = field(
+        repr=False, default=lambda stride: np.zeros((0, 0, 0, 3), np.float32)
+    )
     """(stride) -> world points [F,H',W',3] float32 of the `new` frames on every stride-th pixel (mapped on demand)."""
-    map_points: Callable[[], tuple[np.ndarray, np.ndarray]] = field(repr=False, default=lambda: (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)))
+    map_points: Callable[[], tuple[np.ndarray, np.ndarray]] = field(
+        repr=False, default=lambda: (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8))
+    )
     """-> (xyz [M,3] float32 world, rgb [M,3] uint8): the global map now. Call it inside `log_window`
     only (the map changes after it returns); it copies the map, so call it only when you will log it."""
 

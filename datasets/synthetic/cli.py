@@ -1,8 +1,8 @@
 """`recon render`: write a synthetic sequence to disk (wired into recon.cli by the lead).
 
-    recon render --scene street --frames 500 --out data/synth [--name s00] [--format kitti|tum]
-                 [--seed 0] [--loop] [--width W --height H] [--speed M/S] [--fps F]
-                 [--noise STD] [--exposure-jitter J] [--motion-blur PX]
+recon render --scene street --frames 500 --out data/synth [--name s00] [--format kitti|tum]
+             [--seed 0] [--loop] [--width W --height H] [--speed M/S] [--fps F]
+             [--noise STD] [--exposure-jitter J] [--motion-blur PX]
 """
 
 from __future__ import annotations
@@ -27,14 +27,27 @@ def add_render_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed", type=float, default=None, help="camera speed in m/s (default: 10 street, 0.6 room)")
     parser.add_argument("--fps", type=float, default=10.0, help="frame rate (default 10)")
     parser.add_argument("--noise", type=float, default=0.0, help="image noise std in grey levels (default 0)")
-    parser.add_argument("--exposure-jitter", type=float, default=0.0, help="slow exposure drift, log-gain amplitude (default 0)")
-    parser.add_argument("--motion-blur", type=float, default=0.0, help="motion blur streak in pixels at the median motion (default 0)")
+    parser.add_argument(
+        "--exposure-jitter", type=float, default=0.0, help="slow exposure drift, log-gain amplitude (default 0)"
+    )
+    parser.add_argument(
+        "--motion-blur", type=float, default=0.0, help="motion blur streak in pixels at the median motion (default 0)"
+    )
 
 
 def run_render(args: argparse.Namespace) -> int:
-    options = dict(num_frames=args.frames, seed=args.seed, loop=args.loop, width=args.width, height=args.height,
-                   speed_mps=args.speed, fps=args.fps, noise_std=args.noise, exposure_jitter=args.exposure_jitter,
-                   motion_blur_px=args.motion_blur)
+    options = dict(
+        num_frames=args.frames,
+        seed=args.seed,
+        loop=args.loop,
+        width=args.width,
+        height=args.height,
+        speed_mps=args.speed,
+        fps=args.fps,
+        noise_std=args.noise,
+        exposure_jitter=args.exposure_jitter,
+        motion_blur_px=args.motion_blur,
+    )
     probe = SyntheticSource(scene=args.scene, **options)  # validates the options before anything is written
     start = time.perf_counter()
     where = render_sequence(Path(args.out), scene=args.scene, name=args.name, fmt=args.format, progress=True, **options)
@@ -43,7 +56,11 @@ def run_render(args: argparse.Namespace) -> int:
     extra = ""
     if args.format == "tum":
         K = probe.intrinsics
-        extra = f"; intrinsics fx={K[0, 0]:.3f} fy={K[1, 1]:.3f} cx={K[0, 2]:.3f} cy={K[1, 2]:.3f} (TUM has no calib file)"
-    print(f"wrote {len(probe)} frames of {probe.name} ({probe.width}x{probe.height}, images, depth, poses) in {layout} "
-          f"layout to {where} in {elapsed:.1f} s{extra}")
+        extra = (
+            f"; intrinsics fx={K[0, 0]:.3f} fy={K[1, 1]:.3f} cx={K[0, 2]:.3f} cy={K[1, 2]:.3f} (TUM has no calib file)"
+        )
+    print(
+        f"wrote {len(probe)} frames of {probe.name} ({probe.width}x{probe.height}, images, depth, poses) in {layout} "
+        f"layout to {where} in {elapsed:.1f} s{extra}"
+    )
     return 0

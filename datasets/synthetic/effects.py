@@ -91,18 +91,29 @@ def motion_blur(image: np.ndarray, du: np.ndarray, dv: np.ndarray, length_px: fl
     acc = np.zeros(image.shape, np.float32)
     for k in range(taps):
         f = np.float32(k / (taps - 1) - 0.5)
-        acc += cv2.remap(image, gu + f * su, gv + f * sv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(np.float32)
+        acc += cv2.remap(image, gu + f * su, gv + f * sv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(
+            np.float32
+        )
     return np.clip(acc / taps + 0.5, 0, 255).astype(np.uint8)
 
 
-def apply_effects(image: np.ndarray, fx: ImageEffects, seed: int, index: int, depth_m: np.ndarray, K: np.ndarray,
-                  next_from_cam: np.ndarray | None) -> np.ndarray:
+def apply_effects(
+    image: np.ndarray,
+    fx: ImageEffects,
+    seed: int,
+    index: int,
+    depth_m: np.ndarray,
+    K: np.ndarray,
+    next_from_cam: np.ndarray | None,
+) -> np.ndarray:
     out = image
     if fx.motion_blur_px > 0 and next_from_cam is not None:
         du, dv = pixel_motion(depth_m, K, next_from_cam)
         out = motion_blur(out, du, dv, fx.motion_blur_px)
     if fx.exposure_jitter > 0 or fx.noise_std > 0 or fx.exposure_step > 0:
-        gain = exposure_gain(seed, index, fx.exposure_jitter) * exposure_step_gain(seed, index, fx.exposure_step, fx.exposure_step_frames)
+        gain = exposure_gain(seed, index, fx.exposure_jitter) * exposure_step_gain(
+            seed, index, fx.exposure_step, fx.exposure_step_frames
+        )
         img = out.astype(np.float32) * np.float32(gain)
         if fx.noise_std > 0:
             img += rng_for(seed, "noise", index).standard_normal(img.shape, dtype=np.float32) * np.float32(fx.noise_std)

@@ -33,8 +33,15 @@ class Boxes:
 
     @staticmethod
     def empty() -> Boxes:
-        return Boxes(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros((0, 4), np.int32),
-                     np.zeros((0, 3), np.float32), np.zeros((0, 2), np.float32), np.zeros(0, bool))
+        return Boxes(
+            np.zeros((0, 3)),
+            np.zeros((0, 3)),
+            np.zeros(0),
+            np.zeros((0, 4), np.int32),
+            np.zeros((0, 3), np.float32),
+            np.zeros((0, 2), np.float32),
+            np.zeros(0, bool),
+        )
 
     def take(self, idx: np.ndarray) -> Boxes:
         return Boxes(*(getattr(self, f.name)[idx] for f in fields(self)))
@@ -65,8 +72,15 @@ class Cylinders:
 
     @staticmethod
     def empty() -> Cylinders:
-        return Cylinders(np.zeros((0, 2)), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros((0, 3), np.int32),
-                         np.zeros((0, 3), np.float32), np.zeros((0, 2), np.float32))
+        return Cylinders(
+            np.zeros((0, 2)),
+            np.zeros(0),
+            np.zeros(0),
+            np.zeros(0),
+            np.zeros((0, 3), np.int32),
+            np.zeros((0, 3), np.float32),
+            np.zeros((0, 2), np.float32),
+        )
 
     def take(self, idx: np.ndarray) -> Cylinders:
         return Cylinders(*(getattr(self, f.name)[idx] for f in fields(self)))
@@ -76,8 +90,15 @@ class Cylinders:
         n = len(self)
         center = np.column_stack([self.center_xy, 0.5 * (self.z0 + self.z1)])
         half = np.column_stack([self.radius, self.radius, 0.5 * (self.z1 - self.z0)])
-        return Boxes(center, half, np.zeros(n), np.zeros((n, 4), np.int32), np.ones((n, 3), np.float32),
-                     np.zeros((n, 2), np.float32), np.zeros(n, bool))
+        return Boxes(
+            center,
+            half,
+            np.zeros(n),
+            np.zeros((n, 4), np.int32),
+            np.ones((n, 3), np.float32),
+            np.zeros((n, 2), np.float32),
+            np.zeros(n, bool),
+        )
 
 
 def concat_boxes(parts: list[Boxes]) -> Boxes:
@@ -109,15 +130,29 @@ class PrimitiveBuilder:
         self._group += 1
         return self._group
 
-    def box(self, center: tuple[float, float, float], half: tuple[float, float, float], yaw: float,
-            material: tuple[int, int, int, int], tint: tuple[float, float, float] = (1.0, 1.0, 1.0),
-            uv_offset: tuple[float, float] = (0.0, 0.0), inside: bool = False) -> None:
+    def box(
+        self,
+        center: tuple[float, float, float],
+        half: tuple[float, float, float],
+        yaw: float,
+        material: tuple[int, ...],  # atlas slots: sides, front/back, top, bottom
+        tint: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        uv_offset: tuple[float, float] = (0.0, 0.0),
+        inside: bool = False,
+    ) -> None:
         self._boxes.append((center, half, yaw, material, tint, uv_offset, inside))
         self.box_group.append(self._group)
 
-    def cylinder(self, center_xy: tuple[float, float], z0: float, z1: float, radius: float,
-                 material: tuple[int, int, int], tint: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                 uv_offset: tuple[float, float] = (0.0, 0.0)) -> None:
+    def cylinder(
+        self,
+        center_xy: tuple[float, float],
+        z0: float,
+        z1: float,
+        radius: float,
+        material: tuple[int, ...],  # atlas slots: side, top, bottom
+        tint: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        uv_offset: tuple[float, float] = (0.0, 0.0),
+    ) -> None:
         self._cyls.append((center_xy, z0, z1, radius, material, tint, uv_offset))
         self.cyl_group.append(self._group)
 
@@ -125,12 +160,26 @@ class PrimitiveBuilder:
         if not self._boxes:
             return Boxes.empty()
         c, h, yaw, m, t, uv, ins = zip(*self._boxes)
-        return Boxes(np.array(c, np.float64), np.array(h, np.float64), np.array(yaw, np.float64),
-                     np.array(m, np.int32), np.array(t, np.float32), np.array(uv, np.float32), np.array(ins, bool))
+        return Boxes(
+            np.array(c, np.float64),
+            np.array(h, np.float64),
+            np.array(yaw, np.float64),
+            np.array(m, np.int32),
+            np.array(t, np.float32),
+            np.array(uv, np.float32),
+            np.array(ins, bool),
+        )
 
     def cylinders(self) -> Cylinders:
         if not self._cyls:
             return Cylinders.empty()
         c, z0, z1, r, m, t, uv = zip(*self._cyls)
-        return Cylinders(np.array(c, np.float64), np.array(z0, np.float64), np.array(z1, np.float64),
-                         np.array(r, np.float64), np.array(m, np.int32), np.array(t, np.float32), np.array(uv, np.float32))
+        return Cylinders(
+            np.array(c, np.float64),
+            np.array(z0, np.float64),
+            np.array(z1, np.float64),
+            np.array(r, np.float64),
+            np.array(m, np.int32),
+            np.array(t, np.float32),
+            np.array(uv, np.float32),
+        )

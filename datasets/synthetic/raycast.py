@@ -89,13 +89,25 @@ class FrameContext:
         zbuf.fill(np.inf)
         ids = pool.get("ids", shape, np.int32)
         ids.fill(SKY)
-        return FrameContext(grid, R, np.asarray(scene_from_cam[:3, 3], np.float64), float(max_depth_m), d[0], d[1], d[2],
-                            zbuf, ids, pool)
+        return FrameContext(
+            grid,
+            R,
+            np.asarray(scene_from_cam[:3, 3], np.float64),
+            float(max_depth_m),
+            d[0],
+            d[1],
+            d[2],
+            zbuf,
+            ids,
+            pool,
+        )
 
     def to_camera(self, points_scene: np.ndarray) -> np.ndarray:
         return (points_scene - self.cam_pos) @ self.R_wc
 
-    def project_bounds(self, corners_scene: np.ndarray, margin_px: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def project_bounds(
+        self, corners_scene: np.ndarray, margin_px: int = 1
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Screen rectangles [N,4] (u0, u1, v0, v1; half-open, clipped to the image) covering the convex
         hulls of [N,P,3] point sets, clipped at the near plane; their nearest z; and which are visible."""
         g = self.grid
@@ -119,12 +131,15 @@ class FrameContext:
         vmin = np.where(valid, v, big).min(1)
         vmax = np.where(valid, v, -big).max(1)
         zmin = np.where(valid, pts[..., 2], np.inf).min(1)
-        rects = np.stack([
-            np.clip(np.floor(umin) - margin_px + 1, 0, g.width),
-            np.clip(np.ceil(umax) + margin_px, 0, g.width),
-            np.clip(np.floor(vmin) - margin_px + 1, 0, g.height),
-            np.clip(np.ceil(vmax) + margin_px, 0, g.height),
-        ], 1).astype(np.int64)
+        rects = np.stack(
+            [
+                np.clip(np.floor(umin) - margin_px + 1, 0, g.width),
+                np.clip(np.ceil(umax) + margin_px, 0, g.width),
+                np.clip(np.floor(vmin) - margin_px + 1, 0, g.height),
+                np.clip(np.ceil(vmax) + margin_px, 0, g.height),
+            ],
+            1,
+        ).astype(np.int64)
         visible = valid.any(1) & (rects[:, 1] > rects[:, 0]) & (rects[:, 3] > rects[:, 2]) & (zmin < self.max_depth_m)
         return rects, zmin, visible
 
@@ -157,8 +172,9 @@ class VisibleSet:
     def box_table(self) -> np.ndarray:
         """float32 [9, nb]: cos yaw, sin yaw, camera in box frame (3), half extents (3), +1 / -1 (shell)."""
         b = self.boxes
-        return np.vstack([np.cos(b.yaw), np.sin(b.yaw), self.o_l.T, b.half.T,
-                          np.where(b.inside, -1.0, 1.0)]).astype(np.float32)
+        return np.vstack([np.cos(b.yaw), np.sin(b.yaw), self.o_l.T, b.half.T, np.where(b.inside, -1.0, 1.0)]).astype(
+            np.float32
+        )
 
     def cylinder_table(self) -> np.ndarray:
         """float32 [5, nc]: camera relative to the base centre (3), radius, height."""
@@ -173,7 +189,9 @@ def _rot_z(yaw: np.ndarray) -> np.ndarray:
     return R
 
 
-def cast_primitives(ctx: FrameContext, boxes: Boxes, cylinders: Cylinders, counters: dict[str, int] | None = None) -> VisibleSet:
+def cast_primitives(
+    ctx: FrameContext, boxes: Boxes, cylinders: Cylinders, counters: dict[str, int] | None = None
+) -> VisibleSet:
     """Cull, then z-buffer every visible primitive over its screen rectangle, nearest first."""
     # Shells (rooms) are seen from inside: they cover the whole view and are drawn first.
     shell = boxes.inside
@@ -226,7 +244,9 @@ def cast_primitives(ctx: FrameContext, boxes: Boxes, cylinders: Cylinders, count
     return vis
 
 
-def _box_hits(ctx: FrameContext, u0: int, u1: int, v0: int, v1: int, R: np.ndarray, o: np.ndarray, h: np.ndarray, inside: bool) -> np.ndarray:
+def _box_hits(
+    ctx: FrameContext, u0: int, u1: int, v0: int, v1: int, R: np.ndarray, o: np.ndarray, h: np.ndarray, inside: bool
+) -> np.ndarray:
     """Slab test in the box's frame over one rectangle: entry depth (exit depth for shells), inf = miss."""
     xs = ctx.grid.xn[u0:u1]
     ys = ctx.grid.yn[v0:v1, None]
@@ -247,7 +267,9 @@ def _box_hits(ctx: FrameContext, u0: int, u1: int, v0: int, v1: int, R: np.ndarr
     return np.where((t_near <= t_far) & (t_near > NEAR_M), t_near, np.float32(np.inf))
 
 
-def _cylinder_hits(ctx: FrameContext, u0: int, u1: int, v0: int, v1: int, o: np.ndarray, r: float, height: float) -> np.ndarray:
+def _cylinder_hits(
+    ctx: FrameContext, u0: int, u1: int, v0: int, v1: int, o: np.ndarray, r: float, height: float
+) -> np.ndarray:
     """Nearest hit of a vertical cylinder (side and caps, base at local z = 0), inf = miss."""
     dx = ctx.dsx[v0:v1, u0:u1]
     dy = ctx.dsy[v0:v1, u0:u1]

@@ -56,15 +56,22 @@ CHUNK = 16 * REMAP_COLS  # pixels per strip: 64 KB float32 temporaries
 class Renderer:
     """Renders SceneViews for one camera size and K."""
 
-    def __init__(self, atlas: TextureAtlas, K: np.ndarray, width: int, height: int, max_depth_m: float, aniso_taps: int = 2) -> None:
+    def __init__(
+        self, atlas: TextureAtlas, K: np.ndarray, width: int, height: int, max_depth_m: float, aniso_taps: int = 2
+    ) -> None:
         self.atlas = atlas
         self.grid = RayGrid.from_K(np.asarray(K, np.float64), int(width), int(height))
         self.max_depth_m = float(max_depth_m)
         self.aniso_taps = int(aniso_taps)
         self.pool = BufferPool()
 
-    def render(self, view: SceneView, scene_from_cam: np.ndarray, timings: dict[str, float] | None = None,
-               counters: dict[str, int] | None = None) -> RenderResult:
+    def render(
+        self,
+        view: SceneView,
+        scene_from_cam: np.ndarray,
+        timings: dict[str, float] | None = None,
+        counters: dict[str, int] | None = None,
+    ) -> RenderResult:
         """One frame. `timings` accumulates seconds per stage, `counters` primitive counts, when given."""
         clock = _Clock(timings)
         ctx = FrameContext.create(self.grid, scene_from_cam, self.max_depth_m, self.pool)
@@ -81,8 +88,16 @@ class Renderer:
             groups.append((np.flatnonzero(ids == GROUND), shade_ground, "ground"))
             clock.lap("ground")
         box_tbl, cyl_tbl = vis.box_table(), vis.cylinder_table()
-        groups.append((np.flatnonzero((ids >= 0) & (ids < nb)), lambda i: box_surface(ctx, vis, box_tbl, i, view.lighting), "surface"))
-        groups.append((np.flatnonzero(ids >= nb), lambda i: cylinder_surface(ctx, vis, cyl_tbl, i, view.lighting), "surface"))
+        groups.append(
+            (
+                np.flatnonzero((ids >= 0) & (ids < nb)),
+                lambda i: box_surface(ctx, vis, box_tbl, i, view.lighting),
+                "surface",
+            )
+        )
+        groups.append(
+            (np.flatnonzero(ids >= nb), lambda i: cylinder_surface(ctx, vis, cyl_tbl, i, view.lighting), "surface")
+        )
 
         H, W = self.grid.height, self.grid.width
         # RGBA pixels viewed as uint32: one 4-byte scatter per pixel instead of a slow [n,3] row scatter.
@@ -94,7 +109,9 @@ class Renderer:
                 idx = idx_all[c0 : c0 + CHUNK]
                 s = _padded(attributes(idx))
                 clock.lap(stage)
-                albedo = self.atlas.sample(s.material, s.u_m, s.v_m, s.fp_minor_m, s.fp_major_m, s.major_du, s.major_dv, self.aniso_taps)
+                albedo = self.atlas.sample(
+                    s.material, s.u_m, s.v_m, s.fp_minor_m, s.fp_major_m, s.major_du, s.major_dv, self.aniso_taps
+                )
                 clock.lap("texture")
                 rgba = _shade(albedo, s)
                 image[idx] = rgba.reshape(-1).view(np.uint32)[: idx.shape[0]]
@@ -148,9 +165,19 @@ def _padded(s: Surface) -> Surface:
         return np.concatenate([a, np.full(pad, fill, a.dtype)])
 
     tint = None if s.tint is None else np.concatenate([s.tint, np.ones((3, pad), np.float32)], axis=1)
-    return Surface(s.idx, ext(s.material, 0), ext(s.u_m, 0.0), ext(s.v_m, 0.0), ext(s.fp_minor_m, 1e-3),
-                   ext(s.fp_major_m, 1e-3), ext(s.major_du, 1.0), ext(s.major_dv, 0.0), ext(s.light, 0.0), tint,
-                   None if s.mark is None else ext(s.mark, 0.0))
+    return Surface(
+        s.idx,
+        ext(s.material, 0),
+        ext(s.u_m, 0.0),
+        ext(s.v_m, 0.0),
+        ext(s.fp_minor_m, 1e-3),
+        ext(s.fp_major_m, 1e-3),
+        ext(s.major_du, 1.0),
+        ext(s.major_dv, 0.0),
+        ext(s.light, 0.0),
+        tint,
+        None if s.mark is None else ext(s.mark, 0.0),
+    )
 
 
 class _Clock:

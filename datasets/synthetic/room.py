@@ -19,8 +19,20 @@ from .rng import rng_for
 from .surface import Lighting
 from .textures import period_m
 
-ROOM_MATERIALS = ("wallpaper", "floor_wood", "ceiling", "wood", "fabric", "books", "painted", "painting", "plastic",
-                  "metal", "leaves", "glass")
+ROOM_MATERIALS = (
+    "wallpaper",
+    "floor_wood",
+    "ceiling",
+    "wood",
+    "fabric",
+    "books",
+    "painted",
+    "painting",
+    "plastic",
+    "metal",
+    "leaves",
+    "glass",
+)
 _CELL_M = 0.05  # occupancy grid resolution
 
 
@@ -72,7 +84,9 @@ class RoomScene:
         tangent = self.path_xyz(th + 1e-4) - self.path_xyz(th - 1e-4)
         p = self._phase
         # Integer multiples of theta only, so a lap closes exactly.
-        yaw = math.atan2(tangent[1], tangent[0]) + math.radians(self.cfg.look_inward_deg + self.cfg.pan_deg * math.sin(self.cfg.pan_cycles * th + p[3]))
+        yaw = math.atan2(tangent[1], tangent[0]) + math.radians(
+            self.cfg.look_inward_deg + self.cfg.pan_deg * math.sin(self.cfg.pan_cycles * th + p[3])
+        )
         pitch = math.radians(self.cfg.pitch_deg + 4.0 * math.sin(2 * th + p[4]))
         roll = math.radians(1.5 * math.sin(th + p[5]))
         cy, sy = math.cos(yaw), math.sin(yaw)
@@ -139,21 +153,58 @@ class _RoomLayout:
             return -self.hx + inset, along, -0.5 * math.pi, 2 * self.hy
         return self.hx - inset, along, 0.5 * math.pi, 2 * self.hy
 
-    def _part(self, cx: float, cy: float, yaw: float, lx: float, ly: float, z0: float, sx: float, sy: float, sz: float,
-              mats: tuple[str, str, str, str], tint: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
+    def _part(
+        self,
+        cx: float,
+        cy: float,
+        yaw: float,
+        lx: float,
+        ly: float,
+        z0: float,
+        sx: float,
+        sy: float,
+        sz: float,
+        mats: tuple[str, str, str, str],
+        tint: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    ) -> None:
         c, s = math.cos(yaw), math.sin(yaw)
         period = period_m(mats[1])
-        self.b.box((cx + c * lx - s * ly, cy + s * lx + c * ly, z0 + 0.5 * sz), (0.5 * sx, 0.5 * sy, 0.5 * sz), yaw,
-                   tuple(self.m[n] for n in mats), tint, (float(self.rng.uniform(0, period)), float(self.rng.uniform(0, period))))
+        self.b.box(
+            (cx + c * lx - s * ly, cy + s * lx + c * ly, z0 + 0.5 * sz),
+            (0.5 * sx, 0.5 * sy, 0.5 * sz),
+            yaw,
+            tuple(self.m[n] for n in mats),
+            tint,
+            (float(self.rng.uniform(0, period)), float(self.rng.uniform(0, period))),
+        )
 
-    def _cyl(self, x: float, y: float, z0: float, z1: float, r: float, mats: tuple[str, str, str], tint: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
+    def _cyl(
+        self,
+        x: float,
+        y: float,
+        z0: float,
+        z1: float,
+        r: float,
+        mats: tuple[str, str, str],
+        tint: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    ) -> None:
         period = period_m(mats[0])
-        self.b.cylinder((x, y), z0, z1, r, tuple(self.m[n] for n in mats), tint, (float(self.rng.uniform(0, period)), float(self.rng.uniform(0, period))))
+        self.b.cylinder(
+            (x, y),
+            z0,
+            z1,
+            r,
+            tuple(self.m[n] for n in mats),
+            tint,
+            (float(self.rng.uniform(0, period)), float(self.rng.uniform(0, period))),
+        )
 
     def _tint(self, spread: float) -> tuple[float, float, float]:
         return tuple(float(v) for v in 1.0 + self.rng.uniform(-spread, spread, 3))
 
-    def _try_wall(self, width: float, depth: float, height: float, tries: int = 40) -> tuple[float, float, float] | None:
+    def _try_wall(
+        self, width: float, depth: float, height: float, tries: int = 40
+    ) -> tuple[float, float, float] | None:
         for _ in range(tries):
             wall = int(self.rng.integers(4))
             half_len = self.hx if wall < 2 else self.hy
@@ -164,7 +215,9 @@ class _RoomLayout:
                 return cx, cy, yaw
         return None
 
-    def _try_free(self, hx: float, hy: float, height: float, region: float, tries: int = 80) -> tuple[float, float, float] | None:
+    def _try_free(
+        self, hx: float, hy: float, height: float, region: float, tries: int = 80
+    ) -> tuple[float, float, float] | None:
         for _ in range(tries):
             cx = self.rng.uniform(-region * self.hx, region * self.hx)
             cy = self.rng.uniform(-region * self.hy, region * self.hy)
@@ -177,9 +230,15 @@ class _RoomLayout:
     # items ------------------------------------------------------------------------------------------------
     def build(self) -> tuple[Boxes, Cylinders]:
         sx, sy, sz = self.cfg.size_m
-        self.b.box((0.0, 0.0, 0.5 * sz), (0.5 * sx, 0.5 * sy, 0.5 * sz), 0.0,
-                   (self.m["wallpaper"], self.m["wallpaper"], self.m["ceiling"], self.m["floor_wood"]),
-                   (1.0, 1.0, 1.0), (float(self.rng.uniform(0, 2)), float(self.rng.uniform(0, 2))), inside=True)
+        self.b.box(
+            (0.0, 0.0, 0.5 * sz),
+            (0.5 * sx, 0.5 * sy, 0.5 * sz),
+            0.0,
+            (self.m["wallpaper"], self.m["wallpaper"], self.m["ceiling"], self.m["floor_wood"]),
+            (1.0, 1.0, 1.0),
+            (float(self.rng.uniform(0, 2)), float(self.rng.uniform(0, 2))),
+            inside=True,
+        )
         self._door()
         for _ in range(int(self.rng.integers(2, 4))):
             self._bookshelf()
@@ -238,7 +297,15 @@ class _RoomLayout:
                 self._part(cx, cy, yaw, lx, ly, h, a, a, self.rng.uniform(0.1, 0.35), ("painted",) * 4, self._tint(0.3))
             else:
                 r = self.rng.uniform(0.04, 0.1)
-                self._cyl(cx + c * lx - s * ly, cy + s * lx + c * ly, h, h + self.rng.uniform(0.15, 0.4), r, ("painted",) * 3, self._tint(0.3))
+                self._cyl(
+                    cx + c * lx - s * ly,
+                    cy + s * lx + c * ly,
+                    h,
+                    h + self.rng.uniform(0.15, 0.4),
+                    r,
+                    ("painted",) * 3,
+                    self._tint(0.3),
+                )
 
     def _sofa(self) -> None:
         w, d = self.rng.uniform(1.6, 2.2), 0.9
@@ -257,7 +324,9 @@ class _RoomLayout:
         self._part(cx, cy, yaw, 0, 0, h - 0.04, w, d, 0.04, ("wood",) * 4, self._tint(0.08))
         for sx in (-1, 1):
             for sy in (-1, 1):
-                self._part(cx, cy, yaw, sx * (0.5 * w - 0.06), sy * (0.5 * d - 0.06), 0.0, 0.05, 0.05, h - 0.04, ("wood",) * 4)
+                self._part(
+                    cx, cy, yaw, sx * (0.5 * w - 0.06), sy * (0.5 * d - 0.06), 0.0, 0.05, 0.05, h - 0.04, ("wood",) * 4
+                )
 
     def _desk(self) -> None:
         w, d, h = self.rng.uniform(1.1, 1.5), 0.65, 0.74
@@ -266,7 +335,18 @@ class _RoomLayout:
             return
         cx, cy, yaw = pose
         self._table_parts(cx, cy, yaw, w, d, h)
-        self._part(cx, cy, yaw, self.rng.uniform(-0.2, 0.2) * w, -0.15, h, 0.6, 0.04, 0.38, ("plastic", "glass", "plastic", "plastic"))
+        self._part(
+            cx,
+            cy,
+            yaw,
+            self.rng.uniform(-0.2, 0.2) * w,
+            -0.15,
+            h,
+            0.6,
+            0.04,
+            0.38,
+            ("plastic", "glass", "plastic", "plastic"),
+        )
 
     def _centre_table(self) -> None:
         for w, d in ((1.0, 0.6), (0.8, 0.5), (0.6, 0.6)):
@@ -303,10 +383,22 @@ class _RoomLayout:
 
     def _rug(self) -> None:
         w, d = self.rng.uniform(2.2, 3.0), self.rng.uniform(1.5, 2.0)
-        self._part(self.rng.uniform(-0.3, 0.3), self.rng.uniform(-0.3, 0.3), self.rng.uniform(-0.2, 0.2), 0, 0, 0.0, w, d, 0.012,
-                   ("fabric", "fabric", "painting", "fabric"))
+        self._part(
+            self.rng.uniform(-0.3, 0.3),
+            self.rng.uniform(-0.3, 0.3),
+            self.rng.uniform(-0.2, 0.2),
+            0,
+            0,
+            0.0,
+            w,
+            d,
+            0.012,
+            ("fabric", "fabric", "painting", "fabric"),
+        )
 
-    def _wall_panel(self, mat: str, w_range: tuple[float, float], h_range: tuple[float, float], z_range: tuple[float, float]) -> None:
+    def _wall_panel(
+        self, mat: str, w_range: tuple[float, float], h_range: tuple[float, float], z_range: tuple[float, float]
+    ) -> None:
         w, h, z0 = self.rng.uniform(*w_range), self.rng.uniform(*h_range), self.rng.uniform(*z_range)
         for _ in range(30):
             wall = int(self.rng.integers(4))

@@ -148,8 +148,15 @@ class OpenRoute(Route):
         self._ensure(k)
         i = k - self._K_MIN
         turn = 1 if k % 2 == 0 else -1
-        return Unit(k, float(self._s[i]), self._corners[i].copy(), float(self._L[i]), 0.0 if k % 2 == 0 else _HALF_PI,
-                    self.radius_m, turn)
+        return Unit(
+            k,
+            float(self._s[i]),
+            self._corners[i].copy(),
+            float(self._L[i]),
+            0.0 if k % 2 == 0 else _HALF_PI,
+            self.radius_m,
+            turn,
+        )
 
     def locate(self, s: float) -> tuple[int, float]:
         while s >= self._s[-2]:
@@ -168,7 +175,9 @@ class LoopRoute(Route):
 
     def __init__(self, length_m: float, radius_m: float, step_target_m: float = 110.0) -> None:
         if length_m < self.MIN_LENGTH_M:
-            raise ValueError(f"a closed street route needs at least {self.MIN_LENGTH_M:.0f} m of driving, got {length_m:.1f} m")
+            raise ValueError(
+                f"a closed street route needs at least {self.MIN_LENGTH_M:.0f} m of driving, got {length_m:.1f} m"
+            )
         n = max(1, int(round(length_m / (8.0 * step_target_m))))
         E, N, W, S = (1, 0), (0, 1), (-1, 0), (0, -1)
         moves = [E, N] * n + [N, W] * n + [W, S] * n + [S, E] * n
@@ -203,8 +212,15 @@ class LoopRoute(Route):
 
     def unit(self, k: int) -> Unit:
         i = k % self.num_units
-        return Unit(i, float(self._s[i]), self._corners[i].copy(), float(self._L[i]), float(self._heading[i]),
-                    self.radius_m, int(self._turn[i]))
+        return Unit(
+            i,
+            float(self._s[i]),
+            self._corners[i].copy(),
+            float(self._L[i]),
+            float(self._heading[i]),
+            self.radius_m,
+            int(self._turn[i]),
+        )
 
     def locate(self, s: float) -> tuple[int, float]:
         s = s % self.length_m

@@ -97,8 +97,13 @@ class SyntheticSource:
         check_stride_max_frames(stride, max_frames)
         self.stride, self.max_frames = int(stride), max_frames
         try:
-            self.effects = ImageEffects(float(noise_std), float(exposure_jitter), float(motion_blur_px), float(exposure_step),
-                                        exposure_step_frames)
+            self.effects = ImageEffects(
+                float(noise_std),
+                float(exposure_jitter),
+                float(motion_blur_px),
+                float(exposure_step),
+                exposure_step_frames,
+            )
         except ValueError as e:
             raise SourceError(str(e)) from None
         f = float(focal_px) if focal_px is not None else d.focal_per_width * self.width
@@ -153,8 +158,10 @@ class SyntheticSource:
             yield self.render_frame(out_index * self.stride)
 
     def __repr__(self) -> str:
-        return (f"SyntheticSource(scene={self.scene!r}, num_frames={self.num_frames}, size={self.width}x{self.height}, "
-                f"seed={self.seed}, loop={self.loop})")
+        return (
+            f"SyntheticSource(scene={self.scene!r}, num_frames={self.num_frames}, size={self.width}x{self.height}, "
+            f"seed={self.seed}, loop={self.loop})"
+        )
 
     # random access ---------------------------------------------------------------------------------------
     def _ensure_renderer(self) -> Renderer:
@@ -162,7 +169,9 @@ class SyntheticSource:
         if self._renderer is None:
             names = STREET_MATERIALS if self.scene == "street" else ROOM_MATERIALS
             max_depth = self.street_config.max_depth_m if self.scene == "street" else 4.0 * max(self.room_config.size_m)
-            self._renderer = Renderer(build_atlas(names, self.seed), self._K, self.width, self.height, max_depth, self.aniso_taps)
+            self._renderer = Renderer(
+                build_atlas(names, self.seed), self._K, self.width, self.height, max_depth, self.aniso_taps
+            )
         return self._renderer
 
     def scene_from_cam(self, index: int) -> np.ndarray:
@@ -212,8 +221,14 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def render_sequence(root: str | Path, scene: str = "street", name: str | None = None, fmt: str = "kitti",
-                    progress: bool = False, **options: Any) -> Path:
+def render_sequence(
+    root: str | Path,
+    scene: str = "street",
+    name: str | None = None,
+    fmt: str = "kitti",
+    progress: bool = False,
+    **options: Any,
+) -> Path:
     """Render a sequence straight to disk, one frame at a time, through the dataset writers.
 
     fmt "kitti": ROOT/sequences/NAME/{image_2,depth_2,calib.txt,times.txt} + ROOT/poses/NAME.txt, returns
@@ -235,4 +250,3 @@ def render_sequence(root: str | Path, scene: str = "street", name: str | None = 
     from recon.datasets import tum
 
     return tum.write_tum_sequence(frames, root)
-

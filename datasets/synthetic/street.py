@@ -30,12 +30,40 @@ from .route import LoopRoute, OpenRoute, Route, Unit
 from .surface import Lighting, Surface
 from .textures import period_m
 
-STREET_MATERIALS = ("asphalt", "sidewalk", "lot", "kerb", "brick", "plaster", "concrete", "roof", "car_paint",
-                    "glass", "metal", "foliage", "bark", "sign", "plastic", "plain_wall", "plain_road", "plain_walk")
+STREET_MATERIALS = (
+    "asphalt",
+    "sidewalk",
+    "lot",
+    "kerb",
+    "brick",
+    "plaster",
+    "concrete",
+    "roof",
+    "car_paint",
+    "glass",
+    "metal",
+    "foliage",
+    "bark",
+    "sign",
+    "plastic",
+    "plain_wall",
+    "plain_road",
+    "plain_walk",
+)
 _SAMPLE_SPACING_M = 0.5  # route sampling for clearance tests; the bound below adds half of it
 _MIN_COS = 1.0 / 32.0
-_CAR_COLOURS = [(235, 235, 235), (190, 192, 195), (40, 40, 45), (170, 30, 30), (30, 60, 140), (30, 90, 60),
-                (220, 190, 60), (120, 120, 125), (90, 40, 30), (200, 120, 40)]
+_CAR_COLOURS = [
+    (235, 235, 235),
+    (190, 192, 195),
+    (40, 40, 45),
+    (170, 30, 30),
+    (30, 60, 140),
+    (30, 90, 60),
+    (220, 190, 60),
+    (120, 120, 125),
+    (90, 40, 30),
+    (200, 120, 40),
+]
 
 
 @dataclass(frozen=True)
@@ -85,12 +113,16 @@ class StreetScene:
         if loop:
             length = num_frames * self.step_m
             if length < LoopRoute.MIN_LENGTH_M:
-                raise ValueError(f"a closed street loop needs at least {LoopRoute.MIN_LENGTH_M:.0f} m of driving; {num_frames} frames "
-                                 f"at {self.step_m:.3g} m per frame make {length:.1f} m (add frames or raise the speed)")
+                raise ValueError(
+                    f"a closed street loop needs at least {LoopRoute.MIN_LENGTH_M:.0f} m of driving; {num_frames} frames "
+                    f"at {self.step_m:.3g} m per frame make {length:.1f} m (add frames or raise the speed)"
+                )
             self.route = LoopRoute(length, config.turn_radius_m)
         else:
             self.route = OpenRoute(self.seed, config.segment_min_m, config.segment_max_m, config.turn_radius_m)
-        self.mat = {name: i for i, name in enumerate(STREET_MATERIALS)}  # atlas ids: built from STREET_MATERIALS in order
+        self.mat = {
+            name: i for i, name in enumerate(STREET_MATERIALS)
+        }  # atlas ids: built from STREET_MATERIALS in order
         self.lighting = Lighting(sun_dir=(0.45, -0.35, 0.82), ambient=0.58, diffuse=0.55)
         self.sky = Sky()
         self._cache: OrderedDict[int, tuple[Boxes, Cylinders]] = OrderedDict()
@@ -118,7 +150,10 @@ class StreetScene:
         s = self.arc_length(index)
         k, sigma = self.route.locate(s)
         xy, heading = self.route.unit(k).at(sigma)
-        wob = [sum(a * math.sin(2 * math.pi * s / lam + ph) for a, lam, ph in self._wobble[2 * c : 2 * c + 2]) for c in range(4)]
+        wob = [
+            sum(a * math.sin(2 * math.pi * s / lam + ph) for a, lam, ph in self._wobble[2 * c : 2 * c + 2])
+            for c in range(4)
+        ]
         yaw, pitch, roll, dz = heading + wob[0], wob[1], wob[2], wob[3]
         cy, sy = math.cos(yaw), math.sin(yaw)
         base = np.array([[sy, 0.0, cy], [-cy, 0.0, sy], [0.0, -1.0, 0.0]])  # columns: camera x, y, z
@@ -135,9 +170,17 @@ class StreetScene:
         cam_xy = scene_from_cam[:2, 3]
         reach = self.cfg.max_depth_m + 100.0  # objects stand up to ~90 m off their centreline
         parts = [self.segment(k) for k in self.route.units_near(cam_xy, reach, unit_hint)]
-        ground_units = [self.route.unit(k) for k in self.route.units_near(cam_xy, self.cfg.max_depth_m + 2 * self.cfg.sidewalk_outer_m, unit_hint)]
-        return SceneView(concat_boxes([p[0] for p in parts]), concat_cylinders([p[1] for p in parts]), self.lighting,
-                         StreetGround(self, ground_units), self.sky)
+        ground_units = [
+            self.route.unit(k)
+            for k in self.route.units_near(cam_xy, self.cfg.max_depth_m + 2 * self.cfg.sidewalk_outer_m, unit_hint)
+        ]
+        return SceneView(
+            concat_boxes([p[0] for p in parts]),
+            concat_cylinders([p[1] for p in parts]),
+            self.lighting,
+            StreetGround(self, ground_units),
+            self.sky,
+        )
 
     def low_texture(self, k: int) -> bool:
         """Whether route unit k is a low-texture stretch: plain facades and ground, no street furniture."""
@@ -185,21 +228,48 @@ class _SegmentLayout:
         period = period_m(mat)
         return float(self.rng.uniform(0, period)), float(self.rng.uniform(0, period) if v_anchor is None else v_anchor)
 
-    def box(self, x: float, y: float, z0: float, length: float, width: float, height: float, mats: tuple[str, str, str, str],
-            clearance: float, tint: tuple[float, float, float] = (1.0, 1.0, 1.0), uv: tuple[float, float] | None = None,
-            yaw_extra: float = 0.0) -> None:
+    def box(
+        self,
+        x: float,
+        y: float,
+        z0: float,
+        length: float,
+        width: float,
+        height: float,
+        mats: tuple[str, str, str, str],
+        clearance: float,
+        tint: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        uv: tuple[float, float] | None = None,
+        yaw_extra: float = 0.0,
+    ) -> None:
         cx, cy = self._xy(x, y)
-        self.b.box((cx, cy, z0 + 0.5 * height), (0.5 * length, 0.5 * width, 0.5 * height), self.u.heading + yaw_extra,
-                   tuple(self.m[n] for n in mats), tint, uv if uv is not None else self._uv(mats[1]))
+        self.b.box(
+            (cx, cy, z0 + 0.5 * height),
+            (0.5 * length, 0.5 * width, 0.5 * height),
+            self.u.heading + yaw_extra,
+            tuple(self.m[n] for n in mats),
+            tint,
+            uv if uv is not None else self._uv(mats[1]),
+        )
         self.box_clear.append(clearance)
 
-    def cyl(self, x: float, y: float, z0: float, z1: float, r: float, mats: tuple[str, str, str], clearance: float,
-            tint: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
+    def cyl(
+        self,
+        x: float,
+        y: float,
+        z0: float,
+        z1: float,
+        r: float,
+        mats: tuple[str, str, str],
+        clearance: float,
+        tint: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    ) -> None:
         self.b.cylinder(self._xy(x, y), z0, z1, r, tuple(self.m[n] for n in mats), tint, self._uv(mats[0]))
         self.cyl_clear.append(clearance)
 
     def tint(self, spread: float) -> tuple[float, float, float]:
-        return tuple(float(v) for v in 1.0 + self.rng.uniform(-spread, spread, 3))
+        r, g, b = (float(v) for v in 1.0 + self.rng.uniform(-spread, spread, 3))
+        return r, g, b
 
     # layout ---------------------------------------------------------------------------------------
     def build(self) -> tuple[Boxes, Cylinders]:
@@ -243,8 +313,18 @@ class _SegmentLayout:
             # v = -z + anchor: the window rows sit at the same heights on every building of a material.
             anchor = period_m(mat) / 6.0 + 2.0 - 0.5 * height
             self.b.new_group()
-            self.box(x + 0.5 * w, side * (front + setback + 0.5 * depth), 0.0, w, depth, height, (mat, mat, roof, roof),
-                     front - 0.5, tint, (u0, anchor))
+            self.box(
+                x + 0.5 * w,
+                side * (front + setback + 0.5 * depth),
+                0.0,
+                w,
+                depth,
+                height,
+                (mat, mat, roof, roof),
+                front - 0.5,
+                tint,
+                (u0, anchor),
+            )
             gap = rng.uniform(4, 12) if rng.random() < 0.25 else rng.uniform(0.15, 0.8)
             x += w + gap
 
@@ -289,7 +369,9 @@ class _SegmentLayout:
                 trunk = rng.uniform(2.4, 3.2)
                 self.cyl(x, y, 0.0, trunk, rng.uniform(0.14, 0.22), ("bark", "bark", "bark"), kerb + 0.75)
                 r = rng.uniform(1.2, 1.9)
-                self.cyl(x, y, trunk - 0.3, trunk + rng.uniform(2.5, 4.0), r, ("foliage",) * 3, kerb - 0.85, self.tint(0.12))
+                self.cyl(
+                    x, y, trunk - 0.3, trunk + rng.uniform(2.5, 4.0), r, ("foliage",) * 3, kerb - 0.85, self.tint(0.12)
+                )
             x += rng.uniform(10, 20)
 
     def _cars(self, side: int, L: float) -> None:
@@ -308,9 +390,20 @@ class _SegmentLayout:
                 clear = self.cfg.edge_line_m - 0.45  # the nearest edge stands >= 5.2 m out, yaw included
                 self.box(x, y, 0.32, length, width, top - 0.32, ("car_paint",) * 4, clear, tint, yaw_extra=yaw)
                 cab = 0.55 * length
-                self.box(x - 0.15 + rng.uniform(-0.2, 0.2), y, top, cab, width - 0.16, rng.uniform(0.4, 0.55),
-                         ("glass", "glass", "car_paint", "car_paint"), clear, yaw_extra=yaw)
-                self.box(x, y, 0.1, length - 0.6, width - 0.2, 0.22, ("roof",) * 4, clear, (0.5, 0.5, 0.5), yaw_extra=yaw)
+                self.box(
+                    x - 0.15 + rng.uniform(-0.2, 0.2),
+                    y,
+                    top,
+                    cab,
+                    width - 0.16,
+                    rng.uniform(0.4, 0.55),
+                    ("glass", "glass", "car_paint", "car_paint"),
+                    clear,
+                    yaw_extra=yaw,
+                )
+                self.box(
+                    x, y, 0.1, length - 0.6, width - 0.2, 0.22, ("roof",) * 4, clear, (0.5, 0.5, 0.5), yaw_extra=yaw
+                )
             x += 6.3
 
     def _furniture(self, side: int, L: float) -> None:
@@ -320,9 +413,13 @@ class _SegmentLayout:
             x = rng.uniform(0, L)
             kind = int(rng.choice(5, p=[0.3, 0.2, 0.2, 0.2, 0.1]))
             # (along, lateral, height, materials) of each kind
-            dims, mats = [((0.6, 0.6, 1.1), ("plastic",) * 4), ((1.8, 0.5, 0.45), ("bark", "bark", "bark", "bark")),
-                          ((0.8, 0.45, 1.3), ("metal", "metal", "sign", "metal")), ((1.0, 1.0, 0.6), ("concrete",) * 4),
-                          ((3.0, 1.4, 2.4), ("glass", "metal", "metal", "metal"))][kind]
+            dims, mats = [
+                ((0.6, 0.6, 1.1), ("plastic",) * 4),
+                ((1.8, 0.5, 0.45), ("bark", "bark", "bark", "bark")),
+                ((0.8, 0.45, 1.3), ("metal", "metal", "sign", "metal")),
+                ((1.0, 1.0, 0.6), ("concrete",) * 4),
+                ((3.0, 1.4, 2.4), ("glass", "metal", "metal", "metal")),
+            ][kind]
             half_w = 0.5 * dims[1]
             lo, hi = kerb + 0.35 + half_w, max(outer - 0.2 - half_w, kerb + 0.35 + half_w)
             y = side * rng.uniform(lo, hi)
@@ -369,7 +466,9 @@ class StreetGround:
         pool, f32 = ctx.pool, np.float32
         gx, gy = pool.get("ground_x", (H, W), f32), pool.get("ground_y", (H, W), f32)
         with np.errstate(invalid="ignore", over="ignore"):
-            np.multiply(ctx.dsx, zb, out=gx)  # ground points relative to the camera (scene axes); garbage off the ground
+            np.multiply(
+                ctx.dsx, zb, out=gx
+            )  # ground points relative to the camera (scene axes); garbage off the ground
             np.multiply(ctx.dsy, zb, out=gy)
         best = pool.get("ground_dist", (H, W), f32)
         best.fill(np.inf)
@@ -395,8 +494,15 @@ class StreetGround:
             centers.append((c[0], c[1], 0.0))
             halves.append((0.5 * R, 0.5 * R, 0.0))
             yaws.append(math.atan2(e0[1], e0[0]))
-        piece_boxes = Boxes(np.array(centers), np.array(halves), np.array(yaws), np.zeros((len(centers), 4), np.int32),
-                            np.ones((len(centers), 3), np.float32), np.zeros((len(centers), 2), np.float32), np.zeros(len(centers), bool))
+        piece_boxes = Boxes(
+            np.array(centers),
+            np.array(halves),
+            np.array(yaws),
+            np.zeros((len(centers), 4), np.int32),
+            np.ones((len(centers), 3), np.float32),
+            np.zeros((len(centers), 2), np.float32),
+            np.zeros(len(centers), bool),
+        )
         rects, _, visible = ctx.project_bounds(piece_boxes.corners())
         cam = ctx.cam_pos
         with np.errstate(invalid="ignore"):
@@ -430,7 +536,9 @@ class StreetGround:
         n_slots = 2 * len(self.units) + 1
         usual = [sc.mat["asphalt"], sc.mat["sidewalk"], sc.mat["lot"]]
         plain = [sc.mat["plain_road"], sc.mat["plain_walk"], sc.mat["lot"]]
-        mats = np.array([plain if sc.low_texture(u.index) else usual for u in self.units for _ in (0, 1)] + [usual], np.int32)
+        mats = np.array(
+            [plain if sc.low_texture(u.index) else usual for u in self.units for _ in (0, 1)] + [usual], np.int32
+        )
         periods = np.vectorize(lambda m: period_m(STREET_MATERIALS[m]))(mats)
         # Per-piece texture offsets, folded with the camera position modulo each material's period in
         # float64, so the float32 coordinates stay small however far the drive goes.
@@ -438,7 +546,9 @@ class StreetGround:
         for i, u in enumerate(self.units):
             key = sc.route.canonical(u.index)
             for j in (0, 1):
-                off[2 * i + j] = 97.0 * hash_uniform(sc.seed, "ground-uv", np.array([4 * key + 2 * j, 4 * key + 2 * j + 1]))
+                off[2 * i + j] = 97.0 * hash_uniform(
+                    sc.seed, "ground-uv", np.array([4 * key + 2 * j, 4 * key + 2 * j + 1])
+                )
         base = np.zeros((2, n_slots, 3), np.float32)
         for m in range(3):
             o = off if m < 2 else np.zeros_like(off)  # the lot is continuous across pieces
@@ -446,9 +556,22 @@ class StreetGround:
         base_u, base_v = base[0].ravel(), base[1].ravel()
         head_x = np.array([u.direction[0] for u in self.units for _ in (0, 1)] + [1.0], np.float32)
         head_y = np.array([u.direction[1] for u in self.units for _ in (0, 1)] + [0.0], np.float32)
-        frame = _GroundFrame(ctx, cfg, best.ravel(), lat.ravel(), along.ravel(), slot.ravel(), gx.ravel(), gy.ravel(),
-                             mats.ravel(), base_u, base_v, head_x, head_y,
-                             lighting.ambient + lighting.diffuse * max(float(lighting.sun()[2]), 0.0))
+        frame = _GroundFrame(
+            ctx,
+            cfg,
+            best.ravel(),
+            lat.ravel(),
+            along.ravel(),
+            slot.ravel(),
+            gx.ravel(),
+            gy.ravel(),
+            mats.ravel(),
+            base_u,
+            base_v,
+            head_x,
+            head_y,
+            lighting.ambient + lighting.diffuse * max(float(lighting.sun()[2]), 0.0),
+        )
         return frame.surface
 
 
@@ -500,7 +623,9 @@ class _GroundFrame:
         edge = _stripe(alat - np.float32(cfg.edge_line_m), 0.15, fp_across)
         mark = np.maximum(lane, edge) * ((sl % 2 == 0) & (kind == 0))
         lit = np.full(idx.shape, self.light, np.float32)
-        return Surface(idx, take(self.mats, tbl), u_m, v_m, fmin, fmaj, du, dv, lit, tint=None, mark=mark.astype(np.float32))
+        return Surface(
+            idx, take(self.mats, tbl), u_m, v_m, fmin, fmaj, du, dv, lit, tint=None, mark=mark.astype(np.float32)
+        )
 
 
 def _stripe(d: np.ndarray, width: float, fp: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Stress sequences: drives and walks that a pipeline tuned to easy scenes cannot pass (issue 12).
+"""Stress sequences: drives and walks that a pipeline tuned to easy scenes cannot pass.
 
 Each entry turns a seed into `SyntheticSource` options. The seed draws the sequence's own parameters too
 (turn radius, segment lengths, exposure blocks, loop length, pan rate), not only the town, so results
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .room import RoomConfig
 from .rng import rng_for
+from .room import RoomConfig
 from .source import SyntheticSource
 from .street import StreetConfig
 
@@ -55,20 +55,30 @@ def _sharp_turns(rng: np.random.Generator, scale: float) -> Options:
 
 def _repeated_facades(rng: np.random.Generator, scale: float) -> Options:
     seg_min = float(rng.uniform(70, 110))
-    street = StreetConfig(repeated_facades=True, segment_min_m=seg_min, segment_max_m=seg_min + float(rng.uniform(30, 80)))
+    street = StreetConfig(
+        repeated_facades=True, segment_min_m=seg_min, segment_max_m=seg_min + float(rng.uniform(30, 80))
+    )
     return {"scene": "street", "num_frames": _frames(300, scale), "street": street}
 
 
 def _low_texture(rng: np.random.Generator, scale: float) -> Options:
     # Long enough that mid-stretch the textured cross street ahead is small; 300 frames see both kinds.
     seg_min = float(rng.uniform(80, 95))
-    street = StreetConfig(low_texture_every=2, segment_min_m=seg_min, segment_max_m=seg_min + float(rng.uniform(15, 30)))
+    street = StreetConfig(
+        low_texture_every=2, segment_min_m=seg_min, segment_max_m=seg_min + float(rng.uniform(15, 30))
+    )
     return {"scene": "street", "num_frames": _frames(300, scale), "street": street}
 
 
 def _exposure(rng: np.random.Generator, scale: float) -> Options:
-    return {"scene": "street", "num_frames": _frames(300, scale), "exposure_step": float(rng.uniform(0.4, 0.6)),
-            "exposure_step_frames": int(rng.integers(15, 36)), "exposure_jitter": 0.15, "noise_std": 1.5}
+    return {
+        "scene": "street",
+        "num_frames": _frames(300, scale),
+        "exposure_step": float(rng.uniform(0.4, 0.6)),
+        "exposure_step_frames": int(rng.integers(15, 36)),
+        "exposure_jitter": 0.15,
+        "noise_std": 1.5,
+    }
 
 
 def _loop_1km(rng: np.random.Generator, scale: float) -> Options:
@@ -78,8 +88,14 @@ def _loop_1km(rng: np.random.Generator, scale: float) -> Options:
     lap = _frames(1010 + int(rng.integers(0, 241)), scale, 60)
     # Drive on 5% past the start: a revisit the place database can see (at the lap's end the camera is
     # still behind its first position).
-    return {"scene": "street", "num_frames": lap + max(20, lap // 20), "loop_frames": lap, "loop": True,
-            "street": street, "noise_std": 1.0}
+    return {
+        "scene": "street",
+        "num_frames": lap + max(20, lap // 20),
+        "loop_frames": lap,
+        "loop": True,
+        "street": street,
+        "noise_std": 1.0,
+    }
 
 
 def _room_fast(rng: np.random.Generator, scale: float) -> Options:
@@ -87,14 +103,17 @@ def _room_fast(rng: np.random.Generator, scale: float) -> Options:
     return {"scene": "room", "num_frames": _frames(240, scale), "room": room, "motion_blur_px": 1.5, "noise_std": 1.5}
 
 
-STRESS: dict[str, StressSequence] = {s.name: s for s in (
-    StressSequence("sharp_turns", "corners of r 3.6-4.6 m: >= 12 deg/frame at 1 m/frame", False, _sharp_turns),
-    StressSequence("repeated_facades", "every facade the same building", False, _repeated_facades),
-    StressSequence("low_texture", "every other segment bare and nearly plain", False, _low_texture),
-    StressSequence("exposure", "exposure steps x1.5-3.3 every 15-35 frames", False, _exposure),
-    StressSequence("loop_1km", ">= 1 km closed drive back to its start", True, _loop_1km),
-    StressSequence("room_fast", "hand-held room walk with fast pans", False, _room_fast),
-)}
+STRESS: dict[str, StressSequence] = {
+    s.name: s
+    for s in (
+        StressSequence("sharp_turns", "corners of r 3.6-4.6 m: >= 12 deg/frame at 1 m/frame", False, _sharp_turns),
+        StressSequence("repeated_facades", "every facade the same building", False, _repeated_facades),
+        StressSequence("low_texture", "every other segment bare and nearly plain", False, _low_texture),
+        StressSequence("exposure", "exposure steps x1.5-3.3 every 15-35 frames", False, _exposure),
+        StressSequence("loop_1km", ">= 1 km closed drive back to its start", True, _loop_1km),
+        StressSequence("room_fast", "hand-held room walk with fast pans", False, _room_fast),
+    )
+}
 
 
 def options(name: str, seed: int, frames_scale: float = 1.0) -> Options:

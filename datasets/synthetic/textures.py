@@ -71,12 +71,19 @@ def _grain(img_u8: np.ndarray, rng: np.random.Generator, amount: float, beta: fl
 
 def _col(rng: np.random.Generator, base: Rgb, jitter: float) -> tuple[int, int, int]:
     c = np.asarray(base) * (1.0 + jitter * rng.uniform(-1, 1)) + rng.uniform(-jitter, jitter, 3) * 40
-    return tuple(int(v) for v in np.clip(c, 0, 255))
+    r, g, b = (int(v) for v in np.clip(c, 0, 255))
+    return r, g, b
 
 
 # ------------------------------------------------------------------------------------- wrapped drawing
-def _wrapped(size: int, draw: Callable[[int, int], None], x0: float = 0.0, y0: float = 0.0, x1: float | None = None,
-             y1: float | None = None) -> None:
+def _wrapped(
+    size: int,
+    draw: Callable[[int, int], None],
+    x0: float = 0.0,
+    y0: float = 0.0,
+    x1: float | None = None,
+    y1: float | None = None,
+) -> None:
     """Draw a shape (bounding box x0..x1, y0..y1; unknown = the whole tile) and the periodic copies
     that reach into the tile, so the tile stays seamless."""
     x1 = size if x1 is None else x1
@@ -90,31 +97,61 @@ def _wrapped(size: int, draw: Callable[[int, int], None], x0: float = 0.0, y0: f
             draw(dx, dy)
 
 
-def _rect(img: np.ndarray, x0: float, y0: float, x1: float, y1: float, color: tuple[int, ...], thickness: int = -1) -> None:
+def _rect(
+    img: np.ndarray, x0: float, y0: float, x1: float, y1: float, color: tuple[int, ...], thickness: int = -1
+) -> None:
     s = img.shape[0]
-    _wrapped(s, lambda dx, dy: cv2.rectangle(img, (int(x0 + dx), int(y0 + dy)), (int(x1 + dx), int(y1 + dy)), color, thickness, cv2.LINE_AA),
-             min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+    _wrapped(
+        s,
+        lambda dx, dy: cv2.rectangle(
+            img, (int(x0 + dx), int(y0 + dy)), (int(x1 + dx), int(y1 + dy)), color, thickness, cv2.LINE_AA
+        ),
+        min(x0, x1),
+        min(y0, y1),
+        max(x0, x1),
+        max(y0, y1),
+    )
 
 
 def _circle(img: np.ndarray, x: float, y: float, r: float, color: tuple[int, ...], thickness: int = -1) -> None:
     s = img.shape[0]
-    _wrapped(s, lambda dx, dy: cv2.circle(img, (int(x + dx), int(y + dy)), max(int(r), 1), color, thickness, cv2.LINE_AA),
-             x - r - 1, y - r - 1, x + r + 1, y + r + 1)
+    _wrapped(
+        s,
+        lambda dx, dy: cv2.circle(img, (int(x + dx), int(y + dy)), max(int(r), 1), color, thickness, cv2.LINE_AA),
+        x - r - 1,
+        y - r - 1,
+        x + r + 1,
+        y + r + 1,
+    )
 
 
 def _ellipse(img: np.ndarray, x: float, y: float, ax: float, ay: float, ang: float, color: tuple[int, ...]) -> None:
     s = img.shape[0]
     r = max(ax, ay) + 1
-    _wrapped(s, lambda dx, dy: cv2.ellipse(img, (int(x + dx), int(y + dy)), (max(int(ax), 1), max(int(ay), 1)), ang, 0, 360, color, -1, cv2.LINE_AA),
-             x - r, y - r, x + r, y + r)
+    _wrapped(
+        s,
+        lambda dx, dy: cv2.ellipse(
+            img, (int(x + dx), int(y + dy)), (max(int(ax), 1), max(int(ay), 1)), ang, 0, 360, color, -1, cv2.LINE_AA
+        ),
+        x - r,
+        y - r,
+        x + r,
+        y + r,
+    )
 
 
 def _polyline(img: np.ndarray, pts: np.ndarray, color: tuple[int, ...], thickness: int) -> None:
     s = img.shape[0]
     p = np.round(pts).astype(np.int32)
     lo, hi = p.min(0) - thickness, p.max(0) + thickness
-    _wrapped(s, lambda dx, dy: cv2.polylines(img, [p + np.array([dx, dy], np.int32)], False, color, thickness, cv2.LINE_AA),
-             lo[0], lo[1], hi[0], hi[1])
+    _wrapped(
+        s,
+        lambda dx, dy: cv2.polylines(img, [p + np.array([dx, dy], np.int32)], False, color, thickness, cv2.LINE_AA),
+        lo[0],
+        lo[1],
+        hi[0],
+        hi[1],
+    )
 
 
 def _random_walk(rng: np.random.Generator, size: int, steps: int, step: float) -> np.ndarray:
@@ -123,14 +160,26 @@ def _random_walk(rng: np.random.Generator, size: int, steps: int, step: float) -
     return start + np.cumsum(np.stack([np.cos(ang), np.sin(ang)], 1) * step, 0)
 
 
-def _blobs(img: np.ndarray, rng: np.random.Generator, count: int, rmin: float, rmax: float, palette: list[Rgb], jitter: float) -> None:
+def _blobs(
+    img: np.ndarray, rng: np.random.Generator, count: int, rmin: float, rmax: float, palette: list[Rgb], jitter: float
+) -> None:
     s = img.shape[0]
     for _ in range(count):
         c = _col(rng, palette[rng.integers(len(palette))], jitter)
-        _ellipse(img, rng.uniform(0, s), rng.uniform(0, s), rng.uniform(rmin, rmax), rng.uniform(rmin, rmax), rng.uniform(0, 180), c)
+        _ellipse(
+            img,
+            rng.uniform(0, s),
+            rng.uniform(0, s),
+            rng.uniform(rmin, rmax),
+            rng.uniform(rmin, rmax),
+            rng.uniform(0, 180),
+            c,
+        )
 
 
-def _windows(img: np.ndarray, rng: np.random.Generator, cols: int, rows: int, w: int, h: int, frame: Rgb, glass: Rgb, style: int) -> None:
+def _windows(
+    img: np.ndarray, rng: np.random.Generator, cols: int, rows: int, w: int, h: int, frame: Rgb, glass: Rgb, style: int
+) -> None:
     """A jittered grid of windows with frames, mullions and sills (texel units)."""
     s = img.shape[0]
     for r in range(rows):
@@ -173,8 +222,12 @@ def _blocks(
     """Running-bond blocks (bricks, slabs) of bw x bh texels with per-block tone and joints, vectorised;
     bw and bh divide the tile so the bond wraps."""
     rows, cols = s // bh, s // bw
-    tones = np.clip(np.asarray(base, np.float32) * (1 + jitter * rng.uniform(-1, 1, (rows, cols, 1)))
-                    + rng.uniform(-jitter, jitter, (rows, cols, 3)) * 40, 0, 255)
+    tones = np.clip(
+        np.asarray(base, np.float32) * (1 + jitter * rng.uniform(-1, 1, (rows, cols, 1)))
+        + rng.uniform(-jitter, jitter, (rows, cols, 3)) * 40,
+        0,
+        255,
+    )
     y = np.arange(s)[:, None]
     x = (np.arange(s)[None, :] - (y // bh % 2) * (bw // 2)) % s
     img = tones[y // bh, x // bw]
@@ -210,7 +263,9 @@ def _kerb(rng: np.random.Generator, s: int) -> np.ndarray:
 def _brick(rng: np.random.Generator, s: int) -> np.ndarray:
     base = [(150, 70, 50), (125, 60, 45), (170, 95, 70), (110, 55, 45)][rng.integers(4)]
     # 32 x 8 cm bricks at 2 cm texels, running bond, light mortar
-    img = _u8(_blocks(rng, s, 16, 4, base, 0.12, (190, 185, 175)) * (1 + 0.06 * spectral_noise(rng, s, 1.2, 2))[..., None])
+    img = _u8(
+        _blocks(rng, s, 16, 4, base, 0.12, (190, 185, 175)) * (1 + 0.06 * spectral_noise(rng, s, 1.2, 2))[..., None]
+    )
     _windows(img, rng, 4, 3, 60, 75, (225, 222, 215), (45, 55, 70), 0)
     return _grain(img, rng, 0.10)
 
@@ -262,7 +317,9 @@ def _car_paint(rng: np.random.Generator, s: int) -> np.ndarray:
 
 
 def _glass(rng: np.random.Generator, s: int) -> np.ndarray:
-    img = _chroma(_luma((55, 65, 80), (spectral_noise(rng, s, 2.0, 1), 0.25)), spectral_noise(rng, s, 1.5, 1), (-6, 2, 12))
+    img = _chroma(
+        _luma((55, 65, 80), (spectral_noise(rng, s, 2.0, 1), 0.25)), spectral_noise(rng, s, 1.5, 1), (-6, 2, 12)
+    )
     img = _u8(img)
     for _ in range(12):  # streaks of reflected sky and dashboard shapes
         x, y = rng.uniform(0, s, 2)
@@ -274,7 +331,14 @@ def _metal(rng: np.random.Generator, s: int) -> np.ndarray:
     img = _u8(_luma((120, 125, 125), (spectral_noise(rng, s, 1.0, 2, aniso=(6.0, 1.0)), 0.12)))
     for _ in range(10):  # stickers, bands, bolts
         x, y = rng.uniform(0, s, 2)
-        _rect(img, x, y, x + rng.uniform(8, 40), y + rng.uniform(8, 50), _col(rng, (rng.uniform(40, 240), rng.uniform(40, 240), rng.uniform(40, 240)), 0.1))
+        _rect(
+            img,
+            x,
+            y,
+            x + rng.uniform(8, 40),
+            y + rng.uniform(8, 50),
+            _col(rng, (rng.uniform(40, 240), rng.uniform(40, 240), rng.uniform(40, 240)), 0.1),
+        )
     for _ in range(6):
         y = rng.uniform(0, s)
         _rect(img, 0, y, s, y + rng.uniform(2, 6), _col(rng, (70, 72, 75), 0.1))
@@ -321,7 +385,7 @@ def _wallpaper(rng: np.random.Generator, s: int) -> np.ndarray:
     for y in range(0, s, step):
         for x in range(0, s, step):
             ox = step // 2 if (y // step) % 2 else 0
-            cx, cy = x + ox + rng.integers(-6, 7), y + rng.integers(-6, 7)
+            cx, cy = float(x + ox + rng.integers(-6, 7)), float(y + rng.integers(-6, 7))
             c = _col(rng, motif, 0.08)
             k = rng.integers(3)
             if k == 0:
@@ -368,7 +432,15 @@ def _wood(rng: np.random.Generator, s: int) -> np.ndarray:
     grain = spectral_noise(rng, s, 1.0, 2, aniso=(12.0, 1.0))
     img = _u8(_luma(base, (grain, 0.18), (spectral_noise(rng, s, 0.7, 12), 0.05)))
     for _ in range(12):  # knots
-        _ellipse(img, rng.uniform(0, s), rng.uniform(0, s), rng.uniform(6, 16), rng.uniform(3, 6), rng.uniform(-10, 10), _col(rng, tuple(np.asarray(base) * 0.6), 0.1))
+        _ellipse(
+            img,
+            rng.uniform(0, s),
+            rng.uniform(0, s),
+            rng.uniform(6, 16),
+            rng.uniform(3, 6),
+            rng.uniform(-10, 10),
+            _col(rng, tuple(np.asarray(base) * 0.6), 0.1),
+        )
     for y in range(0, s, 128):  # board edges
         _rect(img, 0, y, s, y + 2, _col(rng, tuple(np.asarray(base) * 0.5), 0.05))
     return _grain(img, rng, 0.05)
@@ -413,8 +485,20 @@ def _painted(rng: np.random.Generator, s: int) -> np.ndarray:
 
 
 def _painting(rng: np.random.Generator, s: int) -> np.ndarray:
-    img = _u8(_luma((rng.uniform(100, 240), rng.uniform(100, 240), rng.uniform(100, 240)), (spectral_noise(rng, s, 1.4, 1), 0.2)))
-    _blobs(img, rng, 80, 8, 50, [(200, 40, 40), (40, 80, 180), (230, 200, 40), (30, 30, 30), (240, 240, 240), (40, 150, 80)], 0.2)
+    img = _u8(
+        _luma(
+            (rng.uniform(100, 240), rng.uniform(100, 240), rng.uniform(100, 240)), (spectral_noise(rng, s, 1.4, 1), 0.2)
+        )
+    )
+    _blobs(
+        img,
+        rng,
+        80,
+        8,
+        50,
+        [(200, 40, 40), (40, 80, 180), (230, 200, 40), (30, 30, 30), (240, 240, 240), (40, 150, 80)],
+        0.2,
+    )
     for _ in range(15):
         _polyline(img, _random_walk(rng, s, 15, 10.0), _col(rng, (20, 20, 20), 0.3), int(rng.integers(2, 6)))
     return _grain(img, rng, 0.05)
@@ -551,10 +635,20 @@ class TextureAtlas:
             # Wrap into the tile once at level 0; the levels below inherit it.
             xk = xk - np.floor(xk * (1 / T)) * T
             yk = yk - np.floor(yk * (1 / T)) * T
-            a = cv2.remap(self.image, (xk * s0 + bx0).reshape(shape), (yk * s0 + by0).reshape(shape), cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-            b = cv2.remap(self.image, (xk * s1 + bx1).reshape(shape), (yk * s1 + by1).reshape(shape), cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+            a = cv2.remap(
+                self.image,
+                (xk * s0 + bx0).reshape(shape),
+                (yk * s0 + by0).reshape(shape),
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            ).astype(np.float32)
+            b = cv2.remap(
+                self.image,
+                (xk * s1 + bx1).reshape(shape),
+                (yk * s1 + by1).reshape(shape),
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            ).astype(np.float32)
             b -= a
             b *= frac
             b += a

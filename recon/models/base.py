@@ -1,4 +1,4 @@
-"""Model protocols (DESIGN §3) and the registry behind `--model NAME`."""
+"""Model protocols (ARCHITECTURE §1) and the registry behind `--model NAME`."""
 
 from __future__ import annotations
 

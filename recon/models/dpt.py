@@ -1,4 +1,4 @@
-"""DPT dense head of VGGT (`depth_head`, `point_head`; specs/vggt.md §5). Attribute names = checkpoint keys.
+"""DPT dense head of VGGT (`depth_head`, `point_head`, as facebookresearch/vggt's `dpt_head.py`). Attribute names = checkpoint keys.
 
 Gotchas kept on purpose (spec §10.7): the ResidualConvUnit adds ReLU(x), not x (the official unit rectifies
 its input in place); `refinenet4` has no `resConfUnit1`; `resize_layers.2` is an Identity (no keys); every
@@ -19,7 +19,9 @@ def uv_grid(width: int, height: int, aspect_ratio: float, dtype: torch.dtype, de
     diag = (aspect_ratio**2 + 1.0) ** 0.5
     span_x, span_y = aspect_ratio / diag, 1.0 / diag
     xs = torch.linspace(-span_x * (width - 1) / width, span_x * (width - 1) / width, width, dtype=dtype, device=device)
-    ys = torch.linspace(-span_y * (height - 1) / height, span_y * (height - 1) / height, height, dtype=dtype, device=device)
+    ys = torch.linspace(
+        -span_y * (height - 1) / height, span_y * (height - 1) / height, height, dtype=dtype, device=device
+    )
     uu, vv = torch.meshgrid(xs, ys, indexing="xy")
     return torch.stack((uu, vv), dim=-1)
 
@@ -125,7 +127,9 @@ class DPTHead(nn.Module):
         )
         self.scratch = Scratch(out_channels, features, hidden, output_dim)
 
-    def forward(self, tokens: Sequence[Tensor | None], image_hw: tuple[int, int], patch_start_idx: int) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, tokens: Sequence[Tensor | None], image_hw: tuple[int, int], patch_start_idx: int
+    ) -> tuple[Tensor, Tensor]:
         """tokens[k] [B, S, P, 2C] (only `self.layers` are read) -> value [B,S,H,W,D-1], conf [B,S,H,W]."""
         H, W = image_hw
         h, w = H // self.patch_size, W // self.patch_size
@@ -139,7 +143,12 @@ class DPTHead(nn.Module):
             x = add_uv_embedding(self.projects[i](x), W, H)
             feats.append(self.resize_layers[i](x))  # [BS, oc_i, 4h|2h|h|h/2, ...]
         sc = self.scratch
-        rn1, rn2, rn3, rn4 = sc.layer1_rn(feats[0]), sc.layer2_rn(feats[1]), sc.layer3_rn(feats[2]), sc.layer4_rn(feats[3])
+        rn1, rn2, rn3, rn4 = (
+            sc.layer1_rn(feats[0]),
+            sc.layer2_rn(feats[1]),
+            sc.layer3_rn(feats[2]),
+            sc.layer4_rn(feats[3]),
+        )
         out = sc.refinenet4(rn4, size=rn3.shape[2:])
         out = sc.refinenet3(out, rn3, size=rn2.shape[2:])
         out = sc.refinenet2(out, rn2, size=rn1.shape[2:])

@@ -1,4 +1,4 @@
-"""StreamVGGT as a StreamingModel (DESIGN §4, specs/vggt.md §12, specs/kv_cache.md), registered as
+"""StreamVGGT as a StreamingModel (as the official StreamVGGT code; the cache: recon/cache.py), registered as
 `streamvggt`: the VGGT weights with causal global attention and a bounded KV cache.
 
     model = StreamVGGTModel(weights="checkpoints.pth", cache="keydiff", cache_budget=20_000)
@@ -82,12 +82,16 @@ class StreamVGGTModel:
     # -- one step ---------------------------------------------------------------------------------
     def step(self, frames: Sequence[Frame]) -> WindowPrediction:
         if not 1 <= len(frames) <= self.cache_config.frames_per_step:
-            raise ReconError(f"streamvggt: a step takes 1..{self.cache_config.frames_per_step} frames, got {len(frames)}")
+            raise ReconError(
+                f"streamvggt: a step takes 1..{self.cache_config.frames_per_step} frames, got {len(frames)}"
+            )
         t0 = time.perf_counter()
         images, rmap = preprocess(frames, self.config.img_size, self.config.patch_size)
         if self._rmap is not None and rmap.model_hw != self._rmap.model_hw:
-            raise ReconError(f"streamvggt: frame size changed mid-stream ({self._rmap.original_hw} -> {rmap.original_hw}); "
-                             "a stream must keep one image size")
+            raise ReconError(
+                f"streamvggt: frame size changed mid-stream ({self._rmap.original_hw} -> {rmap.original_hw}); "
+                "a stream must keep one image size"
+            )
         self._rmap = rmap
         t1 = time.perf_counter()
         out = self.step_images(images)
@@ -138,7 +142,10 @@ class StreamVGGTModel:
         first = self._seen
         with torch.inference_mode():
             tokens = self.net.aggregate(
-                images[None].to(self.device), causal_frames=True, global_kv=self._global_hooks(first), includes_anchor=first == 0
+                images[None].to(self.device),
+                causal_frames=True,
+                global_kv=self._global_hooks(first),
+                includes_anchor=first == 0,
             )
         self._seen += S
         return tokens
@@ -147,13 +154,27 @@ class StreamVGGTModel:
     def _build_caches(self, H: int, W: int) -> None:
         cfg = self.config
         tokens_per_frame = cfg.patch_start_idx + (H // cfg.patch_size) * (W // cfg.patch_size)
-        self.kv = KVCache(self.cache_config, num_layers=cfg.depth, batch=1, num_heads=cfg.num_heads,
-                          head_dim=cfg.embed_dim // cfg.num_heads, tokens_per_frame=tokens_per_frame,
-                          special_tokens=cfg.patch_start_idx, device=self.device, dtype=self.cache_dtype)
+        self.kv = KVCache(
+            self.cache_config,
+            num_layers=cfg.depth,
+            batch=1,
+            num_heads=cfg.num_heads,
+            head_dim=cfg.embed_dim // cfg.num_heads,
+            tokens_per_frame=tokens_per_frame,
+            special_tokens=cfg.patch_start_idx,
+            device=self.device,
+            dtype=self.cache_dtype,
+        )
         D = 2 * cfg.embed_dim
-        self.camera_kv = CameraHeadCache(cfg.camera_trunk_depth, batch=1, num_heads=cfg.camera_num_heads,
-                                         head_dim=D // cfg.camera_num_heads, iterations=cfg.camera_iterations,
-                                         recent_frames=self.camera_frames, device=self.device)
+        self.camera_kv = CameraHeadCache(
+            cfg.camera_trunk_depth,
+            batch=1,
+            num_heads=cfg.camera_num_heads,
+            head_dim=D // cfg.camera_num_heads,
+            iterations=cfg.camera_iterations,
+            recent_frames=self.camera_frames,
+            device=self.device,
+        )
 
     def _global_hooks(self, first_frame: int) -> list[KVHook | None]:
         kv = self.kv

@@ -1,4 +1,4 @@
-"""VGGT as a GeometryModel (DESIGN §4, specs/vggt.md), registered as `vggt`.
+"""VGGT as a GeometryModel, registered as `vggt`.
 
     model = VGGTModel(weights="model.safetensors")      # or create_model("vggt", weights=...)
     pred = model.infer(frames)                          # WindowPrediction in frame 0's camera
@@ -59,13 +59,18 @@ def load_vggt(
 
 
 def load_for_model(
-    model_name: str, weights: str | Path | None, config: VGGTConfig | str | None, dtype: str | torch.dtype | None,
+    model_name: str,
+    weights: str | Path | None,
+    config: VGGTConfig | str | None,
+    dtype: str | torch.dtype | None,
     device: str | torch.device | None,
 ) -> tuple[VGGT, LoadReport]:
     """The user-facing options of `vggt` / `streamvggt` (same checkpoint) -> loaded network; one-line errors."""
     if weights is None:
-        raise ReconError(f"the {model_name} model needs weights: pass --weights PATH (model.safetensors or model.pt of "
-                         f"facebook/VGGT-1B{', or checkpoints.pth of StreamVGGT' if model_name == 'streamvggt' else ''})")
+        raise ReconError(
+            f"the {model_name} model needs weights: pass --weights PATH (model.safetensors or model.pt of "
+            f"facebook/VGGT-1B{', or checkpoints.pth of StreamVGGT' if model_name == 'streamvggt' else ''})"
+        )
     if isinstance(config, str):
         if config not in CONFIGS:
             raise ReconError(f"{model_name}: unknown config {config!r}; choose one of {', '.join(CONFIGS)}")
@@ -92,7 +97,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 # -- preprocessing (spec §8, mode "crop") --------------------------------------------------------------
 
 
-def plan_vggt_resize(original_hw: tuple[int, int], img_size: int = 518, patch_size: int = 14) -> tuple[tuple[int, int], int, ResizeMap]:
+def plan_vggt_resize(
+    original_hw: tuple[int, int], img_size: int = 518, patch_size: int = 14
+) -> tuple[tuple[int, int], int, ResizeMap]:
     """Width -> img_size, height -> round(h·img_size/w / patch)·patch (Python round, half-even, as the
     official code), then centre-crop rows to img_size if taller. Returns ((resized_w, resized_h), crop_top,
     map original -> model pixels) with pixel centres at integers: u' = s(u + ½) − ½ − crop."""
@@ -114,7 +121,9 @@ def preprocess(frames: Sequence[Frame], img_size: int = 518, patch_size: int = 1
     """Frames (one size) -> images [S,3,H,W] float32 in [0,1] (PIL bicubic, as the official loader) and the map."""
     hw = frames[0].hw
     if any(f.hw != hw for f in frames):
-        raise ReconError(f"frames of one window differ in size {sorted({f.hw for f in frames})}; resize the input to one size")
+        raise ReconError(
+            f"frames of one window differ in size {sorted({f.hw for f in frames})}; resize the input to one size"
+        )
     (new_w, new_h), top, rmap = plan_vggt_resize(hw, img_size, patch_size)
     H = rmap.model_hw[0]
     arrays = []
@@ -172,12 +181,17 @@ class VGGTModel:
         t2 = time.perf_counter()
         info: dict[str, object] = {}
         anchor_from_world = anchor_correction(out.pose_enc[0, 0], rmap.model_hw, info) if self.reanchor else None
-        info.update(timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1, "total_s": time.perf_counter() - t0},
-                    dtype=str(self.net.amp_dtype).removeprefix("torch."), causal_frames=self.causal_frames)
+        info.update(
+            timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1, "total_s": time.perf_counter() - t0},
+            dtype=str(self.net.amp_dtype).removeprefix("torch."),
+            causal_frames=self.causal_frames,
+        )
         return pack_prediction(frames, out, rmap, anchor_from_world, info)
 
 
-def anchor_correction(anchor_pose_enc: torch.Tensor, model_hw: tuple[int, int], info: dict[str, object]) -> torch.Tensor:
+def anchor_correction(
+    anchor_pose_enc: torch.Tensor, model_hw: tuple[int, int], info: dict[str, object]
+) -> torch.Tensor:
     """VGGT is trained to put the anchor frame at [I|0]. From the anchor's pose encoding [9], returns the
     rigid change of coordinates (float64 [4,4]) that makes it exactly so (new world = the anchor's predicted
     camera), and records the residual it removes in `info`."""
@@ -188,7 +202,11 @@ def anchor_correction(anchor_pose_enc: torch.Tensor, model_hw: tuple[int, int], 
 
 
 def pack_prediction(
-    frames: Sequence[Frame], out: VGGTOutput, rmap: ResizeMap, anchor_from_world: torch.Tensor | None, info: dict[str, object]
+    frames: Sequence[Frame],
+    out: VGGTOutput,
+    rmap: ResizeMap,
+    anchor_from_world: torch.Tensor | None,
+    info: dict[str, object],
 ) -> WindowPrediction:
     """Network outputs for `frames` (batch row 0) -> WindowPrediction, with poses and points moved into the
     anchor's camera by `anchor_from_world` (float64 [4,4]) when given."""

@@ -1,4 +1,4 @@
-"""Transformer building blocks of VGGT (specs/vggt.md §3): attention with qk-norm and 2D RoPE, LayerScale,
+"""Transformer building blocks of VGGT: attention with qk-norm and 2D RoPE, LayerScale,
 MLP, the pre-norm block, and the DINOv2-with-registers patch embedding.
 
 Attribute names equal the official checkpoint's key names (`attn.qkv`, `ls1.gamma`, `mlp.fc1`, ...), so a
@@ -65,7 +65,9 @@ class RotaryPositionEmbedding2D(nn.Module):
         half = tokens.shape[-1] // 2
         cos, sin = self._cos_sin(half, int(pos.max()) + 1, tokens.device, tokens.dtype)
         t_y, t_x = tokens.chunk(2, dim=-1)
-        return torch.cat((self._rotate_1d(t_y, pos[..., 0], cos, sin), self._rotate_1d(t_x, pos[..., 1], cos, sin)), dim=-1)
+        return torch.cat(
+            (self._rotate_1d(t_y, pos[..., 0], cos, sin), self._rotate_1d(t_x, pos[..., 1], cos, sin)), dim=-1
+        )
 
 
 def patch_positions(batch: int, h: int, w: int, special: int, device: torch.device) -> Tensor:
@@ -81,7 +83,9 @@ class Attention(nn.Module):
     """Multi-head self-attention: qkv Linear -> (q | k | v, heads) -> optional LayerNorm on q, k (eps 1e-5)
     -> optional RoPE -> SDPA (scale 1/sqrt(head_dim)) -> proj."""
 
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, rope: RotaryPositionEmbedding2D | None = None) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qk_norm: bool = False, rope: RotaryPositionEmbedding2D | None = None
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -106,7 +110,9 @@ class Attention(nn.Module):
         B, _, Nq, _ = q.shape
         return self.proj(out.transpose(1, 2).reshape(B, Nq, self.num_heads * self.head_dim))
 
-    def forward(self, x: Tensor, pos: Tensor | None = None, frame_tokens: int | None = None, kv_fn: KVHook | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, pos: Tensor | None = None, frame_tokens: int | None = None, kv_fn: KVHook | None = None
+    ) -> Tensor:
         q, k, v = self.compute_qkv(x, pos)
         if kv_fn is not None:
             k, v = kv_fn(k, v)
@@ -170,7 +176,9 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.ls2 = LayerScale(dim, init_values)
 
-    def forward(self, x: Tensor, pos: Tensor | None = None, frame_tokens: int | None = None, kv_fn: KVHook | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, pos: Tensor | None = None, frame_tokens: int | None = None, kv_fn: KVHook | None = None
+    ) -> Tensor:
         x = x + self.ls1(self.attn(self.norm1(x), pos, frame_tokens, kv_fn))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
@@ -191,8 +199,16 @@ class DinoViT(nn.Module):
     (resized bicubic+antialias in float32 for other grids), 4 registers after cls (no pos-embed), pre-norm
     blocks (LN eps 1e-6, LayerScale, no qk-norm, no RoPE), final LN; returns the patch tokens only."""
 
-    def __init__(self, img_size: int, patch_size: int, dim: int, depth: int, num_heads: int, num_registers: int,
-                 mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self,
+        img_size: int,
+        patch_size: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        num_registers: int,
+        mlp_ratio: float = 4.0,
+    ) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.num_registers = num_registers
@@ -203,9 +219,7 @@ class DinoViT(nn.Module):
         self.register_tokens = nn.Parameter(torch.zeros(1, num_registers, dim))
         self.mask_token = nn.Parameter(torch.zeros(1, dim))  # unused at inference; present for strict loading
         self.patch_embed = PatchEmbed(patch_size, dim)
-        self.blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_ratio, init_values=1.0, eps=1e-6) for _ in range(depth)
-        )
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, init_values=1.0, eps=1e-6) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
 
     def interpolate_pos_encoding(self, h: int, w: int) -> Tensor:

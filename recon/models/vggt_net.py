@@ -1,4 +1,4 @@
-"""The VGGT network (specs/vggt.md §1-§5, §7): `VGGTConfig`, `Aggregator`, `CameraHead`, `VGGT`, and the
+"""The VGGT network (as facebookresearch/vggt): `VGGTConfig`, `Aggregator`, `CameraHead`, `VGGT`, and the
 pose-encoding conversions. One parameterised code path: `VGGTConfig.vggt_1b()` is the released model,
 `VGGTConfig.tiny()` the same graph at toy size for tests. The GeometryModel adapter is `recon.models.vggt`.
 
@@ -52,8 +52,18 @@ class VGGTConfig:
         """Same graph, toy widths: embed 64, 2 frame + 2 global blocks, 4 heads, DINO depth 2, img 42 (a 2:3
         frame becomes 28×42, and the 3×3 pos-embed grid is resized to 2×3: the interpolation path runs)."""
         return VGGTConfig(
-            img_size=42, embed_dim=64, depth=2, num_heads=4, dino_depth=2, dino_num_heads=4, camera_trunk_depth=2,
-            camera_num_heads=4, dpt_features=16, dpt_out_channels=(8, 16, 32, 32), dpt_layers=(0, 0, 1, 1), dpt_hidden=8,
+            img_size=42,
+            embed_dim=64,
+            depth=2,
+            num_heads=4,
+            dino_depth=2,
+            dino_num_heads=4,
+            camera_trunk_depth=2,
+            camera_num_heads=4,
+            dpt_features=16,
+            dpt_out_channels=(8, 16, 32, 32),
+            dpt_layers=(0, 0, 1, 1),
+            dpt_hidden=8,
         )
 
     @property
@@ -79,7 +89,9 @@ class Aggregator(nn.Module):
         self.cfg = cfg
         self.camera_token = nn.Parameter(torch.randn(1, 2, 1, C) * 1e-6)
         self.register_token = nn.Parameter(torch.randn(1, 2, cfg.num_register_tokens, C) * 1e-6)
-        self.patch_embed = DinoViT(cfg.img_size, cfg.patch_size, C, cfg.dino_depth, cfg.dino_num_heads, cfg.dino_registers, cfg.mlp_ratio)
+        self.patch_embed = DinoViT(
+            cfg.img_size, cfg.patch_size, C, cfg.dino_depth, cfg.dino_num_heads, cfg.dino_registers, cfg.mlp_ratio
+        )
         self.rope = RotaryPositionEmbedding2D(cfg.rope_freq)
         self.frame_blocks = nn.ModuleList(self._block(cfg) for _ in range(cfg.depth))
         self.global_blocks = nn.ModuleList(self._block(cfg) for _ in range(cfg.depth))
@@ -191,8 +203,13 @@ class VGGT(nn.Module):
         self.amp_dtype: torch.dtype | None = None
         self.aggregator = Aggregator(cfg)
         self.camera_head = CameraHead(cfg)
-        dpt = dict(patch_size=cfg.patch_size, features=cfg.dpt_features, out_channels=cfg.dpt_out_channels,
-                   layers=cfg.dpt_layers, hidden=cfg.dpt_hidden)
+        dpt = dict(
+            patch_size=cfg.patch_size,
+            features=cfg.dpt_features,
+            out_channels=cfg.dpt_out_channels,
+            layers=cfg.dpt_layers,
+            hidden=cfg.dpt_hidden,
+        )
         self.point_head = DPTHead(2 * cfg.embed_dim, 4, "inv_log", **dpt)
         self.depth_head = DPTHead(2 * cfg.embed_dim, 2, "exp", **dpt)
 
@@ -229,9 +246,15 @@ def quaternion_to_matrix(q: Tensor) -> Tensor:
     s = 2.0 / (q * q).sum(-1)
     R = torch.stack(
         (
-            1 - s * (y * y + z * z), s * (x * y - z * w), s * (x * z + y * w),
-            s * (x * y + z * w), 1 - s * (x * x + z * z), s * (y * z - x * w),
-            s * (x * z - y * w), s * (y * z + x * w), 1 - s * (x * x + y * y),
+            1 - s * (y * y + z * z),
+            s * (x * y - z * w),
+            s * (x * z + y * w),
+            s * (x * y + z * w),
+            1 - s * (x * x + z * z),
+            s * (y * z - x * w),
+            s * (x * z - y * w),
+            s * (y * z + x * w),
+            1 - s * (x * x + y * y),
         ),
         dim=-1,
     )

@@ -47,14 +47,20 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
                 f"refusing {path}: not a weights-only torch file (loading it would run pickled code, or it is not a "
                 f"torch file); convert it to .safetensors or a plain state dict ({reason})"
             ) from None
-        except Exception as e:  # a corrupt or foreign file fails anywhere inside the unpickler (KeyError, ValueError, ...)
-            raise ModelError(f"cannot read torch file {path}: {type(e).__name__}: {e}; is it a PyTorch checkpoint?") from None
+        except (
+            Exception
+        ) as e:  # a corrupt or foreign file fails anywhere inside the unpickler (KeyError, ValueError, ...)
+            raise ModelError(
+                f"cannot read torch file {path}: {type(e).__name__}: {e}; is it a PyTorch checkpoint?"
+            ) from None
         # Training checkpoints often nest the weights one level down.
         for key in ("model", "state_dict"):
             if isinstance(state, Mapping) and isinstance(state.get(key), Mapping) and len(state) <= 4:
                 state = state[key]
                 break
-    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+    ):
         raise ModelError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return dict(state)
 
@@ -66,7 +72,9 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)  # knowingly skipped (e.g. track_head.*)
     missing: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)  # (name, expected shape)
     unexpected: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)  # (name, file shape)
-    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)  # (name, expected, file)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(
+        default_factory=list
+    )  # (name, expected, file)
 
     @property
     def ok(self) -> bool:
@@ -89,7 +97,10 @@ class LoadReport:
         for title, rows in (
             ("missing (expected shape)", [f"{k} {shape(s)}" for k, s in self.missing]),
             ("unexpected (shape in file)", [f"{k} {shape(s)}" for k, s in self.unexpected]),
-            ("wrong shape (expected vs file)", [f"{k}: expected {shape(e)}, file has {shape(f)}" for k, e, f in self.mismatched]),
+            (
+                "wrong shape (expected vs file)",
+                [f"{k}: expected {shape(e)}, file has {shape(f)}" for k, e, f in self.mismatched],
+            ),
         ):
             if rows:
                 more = f" (+{len(rows) - SHOW} more)" if len(rows) > SHOW else ""
@@ -130,7 +141,9 @@ def load_weights(
     state = read_state_dict(path)
     keep, report = check_state_dict(module, state, skip_prefixes, str(path))
     if not report.ok:
-        raise ModelError(f"weights do not match the model: {report.details()}; check --model and --model-config match the checkpoint")
+        raise ModelError(
+            f"weights do not match the model: {report.details()}; check --model and --model-config match the checkpoint"
+        )
     for k, v in keep.items():
         if not v.is_floating_point():
             raise ModelError(f"{path}: tensor {k} has dtype {v.dtype}, expected floating point")

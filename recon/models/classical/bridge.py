@@ -67,14 +67,14 @@ class DescriptorBridge:
 
     def __init__(self, gray: list[np.ndarray], cfg: BridgeConfig) -> None:
         self.gray, self.cfg = gray, cfg
-        self._orb = cv2.ORB_create(cfg.orb_features)
+        self._orb = cv2.ORB.create(cfg.orb_features)
         self._keypoints: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         self._matches: dict[tuple[int, int], np.ndarray] = {}
 
     def _frame_keypoints(self, s: int) -> tuple[np.ndarray, np.ndarray | None]:
         if s not in self._keypoints:
             kps, desc = self._orb.detectAndCompute(self.gray[s], None)
-            self._keypoints[s] = (np.float64([k.pt for k in kps]).reshape(-1, 2), desc)
+            self._keypoints[s] = (np.array([k.pt for k in kps], np.float64).reshape(-1, 2), desc)
         return self._keypoints[s]
 
     def _pair(self, i: int, j: int) -> np.ndarray:
@@ -85,7 +85,9 @@ class DescriptorBridge:
             self._matches[(i, j)] = np.array([(x.queryIdx, x.trainIdx) for x in m], int).reshape(-1, 2)
         return self._matches[(i, j)]
 
-    def _verified(self, i: int, j: int, s: int, cam_from_world: np.ndarray, K: np.ndarray, reproj_px: float) -> np.ndarray:
+    def _verified(
+        self, i: int, j: int, s: int, cam_from_world: np.ndarray, K: np.ndarray, reproj_px: float
+    ) -> np.ndarray:
         m = self._pair(i, j)
         if len(m) < self.cfg.min_inliers:
             return m[:0]
@@ -97,14 +99,17 @@ class DescriptorBridge:
             return m[:0]
         return m[inl.ravel() > 0]
 
-    def _keypoint_tracks(self, frames: list[int], s: int, cam_from_world: np.ndarray, K: np.ndarray, S: int,
-                         reproj_px: float) -> np.ndarray:
+    def _keypoint_tracks(
+        self, frames: list[int], s: int, cam_from_world: np.ndarray, K: np.ndarray, S: int, reproj_px: float
+    ) -> np.ndarray:
         """Verified matches over all pairs of `frames`, chained through shared keypoints -> uv [M,S,2]; a
         chain that holds two keypoints of one frame is contradictory and dropped."""
         offsets = np.cumsum([0] + [len(self._frame_keypoints(f)[0]) for f in frames])
-        edges = [np.stack([offsets[a] + m[:, 0], offsets[b] + m[:, 1]], 1)
-                 for a, b in combinations(range(len(frames)), 2)
-                 if len(m := self._verified(frames[a], frames[b], s, cam_from_world, K, reproj_px))]
+        edges = [
+            np.stack([offsets[a] + m[:, 0], offsets[b] + m[:, 1]], 1)
+            for a, b in combinations(range(len(frames)), 2)
+            if len(m := self._verified(frames[a], frames[b], s, cam_from_world, K, reproj_px))
+        ]
         if not edges:
             return np.zeros((0, S, 2))
         e = np.concatenate(edges)
@@ -123,8 +128,16 @@ class DescriptorBridge:
             uv[comp_of[sel], f] = self._keypoints[f][0][nodes[sel] - offsets[k]]
         return uv[counts.max(1) == 1]
 
-    def register(self, s: int, uv_px: np.ndarray, points_w: np.ndarray, cam_from_world: np.ndarray,
-                 registered: np.ndarray, K: np.ndarray, pose_cfg: PoseConfig) -> Registration | None:
+    def register(
+        self,
+        s: int,
+        uv_px: np.ndarray,
+        points_w: np.ndarray,
+        cam_from_world: np.ndarray,
+        registered: np.ndarray,
+        K: np.ndarray,
+        pose_cfg: PoseConfig,
+    ) -> Registration | None:
         """Pose of frame s (cam_from_world[s] is ignored) from keypoint tracks over it and its nearest registered
         frames, and from its own KLT tracks with a point; None when too few correspondences agree on a pose."""
         cfg = self.cfg

@@ -37,8 +37,9 @@ class BundleResult:
     iterations: int
 
 
-def _project(poses: np.ndarray, X: np.ndarray, K: np.ndarray, f_scale: float, t_idx: np.ndarray, frame_obs: list[slice]
-             ) -> tuple[np.ndarray, np.ndarray]:
+def _project(
+    poses: np.ndarray, X: np.ndarray, K: np.ndarray, f_scale: float, t_idx: np.ndarray, frame_obs: list[slice]
+) -> tuple[np.ndarray, np.ndarray]:
     """Observations sorted by frame (frame s owns rows frame_obs[s], of tracks t_idx) -> uv [N,2], Xc [N,3]."""
     Xc = X[t_idx]
     for s, rows in enumerate(frame_obs):
@@ -53,8 +54,9 @@ def _robust_cost(r: np.ndarray, delta: float) -> float:
     return float(np.sum(np.where(n <= delta, 0.5 * n**2, delta * (n - 0.5 * delta))))
 
 
-def _jacobians(poses: np.ndarray, Xc: np.ndarray, fx: float, fy: float, s_idx: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _jacobians(
+    poses: np.ndarray, Xc: np.ndarray, fx: float, fy: float, s_idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """d uv / d (rotation, translation) [N,2,6] (left perturbation), d uv / d point [N,2,3], d uv / d log f
     [N,2], written out: the projection's Jacobian has two zeros, and stacks of 2x3 products through numpy's
     matmul cost more than the arithmetic."""
@@ -98,7 +100,11 @@ def _inverse_cholesky(V: np.ndarray) -> np.ndarray:
 
 
 def bundle_adjust(
-    cam_from_world: np.ndarray, points_w: np.ndarray, uv_px: np.ndarray, visible: np.ndarray, K: np.ndarray,
+    cam_from_world: np.ndarray,
+    points_w: np.ndarray,
+    uv_px: np.ndarray,
+    visible: np.ndarray,
+    K: np.ndarray,
     cfg: BundleConfig = BundleConfig(),
 ) -> BundleResult:
     """cam_from_world [S,4,4], points_w [T,3], observations uv_px [T,S,2] where visible [T,S]."""
@@ -117,13 +123,15 @@ def bundle_adjust(
     free[-1] = cfg.refine_focal
     Z = np.zeros((n_cam, 3 * T))  # the camera-by-point coupling, reduced (below); zero off the observations
     # Where observation o's [6,3] block goes in Z (flat): rows of its frame, columns of its track.
-    z_slots = (6 * s_idx[:, None, None] + np.arange(6)[None, :, None]) * (3 * T) + 3 * t_idx[:, None, None] + np.arange(3)
+    z_slots = (
+        (6 * s_idx[:, None, None] + np.arange(6)[None, :, None]) * (3 * T) + 3 * t_idx[:, None, None] + np.arange(3)
+    )
 
     uv, Xc = _project(poses, X, K, f_scale, t_idx, frame_obs)
     r = uv - obs
     current = _robust_cost(r, cfg.huber_px)
     it = 0
-    for it in range(1, cfg.iterations + 1):
+    for it in range(1, cfg.iterations + 1):  # noqa: B007 - the count after the loop is the result
         n = np.linalg.norm(r, axis=-1)
         sw = np.sqrt(np.where(n <= cfg.huber_px, 1.0, cfg.huber_px / np.maximum(n, 1e-12)))[:, None]  # Huber IRLS
         J_cam, J_pt, J_f = _jacobians(poses, Xc, K[0, 0] * f_scale, K[1, 1] * f_scale, s_idx)

@@ -119,12 +119,22 @@ def prewarp(j_from_i: np.ndarray, K: np.ndarray, cfg: DenseConfig) -> tuple[np.n
 
 
 def _warp(field: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
-    return cv2.remap(field, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(np.nan, np.nan))
+    return cv2.remap(
+        field, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(np.nan, np.nan)
+    )
 
 
-def pair_depths(gray_i: np.ndarray, gray_j: np.ndarray, j_from_i: np.ndarray, K: np.ndarray, cfg: DenseConfig,
-                dis: cv2.DISOpticalFlow, both: bool, flows: FlowCache | None = None, keys: tuple[bytes, bytes] | None = None,
-                ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+def pair_depths(
+    gray_i: np.ndarray,
+    gray_j: np.ndarray,
+    j_from_i: np.ndarray,
+    K: np.ndarray,
+    cfg: DenseConfig,
+    dis: cv2.DISOpticalFlow,
+    both: bool,
+    flows: FlowCache | None = None,
+    keys: tuple[bytes, bytes] | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
     """Depth of frame i from partner j, and its confidence in [0,1], [H,W] each; with `both`, frame j's from i
     too, out of the same two flows (the partners of a window are mostly mutual: half the flow of computing
     each direction alone). The flows come from `flows` when an earlier window computed them (`keys`: the
@@ -139,7 +149,9 @@ def pair_depths(gray_i: np.ndarray, gray_j: np.ndarray, j_from_i: np.ndarray, K:
     key = None if keys is None else (*keys, cell)
     cached = flows.get(key) if flows is not None and key is not None else None
     if cached is None:
-        warped_j = cv2.warpPerspective(gray_j, h, (Ww, Hh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        warped_j = cv2.warpPerspective(
+            gray_j, h, (Ww, Hh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+        )
         flow = dis.calc(gray_i, warped_j, None)
         back = dis.calc(warped_j, gray_i, None)
         if flows is not None and key is not None:
@@ -165,7 +177,9 @@ def pair_depths(gray_i: np.ndarray, gray_j: np.ndarray, j_from_i: np.ndarray, K:
     forth = _warp(flow, qu, qv)
     fb = np.hypot(b[..., 0] + forth[..., 0], b[..., 1] + forth[..., 1])
     inside = _inside(yu, yv, Ww, Hh) & _inside(qu, qv, Ww, Hh) & (w > 0)
-    z, conf = triangulate_matches(qu, qv, np.where(np.isfinite(fb), fb, np.float32(np.inf)), np.linalg.inv(j_from_i), K, cfg)
+    z, conf = triangulate_matches(
+        qu, qv, np.where(np.isfinite(fb), fb, np.float32(np.inf)), np.linalg.inv(j_from_i), K, cfg
+    )
     return depth_i, (np.where(inside, z, 0.0).astype(np.float32), np.where(inside, conf, 0.0).astype(np.float32))
 
 
@@ -181,8 +195,9 @@ def _inside(u: np.ndarray, v: np.ndarray, W: int, H: int) -> np.ndarray:
     return (u >= 0) & (u <= W - 1) & (v >= 0) & (v <= H - 1)
 
 
-def triangulate_matches(u2: np.ndarray, v2: np.ndarray, fb: np.ndarray, j_from_i: np.ndarray, K: np.ndarray,
-                        cfg: DenseConfig) -> tuple[np.ndarray, np.ndarray]:
+def triangulate_matches(
+    u2: np.ndarray, v2: np.ndarray, fb: np.ndarray, j_from_i: np.ndarray, K: np.ndarray, cfg: DenseConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """Depth of every pixel of frame i from its match (u2, v2) in frame j, and a confidence in [0,1].
 
     A pixel at depth z maps to (a z + b) up to scale in frame j, with a = K R K^-1 [u,v,1] and b = K t;
@@ -232,7 +247,7 @@ class FlowWorkers:
 
     def dis(self) -> cv2.DISOpticalFlow:
         if not hasattr(self._local, "dis"):
-            self._local.dis = cv2.DISOpticalFlow_create(self._preset)
+            self._local.dis = cv2.DISOpticalFlow.create(self._preset)
         return self._local.dis
 
     def map(self, fn: Callable[[_In], _Out], items: list[_In]) -> list[_Out]:
@@ -242,8 +257,15 @@ class FlowWorkers:
         self._pool.shutdown(wait=True)
 
 
-def dense_depth(gray: list[np.ndarray], cam_from_world: np.ndarray, K: np.ndarray, scene_depth: np.ndarray, cfg: DenseConfig = DenseConfig(),
-                flows: FlowCache | None = None, workers: FlowWorkers | None = None) -> DepthResult:
+def dense_depth(
+    gray: list[np.ndarray],
+    cam_from_world: np.ndarray,
+    K: np.ndarray,
+    scene_depth: np.ndarray,
+    cfg: DenseConfig = DenseConfig(),
+    flows: FlowCache | None = None,
+    workers: FlowWorkers | None = None,
+) -> DepthResult:
     """gray: S uint8 images; poses [S,4,4]; scene_depth [S] a typical depth per frame (from sparse points);
     `flows`: pair flows shared with other windows; `workers`: the model's flow threads (default: ones for this call)."""
     if workers is None:
@@ -262,8 +284,17 @@ def dense_depth(gray: list[np.ndarray], cam_from_world: np.ndarray, K: np.ndarra
 
     def work(task: tuple[int, int]) -> list[tuple[tuple[int, int], tuple[np.ndarray, np.ndarray]]]:
         i, j = task
-        for_i, for_j = pair_depths(gray[i], gray[j], cam_from_world[j] @ np.linalg.inv(cam_from_world[i]), K, cfg, workers.dis(),
-                                   both=(j, i) in wanted, flows=flows, keys=None if keys is None else (keys[i], keys[j]))
+        for_i, for_j = pair_depths(
+            gray[i],
+            gray[j],
+            cam_from_world[j] @ np.linalg.inv(cam_from_world[i]),
+            K,
+            cfg,
+            workers.dis(),
+            both=(j, i) in wanted,
+            flows=flows,
+            keys=None if keys is None else (keys[i], keys[j]),
+        )
         return [((i, j), for_i)] + ([((j, i), for_j)] if for_j is not None else [])
 
     results = dict(r for pair in workers.map(work, tasks) for r in pair)
@@ -277,12 +308,14 @@ def dense_depth(gray: list[np.ndarray], cam_from_world: np.ndarray, K: np.ndarra
             continue
         if len(zs) == 2:
             (z1, z2), (c1, c2) = zs, cs
-            agree = np.exp(-((np.log(np.maximum(z1, 1e-9)) - np.log(np.maximum(z2, 1e-9))) / cfg.agree_log) ** 2)
+            agree = np.exp(-(((np.log(np.maximum(z1, 1e-9)) - np.log(np.maximum(z2, 1e-9))) / cfg.agree_log) ** 2))
             both = (c1 > 0) & (c2 > 0)
             wsum = np.maximum(c1 + c2, 1e-12)
             z = np.where(both, (c1 * z1 + c2 * z2) / wsum, np.where(c1 >= c2, z1, z2))
             # Two partners that agree corroborate each other; ones that disagree expose an occlusion or a bad match.
-            c = np.where(both, np.maximum(c1, c2) * agree + (1 - agree) * 0.25 * np.minimum(c1, c2), np.maximum(c1, c2) * 0.5)
+            c = np.where(
+                both, np.maximum(c1, c2) * agree + (1 - agree) * 0.25 * np.minimum(c1, c2), np.maximum(c1, c2) * 0.5
+            )
         else:
             z, c = zs[0], cs[0] * 0.5
         c *= texture_confidence(gray[i], cfg)

@@ -24,10 +24,10 @@ from recon.models.classical.bundle import BundleConfig, bundle_adjust
 from recon.models.classical.dense import DenseConfig, FlowCache, FlowWorkers, dense_depth
 from recon.models.classical.pose import (
     PoseConfig,
-    max_triangulation_angle_deg,
-    pnp,
     homography,
+    max_triangulation_angle_deg,
     pair_parallax_deg,
+    pnp,
     reprojection_error_px,
     triangulate,
     two_view,
@@ -118,7 +118,7 @@ class _SingleThreadedBlas:
 
 
 class ClassicalModel:
-    """GeometryModel (DESIGN §4) registered as `classical`."""
+    """GeometryModel registered as `classical`."""
 
     name = "classical"
     # Windows are independent and CPU-bound: a second one in flight fills the core that tracking and bundle
@@ -166,7 +166,9 @@ class ClassicalModel:
             conf = np.zeros((S, *model_hw), np.float32)
         else:
             scene_depth = self._scene_depth(sparse, tracks)
-            dense = dense_depth(gray, sparse.cam_from_world, sparse.K, scene_depth, cfg.dense, self._flows, self._flow_workers)
+            dense = dense_depth(
+                gray, sparse.cam_from_world, sparse.K, scene_depth, cfg.dense, self._flows, self._flow_workers
+            )
             depth, conf = dense.depth, dense.conf
             # Cap runaway depths (sky, near-epipole pixels) so downstream maths stays well-scaled.
             np.minimum(depth, 100.0 * float(np.max(scene_depth)), out=depth)
@@ -179,8 +181,14 @@ class ClassicalModel:
         timings["packing_s"] = time.perf_counter() - t3
         timings["total_s"] = time.perf_counter() - t0
         # `registered[s]` is False for frames the model could not place (their pose is a placeholder).
-        pred.info.update(timings=timings, intrinsics_known=k_known, focal_px=float(sparse.K[0, 0]), num_tracks=len(tracks),
-                         registered=sparse.registered.tolist(), **sparse.info)
+        pred.info.update(
+            timings=timings,
+            intrinsics_known=k_known,
+            focal_px=float(sparse.K[0, 0]),
+            num_tracks=len(tracks),
+            registered=sparse.registered.tolist(),
+            **sparse.info,
+        )
         return pred
 
     # -- stages -------------------------------------------------------------------------------
@@ -198,7 +206,9 @@ class ClassicalModel:
         f = self.config.focal_guess * max(H, W)
         return np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1.0]]), False
 
-    def _poses(self, tracks: Tracks, K: np.ndarray, k_known: bool, timings: dict[str, float], gray: list[np.ndarray]) -> _Sparse:
+    def _poses(
+        self, tracks: Tracks, K: np.ndarray, k_known: bool, timings: dict[str, float], gray: list[np.ndarray]
+    ) -> _Sparse:
         cfg = self.config
         S = tracks.uv_px.shape[1]
         vis = tracks.visible
@@ -214,7 +224,9 @@ class ClassicalModel:
         # still tried from there (PnP, the descriptor bridge). Failing that (the anchor in the middle of
         # a sharp turn shares tracks with few frames), any well-conditioned pair.
         first, last = _connected_run(vis, cfg.min_tracks)
-        pair = self._initial_pair(tracks, K, [0] if first == 0 else range(first, last)) or self._initial_pair(tracks, K, range(1, S - 1))
+        pair = self._initial_pair(tracks, K, [0] if first == 0 else range(first, last)) or self._initial_pair(
+            tracks, K, range(1, S - 1)
+        )
         if pair is None:
             return self._rotation_only(tracks, K)
         a, b, (b_from_a, inl) = pair
@@ -267,12 +279,16 @@ class ClassicalModel:
             # or short tracks: a wide-baseline orbit); refined now, later frames do not inherit it.
             if drifted:
                 t_mid = time.perf_counter()
-                points, K, _ = self._refine(tracks, poses, registered, K, bundle_cfg, rounds=1, iterations=cfg.refine_iterations)
+                points, K, _ = self._refine(
+                    tracks, poses, registered, K, bundle_cfg, rounds=1, iterations=cfg.refine_iterations
+                )
                 mid_ba_s += time.perf_counter() - t_mid
 
         # 3. all tracks from all registered views, then robust BA, outlier cull, BA again.
         t_ba = time.perf_counter()
-        points, K, rms_px = self._refine(tracks, poses, registered, K, bundle_cfg, rounds=2, iterations=cfg.bundle.iterations)
+        points, K, rms_px = self._refine(
+            tracks, poses, registered, K, bundle_cfg, rounds=2, iterations=cfg.bundle.iterations
+        )
         timings["ba_s"] = time.perf_counter() - t_ba + mid_ba_s
 
         # Gauge: frame 0 (or the first registered frame) is the origin; scale so its median sparse depth is 1.
@@ -290,8 +306,16 @@ class ClassicalModel:
         info = {"init_pair": [a, b], "ba_rms_px": rms_px, "num_points": int(good.sum()), "bridged": bridged}
         return _Sparse(poses, points, K, registered, flags, info)
 
-    def _refine(self, tracks: Tracks, poses: np.ndarray, registered: np.ndarray, K: np.ndarray, bundle_cfg: BundleConfig,
-                rounds: int, iterations: int) -> tuple[np.ndarray, np.ndarray, float]:
+    def _refine(
+        self,
+        tracks: Tracks,
+        poses: np.ndarray,
+        registered: np.ndarray,
+        K: np.ndarray,
+        bundle_cfg: BundleConfig,
+        rounds: int,
+        iterations: int,
+    ) -> tuple[np.ndarray, np.ndarray, float]:
         """All tracks triangulated from all registered views, then `rounds` of robust BA and outlier cull;
         refines poses[registered] in place -> (points [T,3], K, BA rms px)."""
         vis = tracks.visible
@@ -303,7 +327,9 @@ class ClassicalModel:
             good = np.isfinite(points[:, 0]) & self._ba_subset(tracks, points)
             obs = vis & registered[None, :] & good[:, None]
             sub = np.nonzero(good)[0]
-            result = bundle_adjust(poses[registered], points[sub], tracks.uv_px[sub][:, registered], obs[sub][:, registered], K, ba_cfg)
+            result = bundle_adjust(
+                poses[registered], points[sub], tracks.uv_px[sub][:, registered], obs[sub][:, registered], K, ba_cfg
+            )
             poses[registered] = result.cam_from_world
             points[sub] = result.points_w
             K, rms_px = result.K, result.rms_px
@@ -315,7 +341,9 @@ class ClassicalModel:
         self._triangulate_into(points, rest, tracks, poses, registered, K)
         return points, K, rms_px
 
-    def _initial_pair(self, tracks: Tracks, K: np.ndarray, anchors: Iterable[int]) -> tuple[int, int, tuple[np.ndarray, np.ndarray]] | None:
+    def _initial_pair(
+        self, tracks: Tracks, K: np.ndarray, anchors: Iterable[int]
+    ) -> tuple[int, int, tuple[np.ndarray, np.ndarray]] | None:
         """(a, b, two-view result) of the pair (a in `anchors`, b later) that best balances parallax and
         shared tracks, and whose rotation the frames between confirm; None when no pair is usable."""
         cfg = self.config
@@ -338,7 +366,9 @@ class ClassicalModel:
             # after an exposure jump, (3, 4) claimed 3.7 degrees (55 degrees off in direction) where (3, 7)
             # measured 1.5 on 338 tracks, and outscored every honest pair. A longer pair on few tracks proves
             # nothing (wide-baseline views share few, and fit a wrong motion of their own).
-            return b == a + 1 and any(a2 == a and b2 > b and n2 >= n / 2 and angle2 < angle for _, a2, b2, angle2, n2 in scored)
+            return b == a + 1 and any(
+                a2 == a and b2 > b and n2 >= n / 2 and angle2 < angle for _, a2, b2, angle2, n2 in scored
+            )
 
         # Best first, an implausible pair last; a pair whose essential matrix the frames between contradict is
         # passed over.
@@ -394,8 +424,15 @@ class ClassicalModel:
         keep[idx[chosen]] = True
         return keep
 
-    def _triangulate_into(self, points: np.ndarray, idx: np.ndarray, tracks: Tracks, poses: np.ndarray,
-                          registered: np.ndarray, K: np.ndarray) -> None:
+    def _triangulate_into(
+        self,
+        points: np.ndarray,
+        idx: np.ndarray,
+        tracks: Tracks,
+        poses: np.ndarray,
+        registered: np.ndarray,
+        K: np.ndarray,
+    ) -> None:
         if len(idx) == 0:
             return
         obs = tracks.visible[idx] & registered[None, :]
@@ -415,7 +452,11 @@ class ClassicalModel:
         registered[0] = True
         for b in range(1, S):
             common = vis[:, 0] & vis[:, b]
-            H = homography(tracks.uv_px[common, 0], tracks.uv_px[common, b]) if common.sum() >= self.config.min_tracks else None
+            H = (
+                homography(tracks.uv_px[common, 0], tracks.uv_px[common, b])
+                if common.sum() >= self.config.min_tracks
+                else None
+            )
             if H is not None:
                 M = K_inv @ H @ K
                 poses[b, :3, :3] = project_to_rotation(M / np.cbrt(np.linalg.det(M)))
@@ -446,10 +487,16 @@ class ClassicalModel:
         T = sparse.cam_from_world[s_idx]
         z = np.einsum("nj,nj->n", T[:, 2, :3], X) + T[:, 2, 3]
         ok = z > 0
-        return Keypoints(s_idx[ok].astype(np.int64), tracks.uv_px[good][t_idx[ok], s_idx[ok]].astype(np.float32), z[ok].astype(np.float32))
+        return Keypoints(
+            s_idx[ok].astype(np.int64),
+            tracks.uv_px[good][t_idx[ok], s_idx[ok]].astype(np.float32),
+            z[ok].astype(np.float32),
+        )
 
     @staticmethod
-    def _pack(frames: Sequence[Frame], depth: np.ndarray, conf: np.ndarray, sparse: _Sparse, resize: ResizeMap) -> WindowPrediction:
+    def _pack(
+        frames: Sequence[Frame], depth: np.ndarray, conf: np.ndarray, sparse: _Sparse, resize: ResizeMap
+    ) -> WindowPrediction:
         S, H, W = depth.shape
         K = sparse.K
         # The ray of pixel (u, v) is (x(u), y(v), 1): its world direction is an outer sum, no matrix products.

@@ -14,7 +14,9 @@ from recon.geometry import make_rigid
 @dataclass(frozen=True)
 class PoseConfig:
     ransac_px: float = 0.75
-    min_init_angle_deg: float = 1.0  # median triangulation angle a usable initial pair needs; rotation/parking give ~0.01
+    min_init_angle_deg: float = (
+        1.0  # median triangulation angle a usable initial pair needs; rotation/parking give ~0.01
+    )
     min_init_inliers: int = 40
     max_reproj_px: float = 2.5
     min_triangulation_deg: float = 0.3
@@ -34,7 +36,9 @@ def homography(uv_a: np.ndarray, uv_b: np.ndarray, max_points: int = 300) -> np.
     return H
 
 
-def pair_parallax_deg(uv_a: np.ndarray, uv_b: np.ndarray, K: np.ndarray, cfg: PoseConfig, max_points: int = 400) -> tuple[float, int]:
+def pair_parallax_deg(
+    uv_a: np.ndarray, uv_b: np.ndarray, K: np.ndarray, cfg: PoseConfig, max_points: int = 400
+) -> tuple[float, int]:
     """How well a pair of views constrains depth: the median triangulation angle of the essential matrix's
     inliers (and their count). Near zero for pure rotation or a parked camera, whatever E RANSAC
     returns; unlike a homography test it is not fooled by a planar scene (walls, a road)."""
@@ -54,7 +58,9 @@ def pair_parallax_deg(uv_a: np.ndarray, uv_b: np.ndarray, K: np.ndarray, cfg: Po
     return float(np.median(angles)), int(inl.sum())
 
 
-def two_view(uv_a: np.ndarray, uv_b: np.ndarray, K: np.ndarray, cfg: PoseConfig) -> tuple[np.ndarray, np.ndarray] | None:
+def two_view(
+    uv_a: np.ndarray, uv_b: np.ndarray, K: np.ndarray, cfg: PoseConfig
+) -> tuple[np.ndarray, np.ndarray] | None:
     """-> (b_from_a [4,4] with |t| = 1, inlier mask) or None when the pair is degenerate."""
     # OpenCV 5's USAC variants return no essential matrix here; classic RANSAC (5-point) does.
     try:
@@ -92,7 +98,9 @@ def project(points_w: np.ndarray, cam_from_world: np.ndarray, K: np.ndarray) -> 
     return uv, z
 
 
-def reprojection_error_px(points_w: np.ndarray, uv_px: np.ndarray, visible: np.ndarray, cam_from_world: np.ndarray, K: np.ndarray) -> np.ndarray:
+def reprojection_error_px(
+    points_w: np.ndarray, uv_px: np.ndarray, visible: np.ndarray, cam_from_world: np.ndarray, K: np.ndarray
+) -> np.ndarray:
     """[T,S] pixel error (inf where not visible or behind the camera)."""
     uv, z = project(points_w, cam_from_world, K)
     err = np.linalg.norm(uv - np.nan_to_num(uv_px), axis=-1)
@@ -110,18 +118,27 @@ def max_triangulation_angle_deg(points_w: np.ndarray, visible: np.ndarray, cam_f
     return np.degrees(np.arccos(np.clip(cos.min(axis=(1, 2)), -1, 1)))
 
 
-def pnp(points_w: np.ndarray, uv_px: np.ndarray, K: np.ndarray, cfg: PoseConfig, iterations: int = 200,
-        min_inliers: int = 6) -> tuple[np.ndarray, int] | None:
+def pnp(
+    points_w: np.ndarray, uv_px: np.ndarray, K: np.ndarray, cfg: PoseConfig, iterations: int = 200, min_inliers: int = 6
+) -> tuple[np.ndarray, int] | None:
     """cam_from_world [4,4] and the inlier count, or None. Track correspondences are mostly right and 200
     RANSAC iterations find them; descriptor matches need more (`iterations`) and more inliers to be believed."""
     if len(points_w) < max(6, min_inliers):
         return None
     ok, rvec, tvec, inl = cv2.solvePnPRansac(
-        points_w.astype(np.float64), uv_px.astype(np.float64), K, None,
-        reprojectionError=2.0 * cfg.ransac_px + 1.0, iterationsCount=iterations, confidence=0.999, flags=cv2.SOLVEPNP_SQPNP,
+        points_w.astype(np.float64),
+        uv_px.astype(np.float64),
+        K,
+        None,
+        reprojectionError=2.0 * cfg.ransac_px + 1.0,
+        iterationsCount=iterations,
+        confidence=0.999,
+        flags=cv2.SOLVEPNP_SQPNP,
     )
     if not ok or inl is None or len(inl) < max(6, min_inliers):
         return None
     idx = inl.ravel()
-    rvec, tvec = cv2.solvePnPRefineLM(points_w[idx].astype(np.float64), uv_px[idx].astype(np.float64), K, None, rvec, tvec)
+    rvec, tvec = cv2.solvePnPRefineLM(
+        points_w[idx].astype(np.float64), uv_px[idx].astype(np.float64), K, None, rvec, tvec
+    )
     return make_rigid(cv2.Rodrigues(rvec)[0], tvec.ravel()), len(idx)

@@ -59,7 +59,7 @@ def _detect(gray: np.ndarray, count: int, cfg: TrackerConfig, existing_px: np.nd
 
 def _homography(gray_a: np.ndarray, gray_b: np.ndarray, cfg: TrackerConfig) -> np.ndarray | None:
     """A homography a -> b from ORB matches (RANSAC), or None when too few matches agree."""
-    orb = cv2.ORB_create(cfg.guided_orb_features)
+    orb = cv2.ORB.create(cfg.guided_orb_features)
     ka, da = orb.detectAndCompute(gray_a, None)
     kb, db = orb.detectAndCompute(gray_b, None)
     if da is None or db is None or len(ka) < 20 or len(kb) < 20:
@@ -67,8 +67,8 @@ def _homography(gray_a: np.ndarray, gray_b: np.ndarray, cfg: TrackerConfig) -> n
     matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(da, db)
     if len(matches) < 20:
         return None
-    a = np.float32([ka[m.queryIdx].pt for m in matches])
-    b = np.float32([kb[m.trainIdx].pt for m in matches])
+    a = np.array([ka[m.queryIdx].pt for m in matches], np.float32)
+    b = np.array([kb[m.trainIdx].pt for m in matches], np.float32)
     H, inliers = cv2.findHomography(a, b, cv2.RANSAC, 4.0)
     if H is None or inliers is None or int(inliers.sum()) < 20 or abs(np.linalg.det(H)) < 1e-6:
         return None
@@ -109,15 +109,17 @@ def _pair_matches(orb: cv2.ORB, gray_a: np.ndarray, gray_b: np.ndarray, cfg: Tra
     matches = ratio_matches(da, db, cfg.match_ratio)
     if len(matches) < cfg.min_matches:
         return None
-    a = np.float32([ka[m.queryIdx].pt for m in matches])
-    b = np.float32([kb[m.trainIdx].pt for m in matches])
+    a = np.array([ka[m.queryIdx].pt for m in matches], np.float32)
+    b = np.array([kb[m.trainIdx].pt for m in matches], np.float32)
     F, inl = cv2.findFundamentalMat(a, b, cv2.FM_RANSAC, cfg.epipolar_px, 0.999)
     if F is None or F.shape != (3, 3) or inl is None or int(inl.sum()) < cfg.min_matches:
         return None
     inl = inl.ravel() > 0
     H, h_inl = cv2.findHomography(a, b, cv2.RANSAC, 4.0)
-    usable = H is not None and h_inl is not None and int(h_inl.sum()) >= cfg.min_matches and abs(np.linalg.det(H)) > 1e-6
-    kp_b = np.float32([k.pt for k in kb])
+    usable = (
+        H is not None and h_inl is not None and int(h_inl.sum()) >= cfg.min_matches and abs(np.linalg.det(H)) > 1e-6
+    )
+    kp_b = np.array([k.pt for k in kb], np.float32)
     return _PairMatches(a[inl], b[inl], F, H if usable else None, db, kp_b)
 
 
@@ -159,15 +161,20 @@ def _orb_angles_deg(gray: np.ndarray, uv: np.ndarray, radius: int = 15) -> np.nd
     return np.degrees(np.arctan2(patch @ dv.astype(np.float32), patch @ du.astype(np.float32))) % 360.0
 
 
-def _match_tracks(orb: cv2.ORB, gray_a: np.ndarray, uv_a: np.ndarray, pm: _PairMatches, cfg: TrackerConfig) -> tuple[np.ndarray, np.ndarray]:
+def _match_tracks(
+    orb: cv2.ORB, gray_a: np.ndarray, uv_a: np.ndarray, pm: _PairMatches, cfg: TrackerConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """Continue tracks at uv_a [N,2] into b by ORB descriptors computed at their positions -> (uv_b [N,2], ok [N])."""
     uv_b = np.zeros((len(uv_a), 2), np.float32)
     ok = np.zeros(len(uv_a), bool)
     if len(uv_a) == 0:
         return uv_b, ok
     angles = _orb_angles_deg(gray_a, uv_a)
-    kps = [cv2.KeyPoint(float(u), float(v), 31.0, float(ang), 0.0, 0, i) for i, ((u, v), ang) in enumerate(zip(uv_a, angles))]
-    kps, desc = orb.compute(gray_a, kps)  # drops keypoints near the border; class_id keeps the track index
+    kps = [
+        cv2.KeyPoint(float(u), float(v), 31.0, float(ang), 0.0, 0, i)
+        for i, ((u, v), ang) in enumerate(zip(uv_a, angles))
+    ]
+    kps, desc = orb.compute(gray_a, kps)  # type: ignore[assignment]  # a tuple back; drops keypoints near the border; class_id keeps the track index
     if desc is None or len(kps) == 0:
         return uv_b, ok
     ids = np.array([k.class_id for k in kps])
@@ -178,8 +185,9 @@ def _match_tracks(orb: cv2.ORB, gray_a: np.ndarray, uv_a: np.ndarray, pm: _PairM
     return uv_b, ok
 
 
-def _klt_step(gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, lk: dict, cfg: TrackerConfig,
-              H: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _klt_step(
+    gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, lk: dict, cfg: TrackerConfig, H: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Track p0 [N,1,2] from a to b with a forward-backward check -> (p1 [N,2], ok [N]). With H, both
     directions start from the homography's prediction."""
     H_img, W_img = gray_b.shape
@@ -197,8 +205,9 @@ def _klt_step(gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, lk: dict, 
     return p1, (st1.ravel() == 1) & (st0.ravel() == 1) & (fb < cfg.fb_max_px) & inside
 
 
-def _klt_warped(gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, lk: dict, cfg: TrackerConfig,
-                H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _klt_warped(
+    gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, lk: dict, cfg: TrackerConfig, H: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """`_klt_step` against b warped into a's view by H (a -> b): KLT only follows what H leaves, and a
     patch that rolls with the view (an orbit) is upright again. The resampling costs some precision, so
     only steps that KLT has lost use it."""
@@ -230,7 +239,9 @@ class _Step:
     new_b: np.ndarray
 
 
-def _rescue(gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, step: _Step, lk: dict, cfg: TrackerConfig, full: bool) -> _Step:
+def _rescue(
+    gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, step: _Step, lk: dict, cfg: TrackerConfig, full: bool
+) -> _Step:
     """Redo a step that lost many tracks from ORB matches between a and b. Not `full`: KLT under their
     homography, kept if it tracks more (a turn). `full`: that KLT for the tracks KLT lost, then ORB
     matches and descriptors for the ones still lost; every continued track must fit the matches'
@@ -240,7 +251,7 @@ def _rescue(gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, step: _Step,
             return step
         uv_g, ok_g = _klt_step(gray_a, gray_b, p0, lk, cfg, H)
         return _Step(uv_g, ok_g, step.new_a, step.new_b) if ok_g.sum() > step.ok.sum() else step
-    orb = cv2.ORB_create(cfg.rescue_orb_features)
+    orb = cv2.ORB.create(cfg.rescue_orb_features)
     pm = _pair_matches(orb, gray_a, gray_b, cfg)
     if pm is None:
         return step
@@ -270,9 +281,13 @@ def track_window(gray_frames: list[np.ndarray], cfg: TrackerConfig = TrackerConf
     """KLT from each frame to the next. A track ends at its first failed or inconsistent step."""
     S = len(gray_frames)
     win = (cfg.win_px, cfg.win_px)
-    lk = dict(winSize=win, maxLevel=cfg.pyramid_levels, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    lk = dict(
+        winSize=win, maxLevel=cfg.pyramid_levels, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
+    )
 
-    uv = np.full(((cfg.max_corners + cfg.rescue_orb_features) * S, S, 2), np.nan)  # bound: every step re-detects and is rescued
+    uv = np.full(
+        ((cfg.max_corners + cfg.rescue_orb_features) * S, S, 2), np.nan
+    )  # bound: every step re-detects and is rescued
     alive_px = _detect(gray_frames[0], cfg.max_corners, cfg, np.zeros((0, 2)))
     alive_ids = np.arange(len(alive_px))
     uv[alive_ids, 0] = alive_px

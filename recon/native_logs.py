@@ -17,7 +17,7 @@ AV_LOG_QUIET = -8  # libavutil's AV_LOG_QUIET
 def quiet_native_logs() -> None:
     """Silence OpenCV's own log now, and FFmpeg's from the first capture on. OpenCV reads the FFmpeg level
     once, when it opens its first FFmpeg capture in the process, so this must run before any capture: the
-    `recon.datasets` package calls it on import."""
+    command line calls it before a command starts (a library user's process keeps its own settings)."""
     os.environ.setdefault(FFMPEG_LOG_ENV, str(AV_LOG_QUIET))
     if OPENCV_LOG_ENV not in os.environ:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
