@@ -4,7 +4,7 @@ one from what the user typed."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from recon.errors import SourceError
@@ -53,7 +53,7 @@ _EXPECTED = (
 def _synthetic(spec: str, **options: object) -> FrameSource:
     # Imported only when asked for: the renderer is optional and heavier than the file sources.
     try:
-        from .synthetic import SyntheticSource  # type: ignore[attr-defined]
+        from .synthetic import SyntheticSource
     except ImportError as e:
         raise SourceError(f"synthetic sources are not available in this install ({e})") from None
     scene = spec[len(SYNTHETIC_PREFIX) :] if spec.startswith(SYNTHETIC_PREFIX) else spec
@@ -73,7 +73,7 @@ def _classes() -> dict[str, Callable[..., FrameSource]]:
 def _construct(cls: Callable[..., FrameSource], kind: str, spec: object, options: dict[str, object]) -> FrameSource:
     """Reject an option the kind does not take with one line naming the ones it does, not a TypeError."""
     try:
-        params = inspect.signature(cls).parameters
+        params: Mapping[str, inspect.Parameter] = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         params = {}
     if params and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -139,7 +139,7 @@ def open_source(spec: str | int | Path, kind: str | None = None, **options: obje
         raise SourceError(f"unknown source kind {kind!r}; choose one of {', '.join(KINDS)}")
     # The user's calibration applies to every kind, over the source's own (see CalibratedSource).
     K_flag, calib_path = intrinsics_matrix(options.pop("intrinsics", None)), options.pop("calib", None)
-    calib = read_calibration(calib_path) if calib_path is not None else None
+    calib = read_calibration(str(calib_path)) if calib_path is not None else None
     if K_flag is not None and calib is None and _takes(kind, "intrinsics"):
         options["intrinsics"] = K_flag  # the source's own K: a TUM folder then skips its preset's warning
     if kind == "synthetic":

@@ -70,7 +70,7 @@ class Calibration:
         # pixel centres at integers: u' + 0.5 = s (u + 0.5)
         A = np.array([[sx, 0, 0.5 * (sx - 1)], [0, sy, 0.5 * (sy - 1)], [0, 0, 1]])
         return dataclasses.replace(
-            self, K=A @ self.K, size_wh=tuple(wh), origin=f"{self.origin}, scaled to {wh[0]}x{wh[1]}"
+            self, K=A @ self.K, size_wh=(int(wh[0]), int(wh[1])), origin=f"{self.origin}, scaled to {wh[0]}x{wh[1]}"
         )
 
 
@@ -141,13 +141,14 @@ def _from_fields(path: Path, fields: dict) -> Calibration:
     K_raw = fields.get("camera_matrix", fields.get("K"))
     if K_raw is None:
         raise SourceError(f"--calib {path}: no camera_matrix (or K) in the file")
-    K = np.asarray(K_raw, dtype=np.float64)
-    if K.size == 9:
-        K = K.reshape(3, 3)
+    K_given = np.asarray(K_raw, dtype=np.float64)
+    if K_given.size == 9:
+        K_given = K_given.reshape(3, 3)
     try:
-        K = intrinsics_matrix(K)
+        K = intrinsics_matrix(K_given)
     except SourceError as e:
         raise SourceError(f"--calib {path}: camera_matrix: {e}") from None
+    assert K is not None  # given, so checked
     dist = np.asarray(
         fields.get("distortion_coefficients", fields.get("dist_coeffs", fields.get("D", []))), dtype=np.float64
     ).reshape(-1)

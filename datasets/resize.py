@@ -75,7 +75,11 @@ def plan_resize(
         size = (_round_to_multiple(w, multiple_of), _round_to_multiple(h, multiple_of))
         return _map((h, w), size, (0, 0), size)
     if width is None or height is None:
-        s = height / h if width is None else width / w
+        if width is not None:
+            s = width / w
+        else:
+            assert height is not None  # both None returned above
+            s = height / h
         size = (_round_to_multiple(w * s, multiple_of), _round_to_multiple(h * s, multiple_of))
         return _map((h, w), size, (0, 0), size)
 

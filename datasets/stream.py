@@ -45,7 +45,7 @@ class Capture(Protocol):
 
 def is_stream_url(spec: object) -> bool:
     m = _URL.match(spec) if isinstance(spec, str) else None
-    return bool(m) and m.group(1).lower() in URL_SCHEMES
+    return m is not None and m.group(1).lower() in URL_SCHEMES
 
 
 def parse_stream_spec(spec: int | str) -> int | str:
@@ -161,7 +161,7 @@ class StreamSource:
             open_cv_capture, open_timeout_s=float(open_timeout_s), read_timeout_s=float(read_timeout_s)
         )
         self._is_file = isinstance(self.spec, str) and not is_stream_url(self.spec) and Path(self.spec).is_file()
-        self.name = redact(self.spec) if not self._is_file else Path(self.spec).stem
+        self.name = Path(self.spec).stem if isinstance(self.spec, str) and self._is_file else redact(self.spec)
         self.reconnects = 0
         self.gave_up = False
         self.interrupted = False

@@ -125,10 +125,10 @@ class TumSource:
         self.stride = int(stride)
         self.max_frames = max_frames
         self.max_dt_s = float(max_dt_s)
-        self._K = intrinsics_matrix(intrinsics)
+        given = intrinsics_matrix(intrinsics)
         self.intrinsics_origin = "given to the source"
-        if self._K is None:
-            self._K = freiburg_intrinsics(self.dir)
+        self._K = given if given is not None else freiburg_intrinsics(self.dir)
+        if given is None:
             named = _FREIBURG.search(self.dir.resolve().name)
             self.intrinsics_origin = (
                 f"the TUM freiburg{named.group(1)} preset"

@@ -9,7 +9,7 @@ are then only meaningful down to about the voxel size."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -114,6 +114,7 @@ def _icp(
     # Every k-th point (normals kept, point-to-plane needs the target's).
     est_pc = est_pc.uniform_down_sample(-(-len(est_pc.points) // ICP_MAX_POINTS))
     gt_pc = gt_pc.uniform_down_sample(-(-len(gt_pc.points) // ICP_MAX_POINTS))
+    estimation: Any
     if method == "point_to_point":
         estimation = reg.TransformationEstimationPointToPoint(with_scaling=with_scale)
     elif method == "point_to_plane":  # rigid only: Open3D's point-to-plane has no scale

@@ -16,9 +16,13 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from recon.eval.depth import ScaleMode
+    from recon.eval.pointmap import IcpMethod
 
 from recon.errors import ReconError
 from recon.eval.trajectory import (
@@ -181,7 +185,7 @@ def trajectory_metrics(pair: PairedTrajectory, metric: bool, gt_metric: bool = F
     rpe_f = relative_pose_error(est, gt, 1, "frames", scale=s)
     step = rpe_distance_step(ate.length)
     rpe_d = relative_pose_error(est, gt, step, "m", scale=s)
-    out = {
+    out: dict[str, Any] = {
         "frames": len(est),
         "alignment": "se3" if metric else "sim3",
         "scale": s,
@@ -307,7 +311,7 @@ def load_geometry_inputs(
     return out
 
 
-def depth_metrics(g: GeometryInputs, align: str, max_depth: float | None) -> tuple[dict[str, Any], Any]:
+def depth_metrics(g: GeometryInputs, align: ScaleMode, max_depth: float | None) -> tuple[dict[str, Any], Any]:
     from recon.eval.depth import evaluate_depth
 
     # Scored where the run has depth; coverage says how much of the ground truth that is.
@@ -342,7 +346,7 @@ def depth_metrics(g: GeometryInputs, align: str, max_depth: float | None) -> tup
 
 
 def pointmap_metrics(
-    run_dir: Path, g: GeometryInputs, metric: bool, icp: str = "point_to_point"
+    run_dir: Path, g: GeometryInputs, metric: bool, icp: IcpMethod = "point_to_point"
 ) -> dict[str, Any] | str:
     """Point-map metrics of the run's map.ply against the ground-truth depth of the sampled frames, in the
     ground truth's world: placed by the kept frames' poses, then refined by `icp` ("none": the poses alone,
@@ -560,7 +564,7 @@ def evaluate_run(
         else:
             g = loaded
             metrics["depth"], depth_ev = depth_metrics(
-                g, "none" if metric and depth_align == "sequence" else depth_align, max_depth
+                g, "none" if metric and depth_align == "sequence" else cast("ScaleMode", depth_align), max_depth
             )
             say("point map: aligning to ground truth (ICP) ...")
             pm = pointmap_metrics(run_dir, g, metric)

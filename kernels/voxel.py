@@ -191,9 +191,9 @@ def merge_voxels(base: Voxels, update: Voxels) -> tuple[Voxels, int]:
     slot = slot_old[idx[hit]]
     upd = update.select(hit)
     W = out.weight[slot] + upd.weight
-    f = (upd.weight / W)[:, None]
-    out.xyz[slot] += f * (upd.xyz - out.xyz[slot])
-    out.rgb[slot] += f * (upd.rgb - out.rgb[slot])
+    share = (upd.weight / W)[:, None]
+    out.xyz[slot] += share * (upd.xyz - out.xyz[slot])
+    out.rgb[slot] += share * (upd.rgb - out.rgb[slot])
     out.weight[slot] = W
     out.count[slot] = (out.count[slot].to(torch.int64) + upd.count).clamp_(max=_COUNT_MAX).to(torch.int32)
     out.window[slot] = torch.maximum(out.window[slot], upd.window)

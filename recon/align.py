@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -211,8 +212,8 @@ def fit_window(
     num_layers = _num_layers(labels) if labels is not None else None  # [S]
     layer_scales = [torch.ones(n) for n in num_layers.tolist()] if num_layers is not None else None
     if prev is None:
-        diag = {"path": "first", "warnings": [], "scale": 1.0, "time_ms": 1e3 * (time.perf_counter() - t0)}
-        return WindowFit(Sim3.identity(), None, labels, layer_scales, diag)
+        first = {"path": "first", "warnings": [], "scale": 1.0, "time_ms": 1e3 * (time.perf_counter() - t0)}
+        return WindowFit(Sim3.identity(), None, labels, layer_scales, first)
     dev = cur.depth.device
     warnings: list[str] = []
     diag: dict[str, Any] = {"warnings": warnings, "overlap": overlap}
@@ -472,7 +473,8 @@ def _consistent_sources(sources: dict[str, tuple[float, float]], n_sigma: float)
         (m1, s1), (m2, s2) = sources[a], sources[b]
         return abs(m1 - m2) <= max(n_sigma * np.hypot(s1, s2), 0.05)
 
-    def chi2_then_sigma(c: tuple[str, ...]) -> tuple[float, float]:
+    def chi2_then_sigma(subset: Iterable[str]) -> tuple[float, float]:
+        c = list(subset)
         w = np.array([sources[k][1] ** -2 for k in c])
         m = np.array([sources[k][0] for k in c])
         mean = float(w @ m / w.sum())
@@ -480,7 +482,9 @@ def _consistent_sources(sources: dict[str, tuple[float, float]], n_sigma: float)
 
     names = sorted(sources)
     for size in range(len(names), 0, -1):
-        sets = [c for c in combinations(names, size) if all(agree(a, b) for a, b in combinations(c, 2))]
+        sets: list[tuple[str, ...]] = [
+            c for c in combinations(names, size) if all(agree(a, b) for a, b in combinations(c, 2))
+        ]
         if sets:
             return list(min(sets, key=chi2_then_sigma))
     return []
@@ -568,11 +572,11 @@ def fit_join(
             # depths, without the layer scales the previous window's map points carry.
             labels = prev.layer_labels[-O:].to(d_prev.device)[corr.frame, corr.v, corr.u]
             d_prev = d_prev / _scale_lookup(prev.layer_scales[-O:], labels, corr.frame)
-        d_prev = d_prev.double().cpu().numpy()
-        d_cur = cur.depth[:O][corr.frame, corr.v, corr.u].double().cpu().numpy()
-        ok = (d_prev > 0) & (d_cur > 0)
+        z_prev = d_prev.double().cpu().numpy()
+        z_cur = cur.depth[:O][corr.frame, corr.v, corr.u].double().cpu().numpy()
+        ok = (z_prev > 0) & (z_cur > 0)
         if ok.sum() >= config.min_correspondences:
-            v = np.log(d_prev[ok] / d_cur[ok])
+            v = np.log(z_prev[ok] / z_cur[ok])
             m, spread = _log_location(v, corr.weights.double().cpu().numpy()[ok], config.scale_huber_delta)
             frames_used = len(np.unique(corr.frame.cpu().numpy()[ok]))
             n_eff = min(int(ok.sum()), config.join_dense_max_samples * frames_used)
@@ -606,14 +610,14 @@ def fit_join(
         # The largest set of sources that agree with each other decides (ties: the best-agreeing set); a
         # source outside it is dropped and reported. One source alone can be wrong in either direction: a window's
         # dense depth off in its edge frames, or its keypoints badly triangulated there.
-        kept = _consistent_sources(sources, config.join_scale_conflict)
-        for k in sorted(set(sources) - set(kept)):
+        agreeing = _consistent_sources(sources, config.join_scale_conflict)
+        for k in sorted(set(sources) - set(agreeing)):
             info.setdefault("scale_conflict", []).append(
-                f"{k} {np.exp(sources[k][0]):.4g} disagrees with {'+'.join(kept)}: kept {'+'.join(kept)}"
+                f"{k} {np.exp(sources[k][0]):.4g} disagrees with {'+'.join(agreeing)}: kept {'+'.join(agreeing)}"
             )
-        w = {k: 1.0 / sources[k][1] ** 2 for k in kept}
-        log_s = sum(w[k] * sources[k][0] for k in kept) / sum(w.values())
-        sigma_log_s = 1.0 / np.sqrt(sum(w.values()))
+        weight = {k: 1.0 / sources[k][1] ** 2 for k in agreeing}
+        log_s = sum(weight[k] * sources[k][0] for k in agreeing) / sum(weight.values())
+        sigma_log_s = 1.0 / np.sqrt(sum(weight.values()))
     else:
         d_cur_all = cur.depth[:O]
         both = (d_prev_all > 0) & (d_cur_all > 0)

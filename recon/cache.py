@@ -228,7 +228,7 @@ class KVCache:
         if lay.anchor is None:
             lay.anchor = frames[0]
         start = time.perf_counter()
-        if not self._calibrated and lay.n + T > lay.budget:
+        if not self._calibrated and lay.budget is not None and lay.n + T > lay.budget:
             self._calibrate(T)
         if lay.budget is None:
             self._ensure_capacity(lay, lay.n + T)
@@ -383,7 +383,7 @@ class KVCache:
         """Tokens no policy may evict: anchor frame, sink range, protected special tokens."""
         P = self.tokens_per_frame
         frame = uid // P
-        keep = frame == lay.anchor
+        keep = torch.eq(frame, -1 if lay.anchor is None else lay.anchor)
         if lay.protected:
             keep |= (uid % P < self.special_tokens) & (frame >= lay.protected[0])
         if self.sink_tokens:

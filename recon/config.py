@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from recon.align import AlignConfig
 from recon.core import CoreConfig, GraphConfig, MapConfig
@@ -131,7 +131,7 @@ def _value(tp: Any, value: Any, where: str) -> Any:
             raise ReconError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if is_dataclass(tp):
-        return from_dict(tp, value, where)
+        return from_dict(cast(type, tp), value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ReconError(f"{where}: expected a list, got {value!r}")

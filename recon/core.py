@@ -314,8 +314,8 @@ class Reconstruction:
             # A frame the model could not place holds its nearest placed neighbour's pose (the model's own
             # placeholder is meaningless); it stays counted as unregistered.
             placed = np.nonzero(reg)[0]
-            for j in np.nonzero(~reg)[0]:
-                window_from_cam[j] = window_from_cam[placed[np.argmin(np.abs(placed - j))]]
+            for lost in np.nonzero(~reg)[0]:
+                window_from_cam[lost] = window_from_cam[placed[np.argmin(np.abs(placed - lost))]]
         S, tail = len(world), self._carry
         for j in range(shared):
             # Across the shared span the weight passes linearly from the earlier window to this one, so a
@@ -364,7 +364,7 @@ class Reconstruction:
         t = time.perf_counter()
         reg = registered_frames(pred)
         every = self.config.graph.keyframe_every
-        matches = []
+        matches: list[Any] = []
         for j in range(shared + every // 2, len(pred), every):
             if not reg[j]:
                 continue

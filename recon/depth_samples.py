@@ -41,7 +41,11 @@ def write_depth_sample(out_dir: Path, sample: DepthSample) -> Path:
         cam_from_world=sample.cam_from_world,
         resize=np.array([*r.original_hw, *r.model_hw, *r.scale_xy, *r.offset_xy], dtype=np.float64),
     )
-    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(buf.getvalue())
+
+    atomic_write(path, write)
     return path
 
 

@@ -177,7 +177,8 @@ def _views(run_dir: Path, every: int) -> list[View]:
     for j in range(0, len(indices), every):
         s = samples[int(np.argmin(np.abs(sample_index - indices[j])))]
         K = s.resize.K_to_original(s.K_model)
-        views.append(View(int(indices[j]), float(stamps[j]), cam_from_world[j], K, tuple(s.resize.original_hw)))
+        h, w = s.resize.original_hw
+        views.append(View(int(indices[j]), float(stamps[j]), cam_from_world[j], K, (int(h), int(w))))
     return views
 
 
@@ -305,10 +306,11 @@ def _depth_scale(z: np.ndarray, d: np.ndarray) -> float:
 
 
 # -- writers -------------------------------------------------------------------------------------------------
-def _cameras(views: list[View]) -> tuple[list[np.ndarray], list[int]]:
+def _cameras(views: list[View]) -> tuple[list[tuple[np.ndarray, tuple[int, int]]], list[int]]:
     """Distinct (K, size) of the views, and each view's camera number."""
     keys: dict[tuple, int] = {}
-    cams, of_view = [], []
+    cams: list[tuple[np.ndarray, tuple[int, int]]] = []
+    of_view: list[int] = []
     for v in views:
         key = (*np.round(v.K[[0, 1, 0, 1], [0, 1, 2, 2]], 6), *v.hw)
         if key not in keys:

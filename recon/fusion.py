@@ -253,7 +253,7 @@ def write_map_ply(
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(header.encode("ascii"))
-            f.write(vertex.view(np.uint8))  # the buffer itself: tobytes() would copy the whole map once more
+            f.write(vertex.view(np.uint8).data)  # the buffer itself: tobytes() would copy the whole map once more
             f.flush()
             os.fsync(f.fileno())  # durable before it becomes visible under the real name
 

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from recon.schedule import WindowScheduler
 from recon.types import Frame
@@ -25,7 +26,10 @@ class _Job:
     later: list[Frame] = field(default_factory=list)  # frames pushed after this window was cut
 
 
-class WindowsInFlight:
+R = TypeVar("R")  # what `infer` returns for a window
+
+
+class WindowsInFlight(Generic[R]):
     """push(frame) cuts windows with `scheduler` and runs `infer` on up to `depth` of them at once;
     `settle(window, result)` is called for each window in order, in the pushing thread, and returns how the
     scheduler continues: None (as cut), "reject", or the number of frames the next window carries."""
@@ -33,8 +37,8 @@ class WindowsInFlight:
     def __init__(
         self,
         scheduler: WindowScheduler,
-        infer: Callable[[list[Frame]], object],
-        settle: Callable[[list[Frame], object], str | int | None],
+        infer: Callable[[list[Frame]], R],
+        settle: Callable[[list[Frame], R], str | int | None],
         depth: int,
         thread_name: str,
     ) -> None:

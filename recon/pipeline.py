@@ -204,6 +204,7 @@ class Pipeline:
                 if item is _NEW_ANCHOR:
                     self.core.restart()
                     continue
+                assert isinstance(item, _Window)
                 self._consume(item, writer)
             if self._error is not None:
                 raise self._error
@@ -297,7 +298,7 @@ class Pipeline:
         and the seconds both took."""
         t = time.perf_counter()
         try:
-            pred: WindowPrediction | NonFiniteError = self._infer(frames)
+            pred = self._infer(frames)
         except NonFiniteError as e:
             return e, None, time.perf_counter() - t
         return pred, self.core.prepare(pred), time.perf_counter() - t
@@ -477,7 +478,7 @@ class Pipeline:
                 if isinstance(v, (int, float)) and not isinstance(v, bool)
             },
         }
-        gt = [m[2] for m in item.frames_meta]
+        gt = [m[2] for m in item.frames_meta if m[2] is not None]
         return WindowView(
             window=st.windows - 1,
             frame_indices=list(aligned.frame_indices),
@@ -492,7 +493,7 @@ class Pipeline:
             cam_from_world=aligned.cam_from_world.double().cpu().numpy(),
             K=item.pred.K.double().cpu().numpy(),
             world_from_window=aligned.world_from_window,
-            gt_cam_from_world=np.stack(gt) if all(g is not None for g in gt) else None,
+            gt_cam_from_world=np.stack(gt) if gt and len(gt) == len(item.frames_meta) else None,
             alignment=_brief(aligned.diagnostics),
             stats=stats,
             map_points=lambda: voxel_map.points()[:2],

@@ -632,10 +632,16 @@ class PlaceDatabase:
     def __len__(self) -> int:
         return len(self._order)
 
+    def _entry(self, slot: int) -> _Entry:
+        """The keyframe in `slot`: every slot in `_order` holds one."""
+        entry = self._slots[slot]
+        assert entry is not None, f"slot {slot} is empty"
+        return entry
+
     @property
     def nbytes(self) -> int:
         """Bytes of the numpy payloads held: keyframes, inverted index, vocabulary (object overhead aside)."""
-        total = sum(self._slots[s].nbytes for s in self._order)  # type: ignore[union-attr]
+        total = sum(self._entry(s).nbytes for s in self._order)
         if self._index is not None:
             total += self._index.nbytes
         if self.vocabulary is not None:
@@ -645,7 +651,7 @@ class PlaceDatabase:
     @property
     def keyframe_ids(self) -> list[int]:
         """Stored keyframe ids in insertion order."""
-        return [self._slots[s].keyframe_id for s in self._order]  # type: ignore[union-attr]
+        return [self._entry(s).keyframe_id for s in self._order]
 
     def add_and_query(self, kf: Keyframe, before_window: int | None = None) -> list[LoopMatch]:
         """Query the database with `kf` (recent keyframes excluded), then add it. Returns the verified loops,
@@ -659,16 +665,16 @@ class PlaceDatabase:
         eligible = (
             self._eligible(entry)
             if before_window is None
-            else [s for s in self._order if self._slots[s].window_id < before_window]
-        )  # type: ignore[union-attr]
+            else [s for s in self._order if self._entry(s).window_id < before_window]
+        )
         scores, prev_score = self._score(entry, eligible)
         clock = self.stats.tick("score", clock)
         verified: list[_Pending] = []
         for slot, score in self._candidates(eligible, scores, prev_score):
             self.stats.candidates += 1
-            verdict = verify(entry, self._slots[slot], score, cfg, self._rng)  # type: ignore[arg-type]
+            verdict = verify(entry, self._entry(slot), score, cfg, self._rng)
             if verdict.match is not None:
-                verified.append(_Pending(entry.seq, self._slots[slot].seq, verdict.match))  # type: ignore[union-attr]
+                verified.append(_Pending(entry.seq, self._entry(slot).seq, verdict.match))
             else:
                 self.stats.rejected[verdict.reason] = self.stats.rejected.get(verdict.reason, 0) + 1
         self.stats.verified += len(verified)
@@ -740,13 +746,13 @@ class PlaceDatabase:
             scores[:] = self._index.scores(q.bow, len(self._slots))
         else:  # no vocabulary yet: brute force over the few eligible keyframes
             for slot in eligible:
-                scores[slot] = self._similarity(q, self._slots[slot])  # type: ignore[arg-type]
-        return scores, self._similarity(q, self._slots[self._order[-1]])  # type: ignore[arg-type]
+                scores[slot] = self._similarity(q, self._entry(slot))
+        return scores, self._similarity(q, self._entry(self._order[-1]))
 
     def _eligible(self, q: _Entry) -> list[int]:
         cfg = self.config
         old = self._order[: max(len(self._order) - cfg.exclude_recent, 0)]
-        return [s for s in old if q.window_id - self._slots[s].window_id >= cfg.min_window_gap]  # type: ignore[union-attr]
+        return [s for s in old if q.window_id - self._entry(s).window_id >= cfg.min_window_gap]
 
     def _candidates(self, eligible_slots: list[int], scores: np.ndarray, prev_score: float) -> list[tuple[int, float]]:
         """Up to top_k eligible slots whose score, normalised by the previous keyframe's, reaches min_score,
@@ -771,7 +777,7 @@ class PlaceDatabase:
     # storage -------------------------------------------------------------------------------------------
     def _add(self, entry: _Entry, prev_score: float) -> None:
         if self._order:
-            self._slots[self._order[-1]].redundancy = prev_score  # type: ignore[union-attr]
+            self._entry(self._order[-1]).redundancy = prev_score
         slot = self._slots.index(None)
         self._slots[slot] = entry
         self._order.append(slot)
@@ -784,30 +790,30 @@ class PlaceDatabase:
 
     def _build_vocabulary(self) -> None:
         cfg, clock = self.config, time.perf_counter()
-        entries = [self._slots[s] for s in self._order]
-        descs = [e.desc for e in entries if len(e.desc)]  # type: ignore[union-attr]
+        entries = [self._entry(s) for s in self._order]
+        descs = [e.desc for e in entries if len(e.desc)]
         if sum(len(d) for d in descs) < cfg.vocabulary_shape[0] * 4:
             return  # too few features to cluster yet (a blank start): try again with the next keyframe
         self.vocabulary = BinaryVocabulary.train(descs, cfg.vocabulary_shape, cfg.vocabulary_iterations, cfg.seed)
         self._index = _InvertedIndex(len(self.vocabulary.idf))
         for slot, e in zip(self._order, entries):
-            if len(e.desc):  # type: ignore[union-attr]
-                e.bow, e.node = self.vocabulary.bow(e.desc)  # type: ignore[union-attr]
-                self._index.add(slot, e.bow)  # type: ignore[union-attr, arg-type]
+            if len(e.desc):
+                e.bow, e.node = self.vocabulary.bow(e.desc)
+                self._index.add(slot, e.bow)
         for a, b in zip(entries[:-1], entries[1:]):  # redundancies in the new score's units
-            a.redundancy = self._similarity(a, b)  # type: ignore[arg-type]
+            a.redundancy = self._similarity(a, b)
         self.stats.tick("vocabulary", clock)
 
     def _evict(self) -> None:
         """Drop the least distinctive old keyframe: the one most similar to its successor."""
         candidates = self._order[: len(self._order) - self.config.exclude_recent - 1]
-        pos = int(np.argmax([self._slots[s].redundancy for s in candidates]))  # type: ignore[union-attr]
+        pos = int(np.argmax([self._entry(s).redundancy for s in candidates]))
         slot = self._order.pop(pos)
-        gone = self._slots[slot]
+        gone = self._entry(slot)
         self._slots[slot] = None
         if self._index is not None and gone is not None and gone.bow is not None:
             self._index.remove(slot, gone.bow)
         if pos > 0:  # the predecessor's successor changed
-            before, after = self._slots[self._order[pos - 1]], self._slots[self._order[pos]]
-            before.redundancy = self._similarity(before, after)  # type: ignore[union-attr, arg-type]
+            before, after = self._entry(self._order[pos - 1]), self._entry(self._order[pos])
+            before.redundancy = self._similarity(before, after)
         self.stats.evicted += 1

@@ -145,7 +145,7 @@ class PoseGraph:
         if kind == "none":
             return base
         estimators = {"cauchy": gtsam.noiseModel.mEstimator.Cauchy, "huber": gtsam.noiseModel.mEstimator.Huber}
-        return gtsam.noiseModel.Robust.Create(estimators[kind].Create(k), base)
+        return gtsam.noiseModel.Robust.Create(estimators[kind].Create(k), base)  # type: ignore[attr-defined]
 
     def _seed(self, a: int, b: int, a_from_b: Sim3) -> None:
         """A new node's linearisation point is its neighbour's current estimate composed with the first sequential

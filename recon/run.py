@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from recon.config import RunConfig
     from recon.datasets.base import FrameSource
+    from recon.fusion import VoxelMap
     from recon.pipeline import RunState
 
 
@@ -447,7 +448,7 @@ def _reconstruct(
     progress = Progress(length_hint(source))
     trim_heap = heap_trimmer()
 
-    def on_window(state, voxel_map) -> None:  # type: ignore[no-untyped-def]
+    def on_window(state: RunState, voxel_map: VoxelMap | None) -> None:
         trim_heap()  # per window: RSS follows live memory on an endless stream (see heap_trimmer)
         progress.update(state, len(voxel_map) if voxel_map is not None else 0)
 

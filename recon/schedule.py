@@ -54,7 +54,7 @@ class KeyframeSelector:
 
     def accept(self, frame: Frame) -> bool:
         gray = self._small_gray(frame.image_rgb)
-        if self._last is None or self._last.shape != gray.shape:
+        if self._last is None or self._points is None or self._last.shape != gray.shape:
             self._keep(gray)
             return True
         moved, status, _ = cv2.calcOpticalFlowPyrLK(self._last, gray, self._points, None, winSize=(15, 15), maxLevel=3)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -269,8 +269,12 @@ class Sim3:
         M[:3, 3] = self.t
         return M
 
+    @overload
+    def apply(self, points: np.ndarray) -> np.ndarray: ...
+    @overload
+    def apply(self, points: torch.Tensor) -> torch.Tensor: ...
     def apply(self, points: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """Points [...,3] in source -> target."""
+        """Points [...,3] in source -> target (numpy in, numpy out; a tensor in, a tensor out)."""
         torch = sys.modules.get("torch")  # if torch was never imported, `points` cannot be a tensor
         if torch is not None and isinstance(points, torch.Tensor):
             sR = torch.as_tensor(self.s * self.R, dtype=points.dtype, device=points.device)

@@ -4,7 +4,7 @@ beside it, the run's plots and the window log below. Entity paths come from `rec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -57,7 +57,9 @@ def default_blueprint(eye: Eye | None = None) -> rrb.Blueprint:
 
     # The eye follows the current camera: the view stays on where the run is, not zoomed out to the bounds of a
     # map that may span kilometres.
-    placed = {} if eye is None else {"position": eye.position, "look_target": eye.look_target, "eye_up": eye.up}
+    placed: dict[str, Any] = (
+        {} if eye is None else {"position": eye.position, "look_target": eye.look_target, "eye_up": eye.up}
+    )
     # The depth image stays in its 2D view: under the pinhole, the 3D view would draw it as a cloud of every
     # pixel, unconfident sky and blends included, over the filtered map.
     scene = rrb.Spatial3DView(

@@ -250,14 +250,14 @@ def _box_hits(
     """Slab test in the box's frame over one rectangle: entry depth (exit depth for shells), inf = miss."""
     xs = ctx.grid.xn[u0:u1]
     ys = ctx.grid.yn[v0:v1, None]
-    t_near = t_far = None
+    t_near = t_far = np.empty(0)
     for a in range(3):
         d = xs * R[a, 0] + (ys * R[a, 1] + R[a, 2])
         t1 = (-h[a] - o[a]) / d
         t2 = (h[a] - o[a]) / d
         lo = np.minimum(t1, t2)
         hi = np.maximum(t1, t2, out=t1)
-        if t_near is None:
+        if a == 0:
             t_near, t_far = lo, hi
         else:
             np.maximum(t_near, lo, out=t_near)

@@ -200,7 +200,8 @@ class _RoomLayout:
         )
 
     def _tint(self, spread: float) -> tuple[float, float, float]:
-        return tuple(float(v) for v in 1.0 + self.rng.uniform(-spread, spread, 3))
+        r, g, b = (float(v) for v in 1.0 + self.rng.uniform(-spread, spread, 3))
+        return r, g, b
 
     def _try_wall(
         self, width: float, depth: float, height: float, tries: int = 40

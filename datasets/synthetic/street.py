@@ -385,7 +385,7 @@ class _SegmentLayout:
                 y = side * (lateral + rng.uniform(-0.05, 0.1))
                 top = rng.uniform(0.95, 1.1)
                 colour = np.asarray(_CAR_COLOURS[int(rng.integers(len(_CAR_COLOURS)))], np.float64) / 215.0
-                tint = tuple(float(v) for v in colour)
+                tint = (float(colour[0]), float(colour[1]), float(colour[2]))
                 yaw = rng.uniform(-0.03, 0.03)
                 clear = self.cfg.edge_line_m - 0.45  # the nearest edge stands >= 5.2 m out, yaw included
                 self.box(x, y, 0.32, length, width, top - 0.32, ("car_paint",) * 4, clear, tint, yaw_extra=yaw)

@@ -78,7 +78,7 @@ def _col(rng: np.random.Generator, base: Rgb, jitter: float) -> tuple[int, int, 
 # ------------------------------------------------------------------------------------- wrapped drawing
 def _wrapped(
     size: int,
-    draw: Callable[[int, int], None],
+    draw: Callable[[int, int], object],  # draws into the image; what it returns is not used
     x0: float = 0.0,
     y0: float = 0.0,
     x1: float | None = None,

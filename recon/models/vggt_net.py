@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -203,7 +204,7 @@ class VGGT(nn.Module):
         self.amp_dtype: torch.dtype | None = None
         self.aggregator = Aggregator(cfg)
         self.camera_head = CameraHead(cfg)
-        dpt = dict(
+        dpt: dict[str, Any] = dict(
             patch_size=cfg.patch_size,
             features=cfg.dpt_features,
             out_channels=cfg.dpt_out_channels,
@@ -231,7 +232,7 @@ class VGGT(nn.Module):
             raise ValueError(f"VGGT input {H}x{W} must be multiples of {p}")
         tokens = self.aggregate(images, causal_frames)
         with torch.autocast(images.device.type, enabled=False):
-            poses = self.camera_head(tokens[-1], causal_frames)  # type: ignore[arg-type]
+            poses = self.camera_head(tokens[-1], causal_frames)
             depth, depth_conf = self.depth_head(tokens, (H, W), self.cfg.patch_start_idx)
             points, points_conf = self.point_head(tokens, (H, W), self.cfg.patch_start_idx)
         return VGGTOutput(poses[-1], poses, depth[..., 0], depth_conf, points, points_conf)

@@ -152,8 +152,9 @@ def pair_depths(
         warped_j = cv2.warpPerspective(
             gray_j, h, (Ww, Hh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
         )
-        flow = dis.calc(gray_i, warped_j, None)
-        back = dis.calc(warped_j, gray_i, None)
+        # OpenCV's stubs want a flow buffer; None asks DIS for a new one, as its documentation says.
+        flow = dis.calc(gray_i, warped_j, None)  # type: ignore[call-overload]
+        back = dis.calc(warped_j, gray_i, None)  # type: ignore[call-overload]
         if flows is not None and key is not None:
             flows.put(key, (flow, back))
     else:

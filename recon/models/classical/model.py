@@ -149,7 +149,7 @@ class ClassicalModel:
         t0 = time.perf_counter()
 
         resize = _working_map(orig_hw, cfg.max_side_px)
-        model_hw = tuple(resize.model_hw)
+        model_hw = (int(resize.model_hw[0]), int(resize.model_hw[1]))
         gray = [self._gray(f.image_rgb, model_hw) for f in frames]
         K, k_known = self._intrinsics(frames, resize, model_hw)
         tracks = track_window(gray, cfg.tracker)

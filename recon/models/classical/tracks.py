@@ -114,13 +114,13 @@ def _pair_matches(orb: cv2.ORB, gray_a: np.ndarray, gray_b: np.ndarray, cfg: Tra
     F, inl = cv2.findFundamentalMat(a, b, cv2.FM_RANSAC, cfg.epipolar_px, 0.999)
     if F is None or F.shape != (3, 3) or inl is None or int(inl.sum()) < cfg.min_matches:
         return None
-    inl = inl.ravel() > 0
+    kept = inl.ravel() > 0
     H, h_inl = cv2.findHomography(a, b, cv2.RANSAC, 4.0)
     usable = (
         H is not None and h_inl is not None and int(h_inl.sum()) >= cfg.min_matches and abs(np.linalg.det(H)) > 1e-6
     )
     kp_b = np.array([k.pt for k in kb], np.float32)
-    return _PairMatches(a[inl], b[inl], F, H if usable else None, db, kp_b)
+    return _PairMatches(a[kept], b[kept], F, H if usable else None, db, kp_b)
 
 
 def sampson_px(F: np.ndarray, uv_a: np.ndarray, uv_b: np.ndarray) -> np.ndarray:
