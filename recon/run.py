@@ -19,10 +19,12 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from recon.allocator import heap_trimmer
+from recon.datasets import KINDS
 from recon.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ReconError
 from recon.outputs import EXPORT_FORMATS
 from recon.schedule import DEFAULT_OVERLAP, DEFAULT_WINDOW
 from recon.signals import ignore_signal, signals_deferred
+from recon.viz import MODES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,7 +52,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--source-kind",
-        choices=["folder", "video", "stream", "kitti", "tum", "synthetic"],
+        choices=KINDS,
         help="override source detection",
     )
     p.add_argument(
@@ -143,7 +145,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     v = p.add_argument_group("viewing (Rerun)")
     v.add_argument(
         "--viewer",
-        choices=["none", "spawn", "serve"],
+        choices=MODES,
         help="none (default), spawn the native Rerun viewer, or serve the web viewer",
     )
     v.add_argument(

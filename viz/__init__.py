@@ -8,14 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recon.errors import ReconError
-from recon.viz.viewer import NullViewer, Viewer, WindowView
+from recon.viz.viewer import MODES, NullViewer, Viewer, WindowView
 
 if TYPE_CHECKING:
     from recon.viz.rerun_viewer import RerunViewer, ViewerOptions
 
-__all__ = ["NullViewer", "RerunViewer", "Viewer", "ViewerOptions", "WindowView", "open_viewer"]
-
-MODES = ("none", "spawn", "serve")
+__all__ = ["MODES", "NullViewer", "RerunViewer", "Viewer", "ViewerOptions", "WindowView", "open_viewer"]
 
 
 def open_viewer(
@@ -33,7 +31,7 @@ def open_viewer(
         raise ReconError(f"unknown viewer mode {mode!r}; use one of {', '.join(MODES)}")
     if mode == "none" and rrd is None:
         return NullViewer()
-    from recon.viz.rerun_viewer import open_rerun_viewer
+    from recon.viz.sinks import open_rerun_viewer
 
     return open_rerun_viewer(
         mode, Path(rrd) if rrd is not None else None, bind=bind, port=port, name=name, options=options

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from recon.errors import ReconError
 from recon.viz.blueprint import default_blueprint
-from recon.viz.rerun_viewer import require_display, rerun_binary, serve_web_viewer
+from recon.viz.sinks import require_display, rerun_binary, serve_web_viewer
 
 RRD_MAGIC = b"RRF"  # every .rrd version starts with RRF0 / RRF1 / RRF2
 

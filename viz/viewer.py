@@ -15,6 +15,8 @@ import numpy as np
 
 from recon.types import Sim3
 
+MODES = ("none", "spawn", "serve")  # --viewer: no live viewer, the native one, a web viewer
+
 
 @dataclass(frozen=True)
 class WindowView:
