@@ -360,7 +360,7 @@ def pointmap_metrics(
         return "the run wrote no map.ply"
     if len(g.frame_indices) < 3:
         return f"need >= 3 frames with ground-truth depth to place the map, have {len(g.frame_indices)}"
-    from recon.fusion import read_map_ply
+    from recon.fusion import VOXEL_PER_DEPTH, read_map_ply
 
     est_xyz = read_map_ply(ply)[0].astype(np.float64)
     gt_world_from_cam = invert_rigid(g.gt_cam_from_world)
@@ -369,8 +369,10 @@ def pointmap_metrics(
     # world first (whole poses, so a straight drive leaves no roll free); ICP refines from there.
     init = sim3_from_poses(invert_rigid(g.est_cam_from_world), gt_world_from_cam, with_scale=not metric)
     median_depth = float(np.median(np.concatenate([d[d > 0] for d in g.gt_depth])))
-    # 1% of the median depth: the map's own default voxel, so neither cloud is judged below its resolution.
-    r = evaluate_pointmap(est_xyz, gt_xyz, init, voxel_size=0.01 * median_depth, icp=icp, with_scale=not metric)
+    # The map's own default voxel, so neither cloud is judged below its resolution.
+    r = evaluate_pointmap(
+        est_xyz, gt_xyz, init, voxel_size=VOXEL_PER_DEPTH * median_depth, icp=icp, with_scale=not metric
+    )
     return {k: v for k, v in asdict(r).items() if isinstance(v, (int, float, str))}
 
 

@@ -40,7 +40,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from recon.errors import ContractError
-from recon.geometry import invert_rigid, rotation_distance_deg
+from recon.geometry import grid_stride, invert_rigid, rotation_distance_deg
 from recon.kernels.layers import LayerLinks, LayerParams, link_layers, link_layers_warped, segment_depth_layers_batch
 from recon.kernels.sim3 import robust_log_scale_grouped, robust_sim3
 from recon.kernels.umeyama import umeyama_sim3
@@ -362,7 +362,7 @@ def window_layers(cur: WindowPrediction, config: AlignConfig) -> WindowLayers | 
     labels = torch.from_numpy(segment_depth_layers_batch(cur.depth, cur.depth_conf, config.layers)).to(cur.depth.device)
     if len(cur) == 1:
         return WindowLayers(labels, None)
-    iou_stride = _stride_for(labels.shape[1] * labels.shape[2], config.iou_pixels)
+    iou_stride = grid_stride(labels.shape[1] * labels.shape[2], config.iou_pixels)
     if config.within_links == "warp":
         within = link_layers_warped(
             labels, cur.points, cur.cam_from_world, cur.K, config.within_iou, iou_stride, num_layers=_num_layers(labels)
@@ -370,10 +370,6 @@ def window_layers(cur: WindowPrediction, config: AlignConfig) -> WindowLayers | 
     else:
         within = link_layers(labels[:-1], labels[1:], config.within_iou, iou_stride)
     return WindowLayers(labels, within)
-
-
-def _stride_for(num_pixels: int, max_points: int) -> int:
-    return max(1, int(np.ceil(np.sqrt(num_pixels / max(max_points, 1)))))
 
 
 def _conf_threshold(
@@ -396,7 +392,7 @@ def select_correspondences(
     dev = cur.depth.device
     O = overlap
     H, W = cur.hw
-    stride = _stride_for(O * H * W, config.max_correspondences)
+    stride = grid_stride(O * H * W, config.max_correspondences)
     o = stride // 2  # centred grid, so a stride of 8 does not always skip the last rows/cols
     sl = (slice(None), slice(o, None, stride), slice(o, None, stride))
     # One strided gather per map into contiguous [O*hs*ws] vectors; everything after is contiguous.
@@ -708,7 +704,7 @@ def _layer_scale_alignment(
         prev_labels = torch.from_numpy(segment_depth_layers_batch(prev.depth[-O:], prev.conf[-O:], config.layers)).to(
             dev
         )
-    iou_stride = _stride_for(labels.shape[1] * labels.shape[2], config.iou_pixels)
+    iou_stride = grid_stride(labels.shape[1] * labels.shape[2], config.iou_pixels)
     cross = link_layers(prev_labels, labels[:O], config.cross_iou, iou_stride)
 
     # Each correspondence sample belongs to at most one cross link: (frame, prev layer, cur layer).

@@ -40,7 +40,7 @@ from recon.align import (
     registered_frames,
     window_layers,
 )
-from recon.fusion import VoxelMap
+from recon.fusion import VOXEL_PER_DEPTH, VoxelMap
 from recon.geometry import invert_rigid
 from recon.places import PlaceConfig
 from recon.posegraph import EdgeNoise, PoseGraph, PoseGraphConfig
@@ -589,7 +589,7 @@ def _quantile_floor(values: torch.Tensor, q: float) -> torch.Tensor:
 
 def _default_voxel(first: AlignedWindow) -> float:
     depth = first.depth[:, ::4, ::4][first.conf[:, ::4, ::4] > 0]  # every 16th pixel: plenty for a median
-    return 0.01 * (float(depth.median()) if depth.numel() else 1.0)
+    return VOXEL_PER_DEPTH * (float(depth.median()) if depth.numel() else 1.0)
 
 
 def _same(a: Sim3, b: Sim3, tol: float = 1e-9) -> bool:

@@ -8,7 +8,6 @@ the source image, so a reader compares against ground truth in the source's own 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +67,3 @@ def read_depth_sample(path: Path) -> DepthSample:
 def depth_sample_paths(out_dir: Path) -> list[Path]:
     folder = Path(out_dir) / DEPTH_DIR
     return sorted(folder.glob("[0-9]*.npz")) if folder.is_dir() else []
-
-
-def read_depth_samples(out_dir: Path) -> Iterator[DepthSample]:
-    for path in depth_sample_paths(out_dir):
-        yield read_depth_sample(path)

@@ -32,6 +32,7 @@ from recon.errors import ContractError
 from recon.kernels.voxel import Voxels, merge_voxels, revoxelize, scatter_voxels
 from recon.outputs import atomic_write
 
+VOXEL_PER_DEPTH = 0.01  # the default voxel: 1% of the scene's median depth (the map's, and its evaluation's)
 DEFAULT_DISTANCE_SCALE_VOXELS = 200.0  # 10 m at 5 cm voxels: in voxel units so it follows the run's scale
 BYTES_PER_VOXEL = 8 + 12 + 12 + 4 + 4 + 4  # key, xyz, rgb (float32 mean), weight, count, window
 

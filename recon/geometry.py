@@ -3,7 +3,14 @@ points into the camera, `world_from_cam` is its inverse; 4x4 homogeneous rigid t
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+
+def grid_stride(num_pixels: int, max_samples: int) -> int:
+    """The pixel stride (both axes) that keeps at most about `max_samples` of `num_pixels`."""
+    return max(1, math.ceil(math.sqrt(num_pixels / max(max_samples, 1))))
 
 
 def as_4x4(T: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recon.errors import ReconError
-from recon.geometry import invert_rigid
+from recon.geometry import grid_stride, invert_rigid
 from recon.types import Sim3
 from recon.viz import blueprint as paths
 from recon.viz.viewer import WindowView
@@ -250,7 +250,7 @@ class RerunViewer:
     def _packet(self, view: WindowView, new: range, world_from_cam: np.ndarray) -> _WindowPacket:
         o = self.options
         last = new[-1] if len(new) else len(view.frame_indices) - 1
-        stride = _pixel_stride(len(new), view.depth.shape[1:], 4 * o.window_points_max)
+        stride = grid_stride(len(new) * int(view.depth.shape[1]) * int(view.depth.shape[2]), 4 * o.window_points_max)
         if view.fused_conf is not None:  # the map's own pixels: what it fused, so the view shows no streak it left out
             k = max(1, math.ceil(stride / view.fused_stride))
             stride = k * view.fused_stride
@@ -476,11 +476,6 @@ def _numeric(values: dict[str, Any]) -> list[tuple[str, float]]:
         for k, v in values.items()
         if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(float(v))
     ]
-
-
-def _pixel_stride(frames: int, hw: tuple[int, ...], max_samples: int) -> int:
-    pixels = frames * int(hw[0]) * int(hw[1])
-    return max(1, math.ceil(math.sqrt(pixels / max(max_samples, 1))))
 
 
 def _confident(points: np.ndarray, conf: np.ndarray, median: bool = True) -> np.ndarray:
