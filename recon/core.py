@@ -44,7 +44,7 @@ from recon.fusion import VOXEL_PER_DEPTH, VoxelMap
 from recon.geometry import invert_rigid
 from recon.places import PlaceConfig
 from recon.posegraph import EdgeNoise, PoseGraph, PoseGraphConfig
-from recon.types import Sim3, WindowPrediction
+from recon.types import FrameMeta, Sim3, WindowPrediction
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +195,11 @@ class Reconstruction:
     def add(
         self,
         pred: WindowPrediction,
-        meta: list[tuple[int, float, np.ndarray | None]],
+        meta: list[FrameMeta],
         colors: np.ndarray,
         layers: WindowLayers | None = None,
     ) -> CoreUpdate:
-        """Register window `pred` (frames `meta`: index, timestamp, ground truth; `colors` [S,H,W,3] uint8;
+        """Register window `pred` (its frames' `meta`; `colors` [S,H,W,3] uint8;
         `layers`: prepare(pred), if done beforehand)."""
         k = self._windows
         t = time.perf_counter()
@@ -303,7 +303,7 @@ class Reconstruction:
         k: int,
         world: AlignedWindow,
         window_from_cam: np.ndarray,
-        meta: list[tuple[int, float, np.ndarray | None]],
+        meta: list[FrameMeta],
         shared: int,
     ) -> list[tuple[int, FramePose]]:
         """Attach this window's view of each frame; the shared head frames (pending from the previous
@@ -325,7 +325,12 @@ class Reconstruction:
             f.views = [(v[0], v[1], v[2], v[3] * (1 - w)) for v in f.views] + [(k, window_from_cam[j], bool(reg[j]), w)]
         final_frames = self._pending[:shared]
         for j in range(shared, S):
-            f = _Frame(meta[j][0], meta[j][1], meta[j][2], [(k, window_from_cam[j], bool(reg[j]), 1.0)])
+            f = _Frame(
+                meta[j].index,
+                meta[j].timestamp_s,
+                meta[j].gt_cam_from_world,
+                [(k, window_from_cam[j], bool(reg[j]), 1.0)],
+            )
             final_frames.append(f)
         keep_pending = final_frames[S - tail :] if tail else []
         final_frames = final_frames[: S - tail] if tail else final_frames

@@ -36,7 +36,7 @@ from recon.models.base import GeometryModel, StreamingModel
 from recon.outputs import OutputConfig, TrajectoryWriter, atomic_write_json, prepare_out_dir, remove_run_files
 from recon.registration import OverlappingWindows, Registration
 from recon.schedule import KeyframeSelector, ScheduleConfig, WindowScheduler
-from recon.types import FLAG_LOW_PARALLAX, FLAG_TOO_FEW_TRACKS, Frame, WindowPrediction
+from recon.types import FLAG_LOW_PARALLAX, FLAG_TOO_FEW_TRACKS, Frame, FrameMeta, WindowPrediction
 from recon.viz.viewer import NullViewer, Viewer, WindowView
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def unplaced_frames_notes(st: RunState) -> list[str]:
 
 @dataclass
 class _Window:
-    frames_meta: list[tuple[int, float, np.ndarray | None]]  # (index, timestamp_s, gt_cam_from_world)
+    frames_meta: list[FrameMeta]
     colors: np.ndarray  # [S,H,W,3] uint8 at model resolution
     pred: WindowPrediction
     infer_s: float
@@ -323,7 +323,7 @@ class Pipeline:
                 for f in frames
             ]
         )
-        meta = [(f.index, f.timestamp_s, f.gt_cam_from_world) for f in frames]
+        meta = [f.meta for f in frames]
         self._put(_Window(meta, colors, pred, infer_s, layers))
         n = carried_frames(pred, self.overlap)
         return (
@@ -396,7 +396,7 @@ class Pipeline:
         for flag in item.pred.flags:
             st.flags[flag] = st.flags.get(flag, 0) + 1
         diag = update.aligned.diagnostics
-        st.alignment.append({"frames": [item.frames_meta[0][0], item.frames_meta[-1][0]], **_brief(diag)})
+        st.alignment.append({"frames": [item.frames_meta[0].index, item.frames_meta[-1].index], **_brief(diag)})
         path = str(diag.get("path"))
         st.alignment_paths[path] = st.alignment_paths.get(path, 0) + 1
         if st.windows % self.config.outputs.map_every == 0:
@@ -478,11 +478,11 @@ class Pipeline:
                 if isinstance(v, (int, float)) and not isinstance(v, bool)
             },
         }
-        gt = [m[2] for m in item.frames_meta if m[2] is not None]
+        gt = [m.gt_cam_from_world for m in item.frames_meta if m.gt_cam_from_world is not None]
         return WindowView(
             window=st.windows - 1,
             frame_indices=list(aligned.frame_indices),
-            timestamps_s=[m[1] for m in item.frames_meta],
+            timestamps_s=[m.timestamp_s for m in item.frames_meta],
             new=new,
             images_rgb=item.colors,
             depth=aligned.depth.cpu().numpy(),

@@ -130,6 +130,20 @@ class Frame:
     def hw(self) -> tuple[int, int]:
         return int(self.image_rgb.shape[0]), int(self.image_rgb.shape[1])
 
+    @property
+    def meta(self) -> FrameMeta:
+        return FrameMeta(self.index, self.timestamp_s, self.gt_cam_from_world)
+
+
+@dataclass(frozen=True)
+class FrameMeta:
+    """What the trajectory keeps of a frame once its image is gone: its number in the source, its time, and
+    its ground-truth pose when the source has one."""
+
+    index: int
+    timestamp_s: float
+    gt_cam_from_world: np.ndarray | None = None
+
 
 @dataclass(frozen=True)
 class Keypoints:

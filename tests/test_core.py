@@ -104,9 +104,7 @@ def run_core(
 
     def add(w: list[Frame]) -> None:
         pred = model.infer(w)
-        update = core.add(
-            pred, [(f.index, f.timestamp_s, f.gt_cam_from_world) for f in w], np.stack([f.image_rgb for f in w])
-        )
+        update = core.add(pred, [f.meta for f in w], np.stack([f.image_rgb for f in w]))
         if update.trajectory is not None:
             rewrites.append(update.window)
         if (n := carried_frames(pred, 3)) > 3:
