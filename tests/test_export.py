@@ -220,3 +220,56 @@ def test_export_refuses_what_it_cannot_do_in_one_line(tmp_path: Path, capsys: py
     assert main(["export", str(run)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["export", str(run), "--overwrite"]) == 0
+
+
+def test_a_video_run_exports_a_colmap_model_pycolmap_reads_with_its_poses(tmp_path: Path) -> None:
+    """The user's path: a video in, `recon run`, then `recon export OUT --format colmap`; pycolmap reads the model
+    back with one image per kept frame at the run's pose, under the K the run was given."""
+    from recon.datasets.synthetic import SyntheticSource
+    from recon.trajectory_io import read_frames, read_tum
+
+    source = SyntheticSource(scene="room", num_frames=20, width=160, height=120, seed=4)
+    frames = list(source)
+    path = tmp_path / "walk.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (160, 120))
+    assert writer.isOpened(), "this OpenCV cannot write mp4v"
+    for f in frames:
+        writer.write(cv2.cvtColor(f.image_rgb, cv2.COLOR_RGB2BGR))
+    writer.release()
+    K_given = frames[0].K
+    intrinsics = ",".join(f"{v:.6f}" for v in (K_given[0, 0], K_given[1, 1], K_given[0, 2], K_given[1, 2]))
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "run",
+                str(path),
+                "--out",
+                str(out),
+                "--intrinsics",
+                intrinsics,
+                "--window",
+                "8",
+                "--overlap",
+                "3",
+                "--depth-every",
+                "4",
+                "--no-loop-closure",
+            ]
+        )
+        == 0
+    )
+    assert main(["export", str(out), "--format", "colmap"]) == 0
+    rec = pycolmap.Reconstruction(str(out / "colmap" / "sparse" / "0"))
+    indices, _ = read_frames(out / "frames.txt")
+    _, world_from_cam = read_tum(out / "trajectory.tum")
+    assert rec.num_reg_images() == len(indices) >= 15 and rec.num_points3D() > 100
+    for image in rec.images.values():
+        row = int(np.flatnonzero(indices == int(Path(image.name).stem))[0])
+        np.testing.assert_allclose(image.cam_from_world().matrix(), invert_rigid(world_from_cam[row])[:3], atol=1e-6)
+        np.testing.assert_allclose(
+            rec.camera(image.camera_id).params,
+            [K_given[0, 0], K_given[1, 1], K_given[0, 2] + 0.5, K_given[1, 2] + 0.5],
+            rtol=1e-5,
+        )
+        assert cv2.imread(str(out / "colmap" / "images" / image.name)).shape == (120, 160, 3)
