@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Literal, get_args
 
 from recon.errors import SourceError
 
@@ -43,7 +44,8 @@ __all__ = [
 ]
 
 SYNTHETIC_PREFIX = "synthetic:"
-KINDS: tuple[str, ...] = ("folder", "video", "stream", "kitti", "tum", "synthetic")
+SourceKind = Literal["folder", "video", "stream", "kitti", "tum", "synthetic"]
+KINDS: tuple[str, ...] = get_args(SourceKind)
 _EXPECTED = (
     "expected a video file, an image folder, a KITTI sequence dir (image_2/ + calib.txt), a TUM RGB-D dir "
     "(rgb.txt), a camera index, an rtsp/http URL or synthetic:SCENE"

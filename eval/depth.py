@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
-ScaleMode = Literal["frame", "sequence", "none"]
+ScaleMode = Literal["sequence", "frame", "none"]
+SCALE_MODES: tuple[str, ...] = get_args(ScaleMode)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from recon.eval.pointmap import IcpMethod
 
 from recon.errors import ReconError
+from recon.eval.depth import SCALE_MODES
 from recon.eval.trajectory import (
     ATE,
     ErrorStats,
@@ -47,7 +48,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["kitti", "tum"], help="format of --gt (default: from its first line)")
     p.add_argument(
         "--depth-align",
-        choices=["sequence", "frame", "none"],
+        choices=SCALE_MODES,
         default="sequence",
         help="scale the depth onto ground truth once per sequence (default), per frame, or not (metric runs)",
     )

@@ -44,6 +44,7 @@ from recon.geometry import grid_stride, invert_rigid, rotation_distance_deg
 from recon.kernels.layers import LayerLinks, LayerParams, link_layers, link_layers_warped, segment_depth_layers_batch
 from recon.kernels.sim3 import robust_log_scale_grouped, robust_sim3
 from recon.kernels.umeyama import umeyama_sim3
+from recon.registration import ALIGN_MODES, AlignMode
 from recon.types import Keypoints, Sim3, WindowPrediction
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AlignConfig:
-    mode: Literal["sim3", "lsa"] = "lsa"
+    mode: AlignMode = "lsa"
     # correspondences
     conf_mode: Literal["median_ratio", "top_p"] = "median_ratio"
     conf_rel: float = 0.1  # median_ratio: keep conf > conf_rel x min(median prev, median cur)
@@ -96,7 +97,7 @@ class AlignConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "mode must be 'sim3' or 'lsa'": self.mode in ("sim3", "lsa"),
+            f"mode must be one of {', '.join(ALIGN_MODES)}": self.mode in ALIGN_MODES,
             "conf_mode must be 'median_ratio' or 'top_p'": self.conf_mode in ("median_ratio", "top_p"),
             "within_links must be 'warp' or 'pixel'": self.within_links in ("warp", "pixel"),
             "top_p must be in (0, 1]": 0 < self.top_p <= 1,

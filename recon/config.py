@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from recon.align import AlignConfig
+from recon.cache_config import PolicyName
 from recon.core import CoreConfig, GraphConfig, MapConfig
+from recon.datasets import SourceKind
 from recon.errors import ReconError
+from recon.models.base import DtypeName
 from recon.models.classical.model import ClassicalConfig
 from recon.outputs import OutputConfig
 from recon.schedule import ScheduleConfig
+from recon.viz.viewer import ViewerMode
 
 CONFIG_FILE = "config.yaml"
 
@@ -28,9 +32,7 @@ CONFIG_FILE = "config.yaml"
 @dataclass(frozen=True)
 class SourceConfig:
     path: str | None = None  # what `recon run SOURCE` names (recorded absolute)
-    kind: Literal["folder", "video", "stream", "kitti", "tum", "synthetic"] | None = (
-        None  # None: detected from the path
-    )
+    kind: SourceKind | None = None  # None: detected from the path
     stride: int = 1
     max_frames: int | None = None
     intrinsics: tuple[float, float, float, float] | None = None  # fx, fy, cx, cy in source pixels
@@ -43,16 +45,16 @@ class ModelConfig:
     name: str = "classical"
     weights: str | None = None  # learned models: the checkpoint
     architecture: str = "1b"  # learned models: 1b (VGGT-1B) or tiny (tests)
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    dtype: DtypeName = "fp32"
     device: str | None = None
-    cache: Literal["none", "queue", "sink-window", "keydiff"] = "keydiff"  # streamvggt
+    cache: PolicyName = "keydiff"  # streamvggt
     cache_budget: int | None = None  # streamvggt: tokens per global-attention layer
     classical: ClassicalConfig = field(default_factory=ClassicalConfig)
 
 
 @dataclass(frozen=True)
 class ViewerConfig:
-    mode: Literal["none", "spawn", "serve"] = "none"
+    mode: ViewerMode = "none"
     rrd: str | None = None
     bind: str = "127.0.0.1"
     port: int | None = None

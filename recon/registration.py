@@ -10,9 +10,13 @@ driver and the core never ask which model they run (ARCHITECTURE §1).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from recon.types import Frame, WindowPrediction
+
+# How overlapping windows are joined (--align): one Sim(3), or a Sim(3) and then a scale per depth layer.
+AlignMode = Literal["sim3", "lsa"]
+ALIGN_MODES: tuple[str, ...] = get_args(AlignMode)
 
 
 class Registration(Protocol):

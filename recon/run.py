@@ -19,9 +19,12 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from recon.allocator import heap_trimmer
+from recon.cache_config import POLICIES
 from recon.datasets import KINDS
 from recon.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ReconError
+from recon.models.base import DTYPE_NAMES
 from recon.outputs import EXPORT_FORMATS
+from recon.registration import ALIGN_MODES
 from recon.schedule import DEFAULT_OVERLAP, DEFAULT_WINDOW
 from recon.signals import ignore_signal, signals_deferred
 from recon.viz import MODES
@@ -71,13 +74,13 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model-config", help="architecture of the checkpoint: 1b (VGGT-1B, default) or tiny (tests)")
     m.add_argument(
         "--dtype",
-        choices=["fp32", "bf16", "fp16"],
+        choices=DTYPE_NAMES,
         help="compute precision of the aggregator (default fp32; heads stay fp32)",
     )
     m.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     m.add_argument(
         "--cache",
-        choices=["none", "queue", "sink-window", "keydiff"],
+        choices=POLICIES,
         help="streamvggt: KV-cache policy (default keydiff; none = unbounded)",
     )
     m.add_argument(
@@ -97,7 +100,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         help=f"frames shared by consecutive windows (default {DEFAULT_OVERLAP}; streamvggt: none, its KV cache carries the context)",
     )
     p.add_argument(
-        "--align", choices=["sim3", "lsa"], help="window alignment: one Sim(3), or Sim(3) + layer-wise scale (default)"
+        "--align", choices=ALIGN_MODES, help="window alignment: one Sim(3), or Sim(3) + layer-wise scale (default)"
     )
     p.add_argument(
         "--no-loop-closure",

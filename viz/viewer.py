@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 
 from recon.types import Sim3
 
-MODES = ("none", "spawn", "serve")  # --viewer: no live viewer, the native one, a web viewer
+ViewerMode = Literal["none", "spawn", "serve"]  # --viewer: no live viewer, the native one, a web viewer
+MODES: tuple[str, ...] = get_args(ViewerMode)
 
 
 @dataclass(frozen=True)

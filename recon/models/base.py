@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
 
 from recon.errors import ReconError
 from recon.types import Frame, WindowPrediction
@@ -51,6 +51,10 @@ MODELS: dict[str, ModelEntry] = {
 }
 
 DEFAULT_MODEL = "classical"
+
+# Compute precisions a learned model takes (--dtype); recon.models.vggt maps them to torch dtypes.
+DtypeName = Literal["fp32", "bf16", "fp16"]
+DTYPE_NAMES: tuple[str, ...] = get_args(DtypeName)
 
 
 def available_models() -> list[str]:

@@ -21,12 +21,13 @@ from PIL import Image
 
 from recon.errors import ModelError, ReconError
 from recon.geometry import rotation_angle_deg
+from recon.models.base import DTYPE_NAMES
 from recon.models.vggt_net import VGGT, VGGTConfig, VGGTOutput, pose_encoding_to_extrinsics_intrinsics
 from recon.models.weights import LoadReport, load_weights
 from recon.types import Frame, ResizeMap, WindowPrediction
 
 TRACK_HEAD_PREFIX = "track_head."  # the tracker is not built: its 394 tensors are skipped, and counted
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES: dict[str, torch.dtype] = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
 CONFIGS = {"1b": VGGTConfig.vggt_1b, "vggt_1b": VGGTConfig.vggt_1b, "tiny": VGGTConfig.tiny}
 
 
