@@ -460,18 +460,17 @@ class Reconstruction:
         world_from_cam = invert_rigid(world.cam_from_world.double().numpy())
         s = cfg.pixel_stride
         conf = world.conf[new, ::s, ::s]
+        points = world.world_points(new, s)  # one pass: the consistency check and the map both take them
         keep = confident_pixels(conf, cfg.conf_quantile)
         if keep.any():
             if cfg.edge_jump_rel is not None:
                 keep &= ~depth_edges(world.depth[new], cfg.edge_jump_rel, cfg.edge_window_px)[:, ::s, ::s]
             if cfg.consistency_px is not None and K is not None:
                 keep &= consistent_in_neighbours(
-                    world, K, new, s, cfg.consistency_px, cfg.consistency_offsets, cfg.consistency_rel
+                    world, K, new, s, cfg.consistency_px, cfg.consistency_offsets, cfg.consistency_rel, points=points
                 )
             conf = torch.where(keep, conf, torch.zeros_like(conf))
-        self.map.integrate(
-            world.world_points(new, s), colors[new, ::s, ::s], conf, camera_centre=world_from_cam[-1, :3, 3], window=k
-        )
+        self.map.integrate(points, colors[new, ::s, ::s], conf, camera_centre=world_from_cam[-1, :3, 3], window=k)
         self.timings_s["map"] += time.perf_counter() - t
         return conf
 
@@ -512,6 +511,7 @@ def consistent_in_neighbours(
     offsets: tuple[int, ...],
     max_rel: float,
     unseen_max_depth: float = 2.0,
+    points: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """[F,H',W'] bool for the `new` frames on every stride-th pixel: no frame `offsets` away in the window
     contradicts the pixel's depth. COLMAP's geometric consistency (its stereo fusion): project the point into
@@ -526,7 +526,8 @@ def consistent_in_neighbours(
     off into the distance leaves every partner's view too. K [S,3,3] model pixels (centres at integers)."""
     S, H, W = world.depth.shape
     first, stop, _ = new.indices(S)
-    points = world.world_points(new, stride)  # [F,h,w,3]
+    if points is None:  # [F,h,w,3]; the caller's when it has them already
+        points = world.world_points(new, stride)
     T = world.cam_from_world.to(points.dtype)
     Kf = K.to(points.dtype)
     out = torch.zeros(points.shape[:3], dtype=torch.bool, device=points.device)
