@@ -28,8 +28,8 @@ import torch
 
 from recon.align import AlignConfig, align_window, select_correspondences
 from recon.geometry import invert_rigid, make_rigid, rotation_from_axis_angle
-from recon.kernels.layers import LayerParams, segment_depth_layers
-from recon.kernels.sim3 import robust_sim3, robust_sim3_reference
+from recon.kernels.align_layers import LayerParams, segment_depth_layers
+from recon.kernels.align_sim3 import robust_sim3, robust_sim3_reference
 from recon.types import ResizeMap, Sim3, WindowPrediction
 
 H, W = 192, 640
@@ -206,7 +206,7 @@ def bench_lsa(scene, repeats: int) -> None:
             t = median_ms(lambda cfg=cfg, prev=prev: align_window(prev, cur, O, cfg), max(3, repeats // 4))
             row.append(f"{mode} {t:.0f} ms per window")
             if mode == "lsa":
-                steps = [align_window(prev, cur, O, cfg).diagnostics["lsa"]["time_ms"] for _ in range(3)]
+                steps = [align_window(prev, cur, O, cfg).report.lsa["time_ms"] for _ in range(3)]
                 row.append(f"(LSA step after segmentation {np.median(steps):.0f} ms)")
         print(", ".join(row))
     torch.set_num_threads(THREADS)
@@ -259,7 +259,7 @@ def bench_accuracy(scene, fast_scene) -> None:
             for lid, name in names.items():
                 m = layer[frames] == lid
                 rows.append(f"{name} {np.nanmedian(err[m]):.3f} ({np.nanmedian(err[O:][m[O:]]):.3f})")
-            pe = out.diagnostics["overlap_pose_error"]
+            pe = out.report.overlap_pose_error
             print(f"{mode}: " + ", ".join(rows) + f"; all {np.nanmedian(err):.3f}; seam {pe['rotation_deg']:.3f} deg")
 
 

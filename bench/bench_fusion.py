@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from recon.fusion import VoxelMap
-from recon.kernels.voxel import ReferenceVoxels
+from recon.kernels.fusion_voxels import ReferenceVoxels
 
 CHECKPOINTS = (10, 100, 1000, 10_000)
 

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -205,7 +205,7 @@ class Reconstruction:
         t = time.perf_counter()
         shared, fit, noise = self._join(pred, layers)
         edge = fit.sim  # prev_from_cur
-        if fit.diagnostics.get("path") == "pose_fallback":
+        if fit.report.path == "pose_fallback":
             self._breaks.add(k)
             self._detached_from = k
         # The window's shared tail in its own frame (layer scales applied): what the next window joins to.
@@ -285,11 +285,11 @@ class Reconstruction:
             self._reanchor = False
             last = self._pose(self._frames[-1]).world_from_cam if self._frames else np.eye(4)
             fit = anchored_fit(self._estimates[self._windows - 1].inverse() @ Sim3.from_matrix(last))
-            fit.diagnostics["path"] = "reanchored"
+            fit.report = replace(fit.report, path="reanchored")
             return 0, fit, _REANCHOR_NOISE
         assert prev is not None
         fit = fit_window(prev, pred, O, self.config.align, layers)
-        sigma = fit.diagnostics.get("noise", {"rot_rad": 0.01, "trans": 0.1, "log_scale": 0.1})
+        sigma = fit.report.noise or {"rot_rad": 0.01, "trans": 0.1, "log_scale": 0.1}
         floor, depth = self.config.graph.join_noise_floor, median_depth(prev.depth)
         noise = EdgeNoise(
             rot_rad=max(sigma["rot_rad"], floor.rot_rad),

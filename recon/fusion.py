@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from recon.errors import ContractError
-from recon.kernels.voxel import Voxels, merge_voxels, revoxelize, scatter_voxels
+from recon.kernels.fusion_voxels import Voxels, merge_voxels, revoxelize, scatter_voxels
 from recon.outputs import atomic_write
 
 VOXEL_PER_DEPTH = 0.01  # the default voxel: 1% of the scene's median depth (the map's, and its evaluation's)
@@ -45,7 +45,7 @@ class FusionStats:
 
     points_in: int  # points offered
     points_invalid: int  # non-finite position/confidence, or confidence <= min_conf
-    points_out_of_range: int  # outside the voxel key range (see recon.kernels.voxel)
+    points_out_of_range: int  # outside the voxel key range (see recon.kernels.fusion_voxels)
     points_fused: int
     voxels_touched: int  # voxels this window's points fell into
     voxels_new: int  # of those, not in the map before

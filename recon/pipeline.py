@@ -31,7 +31,7 @@ from recon.errors import NonFiniteError, ReconError
 from recon.fusion import VoxelMap
 from recon.geometry import invert_rigid
 from recon.inflight import WindowsInFlight
-from recon.kernels.voxel import KEY_OFFSET
+from recon.kernels.fusion_voxels import KEY_OFFSET
 from recon.models.base import GeometryModel, StreamingModel
 from recon.outputs import OutputConfig, TrajectoryWriter, atomic_write_json, prepare_out_dir, remove_run_files
 from recon.registration import OverlappingWindows, Registration
@@ -395,9 +395,9 @@ class Pipeline:
         st.windows += 1
         for flag in item.pred.flags:
             st.flags[flag] = st.flags.get(flag, 0) + 1
-        diag = update.aligned.diagnostics
-        st.alignment.append({"frames": [item.frames_meta[0].index, item.frames_meta[-1].index], **_brief(diag)})
-        path = str(diag.get("path"))
+        report = update.aligned.report
+        st.alignment.append({"frames": [item.frames_meta[0].index, item.frames_meta[-1].index], **report.brief()})
+        path = report.path
         st.alignment_paths[path] = st.alignment_paths.get(path, 0) + 1
         if st.windows % self.config.outputs.map_every == 0:
             self._write_map()
@@ -494,7 +494,7 @@ class Pipeline:
             K=item.pred.K.double().cpu().numpy(),
             world_from_window=aligned.world_from_window,
             gt_cam_from_world=np.stack(gt) if gt and len(gt) == len(item.frames_meta) else None,
-            alignment=_brief(aligned.diagnostics),
+            alignment=aligned.report.brief(),
             stats=stats,
             map_points=lambda: voxel_map.points()[:2],
         )
@@ -593,18 +593,6 @@ def _is_out_of_memory(e: BaseException) -> bool:
         or "can't allocate memory" in str(e)
         or "out of memory" in str(e).lower()
     )
-
-
-def _brief(diag: dict[str, Any]) -> dict[str, Any]:
-    """The window's join in a few numbers: how it was fitted, its scale, and the seam: how far the shared
-    cameras, mapped by the fit, land from the map's copies (degrees; centre distance / scene depth)."""
-    keys = ("path", "scale", "num_correspondences", "time_ms", "warnings")
-    brief = {k: diag[k] for k in keys if k in diag}
-    seam = diag.get("overlap_pose_error") or {}
-    if "rotation_deg" in seam:
-        brief["seam_rotation_deg"] = seam["rotation_deg"]
-        brief["seam_offset_rel"] = seam["centre_rel"]
-    return brief
 
 
 def scale_note(model: object, source: object) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 driver and the core never ask which model they run (ARCHITECTURE §1).
 
 - `OverlappingWindows`: an offline model (GeometryModel) runs on windows that share `overlap` frames;
-  each window is joined to the previous one through the shared frames (recon.align.join_windows).
+  each window is joined to the previous one through the shared frames (recon.align.fit_window).
 - `AnchoredSteps`: a causal model (StreamingModel) takes consecutive groups without overlap; every
   prediction is already in its anchor frame's camera, so consecutive steps are related by the identity
   (and by the last camera when the model had to restart on a new anchor)."""

@@ -14,8 +14,8 @@ import torch
 from recon.align import AlignConfig, AlignedWindow, align_window, fit_window, place_window
 from recon.errors import ContractError
 from recon.geometry import invert_rigid, make_rigid, rotation_distance_deg, rotation_from_axis_angle
-from recon.kernels.layers import LayerParams, layer_iou, link_layers, link_layers_warped, segment_depth_layers
-from recon.kernels.sim3 import (
+from recon.kernels.align_layers import LayerParams, layer_iou, link_layers, link_layers_warped, segment_depth_layers
+from recon.kernels.align_sim3 import (
     robust_log_scale_grouped,
     robust_log_scale_reference,
     robust_sim3,
@@ -345,7 +345,7 @@ def scene() -> Scene:
 def test_first_window_defines_the_world(scene: Scene) -> None:
     pred = make_window(scene, list(range(6)), Sim3(2.0))
     out = align_window(None, pred, 2, AlignConfig())
-    assert out.diagnostics["path"] == "first" and np.array_equal(out.world_from_window.matrix(), np.eye(4))
+    assert out.report.path == "first" and np.array_equal(out.world_from_window.matrix(), np.eye(4))
     assert torch.equal(out.points_world, pred.points) and torch.equal(out.cam_from_world, pred.cam_from_world)
     assert (
         out.layer_labels is not None
@@ -380,7 +380,7 @@ def test_placing_a_fit_elsewhere_is_the_similarity_applied_to_the_joined_window(
 def test_chained_windows_recover_world_poses(scene: Scene, mode: str) -> None:
     outs, preds, first = run_chain(scene, L=8, O=3, n_windows=4, config=AlignConfig(mode=mode), noise=0.002)
     for out in outs[1:]:
-        assert out.diagnostics["path"] == {"sim3": "joint", "lsa": "lsa"}[mode]
+        assert out.report.path == {"sim3": "joint", "lsa": "lsa"}[mode]
         rot, centre = pose_errors(out, scene, first)
         assert rot < 0.1 and centre < 2e-3, (rot, centre)
         ratios = layer_depth_ratios(out, scene, first)
@@ -403,7 +403,7 @@ def test_lsa_recovers_layer_scales_that_sim3_cannot(scene: Scene) -> None:
     # later frames of the window (beyond the overlap) got their scales by propagation
     late = layer_depth_ratios(lsa_out, scene, first, slice(4, None))
     assert all(abs(r - 1) <= 0.02 for r in late.values()), late
-    diag = lsa_out.diagnostics["lsa"]
+    diag = lsa_out.report.lsa
     assert diag["reached_share"] > 0.9
     assert (lsa_out.layer_scales[-1] - 1).abs().max() > 0.1  # not just the window scale
     # Poses come from the shared cameras, not from a fit to the (layer-biased) depth: both modes keep them.
@@ -417,7 +417,7 @@ def test_lsa_pose_only_keeps_window_depth_but_fixes_pose(scene: Scene) -> None:
     cfg = AlignConfig(mode="lsa", lsa_depth=False)
     outs, preds, first = run_chain(scene, L=10, O=4, n_windows=2, config=cfg, errors=errors, noise=0.002)
     out, pred = outs[1], preds[1]
-    assert out.diagnostics["path"] == "lsa" and all(bool((k == 1).all()) for k in out.layer_scales)
+    assert out.report.path == "lsa" and all(bool((k == 1).all()) for k in out.layer_scales)
     assert torch.allclose(out.depth, pred.depth * out.world_from_window.s)  # one scale for the window
     assert pose_errors(out, scene, first)[0] < 0.1
 
@@ -452,7 +452,7 @@ def test_unlinked_layers_keep_the_window_scale(scene: Scene) -> None:
     out = run_chain(
         scene, L=8, O=3, n_windows=2, config=AlignConfig(mode="lsa", cross_iou=1.01, lsa_refine=False), errors=errors
     )[0][1]
-    assert out.diagnostics["path"] == "lsa" and out.diagnostics["lsa"]["cross_links"] == []
+    assert out.report.path == "lsa" and out.report.lsa["cross_links"] == []
     assert all(bool((s == 1).all()) for s in out.layer_scales)
     assert torch.allclose(out.depth, sim3_out.depth) and torch.allclose(
         out.points_world, sim3_out.points_world, atol=1e-4
@@ -485,9 +485,9 @@ def test_empty_pure_rotation_overlap_inherits_the_scale_without_nan(caplog: pyte
     with caplog.at_level(logging.WARNING, logger="recon.align"):
         out = align_window(prev, cur, 3, AlignConfig())
     # Nothing confident and no baseline (pure rotation): the shared frames' depths carry the scale over.
-    assert out.diagnostics["path"] == "inherited_scale"
-    assert out.diagnostics["warnings"] and any("inherited" in r.message for r in caplog.records)
-    assert out.diagnostics["join"]["scale_sources"] == {}
+    assert out.report.path == "inherited_scale"
+    assert out.report.warnings and any("inherited" in r.message for r in caplog.records)
+    assert out.report.join["scale_sources"] == {}
     for t in (out.cam_from_world, out.depth, out.points_world):
         assert torch.isfinite(t).all()
     # continuity: the overlap cameras sit on the map's copies
@@ -505,7 +505,7 @@ def test_empty_pure_rotation_overlap_inherits_the_scale_without_nan(caplog: pyte
     cur.depth.zero_()
     cur.points.zero_()
     out = align_window(prev, cur, 3, AlignConfig())
-    assert out.diagnostics["path"] == "inherited_scale" and out.world_from_window.s == 1.0
+    assert out.report.path == "inherited_scale" and out.world_from_window.s == 1.0
     assert all(bool(torch.isfinite(t).all()) for t in (out.cam_from_world, out.depth, out.points_world))
     assert (
         rotation_distance_deg(
@@ -521,8 +521,8 @@ def test_garbage_points_do_not_move_the_join(scene: Scene) -> None:
     cur = make_window(scene, list(range(3, 9)), random_sim3(rng))
     cur.points.copy_(torch.randn_like(cur.points) * 20)  # confident garbage
     out = align_window(prev, cur, 3, AlignConfig(mode="lsa"))
-    assert out.diagnostics["path"] == "lsa"
-    assert set(out.diagnostics["join"]["scale_sources"]) == {"dense", "baseline"}
+    assert out.report.path == "lsa"
+    assert set(out.report.join["scale_sources"]) == {"dense", "baseline"}
     rot, centre = pose_errors(out, scene, Sim3(1.0))
     assert rot < 0.1 and centre < 1e-3  # rotation from the cameras, scale from depth and baselines
 
@@ -534,11 +534,11 @@ def test_a_lost_overlap_with_wrong_depth_keeps_the_scale_through_the_baselines(s
     cur = make_window(scene, list(range(3, 9)), Sim3(2.0))
     cur.depth.mul_(5.0)  # depth says x5, the cameras say x2 (window scale 2 -> map needs 0.5)
     out = align_window(prev, cur, 3, AlignConfig(mode="sim3"))
-    sources = out.diagnostics["join"]["scale_sources"]
+    sources = out.report.join["scale_sources"]
     assert sources["baseline"]["scale"] == pytest.approx(0.5, rel=1e-3)
     assert sources["dense"]["scale"] == pytest.approx(0.1, rel=1e-2)
-    assert "scale_conflict" in out.diagnostics["join"]
-    kept = out.diagnostics["join"]["scale_conflict"][0].rsplit(" ", 1)[-1]
+    assert "scale_conflict" in out.report.join
+    kept = out.report.join["scale_conflict"][0].rsplit(" ", 1)[-1]
     assert kept in sources
     assert out.world_from_window.s == pytest.approx(sources[kept]["scale"], rel=1e-9)  # one source, never a blend
 
@@ -568,7 +568,7 @@ def test_top_p_confidence_mode(scene: Scene) -> None:
     outs, _, first = run_chain(
         scene, L=8, O=3, n_windows=2, config=AlignConfig(mode="sim3", conf_mode="top_p", top_p=0.5)
     )
-    assert outs[1].diagnostics["num_correspondences"] < 0.5 * outs[1].diagnostics["num_candidates"]
+    assert outs[1].report.num_correspondences < 0.5 * outs[1].report.num_candidates
     rot, centre = pose_errors(outs[1], scene, first)
     assert rot < 0.05 and centre < 1e-3
 
@@ -600,7 +600,7 @@ def test_synthetic_source_windows_align() -> None:
         pred.points_conf[sky] = 0
         pred.depth_conf[sky] = 0
         prev = align_window(prev, pred, 3, AlignConfig())
-    assert prev.diagnostics["path"] in ("sim3", "lsa")
+    assert prev.report.path in ("sim3", "lsa")
     rot, centre = pose_errors(prev, real, first_from_world)
     assert rot < 0.1 and centre < 2e-3
 
@@ -622,18 +622,18 @@ def test_shared_keypoints_outvote_dense_depth_that_disagrees_with_the_cameras(sc
     cur = with_keypoints(make_window(scene, list(range(6, 18)), Sim3(2.0)))
     cur.depth.mul_(1.5)  # dense depth 50% off; the cameras (and keypoints) say x2
     out = align_window(prev, cur, 6, AlignConfig(mode="sim3"))
-    sources = out.diagnostics["join"]["scale_sources"]
+    sources = out.report.join["scale_sources"]
     assert sources["tracks"]["scale"] == pytest.approx(0.5, rel=1e-4) and sources["baseline"]["scale"] == pytest.approx(
         0.5, rel=1e-4
     )
-    assert any(c.startswith("dense") for c in out.diagnostics["join"]["scale_conflict"])  # two against one
+    assert any(c.startswith("dense") for c in out.report.join["scale_conflict"])  # two against one
     assert out.world_from_window.s == pytest.approx(0.5, rel=0.02)
     rot, centre = pose_errors(out, scene, Sim3(1.0))
     assert rot < 0.1 and centre < 1e-3
 
 
 def test_a_loose_scale_source_sides_with_the_tight_one_it_agrees_with() -> None:
-    from recon.align import _consistent_sources
+    from recon.align.join import _consistent_sources
 
     # Two tight sources 37% apart; the loose one agrees with both within 3 sigma but sits on one of them.
     sources = {"dense": (np.log(0.83), 0.005), "tracks": (np.log(1.15), 0.02), "baseline": (np.log(1.14), 0.146)}

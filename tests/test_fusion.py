@@ -13,7 +13,15 @@ import torch
 import recon.fusion as fusion
 from recon.errors import ContractError
 from recon.fusion import BYTES_PER_VOXEL, VoxelMap
-from recon.kernels.voxel import KEY_MAX, KEY_MIN, ReferenceVoxels, merge_voxels, pack_keys, scatter_voxels, unpack_keys
+from recon.kernels.fusion_voxels import (
+    KEY_MAX,
+    KEY_MIN,
+    ReferenceVoxels,
+    merge_voxels,
+    pack_keys,
+    scatter_voxels,
+    unpack_keys,
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
