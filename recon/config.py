@@ -17,9 +17,10 @@ from typing import Any, Literal, cast
 
 from recon.align import AlignConfig
 from recon.cache_config import PolicyName
-from recon.core import CoreConfig, GraphConfig, MapConfig
+from recon.core import CoreConfig, GraphConfig
 from recon.datasets import SourceKind
 from recon.errors import ReconError
+from recon.map_filter import MapConfig
 from recon.models.base import DtypeName
 from recon.models.classical.model import ClassicalConfig
 from recon.outputs import OutputConfig

@@ -533,7 +533,7 @@ class Pipeline:
             "loops": st.loops[-ALIGNMENT_LOG_WINDOWS:],
             "loop_closures": len(st.loops),
             "trajectory_rewrites": st.trajectory_rewrites,
-            "place_database_bytes": self.core.places.nbytes if self.core.places is not None else 0,
+            "place_database_bytes": self.core.loop_closer.places.nbytes if self.core.loop_closer is not None else 0,
             "place_recognition": _place_stats(self.core),
             "scale": scale_note(self.model, self.source),
             "ground_truth_metric": bool(getattr(self.source, "metric", False))
@@ -573,16 +573,16 @@ def _map_warnings(voxel_map: VoxelMap | None, ply: Path) -> list[str]:
 def _place_stats(core: Reconstruction) -> dict[str, Any] | None:
     """What the place database did: queries, candidates verified, why they were rejected, loops the
     drift gate refused."""
-    if core.places is None:
+    if core.loop_closer is None:
         return None
-    st = core.places.stats
+    st = core.loop_closer.places.stats
     return {
-        "keyframes": len(core.places),
+        "keyframes": len(core.loop_closer.places),
         "queries": st.queries,
         "candidates": st.candidates,
         "verified": st.verified,
         "rejected": dict(st.rejected),
-        "gate_rejected": list(core.rejected_loops)[-ALIGNMENT_LOG_WINDOWS:],
+        "gate_rejected": list(core.loop_closer.rejected)[-ALIGNMENT_LOG_WINDOWS:],
     }
 
 

@@ -13,11 +13,12 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from recon.core import CoreConfig, GraphConfig, Reconstruction, _quantile_floor, carried_frames, confident_pixels
+from recon.core import CoreConfig, GraphConfig, Reconstruction, carried_frames
 from recon.datasets.synthetic import SyntheticSource
 from recon.eval.trajectory import absolute_trajectory_error
 from recon.geometry import invert_rigid
 from recon.kernels.umeyama import sim3_from_poses
+from recon.map_filter import _quantile_floor, confident_pixels
 from recon.models import base
 from recon.outputs import OutputConfig
 from recon.pipeline import Pipeline, PipelineConfig
@@ -306,7 +307,7 @@ def test_the_map_takes_the_confident_half_of_the_pixels_with_depth() -> None:
 
 
 def test_depth_edges_keep_slanted_planes_and_find_steps() -> None:
-    from recon.core import depth_edges
+    from recon.map_filter import depth_edges
 
     v, u = torch.meshgrid(torch.arange(40.0), torch.arange(60.0), indexing="ij")
     road = 1.0 / (0.05 + 0.01 * v + 0.002 * u)  # a plane seen at a grazing angle: depth 3..20 over the image

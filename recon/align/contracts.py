@@ -151,6 +151,10 @@ class WindowFit:
     layer_scales: list[torch.Tensor] | None  # per frame [L_j]
     report: AlignmentReport
 
+    def local_depth(self, pred: WindowPrediction, frames: int | slice = slice(None)) -> torch.Tensor:
+        """Depth of `frames` of `pred` in the window's own frame: the model's depth times the layer scales."""
+        return pred.depth[frames] if self.scale_map is None else pred.depth[frames] * self.scale_map[frames]
+
 
 @dataclass(frozen=True)
 class AlignmentReport:
