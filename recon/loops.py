@@ -113,6 +113,19 @@ class LoopCloser:
             return info, detached_from
         return None, detached_from
 
+    def summary(self) -> dict[str, Any]:
+        """What the place database did: queries, candidates verified, why they were rejected, loops the
+        drift gate refused (the latest)."""
+        st = self.places.stats
+        return {
+            "keyframes": len(self.places),
+            "queries": st.queries,
+            "candidates": st.candidates,
+            "verified": st.verified,
+            "rejected": dict(st.rejected),
+            "gate_rejected": list(self.rejected),
+        }
+
     def _disagrees(self, graph: PoseGraph, breaks: set[int], a: int, b: int, a_from_b: Sim3) -> str | None:
         """Why the loop edge a_from_b disagrees with the graph's a^-1 b beyond the drift the chain between
         them can have (None: it agrees)."""

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from recon.config import RunConfig
     from recon.datasets.base import FrameSource
     from recon.fusion import VoxelMap
-    from recon.pipeline import RunState
+    from recon.summary import RunState
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -497,7 +497,7 @@ def report(config: RunConfig, source: FrameSource, out: Path, state: RunState) -
     """The run's report, its evaluation against ground truth and its export. Every file is written before
     anything is printed: a closed stdout (`recon run ... | head`) costs the report only."""
     from recon.datasets import source_notes
-    from recon.pipeline import unplaced_frames_notes
+    from recon.summary import unplaced_frames_notes
 
     metrics = evaluate(out) if source.has_ground_truth and state.frames_written >= 3 else None
     for warning in [*state.warnings, *source_notes(source), *unplaced_frames_notes(state)]:

@@ -115,8 +115,8 @@ def test_run_hands_free_heap_pages_back_once_per_window(tmp_path: Path, monkeypa
 
 
 def test_progress_counts_frames_done_and_logs_plain_lines_without_a_terminal(capsys: pytest.CaptureFixture) -> None:
-    from recon.pipeline import RunState
     from recon.run import Progress
+    from recon.summary import RunState
 
     progress = Progress(total=100, every_s=0.0, first_after_s=0.0)
     state = RunState(
