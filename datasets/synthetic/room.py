@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .materials import period_m
 from .primitives import Boxes, Cylinders, PrimitiveBuilder
 from .render import SceneView
 from .rng import rng_for
 from .surface import Lighting
-from .textures import period_m
 
 ROOM_MATERIALS = (
     "wallpaper",

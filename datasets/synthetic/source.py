@@ -25,7 +25,7 @@ from .primitives import Boxes, Cylinders
 from .render import Renderer
 from .room import ROOM_MATERIALS, RoomConfig, RoomScene
 from .street import STREET_MATERIALS, StreetConfig, StreetScene
-from .textures import build_atlas
+from .texture_atlas import build_atlas
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .materials import period_m
 from .primitives import Boxes, Cylinders, PrimitiveBuilder, concat_boxes, concat_cylinders
 from .raycast import FrameContext
 from .render import SceneView, Sky
 from .rng import hash_uniform, rng_for
 from .route import LoopRoute, OpenRoute, Route, Unit
 from .surface import Lighting, Surface
-from .textures import period_m
 
 STREET_MATERIALS = (
     "asphalt",
