@@ -24,7 +24,8 @@ from .effects import ImageEffects, apply_effects
 from .primitives import Boxes, Cylinders
 from .render import Renderer
 from .room import ROOM_MATERIALS, RoomConfig, RoomScene
-from .street import STREET_MATERIALS, StreetConfig, StreetScene
+from .street import StreetScene
+from .street_config import STREET_MATERIALS, StreetConfig
 from .texture_atlas import build_atlas
 
 
