@@ -19,7 +19,7 @@ from recon.errors import SourceError
 from recon.geometry import invert_rigid
 from recon.types import Frame
 
-from ..base import check_stride_max_frames, strided_length
+from ..base import SourceBase
 from .effects import ImageEffects, apply_effects
 from .primitives import Boxes, Cylinders
 from .render import Renderer
@@ -45,7 +45,7 @@ SCENES: dict[str, _SceneDefaults] = {
 }
 
 
-class SyntheticSource:
+class SyntheticSource(SourceBase):
     """Procedurally rendered frames with exact K, poses (relative to frame 0, metres) and z-depth.
 
     scene: "street" (a drive through a town, 640x192 by default) or "room" (an indoor walk, 640x480).
@@ -55,6 +55,8 @@ class SyntheticSource:
     street: 1 m per frame). noise_std, exposure_jitter, motion_blur_px, exposure_step (+ _frames): optional
     image effects (off by default; the ground truth is unaffected). stride / max_frames: as for every source (every k-th
     frame, at most N). Rendering happens on iteration, one frame at a time."""
+
+    _K: np.ndarray  # the renderer's own: always known
 
     def __init__(
         self,
@@ -95,8 +97,7 @@ class SyntheticSource:
             raise SourceError(f"fps must be > 0, got {fps}")
         if not (math.isfinite(self.speed_mps) and self.speed_mps > 0):
             raise SourceError(f"speed_mps must be > 0, got {speed_mps}")
-        check_stride_max_frames(stride, max_frames)
-        self.stride, self.max_frames = int(stride), max_frames
+        super().__init__(stride, max_frames)
         try:
             self.effects = ImageEffects(
                 float(noise_std),
@@ -152,7 +153,7 @@ class SyntheticSource:
         return self.speed_mps / self.fps
 
     def __len__(self) -> int:
-        return strided_length(self.num_frames, self.stride, self.max_frames)
+        return self._strided_length(self.num_frames)
 
     def __iter__(self) -> Iterator[Frame]:
         for out_index in range(len(self)):
