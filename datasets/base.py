@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Final, NoReturn, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -76,6 +77,26 @@ class SourceBase:
     def _strided_length(self, count: int) -> int:
         """How many of `count` frames the stride and max_frames let through."""
         return strided_length(count, self.stride, self.max_frames)
+
+
+class Unset(enum.Enum):
+    """The default of an argument for which None is a value a caller can pass (and be told is wrong)."""
+
+    UNSET = "unset"
+
+
+UNSET: Final = Unset.UNSET
+
+
+# Every source's first argument is `path`. Four had another name for it (KittiSource `seq_dir`, TumSource `dir`,
+# StreamSource `spec`, SyntheticSource `scene`), which they still take as a keyword-only argument, so calls
+# written either way keep working; these are the TypeErrors Python raises for such an argument.
+def path_missing(owner: str) -> NoReturn:
+    raise TypeError(f"{owner}() missing 1 required positional argument: 'path'")
+
+
+def path_given_twice(owner: str, old_name: str) -> TypeError:
+    return TypeError(f"{owner}() got multiple values for argument 'path' ('{old_name}' is its older name)")
 
 
 def length_hint(source: object) -> int | None:

@@ -26,7 +26,15 @@ from recon.geometry import invert_rigid, make_rigid
 from recon.trajectory_io import format_kitti_line, read_kitti
 from recon.types import Frame
 
-from .base import SourceBase, check_increasing, check_one_per_image
+from .base import (
+    UNSET,
+    SourceBase,
+    Unset,
+    check_increasing,
+    check_one_per_image,
+    path_given_twice,
+    path_missing,
+)
 from .image_files import encode_depth_u16, list_images, read_depth_u16, readable_images, skipped_images_notes, write_png
 
 logger = logging.getLogger(__name__)
@@ -115,7 +123,8 @@ def _is_metric(seq_dir: Path) -> bool:
 
 
 class KittiSource(SourceBase):
-    """A KITTI odometry sequence (see module doc); `seq_dir` is `ROOT/sequences/SEQ` (any name).
+    """A KITTI odometry sequence (see module doc); `path` is its dir `ROOT/sequences/SEQ` (any name; `seq_dir=`
+    is the same argument under its older name).
 
     Frames carry K (= P2[:3,:3]), times.txt timestamps, and when present camera-2 ground truth poses
     (identity at the first yielded frame) and depth from depth_2/ (metres, 0 = invalid; `load_depth=False`
@@ -127,12 +136,18 @@ class KittiSource(SourceBase):
 
     def __init__(
         self,
-        seq_dir: str | Path,
+        path: str | Path | Unset = UNSET,
         stride: int = 1,
         max_frames: int | None = None,
         load_depth: bool = True,
+        *,
+        seq_dir: str | Path | Unset = UNSET,
     ) -> None:
-        self.seq_dir = _sequence_dir(Path(seq_dir))
+        if isinstance(path, Unset):  # given under its older name, or not at all
+            path = seq_dir if not isinstance(seq_dir, Unset) else path_missing("KittiSource")
+        elif not isinstance(seq_dir, Unset):
+            raise path_given_twice("KittiSource", "seq_dir")
+        self.seq_dir = _sequence_dir(Path(path))
         super().__init__(stride, max_frames)
         self.name = self.seq_dir.resolve().name
         image_dir = self.seq_dir / "image_2"

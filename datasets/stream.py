@@ -20,7 +20,7 @@ import numpy as np
 from recon.errors import SourceError
 from recon.types import Frame
 
-from .base import SourceBase, intrinsics_matrix
+from .base import UNSET, SourceBase, Unset, intrinsics_matrix, path_given_twice, path_missing
 from .video import reached_stated_end
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,8 @@ def open_cv_capture(spec: int | str, open_timeout_s: float = 10.0, read_timeout_
 
 
 class StreamSource(SourceBase):
-    """Frames from a camera index or a stream URL, read as they arrive; no length.
+    """Frames from `path`, a camera index or a stream URL (`spec=` is the same argument under its older name),
+    read as they arrive; no length.
 
     `timestamp_s` is the arrival time in seconds since the iteration started (monotonic clock). `index`
     counts the frames read (before stride); `stride` keeps every stride-th frame read. When reading fails
@@ -126,7 +127,7 @@ class StreamSource(SourceBase):
 
     def __init__(
         self,
-        spec: int | str,
+        path: int | str | Unset = UNSET,
         max_reconnects: int = 3,
         max_total_reconnects: int = 100,
         reconnect_delay_s: float = 1.0,
@@ -136,8 +137,14 @@ class StreamSource(SourceBase):
         stride: int = 1,
         intrinsics: object = None,
         open_capture: Callable[[int | str], Capture] | None = None,
+        *,
+        spec: int | str | Unset = UNSET,
     ) -> None:
-        self.spec = parse_stream_spec(spec)
+        if isinstance(path, Unset):  # given under its older name, or not at all
+            path = spec if not isinstance(spec, Unset) else path_missing("StreamSource")
+        elif not isinstance(spec, Unset):
+            raise path_given_twice("StreamSource", "spec")
+        self.spec = parse_stream_spec(path)
         super().__init__(stride, max_frames)
         for label, count in {"max_reconnects": max_reconnects, "max_total_reconnects": max_total_reconnects}.items():
             if not isinstance(count, int) or count < 0:

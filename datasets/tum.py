@@ -23,7 +23,7 @@ from recon.geometry import invert_rigid
 from recon.trajectory_io import format_tum_line, read_tum
 from recon.types import Frame
 
-from .base import SourceBase, check_increasing, intrinsics_matrix
+from .base import UNSET, SourceBase, Unset, check_increasing, intrinsics_matrix, path_given_twice, path_missing
 from .image_files import encode_depth_u16, read_depth_u16, readable_images, skipped_images_notes, write_png
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,8 @@ def freiburg_intrinsics(folder: Path) -> np.ndarray:
 
 
 class TumSource(SourceBase):
-    """A TUM RGB-D sequence (see module doc). One frame per rgb.txt entry that has a depth image (when depth is loaded) and a ground-truth
+    """A TUM RGB-D sequence (see module doc) in the folder `path` (`dir=` is the same argument under its older
+    name). One frame per rgb.txt entry that has a depth image (when depth is loaded) and a ground-truth
     pose (when groundtruth.txt exists) within `max_dt_s`; entries without them are dropped (logged).
     `timestamp_s` is the rgb timestamp as written (seconds). Ground truth is relative to the first yielded
     frame (identity there), in metres. K comes from `intrinsics` or the freiburg preset named by the
@@ -107,14 +108,20 @@ class TumSource(SourceBase):
 
     def __init__(
         self,
-        dir: str | Path,
+        path: str | Path | Unset = UNSET,
         intrinsics: object = None,
         max_dt_s: float = 0.02,
         stride: int = 1,
         max_frames: int | None = None,
         load_depth: bool = True,
+        *,
+        dir: str | Path | Unset = UNSET,
     ) -> None:
-        self.dir = Path(dir)
+        if isinstance(path, Unset):  # given under its older name, or not at all
+            path = dir if not isinstance(dir, Unset) else path_missing("TumSource")
+        elif not isinstance(dir, Unset):
+            raise path_given_twice("TumSource", "dir")
+        self.dir = Path(path)
         super().__init__(stride, max_frames)
         if not (isinstance(max_dt_s, (int, float)) and max_dt_s >= 0):
             raise SourceError(f"max_dt_s must be a number >= 0, got {max_dt_s!r}")

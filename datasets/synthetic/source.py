@@ -19,7 +19,7 @@ from recon.errors import SourceError
 from recon.geometry import invert_rigid
 from recon.types import Frame
 
-from ..base import SourceBase
+from ..base import UNSET, SourceBase, Unset, path_given_twice
 from .effects import ImageEffects, apply_effects
 from .primitives import Boxes, Cylinders
 from .render import Renderer
@@ -48,7 +48,8 @@ SCENES: dict[str, _SceneDefaults] = {
 class SyntheticSource(SourceBase):
     """Procedurally rendered frames with exact K, poses (relative to frame 0, metres) and z-depth.
 
-    scene: "street" (a drive through a town, 640x192 by default) or "room" (an indoor walk, 640x480).
+    path: the scene, "street" (a drive through a town, 640x192 by default; the default) or "room" (an indoor
+    walk, 640x480); `scene=` is the same argument under its older name.
     num_frames: length of the sequence; loop=True makes the path a closed loop of `loop_frames` frames
     (default num_frames; more frames drive on past the start, a revisit) whose last frame comes
     back to the first. speed_mps / fps set the spacing of frames (default 10 m/s and 10 fps for the
@@ -60,7 +61,7 @@ class SyntheticSource(SourceBase):
 
     def __init__(
         self,
-        scene: str = "street",
+        path: str | Unset = UNSET,
         num_frames: int = 300,
         width: int | None = None,
         height: int | None = None,
@@ -80,7 +81,14 @@ class SyntheticSource(SourceBase):
         aniso_taps: int = 2,
         street: StreetConfig | None = None,
         room: RoomConfig | None = None,
+        *,
+        scene: str | Unset = UNSET,
     ) -> None:
+        if isinstance(path, Unset):  # given under its older name, or not at all (the street)
+            path = scene if not isinstance(scene, Unset) else "street"
+        elif not isinstance(scene, Unset):
+            raise path_given_twice("SyntheticSource", "scene")
+        scene = path
         if scene not in SCENES:
             raise SourceError(f"unknown synthetic scene {scene!r}; choose one of {', '.join(SCENES)}")
         d = SCENES[scene]
@@ -239,7 +247,7 @@ def render_sequence(
     the format's uint16 range is written as 0 (unknown)."""
     if fmt not in ("kitti", "tum"):
         raise SourceError(f"unknown format {fmt!r}; choose kitti or tum")
-    source = SyntheticSource(scene=scene, **options)
+    source = SyntheticSource(scene, **options)
     frames: Any = iter(source)
     if progress:
         from tqdm import tqdm
