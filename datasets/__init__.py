@@ -79,7 +79,9 @@ def _construct(cls: Callable[..., FrameSource], kind: str, spec: object, options
     except (TypeError, ValueError):
         params = {}
     if params and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        accepted = list(params)[1:]
+        # The first parameter is `path`, given here as `spec`; the keyword-only one is path's older name
+        # (see the note above base.path_missing): neither is an option.
+        accepted = [name for name, p in list(params.items())[1:] if p.kind is not inspect.Parameter.KEYWORD_ONLY]
         unknown = sorted(set(options) - set(accepted))
         if unknown:
             raise SourceError(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Final, NoReturn, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -22,8 +23,8 @@ class FrameSource(Protocol):
     images when known, else None. `has_ground_truth` says whether yielded frames carry
     `gt_cam_from_world` (and possibly `gt_depth_m`); `metric` whether that ground truth is in metres.
     `__len__` is defined only where the length is known up front; use `length_hint()` otherwise.
-    A source may also keep `notes`: one-line reports of what its last iteration skipped or survived
-    (unreadable files, a truncated video, a dropped stream); use `source_notes()`."""
+    `notes` are one-line reports of what the last iteration skipped or survived (unreadable files, a
+    truncated video, a dropped stream); read them through `source_notes()`."""
 
     name: str
 
@@ -38,6 +39,65 @@ class FrameSource(Protocol):
     @property
     def metric(self) -> bool: ...
 
+    @property
+    def notes(self) -> list[str]: ...
+
+
+class SourceBase:
+    """The part of a `FrameSource` every input kind shares: the `stride` / `max_frames` every kind takes,
+    K when known (`_K`, copied out by `intrinsics`), and the answers of a source without ground truth or
+    notes, which a kind that has them overrides. A kind sets `name` and `_K` in its constructor once it
+    knows them; `__len__` stays with the kinds that know their length (a live stream has none)."""
+
+    name: str
+    _K: np.ndarray | None
+
+    def __init__(self, stride: int, max_frames: int | None) -> None:
+        # Called where each kind validates these, so its errors keep their order among the others.
+        check_stride_max_frames(stride, max_frames)
+        self.stride = int(stride)
+        self.max_frames = max_frames
+
+    @property
+    def intrinsics(self) -> np.ndarray | None:
+        return None if self._K is None else self._K.copy()
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return False
+
+    @property
+    def metric(self) -> bool:
+        return False
+
+    @property
+    def notes(self) -> list[str]:
+        return []
+
+    def _strided_length(self, count: int) -> int:
+        """How many of `count` frames the stride and max_frames let through."""
+        return strided_length(count, self.stride, self.max_frames)
+
+
+class Unset(enum.Enum):
+    """The default of an argument for which None is a value a caller can pass (and be told is wrong)."""
+
+    UNSET = "unset"
+
+
+UNSET: Final = Unset.UNSET
+
+
+# Every source's first argument is `path`. Four had another name for it (KittiSource `seq_dir`, TumSource `dir`,
+# StreamSource `spec`, SyntheticSource `scene`), which they still take as a keyword-only argument, so calls
+# written either way keep working; these are the TypeErrors Python raises for such an argument.
+def path_missing(owner: str) -> NoReturn:
+    raise TypeError(f"{owner}() missing 1 required positional argument: 'path'")
+
+
+def path_given_twice(owner: str, old_name: str) -> TypeError:
+    return TypeError(f"{owner}() got multiple values for argument 'path' ('{old_name}' is its older name)")
+
 
 def length_hint(source: object) -> int | None:
     """len(source) where the source knows it, else None (live streams)."""
@@ -47,8 +107,10 @@ def length_hint(source: object) -> int | None:
         return None
 
 
-def source_notes(source: object) -> list[str]:
-    """What the source's last iteration had to skip or survive, one line each ([] where it keeps none)."""
+def source_notes(source: FrameSource) -> list[str]:
+    """What the source's last iteration had to skip or survive, one line each (a copy)."""
+    # Read leniently: a duck-typed source written before `notes` joined the protocol (a test's stand-in
+    # for one) has none, and that means it has nothing to report.
     return list(getattr(source, "notes", []))
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from recon.errors import SourceError
 from recon.types import Frame
 
-from .base import FrameSource, intrinsics_matrix
+from .base import FrameSource, intrinsics_matrix, source_notes
 
 MODELS = ("pinhole", "opencv", "fisheye")
 _COLMAP_MODELS = {  # name -> (our model, params -> (fx, fy, cx, cy, distortion in OpenCV order))
@@ -265,7 +265,7 @@ class CalibratedSource:
 
     @property
     def notes(self) -> list[str]:
-        return [*self._notes, *getattr(self.source, "notes", [])]
+        return [*self._notes, *source_notes(self.source)]
 
     def __len__(self) -> int:
         return len(self.source)  # type: ignore[arg-type]

@@ -6,16 +6,14 @@ import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from recon.errors import SourceError
 from recon.types import Frame
 
-from .base import check_stride_max_frames, intrinsics_matrix, strided_length
+from .base import SourceBase, intrinsics_matrix
 from .image_files import IMAGE_EXTENSIONS, list_images, readable_images, skipped_images_notes
 
 
-class ImageFolderSource:
+class ImageFolderSource(SourceBase):
     """Images directly inside one folder, in natural order (`img2` before `img10`).
 
     Frame `index` is the file's position in the sorted list (stride and skipped files leave gaps);
@@ -33,7 +31,7 @@ class ImageFolderSource:
         fps: float = 30.0,
     ) -> None:
         self.path = Path(path)
-        check_stride_max_frames(stride, max_frames)
+        super().__init__(stride, max_frames)
         if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
             raise SourceError(f"fps must be a positive number, got {fps!r}")
         if not self.path.is_dir():
@@ -42,31 +40,17 @@ class ImageFolderSource:
         if not self._files:
             exts = " ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
             raise SourceError(f"image folder '{self.path}' has no images; expected files ending in {exts}")
-        self.stride = int(stride)
-        self.max_frames = max_frames
         self.fps = float(fps)
         self._K = intrinsics_matrix(intrinsics)
         self.name = self.path.resolve().name or str(self.path)
         self.skipped: list[str] = []
 
     @property
-    def intrinsics(self) -> np.ndarray | None:
-        return None if self._K is None else self._K.copy()
-
-    @property
-    def has_ground_truth(self) -> bool:
-        return False
-
-    @property
-    def metric(self) -> bool:
-        return False
-
-    @property
     def notes(self) -> list[str]:
         return skipped_images_notes(self.skipped, self.path)
 
     def __len__(self) -> int:
-        return strided_length(len(self._files), self.stride, self.max_frames)
+        return self._strided_length(len(self._files))
 
     def __iter__(self) -> Iterator[Frame]:
         self.skipped = []

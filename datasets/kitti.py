@@ -26,7 +26,15 @@ from recon.geometry import invert_rigid, make_rigid
 from recon.trajectory_io import format_kitti_line, read_kitti
 from recon.types import Frame
 
-from .base import check_increasing, check_one_per_image, check_stride_max_frames, strided_length
+from .base import (
+    UNSET,
+    SourceBase,
+    Unset,
+    check_increasing,
+    check_one_per_image,
+    path_given_twice,
+    path_missing,
+)
 from .image_files import encode_depth_u16, list_images, read_depth_u16, readable_images, skipped_images_notes, write_png
 
 logger = logging.getLogger(__name__)
@@ -114,8 +122,9 @@ def _is_metric(seq_dir: Path) -> bool:
     return units == "m" or units.startswith(("metre", "meter"))
 
 
-class KittiSource:
-    """A KITTI odometry sequence (see module doc); `seq_dir` is `ROOT/sequences/SEQ` (any name).
+class KittiSource(SourceBase):
+    """A KITTI odometry sequence (see module doc); `path` is its dir `ROOT/sequences/SEQ` (any name; `seq_dir=`
+    is the same argument under its older name).
 
     Frames carry K (= P2[:3,:3]), times.txt timestamps, and when present camera-2 ground truth poses
     (identity at the first yielded frame) and depth from depth_2/ (metres, 0 = invalid; `load_depth=False`
@@ -123,17 +132,23 @@ class KittiSource:
     image is skipped with a warning and listed in `skipped`. `metric` is True unless the sequence's
     source.json states non-metric units."""
 
+    _K: np.ndarray  # from calib.txt: always known
+
     def __init__(
         self,
-        seq_dir: str | Path,
+        path: str | Path | Unset = UNSET,
         stride: int = 1,
         max_frames: int | None = None,
         load_depth: bool = True,
+        *,
+        seq_dir: str | Path | Unset = UNSET,
     ) -> None:
-        self.seq_dir = _sequence_dir(Path(seq_dir))
-        check_stride_max_frames(stride, max_frames)
-        self.stride = int(stride)
-        self.max_frames = max_frames
+        if isinstance(path, Unset):  # given under its older name, or not at all
+            path = seq_dir if not isinstance(seq_dir, Unset) else path_missing("KittiSource")
+        elif not isinstance(seq_dir, Unset):
+            raise path_given_twice("KittiSource", "seq_dir")
+        self.seq_dir = _sequence_dir(Path(path))
+        super().__init__(stride, max_frames)
         self.name = self.seq_dir.resolve().name
         image_dir = self.seq_dir / "image_2"
         calib_path = self.seq_dir / "calib.txt"
@@ -196,7 +211,7 @@ class KittiSource:
         return skipped_images_notes(self.skipped, self.seq_dir / "image_2")
 
     def __len__(self) -> int:
-        return strided_length(len(self._files), self.stride, self.max_frames)
+        return self._strided_length(len(self._files))
 
     def __iter__(self) -> Iterator[Frame]:
         self.skipped = []

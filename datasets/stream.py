@@ -20,7 +20,7 @@ import numpy as np
 from recon.errors import SourceError
 from recon.types import Frame
 
-from .base import check_stride_max_frames, intrinsics_matrix
+from .base import UNSET, SourceBase, Unset, intrinsics_matrix, path_given_twice, path_missing
 from .video import reached_stated_end
 
 logger = logging.getLogger(__name__)
@@ -106,8 +106,9 @@ def open_cv_capture(spec: int | str, open_timeout_s: float = 10.0, read_timeout_
         return cv2.VideoCapture(spec, cv2.CAP_FFMPEG, params)
 
 
-class StreamSource:
-    """Frames from a camera index or a stream URL, read as they arrive; no length.
+class StreamSource(SourceBase):
+    """Frames from `path`, a camera index or a stream URL (`spec=` is the same argument under its older name),
+    read as they arrive; no length.
 
     `timestamp_s` is the arrival time in seconds since the iteration started (monotonic clock). `index`
     counts the frames read (before stride); `stride` keeps every stride-th frame read. When reading fails
@@ -126,7 +127,7 @@ class StreamSource:
 
     def __init__(
         self,
-        spec: int | str,
+        path: int | str | Unset = UNSET,
         max_reconnects: int = 3,
         max_total_reconnects: int = 100,
         reconnect_delay_s: float = 1.0,
@@ -136,9 +137,15 @@ class StreamSource:
         stride: int = 1,
         intrinsics: object = None,
         open_capture: Callable[[int | str], Capture] | None = None,
+        *,
+        spec: int | str | Unset = UNSET,
     ) -> None:
-        self.spec = parse_stream_spec(spec)
-        check_stride_max_frames(stride, max_frames)
+        if isinstance(path, Unset):  # given under its older name, or not at all
+            path = spec if not isinstance(spec, Unset) else path_missing("StreamSource")
+        elif not isinstance(spec, Unset):
+            raise path_given_twice("StreamSource", "spec")
+        self.spec = parse_stream_spec(path)
+        super().__init__(stride, max_frames)
         for label, count in {"max_reconnects": max_reconnects, "max_total_reconnects": max_total_reconnects}.items():
             if not isinstance(count, int) or count < 0:
                 raise SourceError(f"{label} must be an integer >= 0, got {count!r}")
@@ -154,8 +161,6 @@ class StreamSource:
         self.max_total_reconnects = max_total_reconnects
         self.reconnect_delay_s = float(reconnect_delay_s)
         self.open_timeout_s = float(open_timeout_s)
-        self.max_frames = max_frames
-        self.stride = int(stride)
         self._K = intrinsics_matrix(intrinsics)
         self._open_capture = open_capture or partial(
             open_cv_capture, open_timeout_s=float(open_timeout_s), read_timeout_s=float(read_timeout_s)
@@ -181,18 +186,6 @@ class StreamSource:
         if self.reconnects:
             return [f"{self.name}: the stream dropped and was reconnected ({self.reconnects} reconnect attempts)"]
         return []
-
-    @property
-    def intrinsics(self) -> np.ndarray | None:
-        return None if self._K is None else self._K.copy()
-
-    @property
-    def has_ground_truth(self) -> bool:
-        return False
-
-    @property
-    def metric(self) -> bool:
-        return False
 
     def _try_open(self) -> Capture | None:
         try:

@@ -23,7 +23,7 @@ from recon.geometry import invert_rigid
 from recon.trajectory_io import format_tum_line, read_tum
 from recon.types import Frame
 
-from .base import check_increasing, check_stride_max_frames, intrinsics_matrix, strided_length
+from .base import UNSET, SourceBase, Unset, check_increasing, intrinsics_matrix, path_given_twice, path_missing
 from .image_files import encode_depth_u16, read_depth_u16, readable_images, skipped_images_notes, write_png
 
 logger = logging.getLogger(__name__)
@@ -95,25 +95,34 @@ def freiburg_intrinsics(folder: Path) -> np.ndarray:
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
 
-class TumSource:
-    """A TUM RGB-D sequence (see module doc). One frame per rgb.txt entry that has a depth image (when
-    depth is loaded) and a ground-truth pose (when groundtruth.txt exists) within `max_dt_s`; entries
-    without them are dropped (logged). `timestamp_s` is the rgb timestamp as written (seconds). Ground
-    truth is relative to the first yielded frame (identity there), in metres. K comes from `intrinsics`
-    or the freiburg preset named by the folder. `index` is the image's entry number in rgb.txt (0-based,
-    comments aside); an unreadable image is skipped with a warning and listed in `skipped`."""
+class TumSource(SourceBase):
+    """A TUM RGB-D sequence (see module doc) in the folder `path` (`dir=` is the same argument under its older
+    name). One frame per rgb.txt entry that has a depth image (when depth is loaded) and a ground-truth
+    pose (when groundtruth.txt exists) within `max_dt_s`; entries without them are dropped (logged).
+    `timestamp_s` is the rgb timestamp as written (seconds). Ground truth is relative to the first yielded
+    frame (identity there), in metres. K comes from `intrinsics` or the freiburg preset named by the
+    folder. `index` is the image's entry number in rgb.txt (0-based, comments aside); an unreadable image
+    is skipped with a warning and listed in `skipped`."""
+
+    _K: np.ndarray  # given, or the preset the folder names: always known
 
     def __init__(
         self,
-        dir: str | Path,
+        path: str | Path | Unset = UNSET,
         intrinsics: object = None,
         max_dt_s: float = 0.02,
         stride: int = 1,
         max_frames: int | None = None,
         load_depth: bool = True,
+        *,
+        dir: str | Path | Unset = UNSET,
     ) -> None:
-        self.dir = Path(dir)
-        check_stride_max_frames(stride, max_frames)
+        if isinstance(path, Unset):  # given under its older name, or not at all
+            path = dir if not isinstance(dir, Unset) else path_missing("TumSource")
+        elif not isinstance(dir, Unset):
+            raise path_given_twice("TumSource", "dir")
+        self.dir = Path(path)
+        super().__init__(stride, max_frames)
         if not (isinstance(max_dt_s, (int, float)) and max_dt_s >= 0):
             raise SourceError(f"max_dt_s must be a number >= 0, got {max_dt_s!r}")
         rgb_list = self.dir / "rgb.txt"
@@ -122,8 +131,6 @@ class TumSource:
                 f"'{self.dir}' is not a TUM RGB-D dir; expected rgb.txt (+ depth.txt, groundtruth.txt) in it"
             )
         self.name = self.dir.resolve().name
-        self.stride = int(stride)
-        self.max_frames = max_frames
         self.max_dt_s = float(max_dt_s)
         given = intrinsics_matrix(intrinsics)
         self.intrinsics_origin = "given to the source"
@@ -197,7 +204,7 @@ class TumSource:
         return skipped_images_notes(self.skipped, self.dir / "rgb.txt")
 
     def __len__(self) -> int:
-        return strided_length(len(self._rows), self.stride, self.max_frames)
+        return self._strided_length(len(self._rows))
 
     def __iter__(self) -> Iterator[Frame]:
         self.skipped = []

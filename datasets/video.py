@@ -8,12 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from recon.errors import SourceError
 from recon.types import Frame
 
-from .base import check_stride_max_frames, intrinsics_matrix, strided_length
+from .base import SourceBase, intrinsics_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +21,7 @@ VIDEO_EXTENSIONS = frozenset(
 )
 
 
-class VideoSource:
+class VideoSource(SourceBase):
     """Frames of a video file. `timestamp_s` comes from the container (CAP_PROP_POS_MSEC), falling back
     to frame_no / fps where the container gives none. `index` is the frame's number in the video. `len()`
     exists when the container states its frame count (an estimate for some formats: iteration stops at the
@@ -39,18 +38,16 @@ class VideoSource:
         intrinsics: object = None,
     ) -> None:
         self.path = Path(path)
-        check_stride_max_frames(stride, max_frames)
+        super().__init__(stride, max_frames)
         if not self.path.is_file():
             raise SourceError(f"video '{self.path}' not found; pass the path of a video file")
         if self.path.stat().st_size == 0:
             raise SourceError(
                 f"video '{self.path}' is empty (0 bytes); the recording or copy did not finish: pass a complete file"
             )
-        self.stride = int(stride)
-        self.max_frames = max_frames
         self._K = intrinsics_matrix(intrinsics)
         self.name = self.path.stem
-        self.notes: list[str] = []
+        self._notes: list[str] = []
         cap = self._open()
         try:
             count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
@@ -74,24 +71,16 @@ class VideoSource:
         return cap
 
     @property
-    def intrinsics(self) -> np.ndarray | None:
-        return None if self._K is None else self._K.copy()
-
-    @property
-    def has_ground_truth(self) -> bool:
-        return False
-
-    @property
-    def metric(self) -> bool:
-        return False
+    def notes(self) -> list[str]:
+        return self._notes
 
     def __len__(self) -> int:
         if self.frame_count is None:
             raise TypeError(f"video '{self.path}' does not state its length")
-        return strided_length(self.frame_count, self.stride, self.max_frames)
+        return self._strided_length(self.frame_count)
 
     def __iter__(self) -> Iterator[Frame]:
-        self.notes = []
+        self._notes = []
         cap = self._open()
         try:
             yield from self._frames(cap)
@@ -112,7 +101,7 @@ class VideoSource:
                 continue
             ok, bgr = cap.retrieve()
             if not ok or bgr is None:
-                self.notes.append(
+                self._notes.append(
                     f"video '{self.path}': frame {frame_no} could not be decoded, so the run stopped there; "
                     "the file is damaged: repair or re-encode it with ffmpeg to use the rest"
                 )
@@ -134,7 +123,7 @@ class VideoSource:
         if frame_no < 0 and self.max_frames != 0:
             raise SourceError(f"video '{self.path}' has no decodable frame; check the file is not truncated")
         if (note := ended_early_note(self.path, frame_no + 1, self.frame_count, self.max_frames, yielded)) is not None:
-            self.notes.append(note)
+            self._notes.append(note)
 
 
 # Containers estimate their frame count (from duration x rate for some): a few frames short is normal.

@@ -74,7 +74,7 @@ def _identical_far_apart(facades: list[tuple[np.ndarray, tuple[float, ...]]]) ->
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_repeated_facades_make_buildings_in_different_places_identical(seed: int) -> None:
-    from recon.datasets.synthetic.street import STREET_MATERIALS
+    from recon.datasets.synthetic.street_config import STREET_MATERIALS
 
     brick = STREET_MATERIALS.index("brick")
     src = source("repeated_facades", seed)

@@ -10,6 +10,6 @@ loop) and `room` (an indoor walk-through). Every frame is a pure function of (op
 
 from .room import RoomConfig
 from .source import SCENES, SyntheticSource, render_sequence
-from .street import StreetConfig
+from .street_config import StreetConfig
 
 __all__ = ["SCENES", "RoomConfig", "StreetConfig", "SyntheticSource", "render_sequence"]

@@ -16,7 +16,7 @@ import numpy as np
 from .primitives import Boxes, Cylinders
 from .raycast import GROUND, SKY, BufferPool, FrameContext, RayGrid, cast_ground, cast_primitives
 from .surface import Lighting, Surface, box_surface, cylinder_surface
-from .textures import REMAP_COLS, TextureAtlas
+from .texture_atlas import REMAP_COLS, TextureAtlas
 
 
 class GroundShader(Protocol):

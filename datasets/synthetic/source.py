@@ -19,13 +19,14 @@ from recon.errors import SourceError
 from recon.geometry import invert_rigid
 from recon.types import Frame
 
-from ..base import check_stride_max_frames, strided_length
+from ..base import UNSET, SourceBase, Unset, path_given_twice
 from .effects import ImageEffects, apply_effects
 from .primitives import Boxes, Cylinders
 from .render import Renderer
 from .room import ROOM_MATERIALS, RoomConfig, RoomScene
-from .street import STREET_MATERIALS, StreetConfig, StreetScene
-from .textures import build_atlas
+from .street import StreetScene
+from .street_config import STREET_MATERIALS, StreetConfig
+from .texture_atlas import build_atlas
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,11 @@ SCENES: dict[str, _SceneDefaults] = {
 }
 
 
-class SyntheticSource:
+class SyntheticSource(SourceBase):
     """Procedurally rendered frames with exact K, poses (relative to frame 0, metres) and z-depth.
 
-    scene: "street" (a drive through a town, 640x192 by default) or "room" (an indoor walk, 640x480).
+    path: the scene, "street" (a drive through a town, 640x192 by default; the default) or "room" (an indoor
+    walk, 640x480); `scene=` is the same argument under its older name.
     num_frames: length of the sequence; loop=True makes the path a closed loop of `loop_frames` frames
     (default num_frames; more frames drive on past the start, a revisit) whose last frame comes
     back to the first. speed_mps / fps set the spacing of frames (default 10 m/s and 10 fps for the
@@ -55,9 +57,11 @@ class SyntheticSource:
     image effects (off by default; the ground truth is unaffected). stride / max_frames: as for every source (every k-th
     frame, at most N). Rendering happens on iteration, one frame at a time."""
 
+    _K: np.ndarray  # the renderer's own: always known
+
     def __init__(
         self,
-        scene: str = "street",
+        path: str | Unset = UNSET,
         num_frames: int = 300,
         width: int | None = None,
         height: int | None = None,
@@ -77,7 +81,14 @@ class SyntheticSource:
         aniso_taps: int = 2,
         street: StreetConfig | None = None,
         room: RoomConfig | None = None,
+        *,
+        scene: str | Unset = UNSET,
     ) -> None:
+        if isinstance(path, Unset):  # given under its older name, or not at all (the street)
+            path = scene if not isinstance(scene, Unset) else "street"
+        elif not isinstance(scene, Unset):
+            raise path_given_twice("SyntheticSource", "scene")
+        scene = path
         if scene not in SCENES:
             raise SourceError(f"unknown synthetic scene {scene!r}; choose one of {', '.join(SCENES)}")
         d = SCENES[scene]
@@ -94,8 +105,7 @@ class SyntheticSource:
             raise SourceError(f"fps must be > 0, got {fps}")
         if not (math.isfinite(self.speed_mps) and self.speed_mps > 0):
             raise SourceError(f"speed_mps must be > 0, got {speed_mps}")
-        check_stride_max_frames(stride, max_frames)
-        self.stride, self.max_frames = int(stride), max_frames
+        super().__init__(stride, max_frames)
         try:
             self.effects = ImageEffects(
                 float(noise_std),
@@ -151,7 +161,7 @@ class SyntheticSource:
         return self.speed_mps / self.fps
 
     def __len__(self) -> int:
-        return strided_length(self.num_frames, self.stride, self.max_frames)
+        return self._strided_length(self.num_frames)
 
     def __iter__(self) -> Iterator[Frame]:
         for out_index in range(len(self)):
@@ -237,7 +247,7 @@ def render_sequence(
     the format's uint16 range is written as 0 (unknown)."""
     if fmt not in ("kitti", "tum"):
         raise SourceError(f"unknown format {fmt!r}; choose kitti or tum")
-    source = SyntheticSource(scene=scene, **options)
+    source = SyntheticSource(scene, **options)
     frames: Any = iter(source)
     if progress:
         from tqdm import tqdm

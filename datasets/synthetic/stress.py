@@ -28,7 +28,7 @@ import numpy as np
 from .rng import rng_for
 from .room import RoomConfig
 from .source import SyntheticSource
-from .street import StreetConfig
+from .street_config import StreetConfig
 
 Options = dict[str, Any]
 
