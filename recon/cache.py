@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from recon.cache_config import CacheConfig, CacheConfigError
-from recon.kernels.kv_select import (
+from recon.kernels.cache_kv import (
     dynamic_layer_budgets,
     gather_heads,
     keydiff_scores,

@@ -1,21 +1,15 @@
-"""KV cache (recon.cache) and its scoring/gather kernels (recon.kernels.kv_select)."""
+"""KV cache (recon.cache) and its scoring/gather kernels (recon.kernels.cache_kv)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from support.cache_reference import keydiff_scores_reference, select_per_head_reference
 from torch import Tensor
 
 from recon.cache import CacheConfig, CacheConfigError, CameraHeadCache, KVCache
 from recon.errors import ReconError
-from recon.kernels.kv_select import (
-    dynamic_layer_budgets,
-    gather_heads,
-    keydiff_scores,
-    keydiff_scores_reference,
-    select_per_head,
-    select_per_head_reference,
-)
+from recon.kernels.cache_kv import dynamic_layer_budgets, gather_heads, keydiff_scores, select_per_head
 
 B, H, D, P, S = 1, 2, 8, 6, 2  # batch, heads, head dim, tokens per frame, special tokens per frame
 BUDGET = 48  # 8 frames' worth per layer

@@ -341,8 +341,8 @@ def test_bundle_adjustment_keeps_points_across_every_step() -> None:
 
 def test_bundle_adjustment_agrees_with_its_plain_dense_reference() -> None:
     """The per-observation bundle adjustment takes the same steps as the plain dense one in
-    tests/plain_bundle.py: short tracks, outliers, a refined focal length."""
-    from plain_bundle import plain_bundle_adjust
+    tests/support/plain_bundle.py: short tracks, outliers, a refined focal length."""
+    from support.plain_bundle import plain_bundle_adjust
 
     from recon.geometry import make_rigid
     from recon.models.classical.bundle import BundleConfig, bundle_adjust
