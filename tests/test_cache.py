@@ -7,7 +7,10 @@ import torch
 from support.cache_reference import keydiff_scores_reference, select_per_head_reference
 from torch import Tensor
 
-from recon.cache import CacheConfig, CacheConfigError, CameraHeadCache, KVCache
+from recon.cache import CacheConfig, CacheConfigError, KVCache
+from recon.cache_camera import CameraHeadCache
+from recon.cache_config import POLICIES
+from recon.cache_policy import POLICY_CLASSES, eviction_policy
 from recon.errors import ReconError
 from recon.kernels.cache_kv import dynamic_layer_budgets, gather_heads, keydiff_scores, select_per_head
 
@@ -195,6 +198,15 @@ def test_dynamic_layer_budget_sums_to_total_and_favours_the_diverse_layer() -> N
     assert sum(budgets) == total
     assert budgets[1] > budgets[0] >= cache.min_layer_budget
     assert cache.layer_scores()[0] > cache.layer_scores()[1]
+
+
+def test_every_policy_name_has_its_class() -> None:
+    assert tuple(POLICY_CLASSES) == POLICIES
+    for name in POLICIES:
+        policy = eviction_policy(CacheConfig(policy=name, budget_tokens=None if name == "none" else BUDGET), P)  # type: ignore[arg-type]
+        assert policy.name == name and policy.bounded == (name != "none") and policy.per_head == (name == "keydiff")
+    sink = eviction_policy(CacheConfig(policy="sink-window", budget_tokens=BUDGET), P)
+    assert sink.sink_tokens == P  # default sink: one frame
 
 
 # --- errors, reset, bytes -----------------------------------------------------------------------------

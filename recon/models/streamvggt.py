@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from recon.cache import CacheConfig, CameraHeadCache, KVCache
+from recon.cache import CacheConfig, KVCache
+from recon.cache_camera import CameraHeadCache
 from recon.errors import ReconError
 from recon.models.vggt import anchor_correction, load_for_model, pack_prediction, preprocess
 from recon.models.vggt_layers import KVHook
