@@ -1,4 +1,4 @@
-"""Bounded KV caches for causal global attention (StreamVGGT) and its camera head.
+"""Bounded KV cache for causal global attention (StreamVGGT); its camera head's cache: recon/cache_camera.py.
 
 Use, per global-attention layer and step: compute q, k, v of the new frame(s) (k already normed and
 RoPE-rotated: positions carry no time, so cached keys never need re-rotation), `cache.append(layer, k, v,
@@ -14,13 +14,16 @@ transiently. Eviction chooses the kept indices (time order kept) and compacts th
 one scratch buffer shared by all layers: O(budget) work per evicting step, independent of stream length,
 and no allocation per step. Tokens before the first evicted slot are not moved.
 
+Policy. Which tokens stay is the `EvictionPolicy`'s choice (recon/cache_policy.py, one class per policy name,
+picked by `config.policy`); the storage, the tokens no policy may evict and the budgets are here.
+
 Provenance. Every kept token carries a uid = frame_index * tokens_per_frame + token_in_frame (monotone in
-time). Policies that choose the same tokens for all heads (`none`, `queue`, `sink-window`) keep one uid
-vector [C] on the host; `keydiff` chooses per (batch, head) and keeps uids [B,H,C] int64 on the device.
+time): one vector [C] on the host when the policy chooses the same tokens for all heads, [B,H,C] int64 on
+the device when it chooses per (batch, head) (`keydiff`).
 
 Always kept (mandatory): the anchor frame (the first frame appended after construction/reset), whole; the
 sink tokens (sink-window); and, with `protect_special`, the first `special_tokens` (camera + registers) of
-recent cached frames. Protected-token rule: protected tokens may take at most `max_protected_share` of the
+recent cached frames. Protected-token rule: protected tokens may take at most `MAX_PROTECTED_SHARE` of the
 layer budget (and never the room the anchor, sink and one step's new frames need); past that, the oldest
 frames' special tokens lose protection first (FIFO) and become ordinary eviction candidates. We drop
 rather than raise because an endless stream must keep running; the anchor's tokens are never dropped.
@@ -33,48 +36,21 @@ per token (device, keydiff). `bytes_reserved()` adds the unused capacity and the
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from recon.cache_config import CacheConfig, CacheConfigError
-from recon.kernels.kv_select import (
-    dynamic_layer_budgets,
-    gather_heads,
-    keydiff_scores,
-    mean_candidate_score,
-    select_per_head,
-)
+from recon.cache_layer import CacheLayer
+from recon.cache_policy import EvictionRequest, eviction_policy
+from recon.kernels.cache_kv import dynamic_layer_budgets, gather_heads, keydiff_scores, mean_candidate_score
 
 UID_BYTES = 8  # int64 provenance per kept token (per head for keydiff)
 _NONE_INITIAL_FRAMES = 8  # `none` starts with room for this many frames, then doubles
-
-
-@dataclass
-class _Layer:
-    """One layer's storage and bookkeeping. k, v [B,H,C,D]; uid [C] (host) or [B,H,C] (device, keydiff)."""
-
-    k: Tensor
-    v: Tensor
-    uid: Tensor
-    budget: int | None
-    protect_cap: int  # most non-anchor frames whose special tokens stay protected
-    n: int = 0
-    anchor: int | None = None
-    last_frame: int = -1
-    protected: deque[int] = field(default_factory=deque)  # frames with protected specials, oldest first
-    sink_lo: int = -1  # inclusive uid range of the sink tokens (sink-window)
-    sink_hi: int = -2
-    sink_left: int = 0
-    evicted: int = 0
-    evictions: int = 0
-
-    @property
-    def capacity(self) -> int:
-        return int(self.k.shape[2])
+# Protected special tokens take at most this share of a layer budget: enough for the recent frames' camera and
+# register tokens, while most of the budget stays with the policy's choice.
+MAX_PROTECTED_SHARE = 0.25
 
 
 class KVCache:
@@ -100,14 +76,11 @@ class KVCache:
         self.num_layers, self.batch, self.num_heads, self.head_dim = num_layers, batch, num_heads, head_dim
         self.tokens_per_frame, self.special_tokens = tokens_per_frame, special_tokens
         self.device, self.dtype = torch.device(device), dtype
-        self.sink_tokens = (
-            0
-            if config.policy != "sink-window"
-            else (tokens_per_frame if config.sink_tokens is None else config.sink_tokens)
-        )
+        self.policy = eviction_policy(config, tokens_per_frame)
+        self.sink_tokens = self.policy.sink_tokens
         self.min_layer_budget = tokens_per_frame * (1 + config.frames_per_step) + self.sink_tokens
         self._check_budget()
-        self._per_head = config.policy == "keydiff"
+        self._per_head = self.policy.per_head
         self._calibrated = not config.dynamic_layer_budget
         self._layer_scores: list[float] = []
         self._scratch = torch.empty(0, device=self.device, dtype=dtype)
@@ -149,15 +122,15 @@ class KVCache:
         if budget is None or not self.config.protect_special or S == 0:
             return 0
         spare = budget - self.min_layer_budget  # what anchor, sink and one step's frames leave over
-        return max(0, min(int(self.config.max_protected_share * budget), spare)) // S
+        return max(0, min(int(MAX_PROTECTED_SHARE * budget), spare)) // S
 
-    def _new_layer(self, budget: int | None) -> _Layer:
+    def _new_layer(self, budget: int | None) -> CacheLayer:
         capacity = budget if budget is not None else _NONE_INITIAL_FRAMES * self.tokens_per_frame
         k, v, uid = self._alloc(capacity)
         return self._empty_layer(k, v, uid, budget)
 
-    def _empty_layer(self, k: Tensor, v: Tensor, uid: Tensor, budget: int | None) -> _Layer:
-        return _Layer(
+    def _empty_layer(self, k: Tensor, v: Tensor, uid: Tensor, budget: int | None) -> CacheLayer:
+        return CacheLayer(
             k=k, v=v, uid=uid, budget=budget, protect_cap=self._protect_cap(budget), sink_left=self.sink_tokens
         )
 
@@ -207,7 +180,7 @@ class KVCache:
 
     def reset(self) -> None:
         """Empty every layer (between sequences); bounded storage is kept, `none` storage shrinks back."""
-        if self.config.dynamic_layer_budget or self.config.policy == "none":
+        if self.config.dynamic_layer_budget or not self.policy.bounded:
             self._layers = [self._new_layer(b) for b in self._initial_budgets()]
             self._calibrated = not self.config.dynamic_layer_budget
             self._layer_scores = []
@@ -268,7 +241,7 @@ class KVCache:
             raise CacheConfigError(f"append takes whole frames: T={T} is not a multiple of {self.tokens_per_frame}")
         return T
 
-    def _frames_of(self, frame_index: int | Sequence[int] | Tensor, T: int, lay: _Layer) -> list[int]:
+    def _frames_of(self, frame_index: int | Sequence[int] | Tensor, T: int, lay: CacheLayer) -> list[int]:
         count = T // self.tokens_per_frame
         if isinstance(frame_index, int):
             frames = list(range(frame_index, frame_index + count))
@@ -283,7 +256,7 @@ class KVCache:
             )
         return frames
 
-    def _write(self, lay: _Layer, k: Tensor, v: Tensor, frames: list[int]) -> None:
+    def _write(self, lay: CacheLayer, k: Tensor, v: Tensor, frames: list[int]) -> None:
         P, T, n = self.tokens_per_frame, int(k.shape[2]), lay.n
         uid_t = (torch.tensor(frames, dtype=torch.int64)[:, None] * P + torch.arange(P)).flatten()
         lay.k[:, :, n : n + T].copy_(k)
@@ -294,34 +267,15 @@ class KVCache:
             lay.uid[n : n + T] = uid_t
         lay.n = n + T
         lay.last_frame = frames[-1]
-        self._record_sink(lay, uid_t)
-        self._record_protected(lay, frames)
+        lay.record_sink(uid_t, P)
+        lay.record_protected(frames)
 
-    def _record_sink(self, lay: _Layer, uid_t: Tensor) -> None:
-        """The sink = the first `sink_tokens` tokens after the anchor frame; uids are monotone in time, so
-        it is one inclusive uid range."""
-        if lay.sink_left == 0:
-            return
-        after_anchor = uid_t[uid_t // self.tokens_per_frame != lay.anchor]
-        taken = after_anchor[: lay.sink_left]
-        if len(taken):
-            lay.sink_lo = int(taken[0]) if lay.sink_lo < 0 else lay.sink_lo
-            lay.sink_hi = int(taken[-1])
-            lay.sink_left -= len(taken)
-
-    def _record_protected(self, lay: _Layer, frames: list[int]) -> None:
-        if lay.protect_cap == 0:
-            return
-        lay.protected.extend(f for f in frames if f != lay.anchor)
-        while len(lay.protected) > lay.protect_cap:
-            lay.protected.popleft()  # oldest frames lose protection first; the anchor is never in here
-
-    def _ensure_capacity(self, lay: _Layer, need: int) -> None:
+    def _ensure_capacity(self, lay: CacheLayer, need: int) -> None:
         if need <= lay.capacity:
             return
         self._resize(lay, max(need, 2 * lay.capacity))
 
-    def _resize(self, lay: _Layer, capacity: int) -> None:
+    def _resize(self, lay: CacheLayer, capacity: int) -> None:
         k, v, uid = self._alloc(capacity)
         n = lay.n
         k[:, :, :n].copy_(lay.k[:, :, :n])
@@ -334,22 +288,11 @@ class KVCache:
 
     # --- eviction -----------------------------------------------------------------------------------
 
-    def _mandatory(self, lay: _Layer, uid: Tensor) -> Tensor:
-        """Tokens no policy may evict: anchor frame, sink range, protected special tokens."""
-        P = self.tokens_per_frame
-        frame = uid // P
-        keep = torch.eq(frame, -1 if lay.anchor is None else lay.anchor)
-        if lay.protected:
-            keep |= (uid % P < self.special_tokens) & (frame >= lay.protected[0])
-        if self.sink_tokens:
-            keep |= (uid >= lay.sink_lo) & (uid <= lay.sink_hi)
-        return keep
-
-    def _evict(self, layer: int, lay: _Layer, T: int) -> None:
+    def _evict(self, layer: int, lay: CacheLayer, T: int) -> None:
         assert lay.budget is not None
         n = lay.n
         uid = lay.uid[:, :, :n] if self._per_head else lay.uid[:n]
-        mandatory = self._mandatory(lay, uid)
+        mandatory = lay.mandatory(uid, self.tokens_per_frame, self.special_tokens, self.sink_tokens)
         need = int(mandatory[0, 0].sum()) if self._per_head else int(mandatory.sum())
         if need > lay.budget - T:
             raise CacheConfigError(
@@ -358,34 +301,10 @@ class KVCache:
                 f"frames_per_step (now {self.config.frames_per_step})"
             )
         keep = max(need, lay.budget - T - int(self.config.evict_slack * lay.budget))
-        if self._per_head:
-            scores = keydiff_scores(lay.k[:, :, :n], ~mandatory)
-            idx = select_per_head(scores, keep, mandatory)
-        elif self.config.policy == "queue":
-            idx = self._queue_keep(uid, mandatory, keep - need)
-        else:
-            idx = self._window_keep(mandatory, keep - need)
-        self._compact(lay, idx)
+        request = EvictionRequest(keys=lay.k[:, :, :n], uid=uid, mandatory=mandatory, keep=keep, room=keep - need)
+        self._compact(lay, self.policy.select(request))
 
-    def _queue_keep(self, uid: Tensor, mandatory: Tensor, room: int) -> Tensor:
-        """Mandatory tokens + the free tokens of the most recent whole frames that fit in `room`."""
-        free = ~mandatory
-        frame_f = uid[free] // self.tokens_per_frame  # time-ordered, so equal frames are adjacent
-        frames, counts = torch.unique_consecutive(frame_f, return_counts=True)
-        newer_or_equal = torch.flip(torch.cumsum(torch.flip(counts, [0]), 0), [0])
-        kept_frames = frames[newer_or_equal <= room]
-        keep = mandatory | (free & torch.isin(uid // self.tokens_per_frame, kept_frames))
-        return keep.nonzero().flatten()
-
-    def _window_keep(self, mandatory: Tensor, room: int) -> Tensor:
-        """Mandatory tokens + the `room` most recent free tokens (token granular, StreamingLLM)."""
-        free_idx = (~mandatory).nonzero().flatten()
-        keep = mandatory.clone()
-        if room > 0:
-            keep[free_idx[-room:]] = True
-        return keep.nonzero().flatten()
-
-    def _compact(self, lay: _Layer, idx: Tensor) -> None:
+    def _compact(self, lay: CacheLayer, idx: Tensor) -> None:
         """Move the kept tokens (idx [K] host or [B,H,K] device, ascending) into the storage prefix."""
         n, K = lay.n, int(idx.shape[-1])
         if self._per_head:
@@ -426,9 +345,7 @@ class KVCache:
         layer holds the same frames (so their diversity is comparable); frozen until reset. Then evict
         each layer to its budget and resize its storage to it (a one-off O(budget) copy)."""
         self._layer_scores = [self._layer_score(lay) for lay in self._layers]
-        budgets = dynamic_layer_budgets(
-            self._layer_scores, self.config.budget_tokens or 0, self.min_layer_budget, self.config.dynamic_temperature
-        )
+        budgets = dynamic_layer_budgets(self._layer_scores, self.config.budget_tokens or 0, self.min_layer_budget)
         for i, (lay, budget) in enumerate(zip(self._layers, budgets)):
             lay.budget, lay.protect_cap = budget, self._protect_cap(budget)
             while len(lay.protected) > lay.protect_cap:
@@ -439,93 +356,9 @@ class KVCache:
         self._scratch = torch.empty(0, device=self.device, dtype=self.dtype)
         self._calibrated = True
 
-    def _layer_score(self, lay: _Layer) -> float:
+    def _layer_score(self, lay: CacheLayer) -> float:
         uid = lay.uid[:, :, : lay.n]
-        candidates = ~self._mandatory(lay, uid)
+        candidates = ~lay.mandatory(uid, self.tokens_per_frame, self.special_tokens, self.sink_tokens)
         if not bool(candidates.any()):
             candidates = torch.ones_like(candidates)
         return mean_candidate_score(keydiff_scores(lay.k[:, :, : lay.n], candidates), candidates)
-
-
-class CameraHeadCache:
-    """k, v of the camera token per camera-trunk layer (StreamVGGT: 4 layers, appended once per refinement
-    iteration, so `iterations` entries per frame). Bounded: the anchor frame's entries + the entries of the
-    `recent_frames` most recent frames (the current one included), FIFO. Storage [B,H,C,D] per layer with
-    C = (1 + recent_frames) x iterations, preallocated; view = the time-ordered prefix."""
-
-    def __init__(
-        self,
-        num_layers: int,
-        batch: int,
-        num_heads: int,
-        head_dim: int,
-        iterations: int = 4,
-        recent_frames: int = 16,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        if recent_frames < 1 or iterations < 1:
-            raise CacheConfigError("CameraHeadCache needs recent_frames >= 1 and iterations >= 1")
-        self.iterations, self.recent_frames = iterations, recent_frames
-        self.capacity = (1 + recent_frames) * iterations
-        shape = (batch, num_heads, self.capacity, head_dim)
-        self._k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(num_layers)]
-        self._v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(num_layers)]
-        self._frames: list[list[int]] = [[] for _ in range(num_layers)]  # frame of each kept entry
-        self._anchor: int | None = None
-
-    def append(self, layer: int, k: Tensor, v: Tensor, frame_index: int) -> None:
-        """k, v [B,H,t,D] (t entries, usually 1 per refinement iteration) of frame `frame_index`."""
-        frames = self._frames[layer]
-        if frames and frame_index < frames[-1]:
-            raise CacheConfigError(f"camera cache: frame {frame_index} is older than cached frame {frames[-1]}")
-        if self._anchor is None:
-            self._anchor = frame_index
-        t = int(k.shape[2])
-        if len(frames) + t > self.capacity:
-            self._evict(layer, t, frame_index)
-            frames = self._frames[layer]
-        n = len(frames)
-        self._k[layer][:, :, n : n + t].copy_(k)
-        self._v[layer][:, :, n : n + t].copy_(v)
-        frames.extend([frame_index] * t)
-
-    def _evict(self, layer: int, t: int, current: int) -> None:
-        """Drop whole frames, oldest first (never the anchor or the current frame), until t entries fit."""
-        frames = self._frames[layer]
-        counts = Counter(frames)
-        dropped: set[int] = set()
-        size = len(frames)
-        for f in sorted(counts):
-            if size + t <= self.capacity:
-                break
-            if f not in (self._anchor, current):
-                dropped.add(f)
-                size -= counts[f]
-        if size + t > self.capacity:
-            raise CacheConfigError(f"camera cache: {t} new entries do not fit capacity {self.capacity}")
-        idx = [i for i, f in enumerate(frames) if f not in dropped]
-        idx_t = torch.tensor(idx, dtype=torch.int64, device=self._k[layer].device)
-        for store in (self._k[layer], self._v[layer]):
-            store[:, :, : len(idx)] = torch.index_select(
-                store[:, :, : len(frames)], 2, idx_t
-            )  # new tensor: no aliasing
-        self._frames[layer] = [frames[i] for i in idx]
-
-    def view(self, layer: int) -> tuple[Tensor, Tensor]:
-        n = len(self._frames[layer])
-        return self._k[layer][:, :, :n], self._v[layer][:, :, :n]
-
-    def frames(self, layer: int) -> list[int]:
-        return list(self._frames[layer])
-
-    def tokens(self, layer: int) -> int:
-        return len(self._frames[layer])
-
-    def bytes_in_use(self) -> int:
-        k = self._k[0]
-        return sum(len(f) for f in self._frames) * 2 * k.shape[0] * k.shape[1] * k.shape[3] * k.element_size()
-
-    def reset(self) -> None:
-        self._frames = [[] for _ in self._frames]
-        self._anchor = None

@@ -1,5 +1,6 @@
 """The KV cache's settings and the names of its policies: plain Python, so the command line can list the
-policies without loading torch (the cache itself: recon/cache.py)."""
+policies without loading torch (the cache itself: recon/cache.py; one eviction policy class per name:
+recon/cache_policy.py)."""
 
 from __future__ import annotations
 
@@ -24,12 +25,10 @@ class CacheConfig:
     policy: PolicyName = "none"
     budget_tokens: int | None = None
     budget_scope: Literal["layer", "total"] = "layer"
-    dynamic_layer_budget: bool = False  # keydiff + total: split by softmax((1 - mean cosine) / T)
+    dynamic_layer_budget: bool = False  # keydiff + total: split by softmax((1 - mean cosine) / 0.5)
     protect_special: bool = True  # keep camera + register tokens of recent cached frames
-    max_protected_share: float = 0.25  # of each layer budget; beyond it the oldest frames lose protection
     sink_tokens: int | None = None  # sink-window: tokens after the anchor kept forever; None = one frame
     frames_per_step: int = 1  # largest group appended at once; sizes the minimum budget
-    dynamic_temperature: float = 0.5
     # Extra fraction of the budget freed per eviction. 0 keeps the cache exactly full (each step over budget
     # compacts, O(budget) copies per step); e.g. 0.25 compacts every ~budget/4 new tokens, so copies are
     # amortised O(new tokens) per step, at the price of holding 75-100% of the budget instead of 100%.
@@ -44,8 +43,6 @@ class CacheConfig:
             raise CacheConfigError(f"policy {self.policy!r} needs a positive budget_tokens")
         if self.dynamic_layer_budget and (self.policy != "keydiff" or self.budget_scope != "total"):
             raise CacheConfigError("dynamic_layer_budget needs policy='keydiff' and budget_scope='total'")
-        if not 0.0 <= self.max_protected_share <= 1.0:
-            raise CacheConfigError(f"max_protected_share must be in [0, 1], got {self.max_protected_share}")
         if self.sink_tokens is not None and self.sink_tokens < 0:
             raise CacheConfigError(f"sink_tokens must be >= 0, got {self.sink_tokens}")
         if self.frames_per_step < 1:

@@ -1,21 +1,18 @@
-"""KV cache (recon.cache) and its scoring/gather kernels (recon.kernels.kv_select)."""
+"""KV cache (recon.cache) and its scoring/gather kernels (recon.kernels.cache_kv)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from support.cache_reference import keydiff_scores_reference, select_per_head_reference
 from torch import Tensor
 
-from recon.cache import CacheConfig, CacheConfigError, CameraHeadCache, KVCache
+from recon.cache import CacheConfig, CacheConfigError, KVCache
+from recon.cache_camera import CameraHeadCache
+from recon.cache_config import POLICIES
+from recon.cache_policy import POLICY_CLASSES, eviction_policy
 from recon.errors import ReconError
-from recon.kernels.kv_select import (
-    dynamic_layer_budgets,
-    gather_heads,
-    keydiff_scores,
-    keydiff_scores_reference,
-    select_per_head,
-    select_per_head_reference,
-)
+from recon.kernels.cache_kv import dynamic_layer_budgets, gather_heads, keydiff_scores, select_per_head
 
 B, H, D, P, S = 1, 2, 8, 6, 2  # batch, heads, head dim, tokens per frame, special tokens per frame
 BUDGET = 48  # 8 frames' worth per layer
@@ -201,6 +198,15 @@ def test_dynamic_layer_budget_sums_to_total_and_favours_the_diverse_layer() -> N
     assert sum(budgets) == total
     assert budgets[1] > budgets[0] >= cache.min_layer_budget
     assert cache.layer_scores()[0] > cache.layer_scores()[1]
+
+
+def test_every_policy_name_has_its_class() -> None:
+    assert tuple(POLICY_CLASSES) == POLICIES
+    for name in POLICIES:
+        policy = eviction_policy(CacheConfig(policy=name, budget_tokens=None if name == "none" else BUDGET), P)  # type: ignore[arg-type]
+        assert policy.name == name and policy.bounded == (name != "none") and policy.per_head == (name == "keydiff")
+    sink = eviction_policy(CacheConfig(policy="sink-window", budget_tokens=BUDGET), P)
+    assert sink.sink_tokens == P  # default sink: one frame
 
 
 # --- errors, reset, bytes -----------------------------------------------------------------------------

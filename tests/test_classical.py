@@ -285,7 +285,7 @@ def test_frames_beyond_a_lost_step_are_registered_by_keypoint_matches(monkeypatc
     rest, with accurate poses. Without the bridge they stay unregistered."""
     import recon.models.classical.model as model_module
     from recon.models.classical.bridge import BridgeConfig
-    from recon.models.classical.model import FLAG_UNREGISTERED
+    from recon.models.classical.sparse import FLAG_UNREGISTERED
 
     frames = rendered_window("room")
     monkeypatch.setattr(model_module, "track_window", _cut_tracks_at(5))
@@ -304,7 +304,7 @@ def test_frames_that_share_no_view_are_not_bridged(monkeypatch: pytest.MonkeyPat
     """Beyond the step the window shows another scene: no keypoint matches can agree on a pose, and those
     frames must stay unregistered rather than be placed on chance matches."""
     import recon.models.classical.model as model_module
-    from recon.models.classical.model import FLAG_UNREGISTERED
+    from recon.models.classical.sparse import FLAG_UNREGISTERED
 
     room = rendered_window("room")
     other = list(SyntheticSource(scene="room", num_frames=200, seed=11))[-6:]
@@ -318,7 +318,7 @@ def test_frames_that_share_no_view_are_not_bridged(monkeypatch: pytest.MonkeyPat
 def test_bundle_adjustment_keeps_points_across_every_step() -> None:
     # Under a fast pan the long tracks all sit in the middle of the window; the frames at its ends only
     # see short tracks. Every step must still keep its share of the BA's points (else the window bends).
-    from recon.models.classical.model import ClassicalConfig
+    from recon.models.classical.sparse import ba_subset
     from recon.models.classical.tracks import Tracks
 
     S, rng = 10, np.random.default_rng(0)
@@ -330,8 +330,7 @@ def test_bundle_adjustment_keeps_points_across_every_step() -> None:
         short[s * 40 : (s + 1) * 40, min(s + 1, S - 1)] = rng.uniform(0, 100, (40, 2))
     uv = np.concatenate([long, short])
     points = np.zeros((len(uv), 3))
-    model = ClassicalModel(ClassicalConfig(ba_max_points=600))
-    keep = model._ba_subset(Tracks(uv), points)
+    keep = ba_subset(Tracks(uv), points, max_points=600)
     assert keep.sum() == 600
     seen = ~np.isnan(uv[keep, :, 0])
     per_step = (seen[:, :-1] & seen[:, 1:]).sum(0)
@@ -341,8 +340,8 @@ def test_bundle_adjustment_keeps_points_across_every_step() -> None:
 
 def test_bundle_adjustment_agrees_with_its_plain_dense_reference() -> None:
     """The per-observation bundle adjustment takes the same steps as the plain dense one in
-    tests/plain_bundle.py: short tracks, outliers, a refined focal length."""
-    from plain_bundle import plain_bundle_adjust
+    tests/support/plain_bundle.py: short tracks, outliers, a refined focal length."""
+    from support.plain_bundle import plain_bundle_adjust
 
     from recon.geometry import make_rigid
     from recon.models.classical.bundle import BundleConfig, bundle_adjust

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from tiny_vggt import frames_2x3, tiny_net, write_checkpoint
+from support.tiny_vggt import frames_2x3, tiny_net, write_checkpoint
 
 from recon.cache import CacheConfigError
 from recon.errors import ReconError

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_vggt import flat, frames_2x3, official_keys, run, tiny_net, write_checkpoint
+from support.tiny_vggt import flat, frames_2x3, official_keys, run, tiny_net, write_checkpoint
 
 from recon.errors import ModelError, ReconError
 from recon.models.base import create_model

@@ -22,15 +22,22 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from recon.cache import CacheConfig, CameraHeadCache, KVCache
+from recon.cache import CacheConfig, KVCache
+from recon.cache_camera import CameraHeadCache
 from recon.errors import ReconError
-from recon.models.vggt import anchor_correction, load_for_model, pack_prediction, preprocess
+from recon.models.vggt import (
+    VGGTBackedModel,
+    anchor_correction,
+    pack_prediction,
+    preprocess,
+    reject_unknown_options,
+)
 from recon.models.vggt_layers import KVHook
 from recon.models.vggt_net import VGGTConfig, VGGTOutput
 from recon.types import Frame, ResizeMap, WindowPrediction
 
 
-class StreamVGGTModel:
+class StreamVGGTModel(VGGTBackedModel):
     """StreamingModel `streamvggt`. `cache`: a policy name with `cache_budget` (tokens per global layer) and
     `frames_per_step` (the largest group `step` takes; sizes the minimum budget), or a full CacheConfig.
     `camera_frames`: recent frames the camera-head cache keeps besides the anchor.
@@ -52,16 +59,14 @@ class StreamVGGTModel:
         reanchor: bool = True,
         **unknown: object,
     ) -> None:
-        if unknown:
-            raise ReconError(f"streamvggt: unknown options {', '.join(sorted(unknown))}")
+        reject_unknown_options(self.name, unknown)
         # Checked before the (slow) weight loading, so a bad flag fails at once.
         if isinstance(cache, CacheConfig):  # every knob (evict_slack, dynamic budget, ...) from the API
             self.cache_config = cache
         else:
             self.cache_config = CacheConfig(policy=cache, budget_tokens=cache_budget, frames_per_step=frames_per_step)  # type: ignore[arg-type]
-        self.net, self.load_report = load_for_model(self.name, weights, config, dtype, device)
-        self.config, self.device = self.net.cfg, next(self.net.parameters()).device
-        self.camera_frames, self.reanchor = camera_frames, reanchor
+        super().__init__(weights, config, dtype, device, reanchor)
+        self.camera_frames = camera_frames
         amp = self.net.amp_dtype
         self.cache_dtype = amp if amp is not None else torch.float32  # keys are cached at compute precision
         self.kv: KVCache | None = None  # built on the first step, when the tokens per frame are known
@@ -103,7 +108,7 @@ class StreamVGGTModel:
         kv = self.kv.stats()
         info.update(
             timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1, "total_s": time.perf_counter() - t0},
-            dtype=str(self.net.amp_dtype).removeprefix("torch."),
+            dtype=self.dtype_name,
             cache_policy=self.cache_config.policy,
             cache_tokens=kv["tokens"],
             cache_bytes=kv["bytes_in_use"],

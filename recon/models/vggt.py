@@ -4,15 +4,15 @@
     pred = model.infer(frames)                          # WindowPrediction in frame 0's camera
 
 The network lives in `vggt_net` (config, aggregator, heads), its layers in `vggt_layers` and `dpt`,
-strict safe loading in `weights`. Here: building + loading (`load_vggt`), the official "crop"
-preprocessing with its exact map back to original pixels (`plan_vggt_resize`, `preprocess`), and packing
-the outputs into the contract."""
+strict safe loading in `weights`. Here: building + loading (`load_vggt`), the construction `vggt` and
+`streamvggt` share (`VGGTBackedModel`), the official "crop" preprocessing with its exact map back to original
+pixels (`plan_vggt_resize`, `preprocess`), and packing the outputs into the contract."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +95,38 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
+def reject_unknown_options(model_name: str, unknown: Mapping[str, object]) -> None:
+    """A model's constructor takes `**unknown` so that an option meant for another model is a one-line error."""
+    if unknown:
+        raise ReconError(f"{model_name}: unknown options {', '.join(sorted(unknown))}")
+
+
+class VGGTBackedModel:
+    """The construction `vggt` and `streamvggt` share (one checkpoint, one network): the options weights,
+    config, dtype and device -> the loaded network on its device (`load_for_model`), and `reanchor`.
+    A subclass rejects unknown options and checks its own cheap ones before calling this, so that a bad flag
+    fails before the slow weight loading."""
+
+    name: str
+
+    def __init__(
+        self,
+        weights: str | Path | None,
+        config: VGGTConfig | str | None,
+        dtype: str | torch.dtype | None,
+        device: str | torch.device | None,
+        reanchor: bool,
+    ) -> None:
+        self.net, self.load_report = load_for_model(self.name, weights, config, dtype, device)
+        self.config, self.device = self.net.cfg, next(self.net.parameters()).device
+        self.reanchor = reanchor
+
+    @property
+    def dtype_name(self) -> str:
+        """The aggregator's compute precision as predictions report it ("float32", "bfloat16", ...)."""
+        return str(self.net.amp_dtype).removeprefix("torch.")
+
+
 # -- preprocessing (spec §8, mode "crop") --------------------------------------------------------------
 
 
@@ -138,7 +170,7 @@ def preprocess(frames: Sequence[Frame], img_size: int = 518, patch_size: int = 1
 # -- the GeometryModel ---------------------------------------------------------------------------------
 
 
-class VGGTModel:
+class VGGTModel(VGGTBackedModel):
     """GeometryModel `vggt`: one offline forward per window.
 
     Outputs: depth/depth_conf from the depth head, points/points_conf from the point head, cam_from_world
@@ -160,11 +192,8 @@ class VGGTModel:
         causal_frames: bool = False,
         **unknown: object,
     ) -> None:
-        if unknown:
-            raise ReconError(f"vggt: unknown options {', '.join(sorted(unknown))}")
-        self.net, self.load_report = load_for_model(self.name, weights, config, dtype, device)
-        self.config, self.device = self.net.cfg, next(self.net.parameters()).device
-        self.reanchor = reanchor
+        reject_unknown_options(self.name, unknown)
+        super().__init__(weights, config, dtype, device, reanchor)
         self.causal_frames = causal_frames
 
     def forward_images(self, images: torch.Tensor) -> VGGTOutput:
@@ -184,7 +213,7 @@ class VGGTModel:
         anchor_from_world = anchor_correction(out.pose_enc[0, 0], rmap.model_hw, info) if self.reanchor else None
         info.update(
             timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1, "total_s": time.perf_counter() - t0},
-            dtype=str(self.net.amp_dtype).removeprefix("torch."),
+            dtype=self.dtype_name,
             causal_frames=self.causal_frames,
         )
         return pack_prediction(frames, out, rmap, anchor_from_world, info)

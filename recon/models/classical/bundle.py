@@ -5,7 +5,7 @@ fixed gauge; optionally one shared focal scale is refined.
 Each track is seen in a few of the window's frames (2-8 of 20 on a fast pan), so Jacobians are kept per
 observation — [N,2,6] and [N,2,3], not per (track, frame) — with the observations sorted by frame: a frame's
 sums are one product over its rows, a track's a sparse one-hot product. The Schur complement is then one
-dense symmetric product (tests/plain_bundle.py keeps a plain reference, and the two must agree)."""
+dense symmetric product (tests/support/plain_bundle.py keeps a plain reference, and the two must agree)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Key scoring and per-head gather for bounded KV caches (recon.cache).
+"""The KV cache stage's kernels (recon.cache): key scoring, per-head selection and gather, layer budgets.
 
 Pure, vectorised, device-agnostic torch: every function works on whatever device its inputs live on and
 never synchronises with the host except where it returns Python numbers (`dynamic_layer_budgets`).
-Loop-based references (`*_reference`) define the arithmetic for tests.
+Their loop-based references (test oracles) live in tests/support/cache_reference.py.
 
 KeyDiff (InfiniteVGGT's rule): per (batch, head), L2-normalise the candidate keys, take their mean
 direction, score every key by its cosine with that direction and keep the keys *least* similar to it
@@ -79,31 +79,3 @@ def dynamic_layer_budgets(mean_scores: list[float], total: int, floor: int, temp
     order = torch.argsort(share - whole, descending=True)
     whole[order[:remainder]] += 1
     return [floor + int(w) for w in whole]
-
-
-# --- references (loops; define the arithmetic for tests) -------------------------------------------
-
-
-def keydiff_scores_reference(keys: Tensor, candidates: Tensor | None = None) -> Tensor:
-    B, H, N, _ = keys.shape
-    out = torch.empty(B, H, N, dtype=torch.float32)
-    for b in range(B):
-        for h in range(H):
-            ks = keys[b, h].float()
-            unit = ks / ks.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-            mask = torch.ones(N, dtype=torch.bool) if candidates is None else candidates.expand(B, H, N)[b, h]
-            mean = unit[mask].mean(dim=0) if mask.any() else torch.zeros(ks.shape[-1])
-            direction = mean / mean.norm().clamp_min(_EPS)
-            out[b, h] = unit @ direction
-    return out
-
-
-def select_per_head_reference(scores: Tensor, keep: int, protected: Tensor | None = None) -> Tensor:
-    B, H, N = scores.shape
-    out = torch.empty(B, H, keep, dtype=torch.int64)
-    for b in range(B):
-        for h in range(H):
-            prot = [] if protected is None else protected.expand(B, H, N)[b, h].nonzero().flatten().tolist()
-            rest = sorted((i for i in range(N) if i not in set(prot)), key=lambda i: float(scores[b, h, i]))
-            out[b, h] = torch.tensor(sorted(prot + rest[: keep - len(prot)]))
-    return out

@@ -16,7 +16,7 @@ from recon.types import Frame
 
 KEYS_FILE = Path("/work/shared/specs/vggt_keys.txt")
 if not KEYS_FILE.is_file():  # a checkout without the shared folder
-    KEYS_FILE = Path(__file__).resolve().parents[1] / "shared" / "specs" / "vggt_keys.txt"
+    KEYS_FILE = Path(__file__).resolve().parents[2] / "shared" / "specs" / "vggt_keys.txt"
 
 
 def official_keys() -> list[tuple[str, tuple[int, ...]]]:
