@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from recon.errors import ReconError
 from recon.outputs import EXPORT_FORMATS as FORMATS
+from recon.summary import read_summary
 
 IMAGE_FORMATS = ("jpg", "png")
 COLMAP_PIXEL_OFFSET = 0.5  # COLMAP's (and nerfstudio's) pixel (0, 0) centre is at (0.5, 0.5); ours is at (0, 0)
@@ -136,10 +137,12 @@ def export_run(
 
 # -- reading the run -----------------------------------------------------------------------------------------
 def _read_run(run_dir: Path) -> dict[str, Any]:
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise ReconError(f"{run_dir} is not a run folder (no summary.json); pass the folder `recon run --out` wrote")
-    summary = json.loads(summary_path.read_text())
+    # A summary.json that cannot be parsed has always gone through here as an internal error (issue 18 keeps that).
+    summary = read_summary(
+        run_dir,
+        not_a_run="{run_dir} is not a run folder (no summary.json); pass the folder `recon run --out` wrote",
+        unreadable=None,
+    )
     for name in ("trajectory.tum", "frames.txt"):
         if not (run_dir / name).is_file():
             raise ReconError(f"{run_dir} has no {name}: the run ended before its first window; nothing to export")

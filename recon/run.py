@@ -562,7 +562,7 @@ def evaluate(out: Path) -> dict | None:
 
 
 def report_metrics(out: Path, metrics: dict) -> None:
-    from recon.eval.run_eval import format_table
+    from recon.eval.table import format_table
     from recon.outputs import PLOTS_DIR
 
     print("vs ground truth:")
