@@ -198,8 +198,8 @@ def test_after_a_stop_request_later_signals_stay_ignored_while_the_command_close
     """The first Ctrl-C asks the run to stop; one pressed again after the stream has stopped must not raise a
     KeyboardInterrupt into the closing code (a finalizer printed a traceback). Without a stop request the
     handlers the command had before are put back."""
-    from recon.run import stop_on_signals
     from recon.signals import ignore_signal
+    from recon.stopping import stop_on_signals
 
     def sentinel(signum: int, frame: object) -> None:
         raise AssertionError("the earlier handler ran")
