@@ -83,12 +83,12 @@ def test_run_hands_free_heap_pages_back_once_per_window(tmp_path: Path, monkeypa
     stream: freed heap blocks between live ones stay resident. `recon run` trims the heaps every window."""
     import json
 
-    import recon.run
+    import recon.commands.run
     import recon.run_report
 
-    recon.run.heap_trimmer()()  # safe to call anywhere (a no-op off glibc)
+    recon.commands.run.heap_trimmer()()  # safe to call anywhere (a no-op off glibc)
     calls: list[int] = []
-    monkeypatch.setattr(recon.run, "heap_trimmer", lambda: lambda: calls.append(1))
+    monkeypatch.setattr(recon.commands.run, "heap_trimmer", lambda: lambda: calls.append(1))
     monkeypatch.setattr(recon.run_report, "evaluate", lambda out: None)  # the evaluation is not under test
     out = tmp_path / "out"
     assert (

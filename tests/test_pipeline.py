@@ -253,6 +253,7 @@ def test_a_signal_that_breaks_an_import_is_reported_as_the_signal(
     into "ImportError: initialization failed". The user pressed Ctrl-C: exit 130 and "interrupted", not an
     internal error."""
     import recon.cli as cli
+    import recon.commands.eval as eval_command
 
     def interrupted_import(args: object) -> int:
         try:
@@ -262,7 +263,7 @@ def test_a_signal_that_breaks_an_import_is_reported_as_the_signal(
             raise ImportError("initialization failed") from e
         return 0
 
-    monkeypatch.setattr(cli, "_cmd_eval", interrupted_import)
+    monkeypatch.setattr(eval_command, "main", interrupted_import)
     capfd.readouterr()
     assert cli.main(["eval", "somewhere"]) == cli.EXIT_INTERRUPTED
     assert capfd.readouterr().err.strip() == "recon: interrupted"

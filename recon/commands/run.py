@@ -31,8 +31,10 @@ if TYPE_CHECKING:
     from recon.fusion import VoxelMap
     from recon.pipeline import RunState
 
+help = "reconstruct a video, image folder, dataset sequence or live stream"
 
-def add_run_args(p: argparse.ArgumentParser) -> None:
+
+def add_args(p: argparse.ArgumentParser) -> None:
     """Every flag defaults to None ("not given"): the run's settings are the defaults, then --config's file, then
     the flags given (recon.config); the defaults named in the help are RunConfig's."""
     p.add_argument(
@@ -159,7 +161,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run_command(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from recon.datasets import detect_kind, open_source
     from recon.outputs import claim_out_dir
 
