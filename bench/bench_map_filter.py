@@ -43,7 +43,9 @@ class Row:
 
 
 def evaluate(run: Path) -> dict[str, float | int]:
-    from recon.eval.run_eval import load_geometry_inputs, pointmap_metrics, read_summary
+    from recon.eval.geometry_inputs import load_geometry_inputs
+    from recon.eval.geometry_metrics import pointmap_metrics
+    from recon.summary import read_summary
 
     summary = read_summary(run)
     g = load_geometry_inputs(run, summary, max_samples=1000)

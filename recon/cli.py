@@ -1,6 +1,6 @@
-"""`recon` command line. Heavy modules are imported inside the subcommands so `recon --help` is instant.
-Every error a user can cause ends as one line on stderr and a non-zero exit code (`--debug` shows the
-traceback)."""
+"""`recon` command line: the top-level parser and its global flags, dispatch to the subcommands (recon.commands),
+and the error handling. Heavy modules are imported inside the subcommands so `recon --help` is instant. Every
+error a user can cause ends as one line on stderr and a non-zero exit code (`--debug` shows the traceback)."""
 
 from __future__ import annotations
 
@@ -15,44 +15,6 @@ from recon import __version__
 from recon.allocator import reuse_freed_memory
 from recon.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, ReconError
 from recon.signals import Terminated, signals_deferred, signals_unwind
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    with signals_deferred():  # OpenCV
-        from recon.run import run_command
-
-    return run_command(args)
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from recon.eval.run_eval import eval_command
-
-    return eval_command(args)
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    with signals_deferred():  # OpenCV, pycolmap
-        from recon.export import export_command
-
-    return export_command(args)
-
-
-def _cmd_view(args: argparse.Namespace) -> int:
-    from recon.viz.view import run_view
-
-    return run_view(args)
-
-
-def _cmd_render(args: argparse.Namespace) -> int:
-    from recon.datasets.synthetic.cli import run_render
-
-    return run_render(args)
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from recon.demo import run_demo
-
-    return run_demo(args)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -73,40 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("run", help="reconstruct a video, image folder, dataset sequence or live stream")
-    from recon.run import add_run_args
+    # Imported when a parser is built, not with recon.cli: the flags' choices import the stages' name lists (OpenCV
+    # through recon.datasets), which `import recon.cli` alone does not need.
+    from recon.commands import COMMANDS, command_name
 
-    add_run_args(p)
-    p.set_defaults(func=_cmd_run)
-
-    p = sub.add_parser("eval", help="measure a run's trajectory and geometry against ground truth")
-    from recon.eval.run_eval import add_eval_args
-
-    add_eval_args(p)
-    p.set_defaults(func=_cmd_eval)
-
-    p = sub.add_parser("export", help="write a run as a COLMAP model or a nerfstudio dataset (images, poses, points)")
-    from recon.export import add_export_args
-
-    add_export_args(p)
-    p.set_defaults(func=_cmd_export)
-
-    p = sub.add_parser("view", help="open a saved recording (.rrd) in the Rerun viewer")
-    from recon.viz.view import add_view_args
-
-    add_view_args(p)
-    p.set_defaults(func=_cmd_view)
-
-    p = sub.add_parser("render", help="render a synthetic sequence with exact depth and poses (KITTI or TUM layout)")
-    from recon.datasets.synthetic.cli import add_render_args
-
-    add_render_args(p)
-    p.set_defaults(func=_cmd_render)
-
-    p = sub.add_parser("demo", help="render a short street drive and run recon on it")
-    p.add_argument("--out", default="demo_out", help="where the demo writes (default: demo_out)")
-    p.add_argument("--frames", type=int, default=200, help="length of the demo drive (default 200)")
-    p.set_defaults(func=_cmd_demo)
+    for command in COMMANDS:
+        p = sub.add_parser(command_name(command), help=command.help)
+        command.add_args(p)
+        p.set_defaults(func=command.main)
     return parser
 
 

@@ -16,7 +16,6 @@ centres at +0.5 (its principal point and 2D points are ours + 0.5). nerfstudio: 
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from recon.errors import ReconError
 from recon.outputs import EXPORT_FORMATS as FORMATS
+from recon.summary import RunSummary
 
 IMAGE_FORMATS = ("jpg", "png")
 COLMAP_PIXEL_OFFSET = 0.5  # COLMAP's (and nerfstudio's) pixel (0, 0) centre is at (0.5, 0.5); ours is at (0, 0)
@@ -61,52 +61,6 @@ class Scene:
     observed: list[tuple[np.ndarray, np.ndarray]]
 
 
-def add_export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="a run's output folder (what `recon run --out` wrote)")
-    p.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="colmap",
-        help="colmap: images/ + sparse/0/ (cameras, images, points3D); nerfstudio: images/ + transforms.json + sparse_pc.ply",
-    )
-    p.add_argument("--to", metavar="DIR", help="where to write (default: RUN/colmap or RUN/nerfstudio)")
-    p.add_argument(
-        "--every", type=int, default=1, metavar="N", help="export every N-th trajectory frame (default 1: all)"
-    )
-    p.add_argument(
-        "--image-format",
-        choices=IMAGE_FORMATS,
-        default="jpg",
-        help="images as jpg (quality 95, default) or png (lossless)",
-    )
-    p.add_argument(
-        "--text", action="store_true", help="colmap: write the text format (cameras.txt, ...) instead of the binary one"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in the target folder")
-
-
-def export_command(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run)
-    if args.every < 1:
-        raise ReconError(f"--every must be >= 1, got {args.every}")
-    target = Path(args.to) if args.to else run_dir / args.format
-    scene = export_run(
-        run_dir,
-        target,
-        args.format,
-        every=args.every,
-        image_format=args.image_format,
-        text=args.text,
-        overwrite=args.overwrite,
-    )
-    observations = sum(len(i) for i, _ in scene.observed)
-    print(
-        f"{len(scene.views)} images, {len(np.unique(np.concatenate([i for i, _ in scene.observed] or [np.zeros(0, np.int64)])))} "
-        f"of {len(scene.xyz)} map points observed ({observations} observations) -> {target}/"
-    )
-    return 0
-
-
 def export_run(
     run_dir: Path,
     target: Path,
@@ -135,11 +89,10 @@ def export_run(
 
 
 # -- reading the run -----------------------------------------------------------------------------------------
-def _read_run(run_dir: Path) -> dict[str, Any]:
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise ReconError(f"{run_dir} is not a run folder (no summary.json); pass the folder `recon run --out` wrote")
-    summary = json.loads(summary_path.read_text())
+def _read_run(run_dir: Path) -> RunSummary:
+    summary = RunSummary.read(
+        run_dir, not_a_run="{run_dir} is not a run folder (no summary.json); pass the folder `recon run --out` wrote"
+    )
     for name in ("trajectory.tum", "frames.txt"):
         if not (run_dir / name).is_file():
             raise ReconError(f"{run_dir} has no {name}: the run ended before its first window; nothing to export")
@@ -192,13 +145,13 @@ def _map_points(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return xyz.astype(np.float64), rgb
 
 
-def _write_images(summary: dict[str, Any], views: list[View], folder: Path, image_format: str) -> None:
+def _write_images(summary: RunSummary, views: list[View], folder: Path, image_format: str) -> None:
     """Reads the run's source again and writes the views' frames, as the run saw them before any model resize."""
     import cv2
 
     from recon.datasets import open_source
 
-    spec = summary.get("input") or {}
+    spec = summary.input or {}
     if not spec.get("source"):
         raise ReconError("summary.json does not record the run's source; the images cannot be read again")
     if spec.get("kind") == "stream" or str(spec["source"]).isdigit() or "://" in str(spec["source"]):

@@ -19,6 +19,7 @@ from recon.types import FLAG_LOW_PARALLAX, FLAG_TOO_FEW_TRACKS
 
 SUMMARY_FILE = "summary.json"
 ALIGNMENT_LOG_WINDOWS = 200
+NOT_A_RUN = "'{run_dir}' is not a recon output folder (no summary.json); pass the --out folder of `recon run`"
 
 
 @dataclass
@@ -152,13 +153,12 @@ class RunSummary:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def read(cls, run_dir: Path) -> RunSummary:
-        """The summary of the run in `run_dir`; a one-line error when there is none."""
+    def read(cls, run_dir: Path, not_a_run: str = NOT_A_RUN) -> RunSummary:
+        """The summary of the run in `run_dir`; a one-line error when there is none (`not_a_run`, worded by the
+        command with {run_dir}) or it cannot be read."""
         path = Path(run_dir) / SUMMARY_FILE
         if not path.is_file():
-            raise ReconError(
-                f"'{run_dir}' is not a recon output folder (no {SUMMARY_FILE}); pass the --out folder of `recon run`"
-            )
+            raise ReconError(not_a_run.format(run_dir=run_dir))
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:

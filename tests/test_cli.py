@@ -83,12 +83,13 @@ def test_run_hands_free_heap_pages_back_once_per_window(tmp_path: Path, monkeypa
     stream: freed heap blocks between live ones stay resident. `recon run` trims the heaps every window."""
     import json
 
-    import recon.run
+    import recon.commands.run
+    import recon.run_report
 
-    recon.run.heap_trimmer()()  # safe to call anywhere (a no-op off glibc)
+    recon.commands.run.heap_trimmer()()  # safe to call anywhere (a no-op off glibc)
     calls: list[int] = []
-    monkeypatch.setattr(recon.run, "heap_trimmer", lambda: lambda: calls.append(1))
-    monkeypatch.setattr(recon.run, "evaluate", lambda out: None)  # the evaluation is not under test
+    monkeypatch.setattr(recon.commands.run, "heap_trimmer", lambda: lambda: calls.append(1))
+    monkeypatch.setattr(recon.run_report, "evaluate", lambda out: None)  # the evaluation is not under test
     out = tmp_path / "out"
     assert (
         main(
@@ -115,7 +116,7 @@ def test_run_hands_free_heap_pages_back_once_per_window(tmp_path: Path, monkeypa
 
 
 def test_progress_counts_frames_done_and_logs_plain_lines_without_a_terminal(capsys: pytest.CaptureFixture) -> None:
-    from recon.run import Progress
+    from recon.progress import Progress
     from recon.summary import RunState
 
     progress = Progress(total=100, every_s=0.0, first_after_s=0.0)

@@ -186,7 +186,8 @@ def _straight(n: int, step_m: float, roll_deg: float = 0.0) -> np.ndarray:
 
 
 def test_rotation_error_is_measured_after_aligning_orientations_and_drift_only_on_long_metric_paths() -> None:
-    from recon.eval.run_eval import PairedTrajectory, trajectory_metrics
+    from recon.eval.pairing import PairedTrajectory
+    from recon.eval.trajectory_metrics import trajectory_metrics
 
     gt = _straight(60, 2.0)
     est = _straight(60, 2.0, roll_deg=10.0)  # every orientation off by the same roll: the world's, not the run's
@@ -204,17 +205,18 @@ def test_rotation_error_is_measured_after_aligning_orientations_and_drift_only_o
 
 
 def test_the_error_plot_marks_window_joins_and_fallback_windows(tmp_path: Path) -> None:
-    from recon.eval.run_eval import window_marks
+    from recon.eval.run_plots import window_marks
+    from recon.summary import RunSummary
 
     (tmp_path / "frames.txt").write_text("".join(f"{i} {0.1 * i:.6f}\n" for i in range(40)))
-    summary = {
-        "alignment": [
+    summary = RunSummary(
+        alignment=[
             {"frames": [0, 11], "path": "first"},
             {"frames": [8, 19], "path": "lsa"},
             {"frames": [16, 27], "path": "pose_fallback"},
             {"frames": [24, 35], "path": "joint"},
         ]
-    }
+    )
     joins, fallbacks = window_marks(tmp_path, summary, 0.0)
     assert joins == pytest.approx([0.8, 1.6, 2.4]) and fallbacks == [pytest.approx((1.6, 2.7))]
 

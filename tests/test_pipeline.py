@@ -97,6 +97,25 @@ def test_run_writes_consistent_outputs(tmp_path: Path) -> None:
     cloud = o3d.io.read_point_cloud(str(tmp_path / "map.ply"))
     assert len(cloud.points) == summary["map_ply_points"] > 1000
     assert summary["map_ply_points"] <= summary["map_points"]  # the final map has its outliers removed
+    # What the run writes is what every reader gets: each key a RunSummary field, none dropped or renamed.
+    from recon.summary import RunSummary
+
+    typed = RunSummary.read(tmp_path)
+    assert list(typed.to_json()) == list(summary) and typed.windows == 7 and typed.alignment[0]["path"] == "first"
+
+
+def test_a_summary_from_an_older_run_reads_with_defaults_and_a_missing_one_is_a_one_line_error(tmp_path: Path) -> None:
+    from recon.errors import ReconError
+    from recon.summary import RunSummary
+
+    with pytest.raises(ReconError, match="not a recon output folder"):
+        RunSummary.read(tmp_path)
+    (tmp_path / "summary.json").write_text('{"status": "finished", "frames_read": 5, "a_key_from_elsewhere": 1}')
+    old = RunSummary.read(tmp_path)
+    assert old.status == "finished" and old.frames_read == 5 and old.alignment == [] and not old.metric
+    (tmp_path / "summary.json").write_text('{"status": "fini')  # killed mid-write by something else
+    with pytest.raises(ReconError, match="unreadable"):
+        RunSummary.read(tmp_path)
 
 
 def start_run_until(out: Path, windows: int) -> subprocess.Popen:
@@ -198,8 +217,8 @@ def test_after_a_stop_request_later_signals_stay_ignored_while_the_command_close
     """The first Ctrl-C asks the run to stop; one pressed again after the stream has stopped must not raise a
     KeyboardInterrupt into the closing code (a finalizer printed a traceback). Without a stop request the
     handlers the command had before are put back."""
-    from recon.run import stop_on_signals
     from recon.signals import ignore_signal
+    from recon.stopping import stop_on_signals
 
     def sentinel(signum: int, frame: object) -> None:
         raise AssertionError("the earlier handler ran")
@@ -253,6 +272,7 @@ def test_a_signal_that_breaks_an_import_is_reported_as_the_signal(
     into "ImportError: initialization failed". The user pressed Ctrl-C: exit 130 and "interrupted", not an
     internal error."""
     import recon.cli as cli
+    import recon.commands.eval as eval_command
 
     def interrupted_import(args: object) -> int:
         try:
@@ -262,7 +282,7 @@ def test_a_signal_that_breaks_an_import_is_reported_as_the_signal(
             raise ImportError("initialization failed") from e
         return 0
 
-    monkeypatch.setattr(cli, "_cmd_eval", interrupted_import)
+    monkeypatch.setattr(eval_command, "main", interrupted_import)
     capfd.readouterr()
     assert cli.main(["eval", "somewhere"]) == cli.EXIT_INTERRUPTED
     assert capfd.readouterr().err.strip() == "recon: interrupted"

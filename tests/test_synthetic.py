@@ -327,7 +327,8 @@ def test_render_sequence_round_trips_through_the_kitti_and_tum_readers(tmp_path)
 def test_cli_render_writes_and_says_where(tmp_path, capsys) -> None:
     import argparse
 
-    from recon.datasets.synthetic.cli import add_render_args, run_render
+    from recon.commands.render import add_args as add_render_args
+    from recon.commands.render import main as run_render
 
     parser = argparse.ArgumentParser()
     add_render_args(parser)

@@ -300,7 +300,8 @@ def test_spawn_without_a_display_is_a_one_line_error(monkeypatch: pytest.MonkeyP
 
 
 def test_recon_view_rejects_missing_and_non_rrd_files(tmp_path: Path) -> None:
-    from recon.viz.view import add_view_args, run_view
+    from recon.commands.view import add_args as add_view_args
+    from recon.commands.view import main as run_view
 
     parser = argparse.ArgumentParser()
     add_view_args(parser)

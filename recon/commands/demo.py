@@ -8,10 +8,18 @@ import argparse
 import shutil
 from pathlib import Path
 
+from recon.commands import run
 
-def run_demo(args: argparse.Namespace) -> int:
+help = "render a short street drive and run recon on it"
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo_out", help="where the demo writes (default: demo_out)")
+    p.add_argument("--frames", type=int, default=200, help="length of the demo drive (default 200)")
+
+
+def main(args: argparse.Namespace) -> int:
     from recon.datasets.synthetic import render_sequence
-    from recon.run import add_run_args, run_command
 
     out = Path(args.out)
     shutil.rmtree(out / "kitti", ignore_errors=True)  # the demo owns this folder: a second run starts fresh
@@ -23,8 +31,8 @@ def run_demo(args: argparse.Namespace) -> int:
     run_args = [str(seq_dir), "--out", str(out / "run"), "--overwrite", "--rrd", str(rrd)]
     print("running: recon run " + " ".join(run_args))
     parser = argparse.ArgumentParser(prog="recon run")
-    add_run_args(parser)
-    code = run_command(parser.parse_args(run_args))
+    run.add_args(parser)
+    code = run.main(parser.parse_args(run_args))
     if code == 0:
         print(f"watch it: recon view {rrd}   (or add --viewer spawn / --viewer serve to `recon run` to watch live)")
     return code

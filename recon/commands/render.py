@@ -1,4 +1,4 @@
-"""`recon render`: write a synthetic sequence to disk (wired into recon.cli by the lead).
+"""`recon render`: write a synthetic sequence to disk, with exact depth and poses.
 
 recon render --scene street --frames 500 --out data/synth [--name s00] [--format kitti|tum]
              [--seed 0] [--loop] [--width W --height H] [--speed M/S] [--fps F]
@@ -11,10 +11,12 @@ import argparse
 import time
 from pathlib import Path
 
-from .source import SCENES, SyntheticSource, render_sequence
+from recon.datasets.synthetic.source import SCENES, SyntheticSource, render_sequence
+
+help = "render a synthetic sequence with exact depth and poses (KITTI or TUM layout)"
 
 
-def add_render_args(parser: argparse.ArgumentParser) -> None:
+def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scene", choices=sorted(SCENES), default="street", help="what to render (default: street)")
     parser.add_argument("--frames", type=int, default=300, help="number of frames (default 300)")
     parser.add_argument("--out", required=True, help="output root (KITTI: ROOT/sequences/NAME; TUM: the sequence dir)")
@@ -35,7 +37,7 @@ def add_render_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_render(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     options = dict(
         num_frames=args.frames,
         seed=args.seed,
