@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from recon.eval.trajectory import absolute_trajectory_error
-from recon.kernels.umeyama import sim3_from_poses
+from recon.pose_fit import sim3_from_poses
 from recon.trajectory_io import read_kitti
 
 HERE = Path(__file__).resolve().parent

@@ -20,8 +20,10 @@ Run: .venv/bin/python bench/bench_align.py [--repeats N]"""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,8 +31,12 @@ import torch
 from recon.align import AlignConfig, align_window, select_correspondences
 from recon.geometry import invert_rigid, make_rigid, rotation_from_axis_angle
 from recon.kernels.align_layers import LayerParams, segment_depth_layers
-from recon.kernels.align_sim3 import robust_sim3, robust_sim3_reference
+from recon.kernels.align_sim3 import robust_sim3
 from recon.types import ResizeMap, Sim3, WindowPrediction
+
+# The plain references that define the kernels' arithmetic live with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.align_reference import robust_sim3_reference
 
 H, W = 192, 640
 K = np.array([[320.0, 0, (W - 1) / 2], [0, 320.0, (H - 1) / 2], [0, 0, 1]])

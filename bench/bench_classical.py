@@ -21,8 +21,8 @@ from recon.datasets import open_source
 from recon.datasets.synthetic import SyntheticSource
 from recon.eval.window import depth_abs_rel_scaled, relative_pose_errors
 from recon.geometry import invert_rigid, rotation_angle_deg
-from recon.kernels.umeyama import umeyama_sim3
 from recon.models.classical import ClassicalModel
+from recon.pose_fit import umeyama_sim3
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 OUT = Path(__file__).resolve().parent / "out"

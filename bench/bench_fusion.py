@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from recon.fusion import VoxelMap
-from recon.kernels.fusion_voxels import ReferenceVoxels
+
+# The plain references that define the kernels' arithmetic live with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.voxel_reference import ReferenceVoxels
 
 CHECKPOINTS = (10, 100, 1000, 10_000)
 

@@ -72,7 +72,7 @@ def off_silhouette(run: Path, seq: Path, dark: int = 10, margin_px: int = 8, min
     from recon.datasets import open_source
     from recon.fusion import read_map_ply
     from recon.geometry import invert_rigid
-    from recon.kernels.umeyama import sim3_from_poses
+    from recon.pose_fit import sim3_from_poses
     from recon.trajectory_io import read_frames, read_tum
 
     _, est_world_from_cam = read_tum(run / "trajectory.tum")

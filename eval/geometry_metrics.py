@@ -57,7 +57,7 @@ def pointmap_metrics(
     so runs with one trajectory and different maps are compared on their maps only)."""
     from recon.eval.pointmap import backproject, evaluate_pointmap
     from recon.geometry import invert_rigid
-    from recon.kernels.umeyama import sim3_from_poses
+    from recon.pose_fit import sim3_from_poses
 
     ply = run_dir / "map.ply"
     if not ply.is_file():

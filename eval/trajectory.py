@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from recon.geometry import as_4x4, invert_rigid, rotation_distance_deg
-from recon.kernels.umeyama import umeyama_sim3
+from recon.pose_fit import umeyama_sim3
 from recon.types import Sim3
 
 KITTI_LENGTHS_M: tuple[float, ...] = (100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0)

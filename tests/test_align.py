@@ -10,19 +10,14 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from support.align_reference import robust_log_scale_reference, robust_sim3_reference
 
 from recon.align import AlignConfig, AlignedWindow, align_window, fit_window, place_window
 from recon.errors import ContractError
 from recon.geometry import invert_rigid, make_rigid, rotation_distance_deg, rotation_from_axis_angle
 from recon.kernels.align_layers import LayerParams, layer_iou, link_layers, link_layers_warped, segment_depth_layers
-from recon.kernels.align_sim3 import (
-    robust_log_scale_grouped,
-    robust_log_scale_reference,
-    robust_sim3,
-    robust_sim3_batched,
-    robust_sim3_reference,
-)
-from recon.kernels.umeyama import umeyama_sim3
+from recon.kernels.align_sim3 import robust_log_scale_grouped, robust_sim3, robust_sim3_batched
+from recon.pose_fit import umeyama_sim3
 from recon.types import Keypoints, ResizeMap, Sim3, WindowPrediction
 
 

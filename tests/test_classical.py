@@ -228,7 +228,7 @@ def _assert_even_steps(scene: str, seed: int, first: int) -> None:
     are) and accurate rotations."""
     from recon.datasets.synthetic.stress import source
     from recon.geometry import invert_rigid
-    from recon.kernels.umeyama import sim3_from_poses
+    from recon.pose_fit import sim3_from_poses
 
     src = source(scene, seed=seed)
     frames = [src.render_frame(i) for i in range(first, first + 20)]

@@ -17,12 +17,12 @@ from recon.core import CoreConfig, GraphConfig, Reconstruction, carried_frames
 from recon.datasets.synthetic import SyntheticSource
 from recon.eval.trajectory import absolute_trajectory_error
 from recon.geometry import invert_rigid
-from recon.kernels.umeyama import sim3_from_poses
 from recon.map_filter import _quantile_floor, confident_pixels
 from recon.models import base
 from recon.outputs import OutputConfig
 from recon.pipeline import Pipeline, PipelineConfig
 from recon.places import PlaceConfig
+from recon.pose_fit import sim3_from_poses
 from recon.schedule import ScheduleConfig, WindowScheduler
 from recon.trajectory_io import read_kitti
 from recon.types import Frame, ResizeMap, WindowPrediction

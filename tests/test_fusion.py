@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.voxel_reference import ReferenceVoxels
 
 import recon.fusion as fusion
 from recon.errors import ContractError
@@ -16,7 +17,6 @@ from recon.fusion import BYTES_PER_VOXEL, VoxelMap
 from recon.kernels.fusion_voxels import (
     KEY_MAX,
     KEY_MIN,
-    ReferenceVoxels,
     merge_voxels,
     pack_keys,
     scatter_voxels,

@@ -384,7 +384,7 @@ class RerunViewer:
             return
         # GT lives in the source's world and units: move it onto the estimate with one Sim(3) over all
         # frames so far (re-fitted every window, so the whole strip is re-logged).
-        from recon.kernels.umeyama import umeyama_sim3
+        from recon.pose_fit import umeyama_sim3
 
         try:
             est_from_gt = umeyama_sim3(p.gt_centres_gt_world[known], centres[known])

@@ -17,7 +17,7 @@ from recon.align.contracts import AlignConfig, AlignedWindow, Correspondences, m
 from recon.align.layer_scale import scale_lookup
 from recon.geometry import grid_stride, invert_rigid, rotation_distance_deg
 from recon.kernels.align_sim3 import robust_sim3
-from recon.kernels.umeyama import umeyama_sim3
+from recon.pose_fit import umeyama_sim3
 from recon.types import Sim3, WindowPrediction
 
 

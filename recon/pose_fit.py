@@ -1,5 +1,6 @@
-"""Weighted Umeyama: the closed-form Sim(3) that best maps source points onto target points
-(least squares). Plain numpy reference; batched/robust variants build on it."""
+"""Sim(3) fits in numpy, float64 (not a hot path: every caller fits a handful of points or poses): weighted
+Umeyama, the closed-form Sim(3) that best maps source points onto target points (least squares), and the
+Sim(3) between two trajectories. The robust batched fit of a window join is recon.kernels.align_sim3."""
 
 from __future__ import annotations
 
