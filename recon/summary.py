@@ -171,13 +171,13 @@ class RunSummary:
 
 
 def scale_note(model: object, source: object) -> dict[str, Any]:
-    metric = bool(getattr(model, "metric", False))
+    """The run's units as the model states them (`metric`, `scale_convention`)."""
+    if getattr(model, "metric", False):
+        return {"metric": True, "note": "metres"}
+    convention = getattr(model, "scale_convention", "one arbitrary scale for the whole run")
     return {
-        "metric": metric,
-        "note": "metres"
-        if metric
-        else "arbitrary but consistent units: the first window's median sparse depth is 1; "
-        "align to ground truth with a Sim(3) to compare",
+        "metric": False,
+        "note": f"arbitrary but consistent units: {convention}; align to ground truth with a Sim(3) to compare",
     }
 
 

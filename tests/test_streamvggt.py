@@ -165,6 +165,7 @@ def test_recon_run_video_with_streamvggt_and_a_keydiff_budget(tmp_path: Path, ch
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "streamvggt" and summary["status"] == "finished"
+    assert "VGGT's own" in summary["scale"]["note"] and not summary["scale"]["metric"]
     assert summary["frames_in_trajectory"] == 12 and summary["windows"] == 6
     assert all(a["path"] == "anchored" for a in summary["alignment"])
     poses = np.loadtxt(out / "trajectory.tum")

@@ -290,6 +290,8 @@ def test_recon_run_with_a_tiny_vggt_checkpoint_end_to_end(tmp_path: Path) -> Non
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "vggt" and summary["status"] == "finished" and summary["frames_in_trajectory"] == 16
+    # The run's units are the model's own convention, not the classical model's.
+    assert "VGGT's own" in summary["scale"]["note"] and "sparse depth" not in summary["scale"]["note"]
 
 
 def test_a_corrupt_weights_file_is_a_model_error(tmp_path: Path) -> None:

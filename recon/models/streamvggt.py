@@ -45,6 +45,7 @@ class StreamVGGTModel(VGGTBackedModel):
 
     name = "streamvggt"
     metric = False
+    scale_convention = "VGGT's own, set by the first step: its points lie about 1 from the first camera on average"
 
     def __init__(
         self,

@@ -181,6 +181,9 @@ class VGGTModel(VGGTBackedModel):
     `info`)."""
 
     name = "vggt"
+    metric = False
+    # VGGT's training normalised each scene by the mean distance of its points from the first camera.
+    scale_convention = "VGGT's own: the first window's points lie about 1 from its first camera on average"
 
     def __init__(
         self,

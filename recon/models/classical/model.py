@@ -31,6 +31,8 @@ class ClassicalModel:
     """GeometryModel registered as `classical`."""
 
     name = "classical"
+    metric = False
+    scale_convention = "the first window's median sparse depth is 1"
     # Windows are independent and CPU-bound: a second one in flight fills the core that tracking and bundle
     # adjustment (single-threaded) leave idle.
     windows_in_flight = 2
