@@ -144,15 +144,23 @@ def _nearest(values: np.ndarray, rmap: ResizeMap) -> np.ndarray:
     return np.where(valid, out, np.zeros((), dtype=values.dtype))
 
 
+def resize_image(image: np.ndarray, wh: tuple[int, int]) -> np.ndarray:
+    """`image` ([H,W] or [H,W,C]) at `wh` (width, height): the area filter when shrinking (no aliasing),
+    bilinear when enlarging. Every image resize in recon goes through here."""
+    h, w = image.shape[:2]
+    if (w, h) == tuple(wh):
+        return image
+    shrinking = wh[0] * wh[1] < w * h
+    return cv2.resize(image, wh, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
 def apply_resize(frame: Frame, rmap: ResizeMap, pad_value: int = 255) -> Frame:
     """A new Frame: image resized through `rmap` (area filter when shrinking), K carried across, gt depth
     by nearest neighbour (padding = 0, invalid), `resize` chained onto any earlier map. Poses unchanged."""
     if tuple(rmap.original_hw) != frame.hw:
         raise SourceError(f"resize map is for {rmap.original_hw}, frame {frame.index} is {frame.hw}")
     resized_wh, shift = _resized_and_shift(rmap)
-    h, w = frame.hw
-    shrinking = resized_wh[0] * resized_wh[1] < w * h
-    image = cv2.resize(frame.image_rgb, resized_wh, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    image = resize_image(frame.image_rgb, resized_wh)
     image = _place(image, shift, rmap.model_hw, pad_value)
     return dataclasses.replace(
         frame,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from recon.datasets.resize import resize_image
 from recon.types import Frame
 
 # Windows of 20 frames sharing 8. A join can only be as good as the two windows agree on their shared
@@ -50,7 +51,7 @@ class KeyframeSelector:
         H, W = image_rgb.shape[:2]
         scale = self.config.width_px / W
         gray = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
-        return cv2.resize(gray, (self.config.width_px, max(8, round(H * scale))), interpolation=cv2.INTER_AREA)
+        return resize_image(gray, (self.config.width_px, max(8, round(H * scale))))
 
     def accept(self, frame: Frame) -> bool:
         gray = self._small_gray(frame.image_rgb)

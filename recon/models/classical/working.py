@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from recon.datasets.resize import plan_resize
+from recon.datasets.resize import plan_resize, resize_image
 from recon.types import Frame, ResizeMap
 
 
@@ -20,10 +20,7 @@ def working_map(hw: tuple[int, int], max_side: int) -> ResizeMap:
 
 def gray_image(image_rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """The image in grey at the working resolution hw."""
-    g = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
-    if g.shape != hw:
-        g = cv2.resize(g, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
-    return g
+    return resize_image(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY), (hw[1], hw[0]))
 
 
 def working_intrinsics(
