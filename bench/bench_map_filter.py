@@ -70,8 +70,8 @@ def off_silhouette(run: Path, seq: Path, dark: int = 10, margin_px: int = 8, min
     import numpy as np
 
     from recon.datasets import open_source
-    from recon.fusion import read_map_ply
     from recon.geometry import invert_rigid
+    from recon.map_ply import read_map_ply
     from recon.pose_fit import sim3_from_poses
     from recon.trajectory_io import read_frames, read_tum
 

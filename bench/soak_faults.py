@@ -51,7 +51,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from recon.fusion import PLY_VERTEX
+from recon.map_ply import PLY_VERTEX
 from recon.outputs import LOCK_FILE, run_files
 from recon.trajectory_io import read_frames, read_kitti, read_tum
 

@@ -64,7 +64,8 @@ def pointmap_metrics(
         return "the run wrote no map.ply"
     if len(g.frame_indices) < 3:
         return f"need >= 3 frames with ground-truth depth to place the map, have {len(g.frame_indices)}"
-    from recon.fusion import VOXEL_PER_DEPTH, read_map_ply
+    from recon.fusion import VOXEL_PER_DEPTH
+    from recon.map_ply import read_map_ply
 
     est_xyz = read_map_ply(ply)[0].astype(np.float64)
     gt_world_from_cam = invert_rigid(g.gt_cam_from_world)

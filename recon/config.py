@@ -20,12 +20,12 @@ from recon.cache_config import PolicyName
 from recon.core import CoreConfig, GraphConfig
 from recon.datasets import SourceKind
 from recon.errors import ReconError
-from recon.map_filter import MapConfig
+from recon.fusion import MapConfig
 from recon.models.base import DtypeName
 from recon.models.classical.model import ClassicalConfig
 from recon.outputs import OutputConfig
-from recon.schedule import ScheduleConfig
 from recon.viz.viewer import ViewerMode
+from recon.windows import ScheduleConfig
 
 CONFIG_FILE = "config.yaml"
 

@@ -37,10 +37,9 @@ from recon.align import (
     registered_frames,
     window_layers,
 )
-from recon.fusion import VoxelMap
+from recon.fusion import MapConfig, VoxelMap, default_voxel, select_pixels
 from recon.geometry import invert_rigid
 from recon.loops import LoopCloser, LoopGate
-from recon.map_filter import MapConfig, default_voxel, select_pixels
 from recon.places import PlaceConfig
 from recon.posegraph import EdgeNoise, PoseGraph, PoseGraphConfig
 from recon.types import FrameMeta, Sim3, WindowPrediction

@@ -136,7 +136,7 @@ def _views(run_dir: Path, every: int) -> list[View]:
 
 
 def _map_points(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    from recon.fusion import read_map_ply
+    from recon.map_ply import read_map_ply
 
     ply = run_dir / "map.ply"
     if not ply.is_file():
@@ -305,7 +305,7 @@ def write_colmap(scene: Scene, model_dir: Path, image_format: str, text: bool) -
 def write_nerfstudio(scene: Scene, folder: Path, image_format: str) -> None:
     """transforms.json (nerfstudio's format: OpenGL camera-to-world, intrinsics per frame when they differ)
     and sparse_pc.ply, the map, which splatfacto starts from (`ply_file_path`)."""
-    from recon.fusion import write_map_ply
+    from recon.map_ply import write_map_ply
 
     cams, of_view = _cameras(scene.views)
 

@@ -26,12 +26,9 @@ from recon.core import CoreConfig, FramePose, Reconstruction, carried_frames
 from recon.datasets.base import FrameSource, source_notes
 from recon.errors import NonFiniteError, ReconError
 from recon.fusion import VoxelMap
-from recon.inflight import WindowsInFlight
 from recon.models.base import GeometryModel, StreamingModel
 from recon.outputs import OutputConfig, prepare_out_dir
-from recon.registration import OverlappingWindows, Registration
 from recon.run_files import RunFiles, map_warnings
-from recon.schedule import KeyframeSelector, ScheduleConfig, WindowScheduler
 from recon.summary import (
     ALIGNMENT_LOG_WINDOWS,
     RunState,
@@ -44,6 +41,14 @@ from recon.summary import (
 from recon.types import Frame, FrameMeta, WindowPrediction
 from recon.viewer_feed import ViewerFeed
 from recon.viz.viewer import NullViewer, Viewer
+from recon.windows import (
+    KeyframeSelector,
+    OverlappingWindows,
+    Registration,
+    ScheduleConfig,
+    WindowScheduler,
+    WindowsInFlight,
+)
 
 log = logging.getLogger(__name__)
 

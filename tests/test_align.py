@@ -639,7 +639,7 @@ def test_a_loose_scale_source_sides_with_the_tight_one_it_agrees_with() -> None:
 
 
 def test_only_depth_another_view_confirms_is_fused(scene: Scene) -> None:
-    from recon.map_filter import consistent_in_neighbours
+    from recon.fusion import consistent_in_neighbours
 
     pred = make_window(scene, list(range(8)), Sim3(1.5))
     # A streak: frame 4 puts a block of pixels 30% too far (a blend no other view sees), points and depth alike.

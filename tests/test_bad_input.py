@@ -50,7 +50,7 @@ from recon.datasets import stream as stream_module
 from recon.datasets import write_kitti_sequence, write_tum_sequence
 from recon.datasets.image_files import write_png
 from recon.errors import OutputError
-from recon.fusion import PLY_VERTEX
+from recon.map_ply import PLY_VERTEX
 from recon.outputs import TrajectoryWriter
 from recon.trajectory_io import FRAMES_HEADER, read_frames, read_kitti, read_tum
 from recon.types import Frame

@@ -16,16 +16,16 @@ from scipy.spatial.transform import Rotation
 from recon.core import CoreConfig, GraphConfig, Reconstruction, carried_frames
 from recon.datasets.synthetic import SyntheticSource
 from recon.eval.trajectory import absolute_trajectory_error
+from recon.fusion import _quantile_floor, confident_pixels
 from recon.geometry import invert_rigid
-from recon.map_filter import _quantile_floor, confident_pixels
 from recon.models import base
 from recon.outputs import OutputConfig
 from recon.pipeline import Pipeline, PipelineConfig
 from recon.places import PlaceConfig
 from recon.pose_fit import sim3_from_poses
-from recon.schedule import ScheduleConfig, WindowScheduler
 from recon.trajectory_io import read_kitti
 from recon.types import Frame, ResizeMap, WindowPrediction
+from recon.windows import ScheduleConfig, WindowScheduler
 
 LOOP_PLACES = PlaceConfig(exclude_recent=3, min_window_gap=3, vocabulary_keyframes=4)  # a short drive: few keyframes
 
@@ -307,7 +307,7 @@ def test_the_map_takes_the_confident_half_of_the_pixels_with_depth() -> None:
 
 
 def test_depth_edges_keep_slanted_planes_and_find_steps() -> None:
-    from recon.map_filter import depth_edges
+    from recon.fusion import depth_edges
 
     v, u = torch.meshgrid(torch.arange(40.0), torch.arange(60.0), indexing="ij")
     road = 1.0 / (0.05 + 0.01 * v + 0.002 * u)  # a plane seen at a grazing angle: depth 3..20 over the image

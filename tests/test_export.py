@@ -13,8 +13,8 @@ import pytest
 
 from recon.cli import main
 from recon.depth_samples import DepthSample, write_depth_sample
-from recon.fusion import write_map_ply
 from recon.geometry import invert_rigid
+from recon.map_ply import write_map_ply
 from recon.trajectory_io import format_frames_line, format_tum_line
 from recon.types import ResizeMap
 

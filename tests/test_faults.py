@@ -19,10 +19,9 @@ from recon.geometry import invert_rigid
 from recon.models.classical import ClassicalModel
 from recon.outputs import OutputConfig
 from recon.pipeline import Pipeline, PipelineConfig
-from recon.registration import AnchoredSteps
-from recon.schedule import ScheduleConfig
 from recon.trajectory_io import read_frames, read_kitti
 from recon.types import Frame, ResizeMap, WindowPrediction
+from recon.windows import AnchoredSteps, ScheduleConfig
 
 
 def street(n: int) -> SyntheticSource:

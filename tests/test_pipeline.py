@@ -17,9 +17,9 @@ from recon.core import carried_frames
 from recon.datasets.synthetic import SyntheticSource
 from recon.models.classical import ClassicalModel
 from recon.pipeline import Pipeline, PipelineConfig
-from recon.schedule import KeyframeSelector, ScheduleConfig, WindowScheduler
 from recon.trajectory_io import read_kitti, read_tum
 from recon.types import Frame
+from recon.windows import KeyframeSelector, ScheduleConfig, WindowScheduler
 
 
 def frames(n: int) -> list[Frame]:

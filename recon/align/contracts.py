@@ -11,8 +11,8 @@ import torch
 
 from recon.errors import ContractError
 from recon.kernels.align_layers import LayerParams
-from recon.registration import ALIGN_MODES, AlignMode
 from recon.types import Keypoints, Sim3, WindowPrediction
+from recon.windows import ALIGN_MODES, AlignMode
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,12 @@ from recon.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
 from recon.models.base import DTYPE_NAMES
 from recon.outputs import EXPORT_FORMATS
 from recon.progress import Progress
-from recon.registration import ALIGN_MODES
 from recon.run_report import report
 from recon.run_settings import check_settings, load_run_config, model_options, stream_options, window_overlap
-from recon.schedule import DEFAULT_OVERLAP, DEFAULT_WINDOW
 from recon.signals import signals_deferred
 from recon.stopping import stop_on_signals
 from recon.viz import MODES
+from recon.windows import ALIGN_MODES, DEFAULT_OVERLAP, DEFAULT_WINDOW
 
 if TYPE_CHECKING:
     from recon.config import RunConfig

@@ -11,7 +11,7 @@ from recon.errors import ReconError
 from recon.types import Frame, WindowPrediction
 
 if TYPE_CHECKING:
-    from recon.registration import Registration
+    from recon.windows import Registration
 
 
 @runtime_checkable
@@ -38,7 +38,7 @@ class StreamingModel(Protocol):
 @dataclass(frozen=True)
 class ModelEntry:
     """`factory`: "module:attribute", imported only when picked so `recon --help` stays fast.
-    `registration`: how its predictions reach the map (a key of recon.registration.REGISTRATIONS)."""
+    `registration`: how its predictions reach the map (a key of recon.windows.REGISTRATIONS)."""
 
     factory: str
     registration: str
@@ -79,6 +79,6 @@ def create_model(name: str, **options: Any) -> GeometryModel | StreamingModel:
 
 def registration_for(name: str) -> Registration:
     """The registration strategy model `name` declares."""
-    from recon.registration import REGISTRATIONS
+    from recon.windows import REGISTRATIONS
 
     return REGISTRATIONS[model_entry(name).registration]()

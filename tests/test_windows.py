@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 from recon.datasets.synthetic import SyntheticSource
-from recon.inflight import WindowsInFlight
 from recon.models.classical import ClassicalModel
 from recon.pipeline import Pipeline, PipelineConfig
-from recon.schedule import ScheduleConfig, WindowScheduler
+from recon.windows import ScheduleConfig, WindowScheduler, WindowsInFlight
 
 
 def settled(depth: int, decide) -> tuple[list[tuple[list[int], list[int]]], int]:  # type: ignore[no-untyped-def]

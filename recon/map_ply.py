@@ -1,0 +1,86 @@
+"""map.ply, the map's file: a binary PLY (x y z float, red green blue uchar, confidence float) written in one
+block and atomically, read back by `recon eval` and `recon export`, with Open3D's statistical outlier test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from recon.errors import ContractError
+from recon.outputs import atomic_write
+
+
+def write_map_ply(
+    path: str | os.PathLike[str],
+    xyz: np.ndarray,
+    rgb: np.ndarray,
+    conf: np.ndarray,
+    outlier_removal: bool = True,
+    nb_neighbors: int = 20,
+    std_ratio: float = 2.0,
+) -> int:
+    """xyz [M,3] float32, rgb [M,3] uint8, conf [M] float32 -> binary PLY at `path` (atomic). Returns M kept.
+
+    Open3D only decides which points are outliers; the file is written with numpy in one block (a
+    million points in tens of milliseconds, where Open3D's writer takes a second), so the map can be
+    rewritten after every window."""
+    if outlier_removal and len(xyz) > nb_neighbors:
+        keep = statistical_inliers(xyz, nb_neighbors, std_ratio)
+        xyz, rgb, conf = xyz[keep], rgb[keep], conf[keep]
+    vertex = np.empty(len(xyz), dtype=PLY_VERTEX)
+    vertex["x"], vertex["y"], vertex["z"] = (np.asarray(xyz, np.float32)[:, k] for k in range(3))
+    vertex["red"], vertex["green"], vertex["blue"] = (np.asarray(rgb, np.uint8)[:, k] for k in range(3))
+    vertex["confidence"] = np.asarray(conf, np.float32).reshape(-1)
+    header = (
+        "ply\nformat binary_little_endian 1.0\ncomment recon map: confidence = accumulated confidence of the voxel\n"
+        f"element vertex {len(vertex)}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\n"
+        "property float confidence\nend_header\n"
+    )
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(header.encode("ascii"))
+            f.write(vertex.view(np.uint8).data)  # the buffer itself: tobytes() would copy the whole map once more
+            f.flush()
+            os.fsync(f.fileno())  # durable before it becomes visible under the real name
+
+    atomic_write(Path(path), write)
+    return len(vertex)
+
+
+PLY_VERTEX = np.dtype(
+    [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("confidence", "<f4")]
+)
+
+
+def read_map_ply(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A map.ply `write_map_ply` wrote -> (xyz [M,3] float32, rgb [M,3] uint8, conf [M] float32)."""
+    data = Path(path).read_bytes()
+    end = data.find(b"end_header\n")
+    header = data[: max(end, 0)].decode("ascii", "replace").splitlines()
+    count = next((int(line.split()[2]) for line in header if line.startswith("element vertex ")), None)
+    if (
+        end < 0
+        or count is None
+        or "format binary_little_endian 1.0" not in header
+        or len(data) - end - 11 != count * PLY_VERTEX.itemsize
+    ):
+        raise ContractError(
+            f"{path} is not a map.ply recon wrote (x y z float, red green blue uchar, confidence float)"
+        )
+    vertex = np.frombuffer(data, dtype=PLY_VERTEX, count=count, offset=end + 11)
+    xyz = np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=1)
+    return xyz, np.stack([vertex["red"], vertex["green"], vertex["blue"]], axis=1), vertex["confidence"].copy()
+
+
+def statistical_inliers(xyz: np.ndarray, nb_neighbors: int, std_ratio: float) -> np.ndarray:
+    """Indices of points whose mean distance to their neighbours is within std_ratio sigmas (Open3D)."""
+    import open3d as o3d  # slow import (~1 s): only when outliers are removed
+
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(xyz, np.float64)))
+    _, keep = pcd.remove_statistical_outlier(nb_neighbors=nb_neighbors, std_ratio=std_ratio)
+    return np.asarray(keep, dtype=np.int64)
