@@ -23,21 +23,13 @@ import torch
 
 from recon.align import AlignedWindow, WindowLayers
 from recon.core import CoreConfig, FramePose, Reconstruction, carried_frames
-from recon.datasets.base import FrameSource, source_notes
+from recon.datasets.base import FrameSource
 from recon.errors import NonFiniteError, ReconError
 from recon.fusion import VoxelMap
 from recon.models.base import GeometryModel, StreamingModel
 from recon.outputs import OutputConfig, prepare_out_dir
 from recon.run_files import RunFiles, map_warnings
-from recon.summary import (
-    ALIGNMENT_LOG_WINDOWS,
-    RunState,
-    RunSummary,
-    intrinsics_report,
-    nothing_reconstructed,
-    peak_rss_mb,
-    scale_note,
-)
+from recon.summary import RunState, RunSummary, nothing_reconstructed, summarise
 from recon.types import Frame, FrameMeta, WindowPrediction
 from recon.viewer_feed import ViewerFeed
 from recon.viz.viewer import NullViewer, Viewer
@@ -353,44 +345,15 @@ class Pipeline:
             self.state.map_ply_points = points
 
     def _summary(self) -> RunSummary:
-        st, core = self.state, self.core
-        elapsed = time.perf_counter() - self._t0
-        return RunSummary(
-            status=st.status,
-            source=getattr(self.source, "name", str(self.source)),
-            input=self.input_spec,
-            model=getattr(self.model, "name", type(self.model).__name__),
-            frames_read=st.frames_read,
-            frames_used=st.frames_used,
-            frames_skipped_no_motion=st.frames_skipped,
-            frames_in_trajectory=st.frames_written,
-            windows=st.windows,
-            elapsed_s=elapsed,
-            fps=st.frames_read / elapsed if elapsed > 0 else 0.0,
-            peak_rss_mb=peak_rss_mb(),
-            timings_s=st.timings_s,
-            map_points=len(core.map) if core.map is not None else 0,
-            map_ply_points=st.map_ply_points,
-            map_voxel=core.map.voxel_m if core.map is not None else None,
-            frames_unregistered=st.frames_unregistered,
-            registration=self.registration.name,
-            back_end_s=dict(core.timings_s),
-            breaks=core.breaks[-ALIGNMENT_LOG_WINDOWS:],
-            loops=st.loops[-ALIGNMENT_LOG_WINDOWS:],
-            loop_closures=len(st.loops),
-            trajectory_rewrites=st.trajectory_rewrites,
-            place_database_bytes=core.loop_closer.places.nbytes if core.loop_closer is not None else 0,
-            place_recognition=core.loop_closer.summary() if core.loop_closer is not None else None,
-            scale=scale_note(self.model, self.source),
-            ground_truth_metric=bool(getattr(self.source, "metric", False)) if self.source.has_ground_truth else None,
-            intrinsics=intrinsics_report(self.source, self.model, st.model_K),
-            settings=asdict(self.config),
-            model_flags=st.flags,
-            skipped_windows=st.skipped_windows,
-            source_notes=source_notes(self.source),
-            warnings=st.warnings,
-            alignment_paths=st.alignment_paths,
-            alignment=list(st.alignment),
+        return summarise(
+            self.state,
+            self.core,
+            self.source,
+            self.model,
+            self.registration.name,
+            asdict(self.config),
+            self.input_spec,
+            time.perf_counter() - self._t0,
         )
 
 

@@ -10,12 +10,17 @@ import resource
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recon.datasets.base import source_notes
 from recon.errors import ReconError
 from recon.types import FLAG_LOW_PARALLAX, FLAG_TOO_FEW_TRACKS
+
+if TYPE_CHECKING:
+    from recon.core import Reconstruction
+    from recon.datasets.base import FrameSource
 
 SUMMARY_FILE = "summary.json"
 ALIGNMENT_LOG_WINDOWS = 200
@@ -168,6 +173,57 @@ class RunSummary:
         if not isinstance(data, dict):
             raise ReconError(f"{path}: not a recon summary; the run may have been killed before its first window")
         return cls.from_json(data)
+
+
+def summarise(
+    st: RunState,
+    core: Reconstruction,
+    source: FrameSource,
+    model: object,
+    registration: str,
+    settings: dict[str, Any],
+    input_spec: dict[str, Any] | None,
+    elapsed_s: float,
+) -> RunSummary:
+    """The run so far as summary.json records it: the driver's counts, the core's map, graph and loops, the
+    source's and the model's own notes."""
+    return RunSummary(
+        status=st.status,
+        source=getattr(source, "name", str(source)),
+        input=input_spec,
+        model=getattr(model, "name", type(model).__name__),
+        frames_read=st.frames_read,
+        frames_used=st.frames_used,
+        frames_skipped_no_motion=st.frames_skipped,
+        frames_in_trajectory=st.frames_written,
+        windows=st.windows,
+        elapsed_s=elapsed_s,
+        fps=st.frames_read / elapsed_s if elapsed_s > 0 else 0.0,
+        peak_rss_mb=peak_rss_mb(),
+        timings_s=st.timings_s,
+        map_points=len(core.map) if core.map is not None else 0,
+        map_ply_points=st.map_ply_points,
+        map_voxel=core.map.voxel_m if core.map is not None else None,
+        frames_unregistered=st.frames_unregistered,
+        registration=registration,
+        back_end_s=dict(core.timings_s),
+        breaks=core.breaks[-ALIGNMENT_LOG_WINDOWS:],
+        loops=st.loops[-ALIGNMENT_LOG_WINDOWS:],
+        loop_closures=len(st.loops),
+        trajectory_rewrites=st.trajectory_rewrites,
+        place_database_bytes=core.loop_closer.places.nbytes if core.loop_closer is not None else 0,
+        place_recognition=core.loop_closer.summary() if core.loop_closer is not None else None,
+        scale=scale_note(model, source),
+        ground_truth_metric=bool(getattr(source, "metric", False)) if source.has_ground_truth else None,
+        intrinsics=intrinsics_report(source, model, st.model_K),
+        settings=settings,
+        model_flags=st.flags,
+        skipped_windows=st.skipped_windows,
+        source_notes=source_notes(source),
+        warnings=st.warnings,
+        alignment_paths=st.alignment_paths,
+        alignment=list(st.alignment),
+    )
 
 
 def scale_note(model: object, source: object) -> dict[str, Any]:
