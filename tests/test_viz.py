@@ -133,7 +133,7 @@ def _read(path: Path) -> tuple[dict[str, list], dict[tuple[str, str], int]]:
 
 
 def _log_all(path: Path, **options: float) -> list[int]:
-    from recon.viz.rerun_viewer import ViewerOptions
+    from recon.viz.viewer_options import ViewerOptions
 
     map_calls: list[int] = []
     viewer = open_viewer("none", rrd=path, options=ViewerOptions(**options))
@@ -253,7 +253,7 @@ def test_update_window_transform_relogs_only_the_transform(tmp_path: Path) -> No
 
 
 def test_full_queue_drops_without_blocking(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from recon.viz.rerun_viewer import ViewerOptions
+    from recon.viz.viewer_options import ViewerOptions
 
     path = tmp_path / "slow.rrd"
     viewer = open_viewer("none", rrd=path, options=ViewerOptions(queue_windows=1))
@@ -359,7 +359,8 @@ def test_a_served_recording_stays_up_after_the_run_until_ctrl_c(
 ) -> None:
     import rerun as rr
 
-    from recon.viz.rerun_viewer import RerunViewer, ViewerOptions
+    from recon.viz.rerun_viewer import RerunViewer
+    from recon.viz.viewer_options import ViewerOptions
 
     stopped: list[bool] = []
     recording = rr.RecordingStream("test")

@@ -11,7 +11,8 @@ from recon.errors import ReconError
 from recon.viz.viewer import MODES, NullViewer, Viewer, WindowView
 
 if TYPE_CHECKING:
-    from recon.viz.rerun_viewer import RerunViewer, ViewerOptions
+    from recon.viz.rerun_viewer import RerunViewer
+    from recon.viz.viewer_options import ViewerOptions
 
 __all__ = ["MODES", "NullViewer", "RerunViewer", "Viewer", "ViewerOptions", "WindowView", "open_viewer"]
 
@@ -39,8 +40,12 @@ def open_viewer(
 
 
 def __getattr__(name: str) -> Any:  # RerunViewer / ViewerOptions without importing rerun up front
-    if name in ("RerunViewer", "ViewerOptions"):
-        from recon.viz import rerun_viewer
+    if name == "RerunViewer":
+        from recon.viz.rerun_viewer import RerunViewer
 
-        return getattr(rerun_viewer, name)
+        return RerunViewer
+    if name == "ViewerOptions":
+        from recon.viz.viewer_options import ViewerOptions
+
+        return ViewerOptions
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,6 @@
 """The layout a recording opens with: the 3D scene large, the current frame's image / depth / confidence
-beside it, the run's plots and the window log below. Entity paths come from `recon.viz.rerun_viewer`."""
+beside it, the run's plots and the window log below. The entity paths the logger
+(`recon.viz.rerun_viewer`) writes to are defined here too."""
 
 from __future__ import annotations
 

@@ -20,8 +20,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 from recon.errors import ReconError
 from recon.viz import blueprint as paths
-from recon.viz.rerun_viewer import RerunViewer, ViewerOptions
+from recon.viz.rerun_viewer import RerunViewer
 from recon.viz.viewer import MODES
+from recon.viz.viewer_options import ViewerOptions
 
 if TYPE_CHECKING:
     import rerun as rr

@@ -210,7 +210,7 @@ def _reconstruct(
     v = config.viewer
     options = None
     if v.mode != "none" or v.rrd:
-        from recon.viz.rerun_viewer import ViewerOptions
+        from recon.viz.viewer_options import ViewerOptions
 
         options = ViewerOptions(depth_every=v.depth_every, linger=v.mode == "serve")
     viewer = open_viewer(v.mode, Path(v.rrd) if v.rrd else None, bind=v.bind, port=v.port, options=options)
