@@ -1,7 +1,7 @@
 """The streaming pipeline (ARCHITECTURE §1, §3), the driver: source -> windows -> model -> reconstruction core -> outputs.
 
 Two threads joined by a bounded queue: the producer reads frames, cuts windows and runs the model (on as
-many windows at once as its registration allows, results in stream order: recon/inflight.py); the
+many windows at once as its registration allows, results in stream order: recon/windows.py); the
 consumer hands each prediction to the core (recon/core.py: registration, pose graph, loop closure, map)
 and writes what it returns. Nothing holds more than a few windows of frames,
 so memory does not grow with the stream."""

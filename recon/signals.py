@@ -40,7 +40,7 @@ def signals_unwind() -> Iterator[None]:
     """SIGINT and SIGTERM unwind the command (KeyboardInterrupt, Terminated): a model load or an evaluation
     stops, its lock is released, and the exit code says which signal. Once one has, further ones are ignored so
     they cannot cut the unwinding short. (`recon run` stops its stream at a window boundary instead, see
-    recon.run.stop_on_signals.)"""
+    recon.stopping.stop_on_signals.)"""
 
     def unwind(signum: int, frame: object) -> None:
         for other in (signal.SIGINT, signal.SIGTERM):

@@ -1,4 +1,4 @@
-"""Several windows in the model at once (recon/inflight.py): the same windows, in the same order, with the
+"""Several windows in the model at once (recon/windows.py, WindowsInFlight): the same windows, in the same order, with the
 same results as one at a time, also when a window is dropped or carries frames into the next one."""
 
 from __future__ import annotations
