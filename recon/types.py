@@ -179,7 +179,9 @@ class WindowPrediction:
     points [S,H,W,3] in the window's reference frame, points_conf [S,H,W], cam_from_world [S,4,4]
     (world = the window's reference frame), K [S,3,3] in model pixels; `resize` maps model pixels to the
     frames' original pixels. `metric` says whether the scale is metres; otherwise it is arbitrary per
-    window and the pipeline aligns it. `flags` names degeneracies (e.g. FLAG_LOW_PARALLAX)."""
+    window and the pipeline aligns it. `flags` names degeneracies (e.g. FLAG_LOW_PARALLAX). `registered` [S]
+    bool: the frames the model could place (their pose is a placeholder where False; None: all). `info`: the
+    model's own numbers (timings, cache sizes), reported and plotted as they come."""
 
     frame_indices: list[int]
     depth: torch.Tensor
@@ -193,6 +195,7 @@ class WindowPrediction:
     flags: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     keypoints: Keypoints | None = None
+    registered: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         import torch
@@ -226,6 +229,9 @@ class WindowPrediction:
             tuple(self.resize.model_hw) == (H, W),
             f"WindowPrediction.resize.model_hw {self.resize.model_hw} != {(H, W)}",
         )
+        if self.registered is not None:
+            self.registered = np.asarray(self.registered, dtype=bool)
+            _check(self.registered.shape == (S,), f"WindowPrediction.registered must be [S={S}] bool")
         _check(bool((self.depth >= 0).all()), "WindowPrediction.depth must be >= 0")
         _check(bool((self.depth_conf >= 0).all()) and bool((self.points_conf >= 0).all()), "confidences must be >= 0")
         _check_rigid(self.cam_from_world.detach().double().cpu().numpy(), "WindowPrediction.cam_from_world", atol=1e-3)

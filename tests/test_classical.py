@@ -53,7 +53,7 @@ def test_outputs_satisfy_the_contract(scene: str) -> None:
     x_world = np.linalg.inv(pred.cam_from_world[s].double().numpy()) @ np.append(x_cam, 1.0)
     np.testing.assert_allclose(pred.points[s, v, u].double().numpy(), x_world[:3], rtol=1e-4, atol=1e-4)
     assert set(pred.info["timings"]) >= {"tracking_s", "pose_s", "ba_s", "dense_s", "packing_s"}
-    assert all(pred.info["registered"])
+    assert all(pred.registered)
 
 
 @pytest.mark.parametrize("scene", ["street", "room"])
@@ -182,7 +182,7 @@ def test_duplicate_and_dropped_frames_keep_a_consistent_window() -> None:
     shaky = frames[:4] + [frames[3], frames[3]] + frames[4:7] + frames[8:]  # two duplicates, one dropped frame
     shaky = [dataclasses.replace(f, index=i) for i, f in enumerate(shaky)]
     pred = ClassicalModel().infer(shaky)
-    assert all(pred.info["registered"])
+    assert all(pred.registered)
     rot_deg, dir_deg = relative_pose_errors(pred.cam_from_world.double().numpy(), gt_poses(shaky))
     assert np.median(rot_deg) < 0.3 and np.nanmedian(dir_deg) < 3.0
     dup = pred.cam_from_world[3:6].double().numpy()
@@ -233,7 +233,7 @@ def _assert_even_steps(scene: str, seed: int, first: int) -> None:
     src = source(scene, seed=seed)
     frames = [src.render_frame(i) for i in range(first, first + 20)]
     pred = ClassicalModel().infer(frames)
-    assert all(pred.info["registered"])
+    assert all(pred.registered)
     est = invert_rigid(pred.cam_from_world.double().numpy())
     gt = np.stack([invert_rigid(f.gt_cam_from_world) for f in frames])
     sim = sim3_from_poses(est, gt)
@@ -290,9 +290,9 @@ def test_frames_beyond_a_lost_step_are_registered_by_keypoint_matches(monkeypatc
     frames = rendered_window("room")
     monkeypatch.setattr(model_module, "track_window", _cut_tracks_at(5))
     off = ClassicalModel(bridge=BridgeConfig(neighbours=0)).infer(frames)
-    assert FLAG_UNREGISTERED in off.flags and not any(off.info["registered"][6:])
+    assert FLAG_UNREGISTERED in off.flags and not any(off.registered[6:])
     pred = ClassicalModel().infer(frames)
-    assert all(pred.info["registered"]) and pred.flags == []
+    assert all(pred.registered) and pred.flags == []
     # The first frame beyond is bridged, and the next (its tracks have one registered view until then); the
     # frames after are placed by their own tracks again.
     assert pred.info["bridged"] == [6, 7]
@@ -311,7 +311,7 @@ def test_frames_that_share_no_view_are_not_bridged(monkeypatch: pytest.MonkeyPat
     frames = [dataclasses.replace(f, index=i, K=room[0].K) for i, f in enumerate(list(room[:6]) + other)]
     monkeypatch.setattr(model_module, "track_window", _cut_tracks_at(5))
     pred = ClassicalModel().infer(frames)
-    assert all(pred.info["registered"][:6]) and not any(pred.info["registered"][6:])
+    assert all(pred.registered[:6]) and not any(pred.registered[6:])
     assert FLAG_UNREGISTERED in pred.flags and pred.info["bridged"] == []
 
 

@@ -93,7 +93,7 @@ class JumpingOracle(DriftingOracle):
             pred.depth_conf[~placed] = 0.0
             pred.points_conf[~placed] = 0.0
             pred.cam_from_world[~placed] = torch.eye(4)  # a placeholder, as the classical model leaves it
-            pred.info["registered"] = placed.tolist()
+            pred.registered = placed
         return pred
 
 

@@ -53,10 +53,10 @@ class Pred:
     """The part of a prediction carried_frames reads: which frames the model placed."""
 
     def __init__(self, placed: list[bool]) -> None:
-        self.info = {"registered": placed}
+        self.registered = np.array(placed)
 
     def __len__(self) -> int:
-        return len(self.info["registered"])
+        return len(self.registered)
 
 
 def test_the_next_window_carries_the_frames_after_the_last_placed_one() -> None:

@@ -197,10 +197,7 @@ class AlignmentReport:
 
 def registered_frames(w: AlignedWindow | WindowPrediction) -> np.ndarray:
     """[S] bool: frames whose pose the model could determine (a model that says nothing placed all)."""
-    if isinstance(w, AlignedWindow):
-        return np.ones(len(w), bool) if w.registered is None else np.asarray(w.registered, bool)
-    reg = w.info.get("registered")
-    return np.ones(len(w), bool) if reg is None else np.asarray(reg, bool)
+    return np.ones(len(w), bool) if w.registered is None else np.asarray(w.registered, bool)
 
 
 def median_depth(depth: torch.Tensor) -> float:

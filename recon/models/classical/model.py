@@ -90,15 +90,14 @@ class ClassicalModel:
         t3 = time.perf_counter()
         pred = pack_window(frames, depth, conf, sparse, resize)
         pred.keypoints = sparse_keypoints(sparse, tracks)
+        pred.registered = sparse.registered.copy()
         timings["packing_s"] = time.perf_counter() - t3
         timings["total_s"] = time.perf_counter() - t0
-        # `registered[s]` is False for frames the model could not place (their pose is a placeholder).
         pred.info.update(
             timings=timings,
             intrinsics_known=k_known,
             focal_px=float(sparse.K[0, 0]),
             num_tracks=len(tracks),
-            registered=sparse.registered.tolist(),
             **sparse.info,
         )
         return pred
