@@ -109,7 +109,8 @@ def windows_from(summary: dict[str, Any], n: int) -> list[tuple[int, int]]:
     if "windows_frames" in summary:
         return [(int(a), int(b)) for a, b in summary["windows_frames"]]
     settings = summary.get("settings") or {}
-    L, O = settings.get("window"), settings.get("overlap")
+    schedule = settings.get("schedule", settings)  # nested per stage since the config file (flat before)
+    L, O = schedule.get("window"), schedule.get("overlap")
     if not L or O is None or L <= O:
         return []
     out, start = [], 0
