@@ -15,7 +15,7 @@ pipeline's and the evaluation's); a stage's figure is frames read over that stag
 time: the model runs in its own threads, on two windows at once where it allows, and "infer" sums the seconds
 of every window, so it can fall while end to end rises).
 
-Run: .venv/bin/python bench/bench_speed.py [--baseline REV] [--only drive room] [--repeat 1]"""
+Run: .venv/bin/python bench/bench_speed.py [--baseline REV] [--only drive room]"""
 
 from __future__ import annotations
 
