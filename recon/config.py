@@ -45,7 +45,7 @@ class SourceConfig:
 class ModelConfig:
     name: str = "classical"
     weights: str | None = None  # learned models: the checkpoint
-    architecture: str = "1b"  # learned models: 1b (VGGT-1B) or tiny (tests)
+    architecture: str | None = None  # learned models: None = the released model's; or a name it knows (tiny: tests)
     dtype: DtypeName = "fp32"
     device: str | None = None
     cache: PolicyName = "keydiff"  # streamvggt

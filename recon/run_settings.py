@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recon.errors import ReconError
+from recon.models.base import learned_models
 
 if TYPE_CHECKING:
     from recon.config import RunConfig
@@ -150,7 +151,7 @@ def _intrinsics(text: str) -> tuple[float, float, float, float]:
     return fx, fy, cx, cy
 
 
-LEARNED_MODELS = ("vggt", "streamvggt")
+LEARNED_MODELS = tuple(learned_models())  # from the registry: a new learned model needs no edit here
 
 
 def model_options(config: RunConfig) -> dict[str, object]:

@@ -14,7 +14,7 @@ from recon.allocator import heap_trimmer
 from recon.cache_config import POLICIES
 from recon.datasets import KINDS
 from recon.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
-from recon.models.base import DTYPE_NAMES
+from recon.models.base import DEFAULT_MODEL, DTYPE_NAMES, available_models, learned_models
 from recon.outputs import EXPORT_FORMATS
 from recon.progress import Progress
 from recon.run_report import report
@@ -59,14 +59,21 @@ def add_args(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="camera / stream sources: how long to wait for the stream to open or for a frame (default 10)",
     )
-    p.add_argument("--model", help="geometry model: classical (default, needs no weights), vggt, streamvggt")
-    m = p.add_argument_group("learned models (vggt, streamvggt)")
+    learned = ", ".join(learned_models())
+    p.add_argument(
+        "--model",
+        help=f"geometry model: {', '.join(available_models())} (default {DEFAULT_MODEL}, needs no weights)",
+    )
+    m = p.add_argument_group(f"learned models ({learned})")
     m.add_argument(
         "--weights",
         metavar="PATH",
         help="checkpoint: .safetensors, or a torch file of plain tensors (never unpickles code)",
     )
-    m.add_argument("--model-config", help="architecture of the checkpoint: 1b (VGGT-1B, default) or tiny (tests)")
+    m.add_argument(
+        "--model-config",
+        help="architecture of the checkpoint (default: the released model's; tiny: the test-size graph)",
+    )
     m.add_argument(
         "--dtype",
         choices=DTYPE_NAMES,

@@ -38,16 +38,19 @@ class StreamingModel(Protocol):
 @dataclass(frozen=True)
 class ModelEntry:
     """`factory`: "module:attribute", imported only when picked so `recon --help` stays fast.
-    `registration`: how its predictions reach the map (a key of recon.windows.REGISTRATIONS)."""
+    `registration`: how its predictions reach the map (a key of recon.windows.REGISTRATIONS).
+    `learned`: it takes the learned-model options (--weights, --model-config, --dtype, --device)."""
 
     factory: str
     registration: str
+    learned: bool = False
 
 
 MODELS: dict[str, ModelEntry] = {
     "classical": ModelEntry("recon.models.classical:ClassicalModel", "overlapping"),
-    "vggt": ModelEntry("recon.models.vggt:VGGTModel", "overlapping"),
-    "streamvggt": ModelEntry("recon.models.streamvggt:StreamVGGTModel", "anchored"),
+    "vggt": ModelEntry("recon.models.vggt:VGGTModel", "overlapping", learned=True),
+    "streamvggt": ModelEntry("recon.models.streamvggt:StreamVGGTModel", "anchored", learned=True),
+    "pi3": ModelEntry("recon.models.pi3:Pi3Model", "overlapping", learned=True),
 }
 
 DEFAULT_MODEL = "classical"
@@ -59,6 +62,11 @@ DTYPE_NAMES: tuple[str, ...] = get_args(DtypeName)
 
 def available_models() -> list[str]:
     return sorted(MODELS)
+
+
+def learned_models() -> list[str]:
+    """The models that take weights (registry order)."""
+    return [name for name, entry in MODELS.items() if entry.learned]
 
 
 def model_entry(name: str) -> ModelEntry:

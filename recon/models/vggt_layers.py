@@ -156,14 +156,15 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm transformer block: x += γ1·Attn(LN1 x); x += γ2·MLP(LN2 x). `eps` is 1e-6 in DINO and
-    1e-5 (PyTorch default) in the aggregator and camera trunk (spec §10 gotcha 1)."""
+    π³, 1e-5 (PyTorch default) in VGGT's aggregator and camera trunk (spec §10 gotcha 1).
+    `init_values=None`: no LayerScale at all (no `ls1`/`ls2` keys), as π³'s head decoders (spec §11.2)."""
 
     def __init__(
         self,
         dim: int,
         num_heads: int,
         mlp_ratio: float = 4.0,
-        init_values: float = 0.01,
+        init_values: float | None = 0.01,
         qk_norm: bool = False,
         rope: RotaryPositionEmbedding2D | None = None,
         eps: float = 1e-5,
@@ -171,10 +172,10 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, qk_norm=qk_norm, rope=rope)
-        self.ls1 = LayerScale(dim, init_values)
+        self.ls1: nn.Module = nn.Identity() if init_values is None else LayerScale(dim, init_values)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.ls2 = LayerScale(dim, init_values)
+        self.ls2: nn.Module = nn.Identity() if init_values is None else LayerScale(dim, init_values)
 
     def forward(
         self, x: Tensor, pos: Tensor | None = None, frame_tokens: int | None = None, kv_fn: KVHook | None = None
@@ -197,7 +198,8 @@ class PatchEmbed(nn.Module):
 class DinoViT(nn.Module):
     """DINOv2 ViT with registers (`aggregator.patch_embed`, spec §3 step 2): patchify, cls + abs pos-embed
     (resized bicubic+antialias in float32 for other grids), 4 registers after cls (no pos-embed), pre-norm
-    blocks (LN eps 1e-6, LayerScale, no qk-norm, no RoPE), final LN; returns the patch tokens only."""
+    blocks (LN eps 1e-6, LayerScale, no qk-norm, no RoPE), final LN; returns the patch tokens only.
+    `mask_token=False`: the unused mask token is not built (π³ deletes it, so its checkpoint lacks the key)."""
 
     def __init__(
         self,
@@ -208,6 +210,7 @@ class DinoViT(nn.Module):
         num_heads: int,
         num_registers: int,
         mlp_ratio: float = 4.0,
+        mask_token: bool = True,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
@@ -217,7 +220,8 @@ class DinoViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, dim))
         self.register_tokens = nn.Parameter(torch.zeros(1, num_registers, dim))
-        self.mask_token = nn.Parameter(torch.zeros(1, dim))  # unused at inference; present for strict loading
+        if mask_token:  # unused at inference; present for strict loading of VGGT
+            self.mask_token = nn.Parameter(torch.zeros(1, dim))
         self.patch_embed = PatchEmbed(patch_size, dim)
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, init_values=1.0, eps=1e-6) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
