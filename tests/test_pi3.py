@@ -328,5 +328,23 @@ def test_recon_run_with_a_tiny_pi3_checkpoint_end_to_end(tmp_path: Path, tiny_ch
         assert summary["model"] == "pi3" and summary["status"] == "finished"
         assert summary["frames_in_trajectory"] == 24
         assert "π³'s own" in summary["scale"]["note"]
-        assert (out / "trajectory.txt").is_file() or any(out.glob("trajectory.*"))
-        assert (out / "map.ply").is_file()
+        for name in ("trajectory.tum", "trajectory.kitti", "map.ply"):
+            assert (out / name).stat().st_size > 0, name
+        assert len((out / "trajectory.tum").read_text().splitlines()) == 24
+
+
+def test_qk_cast_to_v_dtype_is_a_no_op_in_fp32_and_lowers_q_k_under_autocast() -> None:
+    """π³'s attention casts the normalised q, k to v's dtype (RoPE then runs at the low precision under
+    autocast); VGGT's keeps them as LayerNorm returns them. In fp32 both are the same computation."""
+    from recon.models.vggt_layers import Attention, RotaryPositionEmbedding2D, patch_positions
+
+    torch.manual_seed(0)
+    rope = RotaryPositionEmbedding2D(100.0)
+    vggt_attn = Attention(32, 4, qk_norm=True, rope=rope)
+    pi3_attn = Attention(32, 4, qk_norm=True, rope=rope, qk_to_v_dtype=True)
+    pi3_attn.load_state_dict(vggt_attn.state_dict())
+    x, pos = torch.randn(2, 9, 32), patch_positions(2, 2, 4, 1, torch.device("cpu"))
+    assert torch.equal(vggt_attn(x, pos), pi3_attn(x, pos))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q, k, v = pi3_attn.compute_qkv(x, pos)
+    assert q.dtype == k.dtype == v.dtype == torch.bfloat16

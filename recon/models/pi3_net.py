@@ -75,7 +75,8 @@ class TransformerDecoder(nn.Module):
         C = cfg.embed_dim
         self.projects = nn.Linear(in_dim, C)
         self.blocks = nn.ModuleList(
-            Block(C, cfg.num_heads, cfg.mlp_ratio, init_values=None, rope=rope, eps=1e-6) for _ in range(cfg.head_depth)
+            Block(C, cfg.num_heads, cfg.mlp_ratio, init_values=None, rope=rope, eps=1e-6, qk_to_v_dtype=True)
+            for _ in range(cfg.head_depth)
         )
         self.linear_out = nn.Linear(C, out_dim)
 
@@ -166,9 +167,8 @@ class Pi3(nn.Module):
 
     `amp_dtype` (None/float32, bfloat16, float16): encoder and decoders run under autocast at that dtype over
     float32 weights (the residual stream stays float32, as VGGT's); the three heads always run in float32 with
-    autocast off (spec §11.3 step 6). Not reproduced: the official attention casts q and k back to bf16
-    after qk-norm under autocast, so its RoPE runs in bf16; here it runs in float32 (differences at bf16
-    rounding level only, and none at fp32)."""
+    autocast off (spec §11.3 step 6). As the official attention, q and k are cast to v's dtype after qk-norm,
+    so under autocast RoPE runs at the low precision (VGGT's runs in float32)."""
 
     image_mean: Tensor  # [1,3,1,1] buffers, registered below
     image_std: Tensor
@@ -191,7 +191,16 @@ class Pi3(nn.Module):
         )
         self.rope = RotaryPositionEmbedding2D(cfg.rope_freq)
         self.decoder = nn.ModuleList(
-            Block(C, cfg.num_heads, cfg.mlp_ratio, cfg.layerscale_init, qk_norm=True, rope=self.rope, eps=1e-6)
+            Block(
+                C,
+                cfg.num_heads,
+                cfg.mlp_ratio,
+                cfg.layerscale_init,
+                qk_norm=True,
+                rope=self.rope,
+                eps=1e-6,
+                qk_to_v_dtype=True,  # π³'s attention: RoPE at v's precision under autocast
+            )
             for _ in range(cfg.decoder_depth)
         )
         self.register_token = nn.Parameter(torch.randn(1, 1, cfg.num_register_tokens, C) * 1e-6)

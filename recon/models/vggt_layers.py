@@ -81,12 +81,22 @@ def patch_positions(batch: int, h: int, w: int, special: int, device: torch.devi
 
 class Attention(nn.Module):
     """Multi-head self-attention: qkv Linear -> (q | k | v, heads) -> optional LayerNorm on q, k (eps 1e-5)
-    -> optional RoPE -> SDPA (scale 1/sqrt(head_dim)) -> proj."""
+    -> optional RoPE -> SDPA (scale 1/sqrt(head_dim)) -> proj.
+
+    `qk_to_v_dtype`: cast the normalised q, k to v's dtype before RoPE (π³, spec §11.3 notes): under autocast
+    LayerNorm returns float32, so π³'s RoPE runs at the low precision while VGGT's (False) runs in float32.
+    Without autocast the cast is a no-op."""
 
     def __init__(
-        self, dim: int, num_heads: int, qk_norm: bool = False, rope: RotaryPositionEmbedding2D | None = None
+        self,
+        dim: int,
+        num_heads: int,
+        qk_norm: bool = False,
+        rope: RotaryPositionEmbedding2D | None = None,
+        qk_to_v_dtype: bool = False,
     ) -> None:
         super().__init__()
+        self.qk_to_v_dtype = qk_to_v_dtype
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
@@ -100,6 +110,8 @@ class Attention(nn.Module):
         B, N, _ = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
+        if self.qk_to_v_dtype:
+            q, k = q.to(v.dtype), k.to(v.dtype)
         if self.rope is not None and pos is not None:
             q, k = self.rope(q, pos), self.rope(k, pos)
         return q, k, v
@@ -168,10 +180,11 @@ class Block(nn.Module):
         qk_norm: bool = False,
         rope: RotaryPositionEmbedding2D | None = None,
         eps: float = 1e-5,
+        qk_to_v_dtype: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads, qk_norm=qk_norm, rope=rope)
+        self.attn = Attention(dim, num_heads, qk_norm=qk_norm, rope=rope, qk_to_v_dtype=qk_to_v_dtype)
         self.ls1: nn.Module = nn.Identity() if init_values is None else LayerScale(dim, init_values)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
