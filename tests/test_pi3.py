@@ -348,3 +348,22 @@ def test_qk_cast_to_v_dtype_is_a_no_op_in_fp32_and_lowers_q_k_under_autocast() -
     with torch.autocast("cpu", dtype=torch.bfloat16):
         q, k, v = pi3_attn.compute_qkv(x, pos)
     assert q.dtype == k.dtype == v.dtype == torch.bfloat16
+
+
+def test_network_matches_a_plain_functional_reference() -> None:
+    """The module wiring against `support.pi3_reference` (explicit attention, RoPE from its formula, loops over
+    frames), both in float64 on the same weights and the same DINO tokens."""
+    from support.pi3_reference import reference_forward
+
+    net = tiny_net(seed=6).double()
+    images = _images(3, seed=7).double()
+    with torch.inference_mode():
+        out = net(images)
+        x = (images - net.image_mean) / net.image_std
+        patches = net.encoder(x)
+    state = {k: v.detach() for k, v in net.state_dict().items()}
+    ref = reference_forward(state, net.cfg, patches, (28, 42))
+    # 1e-7, not float64 round-off: the module's RoPE angle table is float32 by design (as the official one).
+    assert torch.allclose(out.local_points[0], ref["local_points"], atol=1e-7)
+    assert torch.allclose(out.conf[0, ..., 0], ref["conf"], atol=1e-7)
+    assert torch.allclose(out.camera_poses[0], ref["camera_poses"], atol=1e-7)

@@ -253,10 +253,11 @@ class Pi3(nn.Module):
             conf_tokens = self.conf_decoder(hidden, pos)
             camera_tokens = self.camera_decoder(hidden, pos)
         with torch.autocast(images.device.type, enabled=False):
-            # Heads in float32 on the patch tokens only (the registers dropped).
-            xyz = self.point_head(point_tokens[:, start:].float(), h, w)  # [B·N, H, W, 3]
-            conf = self.conf_head(conf_tokens[:, start:].float(), h, w)  # [B·N, H, W, 1]
-            poses = self.camera_head(camera_tokens[:, start:].float())  # [B·N, 4, 4]
+            # Heads at the weights' precision (float32; float64 in reference tests) on the patch tokens only.
+            dt = self.point_head.proj.weight.dtype
+            xyz = self.point_head(point_tokens[:, start:].to(dt), h, w)  # [B·N, H, W, 3]
+            conf = self.conf_head(conf_tokens[:, start:].to(dt), h, w)  # [B·N, H, W, 1]
+            poses = self.camera_head(camera_tokens[:, start:].to(dt))  # [B·N, 4, 4]
             z = torch.exp(xyz[..., 2:])
             local = torch.cat((xyz[..., :2] * z, z), dim=-1)
             world = torch.einsum("bij,bhwj->bhwi", poses[:, :3, :3], local) + poses[:, None, None, :3, 3]
