@@ -165,7 +165,7 @@ def model_options(config: RunConfig) -> dict[str, object]:
         ]
         if given:
             raise ReconError(
-                f"{', '.join(given)} only apply to --model {' or '.join(LEARNED_MODELS)}; the {m.name} model takes none"
+                f"{', '.join(given)} only apply to the learned models ({', '.join(LEARNED_MODELS)}); the {m.name} model takes none"
             )
         return {"config": m.classical} if m.name == "classical" else {}
     options: dict[str, object] = {"weights": m.weights, "config": m.architecture, "dtype": m.dtype, "device": m.device}
@@ -178,7 +178,7 @@ def model_options(config: RunConfig) -> dict[str, object]:
             raise ReconError(f"--cache-budget must be >= 1 token, got {m.cache_budget}")
         options.update(cache=m.cache, cache_budget=m.cache_budget, frames_per_step=config.schedule.window)
     elif m.cache_budget is not None:
-        raise ReconError("--cache-budget applies to --model streamvggt only (vggt runs each window offline)")
+        raise ReconError(f"--cache-budget applies to --model streamvggt only ({m.name} runs each window offline)")
     return options
 
 

@@ -1132,7 +1132,7 @@ CASES = [
         "args_weights_for_classical",
         args_weights_for_classical,
         2,
-        r"--weights only apply to --model vggt or streamvggt; the classical model takes none",
+        r"--weights only apply to the learned models \(vggt, streamvggt, pi3\); the classical model takes none",
         Outputs.IDENTICAL,
     ),
     Case(

@@ -367,3 +367,28 @@ def test_network_matches_a_plain_functional_reference() -> None:
     assert torch.allclose(out.local_points[0], ref["local_points"], atol=1e-7)
     assert torch.allclose(out.conf[0, ..., 0], ref["conf"], atol=1e-7)
     assert torch.allclose(out.camera_poses[0], ref["camera_poses"], atol=1e-7)
+
+
+def test_reordering_a_window_changes_only_the_reference_camera(tiny_checkpoint: tuple[Path, Pi3]) -> None:
+    """No anchor frame: a window given in another order has the same relative poses, depths and confidences
+    per frame; only the reference (its first frame's camera) moves."""
+    model = create_model("pi3", weights=tiny_checkpoint[0], config="tiny", device="cpu")
+    frames = frames_2x3(4, seed=3, hw=(60, 90))
+    order = [2, 0, 3, 1]
+    a, b = model.infer(frames), model.infer([frames[i] for i in order])
+    assert b.frame_indices == [a.frame_indices[i] for i in order]
+    assert torch.allclose(a.depth[order], b.depth, atol=1e-5) and torch.allclose(a.depth_conf[order], b.depth_conf)
+    assert torch.allclose(a.K[order], b.K, atol=1e-3)
+    wa, wb = torch.linalg.inv(a.cam_from_world.double()), torch.linalg.inv(b.cam_from_world.double())
+    for i, j in ((0, 1), (2, 3), (1, 3)):  # cam_i_from_cam_j, frames named by their position in `frames`
+        rel_a = a.cam_from_world[i].double() @ wa[j]
+        rel_b = b.cam_from_world[order.index(i)].double() @ wb[order.index(j)]
+        assert torch.allclose(rel_a, rel_b, atol=1e-4)
+
+
+def test_a_single_frame_window_and_the_fallback_count(tiny_checkpoint: tuple[Path, Pi3]) -> None:
+    model = create_model("pi3", weights=tiny_checkpoint[0], config="tiny", device="cpu")
+    pred = model.infer(frames_2x3(1, hw=(60, 90)))
+    assert len(pred) == 1 and torch.allclose(pred.cam_from_world[0], torch.eye(4))
+    assert pred.info["intrinsics_fallback_frames"] in (0, 1) and pred.info["dtype"] == "float32"
+    assert set(pred.info["timings"]) == {"preprocess_s", "forward_s", "total_s"}
