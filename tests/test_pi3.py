@@ -389,6 +389,9 @@ def test_reordering_a_window_changes_only_the_reference_camera(tiny_checkpoint: 
 def test_a_single_frame_window_and_the_fallback_count(tiny_checkpoint: tuple[Path, Pi3]) -> None:
     model = create_model("pi3", weights=tiny_checkpoint[0], config="tiny", device="cpu")
     pred = model.infer(frames_2x3(1, hw=(60, 90)))
+    again = model.infer(frames_2x3(1, hw=(60, 90)))
+    for name in ("depth", "depth_conf", "points", "cam_from_world", "K"):
+        assert torch.equal(getattr(pred, name), getattr(again, name)), name  # deterministic
     assert len(pred) == 1 and torch.allclose(pred.cam_from_world[0], torch.eye(4))
     assert pred.info["intrinsics_fallback_frames"] in (0, 1) and pred.info["dtype"] == "float32"
     assert set(pred.info["timings"]) == {"preprocess_s", "forward_s", "total_s"}
