@@ -154,17 +154,24 @@ def resize_image(image: np.ndarray, wh: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, wh, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
+def resample_image(image: np.ndarray, rmap: ResizeMap, pad_value: int = 255) -> np.ndarray:
+    """`image` [h,w(,C)] (rmap.original_hw) as the model sees it through `rmap`: resized, then cropped or padded
+    by whole pixels to rmap.model_hw. The colours of a prediction come through here, so every model pixel's
+    colour is the one its depth was predicted from (a stretch of the whole frame would shift a cropped one)."""
+    if tuple(rmap.original_hw) != image.shape[:2]:
+        raise SourceError(f"resize map is for {rmap.original_hw}, the image is {image.shape[:2]}")
+    resized_wh, shift = _resized_and_shift(rmap)
+    return _place(resize_image(image, resized_wh), shift, rmap.model_hw, pad_value)
+
+
 def apply_resize(frame: Frame, rmap: ResizeMap, pad_value: int = 255) -> Frame:
     """A new Frame: image resized through `rmap` (area filter when shrinking), K carried across, gt depth
     by nearest neighbour (padding = 0, invalid), `resize` chained onto any earlier map. Poses unchanged."""
     if tuple(rmap.original_hw) != frame.hw:
         raise SourceError(f"resize map is for {rmap.original_hw}, frame {frame.index} is {frame.hw}")
-    resized_wh, shift = _resized_and_shift(rmap)
-    image = resize_image(frame.image_rgb, resized_wh)
-    image = _place(image, shift, rmap.model_hw, pad_value)
     return dataclasses.replace(
         frame,
-        image_rgb=image,
+        image_rgb=resample_image(frame.image_rgb, rmap, pad_value),
         K=None if frame.K is None else rmap.K_to_model(frame.K),
         gt_depth_m=None if frame.gt_depth_m is None else _nearest(frame.gt_depth_m, rmap),
         resize=rmap if frame.resize is None else frame.resize.then(rmap),

@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from recon.align import AlignedWindow, WindowLayers
 from recon.core import CoreConfig, FramePose, Reconstruction, carried_frames
 from recon.datasets.base import FrameSource
+from recon.datasets.resize import resample_image
 from recon.errors import NonFiniteError, ReconError
 from recon.fusion import VoxelMap
 from recon.models.base import GeometryModel, StreamingModel
@@ -226,13 +226,7 @@ class Pipeline:
         self.state.timings_s["infer"] += (
             infer_s  # with its depth layers; summed over windows, also those in flight together
         )
-        H, W = pred.hw
-        colors = np.stack(
-            [
-                f.image_rgb if f.hw == (H, W) else cv2.resize(f.image_rgb, (W, H), interpolation=cv2.INTER_AREA)
-                for f in frames
-            ]
-        )
+        colors = np.stack([resample_image(f.image_rgb, pred.resize) for f in frames])  # what the model saw
         meta = [f.meta for f in frames]
         self._put(_Window(meta, colors, pred, infer_s, layers))
         n = carried_frames(pred, self.overlap)

@@ -20,6 +20,10 @@ if not KEYS_FILE.is_file():  # a checkout without the shared folder
 
 
 def official_keys() -> list[tuple[str, tuple[int, ...]]]:
+    if not KEYS_FILE.is_file():
+        import pytest
+
+        pytest.skip(f"the official key list lives in ../shared/specs ({KEYS_FILE.name}), not in a clean clone")
     rows = [line.split("\t") for line in KEYS_FILE.read_text().splitlines() if line.strip()]
     return [(k, tuple(ast.literal_eval(s))) for k, s in rows]
 
