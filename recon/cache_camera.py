@@ -1,5 +1,6 @@
 """The camera head's KV cache (StreamVGGT): the camera token's k, v per camera-trunk layer, bounded to the
-anchor frame and the most recent frames. The global-attention cache: recon/cache.py."""
+anchor frame and the most recent frames, or unbounded (as the official code, which keeps every frame). The
+global-attention cache: recon/cache.py."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from recon.cache_config import CacheConfigError
 class CameraHeadCache:
     """k, v of the camera token per camera-trunk layer (StreamVGGT: 4 layers, appended once per refinement
     iteration, so `iterations` entries per frame). Bounded: the anchor frame's entries + the entries of the
-    `recent_frames` most recent frames (the current one included), FIFO. Storage [B,H,C,D] per layer with
-    C = (1 + recent_frames) x iterations, preallocated; view = the time-ordered prefix."""
+    `recent_frames` most recent frames (the current one included), FIFO; `recent_frames` None keeps every frame
+    (the official StreamVGGT). Storage [B,H,C,D] per layer with C = (1 + recent_frames) x iterations,
+    preallocated (unbounded: doubled when full); view = the time-ordered prefix."""
 
     def __init__(
         self,
@@ -24,14 +26,14 @@ class CameraHeadCache:
         num_heads: int,
         head_dim: int,
         iterations: int = 4,
-        recent_frames: int = 16,
+        recent_frames: int | None = 16,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if recent_frames < 1 or iterations < 1:
-            raise CacheConfigError("CameraHeadCache needs recent_frames >= 1 and iterations >= 1")
+        if (recent_frames is not None and recent_frames < 1) or iterations < 1:
+            raise CacheConfigError("CameraHeadCache needs recent_frames >= 1 (or None: unbounded) and iterations >= 1")
         self.iterations, self.recent_frames = iterations, recent_frames
-        self.capacity = (1 + recent_frames) * iterations
+        self.capacity = (1 + (recent_frames if recent_frames is not None else 16)) * iterations
         shape = (batch, num_heads, self.capacity, head_dim)
         self._k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self._v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(num_layers)]
@@ -47,12 +49,28 @@ class CameraHeadCache:
             self._anchor = frame_index
         t = int(k.shape[2])
         if len(frames) + t > self.capacity:
-            self._evict(layer, t, frame_index)
+            if self.recent_frames is None:
+                self._grow(len(frames) + t)
+            else:
+                self._evict(layer, t, frame_index)
             frames = self._frames[layer]
         n = len(frames)
         self._k[layer][:, :, n : n + t].copy_(k)
         self._v[layer][:, :, n : n + t].copy_(v)
         frames.extend([frame_index] * t)
+
+    def _grow(self, needed: int) -> None:
+        """Unbounded: double every layer's storage until `needed` entries fit (amortised O(1) appends)."""
+        capacity = self.capacity
+        while capacity < needed:
+            capacity *= 2
+        for store in (self._k, self._v):
+            for i, old in enumerate(store):
+                new = old.new_empty((*old.shape[:2], capacity, old.shape[3]))
+                n = len(self._frames[i])
+                new[:, :, :n] = old[:, :, :n]
+                store[i] = new
+        self.capacity = capacity
 
     def _evict(self, layer: int, t: int, current: int) -> None:
         """Drop whole frames, oldest first (never the anchor or the current frame), until t entries fit."""

@@ -50,6 +50,7 @@ class ModelConfig:
     device: str | None = None
     cache: PolicyName = "keydiff"  # streamvggt
     cache_budget: int | None = None  # streamvggt: tokens per global-attention layer
+    camera_cache: int | None = None  # streamvggt, bounded --cache: recent frames the camera head keeps (None: 16)
     classical: ClassicalConfig = field(default_factory=ClassicalConfig)
 
 

@@ -32,6 +32,7 @@ FLAG_SETTINGS: dict[str, tuple] = {
     "device": ("model", "device"),
     "cache": ("model", "cache"),
     "cache_budget": ("model", "cache_budget"),
+    "camera_cache": ("model", "camera_cache"),
     "window": ("schedule", "window"),
     "overlap": ("schedule", "overlap"),
     "no_keyframes": ("schedule", "keyframes", True),
@@ -160,7 +161,12 @@ def model_options(config: RunConfig) -> dict[str, object]:
     if m.name not in LEARNED_MODELS:
         given = [
             flag
-            for flag, value in (("--weights", m.weights), ("--device", m.device), ("--cache-budget", m.cache_budget))
+            for flag, value in (
+                ("--weights", m.weights),
+                ("--device", m.device),
+                ("--cache-budget", m.cache_budget),
+                ("--camera-cache", m.camera_cache),
+            )
             if value is not None
         ]
         if given:
@@ -176,9 +182,16 @@ def model_options(config: RunConfig) -> dict[str, object]:
             )
         if m.cache_budget is not None and m.cache_budget < 1:
             raise ReconError(f"--cache-budget must be >= 1 token, got {m.cache_budget}")
+        if m.camera_cache is not None and m.cache == "none":
+            raise ReconError(
+                "--camera-cache bounds the camera head for a bounded --cache; --cache none keeps every frame"
+            )
         options.update(cache=m.cache, cache_budget=m.cache_budget, frames_per_step=config.schedule.window)
-    elif m.cache_budget is not None:
-        raise ReconError(f"--cache-budget applies to --model streamvggt only ({m.name} runs each window offline)")
+        if m.camera_cache is not None:
+            options["camera_frames"] = m.camera_cache
+    elif m.cache_budget is not None or m.camera_cache is not None:
+        flag = "--cache-budget" if m.cache_budget is not None else "--camera-cache"
+        raise ReconError(f"{flag} applies to --model streamvggt only ({m.name} runs each window offline)")
     return options
 
 

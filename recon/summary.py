@@ -112,6 +112,7 @@ class RunSummary:
     source: str = ""
     input: dict[str, Any] | None = None  # how the source was opened: {"source", "kind", options}, to reopen it
     model: str = ""
+    model_settings: dict[str, Any] = field(default_factory=dict)  # learned: weights (file, bytes, sha256), dtype, ...
     frames_read: int = 0
     frames_used: int = 0
     frames_skipped_no_motion: int = 0
@@ -192,6 +193,7 @@ def summarise(
         source=getattr(source, "name", str(source)),
         input=input_spec,
         model=getattr(model, "name", type(model).__name__),
+        model_settings=dict(getattr(model, "settings", {})),
         frames_read=st.frames_read,
         frames_used=st.frames_used,
         frames_skipped_no_motion=st.frames_skipped,

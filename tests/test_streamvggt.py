@@ -66,6 +66,27 @@ def test_none_policy_streaming_equals_the_block_causal_full_forward(checkpoint: 
     assert poses.shape == full.pose_enc.shape and torch.isfinite(poses).all()
 
 
+def test_none_keeps_every_frame_in_the_camera_head_too(checkpoint: tuple[Path, VGGT]) -> None:
+    """Unbounded means unbounded: with --cache none the camera head's cache keeps all frames (the official code),
+    so every pose equals a run whose caches are bounded but never fill; a camera cache of the old 16 frames moves
+    the poses from frame 18 on (anchor + 16 recent), and only those."""
+    path, _ = checkpoint
+    images = torch.rand(22, 3, 28, 42, generator=torch.Generator().manual_seed(9))
+
+    def poses(model: StreamVGGTModel) -> torch.Tensor:
+        return torch.cat([model.step_images(images[i : i + 1]).pose_enc for i in range(len(images))], dim=1)
+
+    unbounded = stream_model(path, cache="none")
+    got = poses(unbounded)
+    assert unbounded.camera_kv is not None and set(unbounded.camera_kv.frames(0)) == set(range(22))
+    roomy = stream_model(path, cache="queue", cache_budget=10_000, camera_frames=64)
+    assert torch.equal(got, poses(roomy))
+    sixteen = stream_model(path, cache="queue", cache_budget=10_000, camera_frames=16)
+    old = poses(sixteen)
+    assert torch.equal(old[:, :17], got[:, :17]) and not torch.allclose(old[:, 17:], got[:, 17:], atol=1e-6)
+    assert unbounded.settings["camera_cache"] == "every frame" and sixteen.settings["camera_cache"] == 16
+
+
 def test_a_budgeted_cache_stays_within_budget_over_2000_frames(checkpoint: tuple[Path, VGGT]) -> None:
     """Checked after every step (eviction runs before the write, so this is the peak): every layer within
     budget, the anchor frame whole, and the newest frames' camera/register tokens present."""
@@ -168,6 +189,27 @@ def test_recon_run_video_with_streamvggt_and_a_keydiff_budget(tmp_path: Path, ch
     assert "VGGT's own" in summary["scale"]["note"] and not summary["scale"]["metric"]
     assert summary["frames_in_trajectory"] == 12 and summary["windows"] == 6
     assert all(a["path"] == "anchored" for a in summary["alignment"])
+    # The run says which weights, at which precision, on which device, with which cache made it.
+    settings = summary["model_settings"]
+    assert settings["weights"]["file"] == path.name and settings["weights"]["bytes"] == path.stat().st_size
+    assert len(settings["weights"]["sha256"]) == 64 and settings["dtype"] == "float32" and settings["device"] == "cpu"
+    assert settings["cache"] == "keydiff" and settings["cache_budget"] == 60 and settings["camera_cache"] == 16
     poses = np.loadtxt(out / "trajectory.tum")
     assert poses.shape == (12, 8) and np.allclose(poses[0, 1:], [0, 0, 0, 0, 0, 0, 1], atol=1e-5)
     assert (out / "map.ply").stat().st_size > 0
+
+
+def test_camera_cache_flag_applies_to_a_bounded_streamvggt_cache_only(
+    tmp_path: Path, checkpoint: tuple[Path, VGGT], capsys: pytest.CaptureFixture
+) -> None:
+    from recon.cli import main
+
+    path, _ = checkpoint
+    base = ["run", "synthetic:street", "--max-frames", "4", "--out", str(tmp_path / "o"), "--viewer", "none"]
+    assert main([*base, "--camera-cache", "4"]) == 2
+    assert "--camera-cache only apply to the learned models" in capsys.readouterr().err
+    learned = ["--model", "streamvggt", "--weights", str(path), "--model-config", "tiny"]
+    assert main([*base, *learned, "--cache", "none", "--camera-cache", "4"]) == 2
+    assert "--cache none keeps every frame" in capsys.readouterr().err
+    assert main([*base, *learned, "--cache", "queue", "--cache-budget", "60", "--camera-cache", "0"]) == 2
+    assert "--camera-cache must be >= 1" in capsys.readouterr().err

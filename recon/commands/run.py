@@ -91,6 +91,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
         metavar="TOKENS",
         help="streamvggt: tokens kept per global-attention layer (required unless --cache none)",
     )
+    m.add_argument(
+        "--camera-cache",
+        type=int,
+        metavar="FRAMES",
+        help="streamvggt with a bounded --cache: recent frames the camera head keeps besides the anchor "
+        "(default 16; --cache none keeps every frame, as the official code)",
+    )
     p.add_argument(
         "--window",
         type=int,

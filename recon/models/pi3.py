@@ -23,7 +23,7 @@ from recon.datasets.resize import apply_resize, plan_resize
 from recon.errors import ReconError
 from recon.models.pi3_net import Pi3, Pi3Config, Pi3Output
 from recon.models.vggt import reject_unknown_options, resolve_device, resolve_dtype
-from recon.models.weights import LoadReport, load_weights
+from recon.models.weights import LoadReport, load_weights, weights_identity
 from recon.types import Frame, ResizeMap, WindowPrediction
 
 CONFIGS = {"pi3": Pi3Config.pi3, "tiny": Pi3Config.tiny}
@@ -177,6 +177,12 @@ class Pi3Model:
         resolve_dtype(dtype)  # a bad flag fails before the slow loading
         self.net, self.load_report = load_pi3(weights, config, dtype, resolve_device(device))
         self.config, self.device = self.net.cfg, next(self.net.parameters()).device
+        self.weights_file = weights_identity(weights)
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """What summary.json records of the model: its weights (name, size, hash), dtype and device."""
+        return {"weights": self.weights_file, "dtype": self.dtype_name, "device": str(self.device)}
 
     @property
     def dtype_name(self) -> str:

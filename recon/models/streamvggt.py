@@ -40,7 +40,8 @@ from recon.types import Frame, ResizeMap, WindowPrediction
 class StreamVGGTModel(VGGTBackedModel):
     """StreamingModel `streamvggt`. `cache`: a policy name with `cache_budget` (tokens per global layer) and
     `frames_per_step` (the largest group `step` takes; sizes the minimum budget), or a full CacheConfig.
-    `camera_frames`: recent frames the camera-head cache keeps besides the anchor.
+    `camera_frames`: recent frames the camera-head cache keeps besides the anchor, for the bounded policies;
+    with `cache="none"` it keeps every frame, as the official code (unbounded means unbounded).
     `reanchor`: as VGGTModel, measured once on the anchor frame and applied to every later step."""
 
     name = "streamvggt"
@@ -66,8 +67,11 @@ class StreamVGGTModel(VGGTBackedModel):
             self.cache_config = cache
         else:
             self.cache_config = CacheConfig(policy=cache, budget_tokens=cache_budget, frames_per_step=frames_per_step)  # type: ignore[arg-type]
+        if camera_frames < 1:
+            raise ReconError(f"streamvggt: --camera-cache must be >= 1 frame, got {camera_frames}")
         super().__init__(weights, config, dtype, device, reanchor)
-        self.camera_frames = camera_frames
+        unbounded = self.cache_config.policy == "none"
+        self.camera_frames: int | None = None if unbounded else camera_frames
         amp = self.net.amp_dtype
         self.cache_dtype = amp if amp is not None else torch.float32  # keys are cached at compute precision
         self.kv: KVCache | None = None  # built on the first step, when the tokens per frame are known
@@ -76,6 +80,16 @@ class StreamVGGTModel(VGGTBackedModel):
         self._rmap: ResizeMap | None = None
         self._anchor_from_world: Tensor | None = None
         self._anchor_info: dict[str, object] = {}
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """VGGT's record plus the cache: policy, budget (tokens per global layer), camera-head frames."""
+        return {
+            **super().settings,
+            "cache": self.cache_config.policy,
+            "cache_budget": self.cache_config.budget_tokens,
+            "camera_cache": "every frame" if self.camera_frames is None else self.camera_frames,
+        }
 
     def reset(self) -> None:
         """Forget the sequence: empty caches, next frame is a new anchor."""

@@ -23,7 +23,7 @@ from recon.errors import ModelError, ReconError
 from recon.geometry import rotation_angle_deg
 from recon.models.base import DTYPE_NAMES
 from recon.models.vggt_net import VGGT, VGGTConfig, VGGTOutput, pose_encoding_to_extrinsics_intrinsics
-from recon.models.weights import LoadReport, load_weights
+from recon.models.weights import LoadReport, load_weights, weights_identity
 from recon.types import Frame, ResizeMap, WindowPrediction
 
 TRACK_HEAD_PREFIX = "track_head."  # the tracker is not built: its 394 tensors are skipped, and counted
@@ -120,6 +120,13 @@ class VGGTBackedModel:
         self.net, self.load_report = load_for_model(self.name, weights, config, dtype, device)
         self.config, self.device = self.net.cfg, next(self.net.parameters()).device
         self.reanchor = reanchor
+        assert weights is not None  # load_for_model refuses a model without weights
+        self.weights_file = weights_identity(weights)
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """What summary.json records of the model: its weights (name, size, hash), dtype and device."""
+        return {"weights": self.weights_file, "dtype": self.dtype_name, "device": str(self.device)}
 
     @property
     def dtype_name(self) -> str:

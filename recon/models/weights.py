@@ -21,6 +21,17 @@ from recon.errors import ModelError
 SHOW = 5  # keys listed per category in a report (all are counted)
 
 
+def weights_identity(path: str | Path) -> dict[str, Any]:
+    """What summary.json records of a checkpoint: its file name, size and SHA-256 (a run says which weights made
+    it; one more read of the file, at most seconds beside loading it)."""
+    import hashlib
+
+    p = Path(path)
+    with open(p, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"file": p.name, "bytes": p.stat().st_size, "sha256": digest}
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """File -> {name: tensor} on the CPU, without executing anything from the file."""
     path = Path(path)
