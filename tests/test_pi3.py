@@ -333,6 +333,26 @@ def test_recon_run_with_a_tiny_pi3_checkpoint_end_to_end(tmp_path: Path, tiny_ch
         assert len((out / "trajectory.tum").read_text().splitlines()) == 24
 
 
+FOX = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "sequences" / "fox"
+
+
+@pytest.mark.skipif(not FOX.is_dir(), reason="real captures live in ../shared (not in a clean clone)")
+def test_recon_run_with_a_tiny_pi3_on_the_real_portrait_capture(
+    tmp_path: Path, tiny_checkpoint: tuple[Path, Pi3]
+) -> None:
+    """A real portrait video (fox, 360x640): pi3 windows of its own size, every frame in the trajectory, colours
+    of its own input size in the map."""
+    from recon.cli import main
+
+    out = tmp_path / "fox"
+    args = ["run", str(FOX), "--model", "pi3", "--weights", str(tiny_checkpoint[0]), "--model-config", "tiny"]
+    assert main([*args, "--out", str(out), "--viewer", "none", "--depth-every", "0"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["frames_in_trajectory"] == summary["frames_read"] == 67
+    assert summary["model_settings"]["weights"]["file"] == tiny_checkpoint[0].name
+    assert (out / "map.ply").stat().st_size > 0
+
+
 def test_qk_cast_to_v_dtype_is_a_no_op_in_fp32_and_lowers_q_k_under_autocast() -> None:
     """π³'s attention casts the normalised q, k to v's dtype (RoPE then runs at the low precision under
     autocast); VGGT's keeps them as LayerNorm returns them. In fp32 both are the same computation."""
