@@ -154,13 +154,24 @@ def resize_image(image: np.ndarray, wh: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, wh, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def resample_image(image: np.ndarray, rmap: ResizeMap, pad_value: int = 255) -> np.ndarray:
+def resample_image(image: np.ndarray, rmap: ResizeMap, pad_value: int = 255, allow_warp: bool = False) -> np.ndarray:
     """`image` [h,w(,C)] (rmap.original_hw) as the model sees it through `rmap`: resized, then cropped or padded
     by whole pixels to rmap.model_hw. The colours of a prediction come through here, so every model pixel's
-    colour is the one its depth was predicted from (a stretch of the whole frame would shift a cropped one)."""
+    colour is the one its depth was predicted from (a stretch of the whole frame would shift a cropped one).
+    A map that is not a resize plus a whole-pixel shift is refused, or with `allow_warp` (colours, which
+    tolerate the blur) followed by a bilinear warp."""
     if tuple(rmap.original_hw) != image.shape[:2]:
         raise SourceError(f"resize map is for {rmap.original_hw}, the image is {image.shape[:2]}")
-    resized_wh, shift = _resized_and_shift(rmap)
+    try:
+        resized_wh, shift = _resized_and_shift(rmap)
+    except SourceError:
+        if not allow_warp:
+            raise
+        (sx, sy), (ox, oy) = rmap.scale_xy, rmap.offset_xy
+        M = np.array([[sx, 0.0, ox], [0.0, sy, oy]])  # original -> model pixels, centres at integers
+        H, W = rmap.model_hw
+        fill = (pad_value,) * (image.shape[2] if image.ndim == 3 else 1)
+        return cv2.warpAffine(image, M, (W, H), flags=cv2.INTER_LINEAR, borderValue=fill)
     return _place(resize_image(image, resized_wh), shift, rmap.model_hw, pad_value)
 
 

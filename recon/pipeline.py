@@ -226,7 +226,9 @@ class Pipeline:
         self.state.timings_s["infer"] += (
             infer_s  # with its depth layers; summed over windows, also those in flight together
         )
-        colors = np.stack([resample_image(f.image_rgb, pred.resize) for f in frames])  # what the model saw
+        colors = np.stack(
+            [resample_image(f.image_rgb, pred.resize, allow_warp=True) for f in frames]
+        )  # as the model saw
         meta = [f.meta for f in frames]
         self._put(_Window(meta, colors, pred, infer_s, layers))
         n = carried_frames(pred, self.overlap)

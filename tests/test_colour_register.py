@@ -94,3 +94,16 @@ def test_portrait_colours_come_through_the_models_own_resize(tmp_path: Path, nam
     if name == "vggt":
         stretched = np.linspace(0, 255, rmap.model_hw[0])[:, None]  # what the stretch gave: a different row
         assert np.median(np.abs(stretched - expected)[inside]) > 10.0  # the test tells the two apart
+
+
+def test_a_map_that_is_not_a_whole_pixel_resize_is_refused_for_model_input_and_warped_for_colours() -> None:
+    from recon.datasets.resize import resample_image
+    from recon.errors import SourceError
+
+    image = _rows_encoded(1)[0].image_rgb
+    odd = ResizeMap(original_hw=(H, W), model_hw=(30, 20), scale_xy=(1 / 3, 1 / 3), offset_xy=(0.0, 0.0))
+    with pytest.raises(SourceError, match="not a resize to whole pixels"):
+        resample_image(image, odd)
+    warped = resample_image(image, odd, allow_warp=True)
+    expected, inside = _expected_red(odd)
+    assert warped.shape == (30, 20, 3) and np.median(np.abs(warped[..., 0] - expected)[inside]) < 3.0
