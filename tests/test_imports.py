@@ -83,3 +83,21 @@ def test_no_module_imports_itself_back() -> None:
         if name not in state:
             visit(name, [])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_pyproject_installs_every_package_of_the_tree() -> None:
+    """A regular (non-editable) install takes only the packages pyproject lists: a new subpackage left out of
+    the list installs a recon that cannot import it."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    setup = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setup["packages"])
+    found = set()
+    for name, folder in setup["package-dir"].items():
+        for init in (root / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(root / folder)
+            found.add(".".join([name, *rel.parts]))
+    assert found == listed, (
+        f"missing from pyproject: {sorted(found - listed)}; listed but absent: {sorted(listed - found)}"
+    )
