@@ -23,7 +23,7 @@ from recon.datasets.resize import apply_resize, plan_resize
 from recon.errors import ReconError
 from recon.models.pi3_net import Pi3, Pi3Config, Pi3Output
 from recon.models.vggt import reject_unknown_options, resolve_device, resolve_dtype
-from recon.models.weights import LoadReport, load_weights, weights_identity
+from recon.models.weights import LoadedNetwork, LoadReport, load_weights, weights_identity
 from recon.types import Frame, ResizeMap, WindowPrediction
 
 CONFIGS = {"pi3": Pi3Config.pi3, "tiny": Pi3Config.tiny}
@@ -147,7 +147,7 @@ def pack_prediction(
     )
 
 
-class Pi3Model:
+class Pi3Model(LoadedNetwork):
     """GeometryModel `pi3`: one offline forward per window (permutation-equivariant: no anchor frame).
 
     Outputs: depth = local z, points = local points placed by the poses, both confidences = sigmoid(conf
@@ -178,15 +178,6 @@ class Pi3Model:
         self.net, self.load_report = load_pi3(weights, config, dtype, resolve_device(device))
         self.config, self.device = self.net.cfg, next(self.net.parameters()).device
         self.weights_file = weights_identity(weights)
-
-    @property
-    def settings(self) -> dict[str, object]:
-        """What summary.json records of the model: its weights (name, size, hash), dtype and device."""
-        return {"weights": self.weights_file, "dtype": self.dtype_name, "device": str(self.device)}
-
-    @property
-    def dtype_name(self) -> str:
-        return str(self.net.amp_dtype).removeprefix("torch.")
 
     def forward_images(self, images: torch.Tensor) -> Pi3Output:
         """images [N,3,H,W] in [0,1] -> raw network outputs (batch of one scene)."""

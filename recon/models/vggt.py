@@ -23,7 +23,7 @@ from recon.errors import ModelError, ReconError
 from recon.geometry import rotation_angle_deg
 from recon.models.base import DTYPE_NAMES
 from recon.models.vggt_net import VGGT, VGGTConfig, VGGTOutput, pose_encoding_to_extrinsics_intrinsics
-from recon.models.weights import LoadReport, load_weights, weights_identity
+from recon.models.weights import LoadedNetwork, LoadReport, load_weights, weights_identity
 from recon.types import Frame, ResizeMap, WindowPrediction
 
 TRACK_HEAD_PREFIX = "track_head."  # the tracker is not built: its 394 tensors are skipped, and counted
@@ -101,7 +101,7 @@ def reject_unknown_options(model_name: str, unknown: Mapping[str, object]) -> No
         raise ReconError(f"{model_name}: unknown options {', '.join(sorted(unknown))}")
 
 
-class VGGTBackedModel:
+class VGGTBackedModel(LoadedNetwork):
     """The construction `vggt` and `streamvggt` share (one checkpoint, one network): the options weights,
     config, dtype and device -> the loaded network on its device (`load_for_model`), and `reanchor`.
     A subclass rejects unknown options and checks its own cheap ones before calling this, so that a bad flag
@@ -122,16 +122,6 @@ class VGGTBackedModel:
         self.reanchor = reanchor
         assert weights is not None  # load_for_model refuses a model without weights
         self.weights_file = weights_identity(weights)
-
-    @property
-    def settings(self) -> dict[str, object]:
-        """What summary.json records of the model: its weights (name, size, hash), dtype and device."""
-        return {"weights": self.weights_file, "dtype": self.dtype_name, "device": str(self.device)}
-
-    @property
-    def dtype_name(self) -> str:
-        """The aggregator's compute precision as predictions report it ("float32", "bfloat16", ...)."""
-        return str(self.net.amp_dtype).removeprefix("torch.")
 
 
 # -- preprocessing (spec §8, mode "crop") --------------------------------------------------------------

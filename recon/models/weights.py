@@ -32,6 +32,25 @@ def weights_identity(path: str | Path) -> dict[str, Any]:
     return {"file": p.name, "bytes": p.stat().st_size, "sha256": digest}
 
 
+class LoadedNetwork:
+    """What every learned model reports of its loaded network: `net` (with `amp_dtype`), `device` and
+    `weights_file` (weights_identity) are set by the model's constructor."""
+
+    net: Any
+    device: torch.device
+    weights_file: dict[str, Any]
+
+    @property
+    def dtype_name(self) -> str:
+        """The compute precision as predictions report it ("float32", "bfloat16", ...)."""
+        return str(self.net.amp_dtype).removeprefix("torch.")
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """What summary.json records of the model: its weights (name, size, hash), dtype and device."""
+        return {"weights": self.weights_file, "dtype": self.dtype_name, "device": str(self.device)}
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """File -> {name: tensor} on the CPU, without executing anything from the file."""
     path = Path(path)
