@@ -30,8 +30,9 @@ One markdown row per sequence:
   report it).
 
 Run: .venv/bin/python bench/bench_accuracy.py [--seeds 7 11] [--only sharp_turns ...] [--frames-scale 0.5]
-     [--no-real] [--loop-off-all]
-Results also go to bench/out/stress/results.json."""
+     [--no-real] [--loop-off-all] [--tag NAME]
+Results also go to bench/out/stress/results.json (results-NAME.json with --tag: runs in run-NAME, so two builds
+can be compared side by side)."""
 
 from __future__ import annotations
 
@@ -273,6 +274,7 @@ def main() -> None:
     ap.add_argument("--frames-scale", type=float, default=1.0, help="shorten the stress sequences (quick look)")
     ap.add_argument("--no-real", action="store_true", help="skip the real captures")
     ap.add_argument("--loop-off-all", action="store_true", help="loop closure off vs on for every sequence")
+    ap.add_argument("--tag", default="", help="write runs to run-TAG and results-TAG.json (compare builds)")
     args = ap.parse_args()
     names = list(STRESS) if not args.only else [n for n in args.only if n in STRESS]
     real = [] if args.no_real else [n for n in real if not args.only or n in args.only]
@@ -286,6 +288,7 @@ def main() -> None:
         )
         real = [n for n in real if n in present]
 
+    run_name = f"run-{args.tag}" if args.tag else "run"
     flag = has_loop_closure_flag()
     print(f"loop closure off/on: {'runs' if flag else 'n/a (recon run has no --no-loop-closure)'}", file=sys.stderr)
     results, rows = [], []
@@ -294,12 +297,12 @@ def main() -> None:
         for seed in args.seeds:
             seq = render(name, seed, args.frames_scale)
             row = Row(f"{name} s{seed}", STRESS[name].revisits, "m")
-            evaluate(row, seq, seq.parent.parent / "run", flag and (row.revisits or args.loop_off_all))
+            evaluate(row, seq, seq.parent.parent / run_name, flag and (row.revisits or args.loop_off_all))
             rows.append(row)
             print(format_row(row), flush=True)
     for name in real:
         row = Row(name, False, "mm" if name.startswith("dtu") else ("units" if name == "fox" else "m"))
-        evaluate(row, REAL / "sequences" / name, OUT / f"real_{name}" / "run", flag and args.loop_off_all)
+        evaluate(row, REAL / "sequences" / name, OUT / f"real_{name}" / run_name, flag and args.loop_off_all)
         rows.append(row)
         print(format_row(row), flush=True)
     for r in rows:
@@ -307,7 +310,9 @@ def main() -> None:
             {**dataclasses.asdict(r), "join_ratio": r.join_ratio, "loop_cut": r.loop_cut, "checks": r.checks()}
         )
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps(results, indent=1, allow_nan=True))
+    (OUT / (f"results-{args.tag}.json" if args.tag else "results.json")).write_text(
+        json.dumps(results, indent=1, allow_nan=True)
+    )
     failed = sum(v is False for r in rows for v in r.checks().values()) + sum(bool(r.error) for r in rows)
     print(
         f"\n{len(rows)} sequences, {failed} target(s) failed or runs broken; targets: ATE <= {TARGET_ATE_PCT}% of path, "

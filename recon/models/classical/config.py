@@ -27,6 +27,13 @@ class ClassicalConfig:
     init_max_rotation_gap_deg: float = 5.0
     refine_below: float = 0.7  # bundle-adjust mid-way when a PnP keeps less than this share of its points
     refine_iterations: int = 5
+    # After each bundle adjustment a track leaves it when one of its observations is off by more than
+    # cull_noise_factor x the median error (sparse.cull_px: 1 px on clean video, up to pose.max_reproj_px on
+    # noisy video). KLT tracks drift where the texture is an edge (a curb, window frames, brick courses): at
+    # the true poses 22-29% of the tracks of a turn past a plain facade were >1 px off, V-shaped along the
+    # track, and with a 2.5-px cull they bent the window 2.7 deg in yaw.
+    cull_floor_px: float = 1.0
+    cull_noise_factor: float = 4.0
     flow_cache_mb: int = 128  # pair flows kept for the next window: at most 48 pairs in this (26 at 640x480)
     seed: int = 0
     tracker: TrackerConfig = field(default_factory=TrackerConfig)

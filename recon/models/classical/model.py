@@ -44,11 +44,11 @@ class ClassicalModel:
         self._flow_workers = FlowWorkers(self.config.dense.threads, self.config.dense.dis_preset)
 
     # -- public -------------------------------------------------------------------------------
-    def infer(self, frames: Sequence[Frame]) -> WindowPrediction:
-        with self._blas:
-            return self._infer(frames)
+    def close(self) -> None:
+        """Hands BLAS its threads back (the model holds it on one thread from construction)."""
+        self._blas.close()
 
-    def _infer(self, frames: Sequence[Frame]) -> WindowPrediction:
+    def infer(self, frames: Sequence[Frame]) -> WindowPrediction:
         cfg = self.config
         if len(frames) < 2:
             raise ReconError(f"the classical model needs at least 2 frames per window, got {len(frames)}")

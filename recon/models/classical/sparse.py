@@ -178,12 +178,20 @@ def refine(
         points[sub] = result.points_w
         K, rms_px = result.K, result.rms_px
         err = reprojection_error_px(points[sub], tracks.uv_px[sub], obs[sub], poses, K)
-        bad = np.any(np.where(obs[sub], err, 0.0) > cfg.pose.max_reproj_px, axis=1)
+        bad = np.any(np.where(obs[sub], err, 0.0) > cull_px(err[obs[sub]], cfg), axis=1)
         points[sub[bad]] = np.nan
-    # Tracks left out of the BA: triangulated against the refined poses.
+    # Tracks left out of the BA (or culled from it): triangulated against the refined poses, at the looser bar
+    # of a keypoint (cfg.pose.max_reproj_px); the tighter cull is for the poses.
     rest = np.nonzero(np.isnan(points[:, 0]) & ((vis & registered).sum(1) >= 2))[0]
     triangulate_into(points, rest, tracks, poses, registered, K, cfg.pose)
     return points, K, rms_px
+
+
+def cull_px(errors_px: np.ndarray, cfg: ClassicalConfig) -> float:
+    """The reprojection error [px] above which a track leaves the bundle adjustment: `cull_noise_factor` times
+    the median error of its observations, at least `cull_floor_px`, at most cfg.pose.max_reproj_px."""
+    median = float(np.median(errors_px)) if len(errors_px) else 0.0
+    return min(cfg.pose.max_reproj_px, max(cfg.cull_floor_px, cfg.cull_noise_factor * median))
 
 
 def ba_subset(tracks: Tracks, points: np.ndarray, max_points: int) -> np.ndarray:
