@@ -682,3 +682,26 @@ def test_only_depth_another_view_confirms_is_fused(scene: Scene) -> None:
     assert consistent_in_neighbours(world, pred.K, slice(0, 1), 1, px, (3,), 0.1)[near].float().mean() > 0.9
     wall = consistent_in_neighbours(world, pred.K, slice(0, 1), 1, 2 * px, (3,), 0.05)[0][scene.layer[0] == 0]
     assert wall.float().mean() > 0.8  # less the wall frame 3 sees hidden behind the board or the box
+
+
+def test_world_points_on_a_grid_equal_the_full_pass_strided() -> None:
+    """A join reads the previous window's world points on its correspondence grid only; they must be the very
+    numbers of the full pass at those pixels (the join's fit is unchanged, bit for bit)."""
+    g = torch.Generator().manual_seed(0)
+    S, H, W = 5, 37, 53
+    window = AlignedWindow(
+        frame_indices=list(range(S)),
+        cam_from_world=torch.eye(4).repeat(S, 1, 1),
+        depth=torch.rand(S, H, W, generator=g),
+        conf=torch.rand(S, H, W, generator=g),
+        world_from_window=Sim3(1.7, rotation_from_axis_angle(np.array([0.1, -0.3, 0.2])), np.array([1.0, 2.0, -3.0])),
+        layer_labels=None,
+        layer_scales=None,
+        points_window=torch.randn(S, H, W, 3, generator=g),
+        scale_map=0.5 + torch.rand(S, H, W, generator=g),
+        centres_window=torch.randn(S, 3, generator=g),
+    )
+    full = window.world_points(slice(2, None))
+    for stride, offset in ((1, 0), (4, 2), (5, 2), (7, 3)):
+        grid = window.world_points(slice(2, None), stride, offset)
+        assert torch.equal(grid, full[:, offset::stride, offset::stride]), (stride, offset)

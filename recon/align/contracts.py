@@ -102,15 +102,16 @@ class AlignedWindow:
     def __len__(self) -> int:
         return len(self.frame_indices)
 
-    def world_points(self, frames: slice = slice(None), stride: int = 1) -> torch.Tensor:
-        """World points [F,H',W',3] of `frames` on every `stride`-th pixel: the layer scale about each camera
-        centre, then the window's Sim(3)."""
+    def world_points(self, frames: slice = slice(None), stride: int = 1, offset: int = 0) -> torch.Tensor:
+        """World points [F,H',W',3] of `frames` on every `stride`-th pixel from (offset, offset): the layer scale
+        about each camera centre, then the window's Sim(3)."""
         assert self.points_window is not None
-        points = self.points_window[frames, ::stride, ::stride]
+        grid = (frames, slice(offset, None, stride), slice(offset, None, stride))
+        points = self.points_window[grid]
         if self.scale_map is not None:
             assert self.centres_window is not None
             c = self.centres_window[frames][:, None, None, :]
-            points = torch.addcmul(c, points - c, self.scale_map[frames, ::stride, ::stride][..., None])
+            points = torch.addcmul(c, points - c, self.scale_map[grid][..., None])
         sim = self.world_from_window
         if sim.s == 1.0 and bool((np.eye(3) == sim.R).all()) and not np.any(sim.t):
             return points

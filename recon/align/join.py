@@ -57,7 +57,7 @@ def select_correspondences(
     v = rest.div(ws, rounding_mode="floor") * stride + o
     u = rest.remainder(ws) * stride + o
     source = cur.points[:O][sl].reshape(-1, 3).index_select(0, idx)
-    target = prev.world_points(slice(len(prev) - O, None)).to(dev)[sl].reshape(-1, 3).index_select(0, idx)
+    target = prev.world_points(slice(len(prev) - O, None), stride, o).to(dev).reshape(-1, 3).index_select(0, idx)
     weights = torch.sqrt(c_prev.index_select(0, idx) * c_cur.index_select(0, idx))
     return Correspondences(frame, v, u, source, target, weights, num_candidates=O * hs * ws, stride=stride)
 
