@@ -11,6 +11,8 @@ from torch import Tensor
 
 from recon.cache_config import CacheConfigError
 
+RECENT_FRAMES = 16  # the bounded cache's default, and the unbounded one's first allocation (it doubles after)
+
 
 class CameraHeadCache:
     """k, v of the camera token per camera-trunk layer (StreamVGGT: 4 layers, appended once per refinement
@@ -26,14 +28,14 @@ class CameraHeadCache:
         num_heads: int,
         head_dim: int,
         iterations: int = 4,
-        recent_frames: int | None = 16,
+        recent_frames: int | None = RECENT_FRAMES,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
         if (recent_frames is not None and recent_frames < 1) or iterations < 1:
             raise CacheConfigError("CameraHeadCache needs recent_frames >= 1 (or None: unbounded) and iterations >= 1")
         self.iterations, self.recent_frames = iterations, recent_frames
-        self.capacity = (1 + (recent_frames if recent_frames is not None else 16)) * iterations
+        self.capacity = (1 + (recent_frames if recent_frames is not None else RECENT_FRAMES)) * iterations
         shape = (batch, num_heads, self.capacity, head_dim)
         self._k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self._v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(num_layers)]

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from recon.cache import CacheConfig, KVCache
-from recon.cache_camera import CameraHeadCache
+from recon.cache_camera import RECENT_FRAMES, CameraHeadCache
 from recon.errors import ReconError
 from recon.models.vggt import (
     VGGTBackedModel,
@@ -57,7 +57,7 @@ class StreamVGGTModel(VGGTBackedModel):
         cache: str | CacheConfig = "keydiff",
         cache_budget: int | None = None,
         frames_per_step: int = 1,
-        camera_frames: int = 16,
+        camera_frames: int = RECENT_FRAMES,
         reanchor: bool = True,
         **unknown: object,
     ) -> None:
