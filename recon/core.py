@@ -18,7 +18,6 @@ pose(s) so a loop correction can rewrite the trajectory (~0.3 KB a frame), the p
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,6 +41,7 @@ from recon.geometry import invert_rigid
 from recon.loops import LoopCloser, LoopGate
 from recon.places import PlaceConfig
 from recon.posegraph import EdgeNoise, PoseGraph, PoseGraphConfig
+from recon.stage_clock import StageClock
 from recon.types import FrameMeta, Sim3, WindowPrediction
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class Reconstruction:
         # ties the windows from `_detached_from` on to the ones before it, their keyframes relocalise.
         self._breaks: set[int] = set()
         self._detached_from: int | None = None
-        self.timings_s = {"join": 0.0, "graph": 0.0, "places": 0.0, "map": 0.0}
+        self.clock = StageClock("join", "graph", "places", "map")
 
     def __len__(self) -> int:
         return self._windows
@@ -156,24 +156,24 @@ class Reconstruction:
         """Register window `pred` (its frames' `meta`; `colors` [S,H,W,3] uint8;
         `layers`: prepare(pred), if done beforehand)."""
         k = self._windows
-        t = time.perf_counter()
-        shared, fit, noise = self._join(pred, layers)
-        edge = fit.sim  # prev_from_cur
-        if fit.report.path == "pose_fallback":
-            self._breaks.add(k)
-            self._detached_from = k
-        # The window's shared tail in its own frame (layer scales applied): what the next window joins to.
-        self._carry = carried_frames(pred, self.overlap)
-        S = len(pred)
-        self._prev_tail = place_window(pred, fit, Sim3.identity(), slice(S - self._carry, S)) if self._carry else None
-        self.timings_s["join"] += time.perf_counter() - t
+        with self.clock("join"):
+            shared, fit, noise = self._join(pred, layers)
+            edge = fit.sim  # prev_from_cur
+            if fit.report.path == "pose_fallback":
+                self._breaks.add(k)
+                self._detached_from = k
+            # The window's shared tail in its own frame (layer scales applied): what the next window joins to.
+            self._carry = carried_frames(pred, self.overlap)
+            S = len(pred)
+            self._prev_tail = (
+                place_window(pred, fit, Sim3.identity(), slice(S - self._carry, S)) if self._carry else None
+            )
 
-        t = time.perf_counter()
-        self.graph.add_node(k, self._estimates.get(k - 1, Sim3()) @ edge if k else Sim3())
-        if k:
-            self.graph.add_edge(k - 1, k, edge, noise)
-        self.graph.optimize()
-        self.timings_s["graph"] += time.perf_counter() - t
+        with self.clock("graph"):
+            self.graph.add_node(k, self._estimates.get(k - 1, Sim3()) @ edge if k else Sim3())
+            if k:
+                self.graph.add_edge(k - 1, k, edge, noise)
+            self.graph.optimize()
         self._windows += 1
         window_from_cam = invert_rigid(pred.cam_from_world.double().cpu().numpy())  # [S,4,4] in the window's own frame
 
@@ -189,19 +189,18 @@ class Reconstruction:
                 self.graph,
                 self._breaks,
                 self._detached_from,
-                self.timings_s,
+                self.clock,
             )
-        t = time.perf_counter()
-        before = self._estimates
-        self._estimates = self.graph.estimates()
-        moved = {w: s for w, s in self._estimates.items() if w in before and not _same(s, before[w])}
-        self.timings_s["graph"] += time.perf_counter() - t
+        with self.clock("graph"):
+            before = self._estimates
+            self._estimates = self.graph.estimates()
+            moved = {w: s for w, s in self._estimates.items() if w in before and not _same(s, before[w])}
 
-        t = time.perf_counter()
-        world = place_window(pred, fit, self._estimates[k])  # the one full-resolution pass over the points
-        self.timings_s["map"] += time.perf_counter() - t
+        with self.clock("map"):
+            world = place_window(pred, fit, self._estimates[k])  # the one full-resolution pass over the points
         final = self._record(k, world, window_from_cam, meta, shared)
-        fused_conf = self._fuse(k, world, colors, slice(shared, len(world)), moved, before, pred.K)
+        with self.clock("map"):
+            fused_conf = self._fuse(k, world, colors, slice(shared, len(world)), moved, before, pred.K)
         self._last = world
         earlier = self._frames[: len(self._frames) - len(final)]
         trajectory = [self._pose(f) for f in earlier] if moved else None
@@ -336,7 +335,6 @@ class Reconstruction:
     ) -> torch.Tensor:
         """The window's more confident new pixels on a grid go into the map under its id; a loop correction
         first moves every voxel of the windows that moved. Returns the confidence fused per pixel (0: left out)."""
-        t = time.perf_counter()
         cfg = self.config.map
         if self.map is None:
             self.map = VoxelMap(voxel_m=cfg.voxel or default_voxel(world), max_points=cfg.max_points)
@@ -346,7 +344,6 @@ class Reconstruction:
         points, conf = select_pixels(world, new, K, cfg)
         s = cfg.pixel_stride
         self.map.integrate(points, colors[new, ::s, ::s], conf, camera_centre=world_from_cam[-1, :3, 3], window=k)
-        self.timings_s["map"] += time.perf_counter() - t
         return conf
 
 

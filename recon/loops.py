@@ -4,7 +4,6 @@ the chain of joins, then a loop edge in the pose graph and a re-optimisation."""
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ import numpy as np
 from recon.align import WindowFit, median_depth, registered_frames
 from recon.places import Keyframe, LoopMatch, PlaceConfig, PlaceDatabase
 from recon.posegraph import EdgeNoise, PoseGraph
+from recon.stage_clock import StageClock
 from recon.types import Sim3, WindowPrediction
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,58 @@ class LoopCloser:
         graph: PoseGraph,
         breaks: set[int],
         detached_from: int | None,
-        timings_s: dict[str, float],
+        clock: StageClock,
     ) -> tuple[dict[str, Any] | None, int | None]:
         """Every `keyframe_every`-th new frame of window k goes into the place database (a revisit is then
         never more than a few metres from a keyframe); the best verified loop that agrees with the chain
         becomes a graph edge and the graph is re-optimised. Keyframes of windows from `detached_from` on (after
         a break) may match any earlier window. -> (the loop closed or None, the windows still detached)."""
-        t = time.perf_counter()
+        with clock("places"):
+            matches = self._add_keyframes(k, pred, fit, window_from_cam, colors, shared, detached_from)
+        for m in sorted(matches, key=lambda m: -m.inliers):
+            pair = (m.match_window, m.query_window)
+            if pair in self._pairs:
+                continue
+            if (reason := self._disagrees(graph, breaks, *pair, m.match_window_from_query_window)) is not None:
+                self.rejected.append({"window": m.query_window, "match_window": m.match_window, "reason": reason})
+                log.info("loop candidate window %d -> %d rejected: %s", m.query_window, m.match_window, reason)
+                continue
+            with clock("graph"):
+                # The loop's uncertainty: its 3D residual (relative to depth) spread over its inliers.
+                sigma = max(m.rmse_rel / np.sqrt(m.inliers), 0.002)
+                noise = EdgeNoise(
+                    rot_rad=max(sigma, np.radians(0.1)),
+                    trans=sigma * median_depth(fit.local_depth(pred)) * m.match_window_from_query_window.s,
+                    log_scale=max(sigma, 0.005),
+                )
+                graph.add_edge(*pair, m.match_window_from_query_window, noise, loop=True)
+                graph.optimize()
+            self._pairs.add(pair)
+            if detached_from is not None and pair[0] < detached_from <= pair[1]:
+                detached_from = None  # relocalised: the windows since the break hang on the map again
+            info = {
+                "window": m.query_window,
+                "match_window": m.match_window,
+                "inliers": m.inliers,
+                "rmse_rel": m.rmse_rel,
+                "score": m.score,
+            }
+            self.loops.append(info)
+            log.info("loop closed: window %d -> window %d (%d inliers)", m.query_window, m.match_window, m.inliers)
+            return info, detached_from
+        return None, detached_from
+
+    def _add_keyframes(
+        self,
+        k: int,
+        pred: WindowPrediction,
+        fit: WindowFit,
+        window_from_cam: np.ndarray,
+        colors: np.ndarray,
+        shared: int,
+        detached_from: int | None,
+    ) -> list[LoopMatch]:
+        """Every `keyframe_every`-th new registered frame of window k into the place database; its verified loops."""
         reg = registered_frames(pred)
         every = self.keyframe_every
         matches: list[LoopMatch] = []
@@ -78,40 +123,7 @@ class LoopCloser:
             )
             self._keyframes += 1
             matches += self.places.add_and_query(kf, before_window=detached_from)
-        timings_s["places"] += time.perf_counter() - t
-        for m in sorted(matches, key=lambda m: -m.inliers):
-            pair = (m.match_window, m.query_window)
-            if pair in self._pairs:
-                continue
-            if (reason := self._disagrees(graph, breaks, *pair, m.match_window_from_query_window)) is not None:
-                self.rejected.append({"window": m.query_window, "match_window": m.match_window, "reason": reason})
-                log.info("loop candidate window %d -> %d rejected: %s", m.query_window, m.match_window, reason)
-                continue
-            t = time.perf_counter()
-            # The loop's uncertainty: its 3D residual (relative to depth) spread over its inliers.
-            sigma = max(m.rmse_rel / np.sqrt(m.inliers), 0.002)
-            noise = EdgeNoise(
-                rot_rad=max(sigma, np.radians(0.1)),
-                trans=sigma * median_depth(fit.local_depth(pred)) * m.match_window_from_query_window.s,
-                log_scale=max(sigma, 0.005),
-            )
-            graph.add_edge(*pair, m.match_window_from_query_window, noise, loop=True)
-            graph.optimize()
-            timings_s["graph"] += time.perf_counter() - t
-            self._pairs.add(pair)
-            if detached_from is not None and pair[0] < detached_from <= pair[1]:
-                detached_from = None  # relocalised: the windows since the break hang on the map again
-            info = {
-                "window": m.query_window,
-                "match_window": m.match_window,
-                "inliers": m.inliers,
-                "rmse_rel": m.rmse_rel,
-                "score": m.score,
-            }
-            self.loops.append(info)
-            log.info("loop closed: window %d -> window %d (%d inliers)", m.query_window, m.match_window, m.inliers)
-            return info, detached_from
-        return None, detached_from
+        return matches
 
     def summary(self) -> dict[str, Any]:
         """What the place database did: queries, candidates verified, why they were rejected, loops the

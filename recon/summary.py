@@ -127,7 +127,8 @@ class RunSummary:
     map_voxel: float | None = None  # run units
     frames_unregistered: int = 0
     registration: str = ""
-    back_end_s: dict[str, float] = field(default_factory=dict)  # the core: join, graph, places, map
+    back_end_s: dict[str, float] = field(default_factory=dict)  # the core: join, graph, places, map (wall)
+    back_end_cpu_s: dict[str, float] = field(default_factory=dict)  # the same stages, the core thread's CPU time
     breaks: list[int] = field(default_factory=list)  # windows joined across a break in the stream
     loops: list[dict[str, Any]] = field(default_factory=list)
     loop_closures: int = 0
@@ -208,7 +209,8 @@ def summarise(
         map_voxel=core.map.voxel_m if core.map is not None else None,
         frames_unregistered=st.frames_unregistered,
         registration=registration,
-        back_end_s=dict(core.timings_s),
+        back_end_s=dict(core.clock.wall_s),
+        back_end_cpu_s=dict(core.clock.cpu_s),
         breaks=core.breaks[-ALIGNMENT_LOG_WINDOWS:],
         loops=st.loops[-ALIGNMENT_LOG_WINDOWS:],
         loop_closures=len(st.loops),
