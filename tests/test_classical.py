@@ -196,6 +196,23 @@ def test_deterministic() -> None:
     assert torch.equal(a.depth, b.depth) and torch.equal(a.depth_conf, b.depth_conf)
 
 
+def test_the_model_holds_torch_to_one_thread_until_closed() -> None:
+    """The core's torch work runs beside the model's threads: an intra-op pool on top only fights them."""
+    import threading
+
+    before = torch.get_num_threads()
+    model = ClassicalModel()
+    try:
+        seen: list[int] = [torch.get_num_threads()]
+        worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        worker.start()
+        worker.join()
+        assert seen == [1, 1]
+    finally:
+        model.close()
+    assert torch.get_num_threads() == before
+
+
 def test_blas_stays_on_one_thread_whichever_thread_infers(monkeypatch: pytest.MonkeyPatch) -> None:
     """The pipeline infers windows on two worker threads, in whatever order they come free. BLAS must run on
     one thread in every window, whichever thread infers it: on two, a Schur complement's sums split

@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 
 from recon.errors import ReconError
-from recon.models.classical.blas import SingleThreadedBlas
 from recon.models.classical.config import ClassicalConfig
 from recon.models.classical.dense import FlowCache, FlowWorkers, dense_depth
 from recon.models.classical.pack import pack_window, sparse_keypoints
 from recon.models.classical.sparse import scene_depth, solve_poses
 from recon.models.classical.stream import StreamTracks
+from recon.models.classical.threads import OneThreadMath
 from recon.models.classical.tracks import track_window
 from recon.models.classical.working import gray_image, working_intrinsics, working_map
 from recon.types import FLAG_LOW_PARALLAX, FLAG_TOO_FEW_TRACKS, Frame, WindowPrediction
@@ -40,15 +40,15 @@ class ClassicalModel:
 
     def __init__(self, config: ClassicalConfig | None = None, **overrides: object) -> None:
         self.config = config or ClassicalConfig(**overrides)  # type: ignore[arg-type]
-        self._blas = SingleThreadedBlas()
+        self._math = OneThreadMath()
         self._flows = FlowCache(self.config.flow_cache_mb << 20)
         self._flow_workers = FlowWorkers(self.config.dense.threads, self.config.dense.dis_preset)
         self._stream = StreamTracks(self.config.tracker, self.config.seed, self.config.stream_track_frames)
 
     # -- public -------------------------------------------------------------------------------
     def close(self) -> None:
-        """Hands BLAS its threads back (the model holds it on one thread from construction)."""
-        self._blas.close()
+        """Hands BLAS and torch their threads back (the model holds them on one from construction)."""
+        self._math.close()
 
     def observe(self, frame: Frame) -> None:
         """The next frame of the stream, before any window holding it is inferred: tracked once here, so
