@@ -192,9 +192,6 @@ class Pipeline:
                     self.state.frames_skipped += 1
                 else:
                     self.state.frames_used += 1
-                    t_observe = time.perf_counter()
-                    self.registration.observe(self.model, frame)  # per-frame model work, once a frame
-                    self.state.timings_s["infer"] += time.perf_counter() - t_observe
                     windows.push(frame)
                 t_read = time.perf_counter()
             if not self._stop.is_set():

@@ -238,10 +238,6 @@ class Registration(Protocol):
         """A new sequence begins."""
         ...
 
-    def observe(self, model: Any, frame: Frame) -> None:
-        """Each frame the windows will hold, in stream order, before any window holding it is predicted."""
-        ...
-
     def predict(self, model: Any, frames: Sequence[Frame]) -> WindowPrediction: ...
 
     def in_flight(self, model: Any) -> int:
@@ -263,10 +259,6 @@ class OverlappingWindows:
     def start(self, model: Any) -> None:
         pass
 
-    def observe(self, model: Any, frame: Frame) -> None:
-        if (observe := getattr(model, "observe", None)) is not None:  # optional (GeometryModel)
-            observe(frame)
-
     def predict(self, model: Any, frames: Sequence[Frame]) -> WindowPrediction:
         return model.infer(frames)
 
@@ -285,9 +277,6 @@ class AnchoredSteps:
 
     def start(self, model: Any) -> None:
         model.reset()  # the model's anchor is this run's first frame
-
-    def observe(self, model: Any, frame: Frame) -> None:
-        pass  # each step sees its frames once anyway
 
     def predict(self, model: Any, frames: Sequence[Frame]) -> WindowPrediction:
         return model.step(frames)

@@ -334,8 +334,8 @@ def _cut_tracks_at(step: int):
     step: each track crossing it is split in two, so no track ties the frames before to the frames after."""
     from recon.models.classical.tracks import Tracks, track_window
 
-    def cut(gray, cfg, seed=0):
-        uv = track_window(gray, cfg, seed).uv_px
+    def cut(gray, cfg):
+        uv = track_window(gray, cfg).uv_px
         before, after = uv.copy(), uv.copy()
         before[:, step + 1 :] = np.nan
         after[:, : step + 1] = np.nan

@@ -16,10 +16,7 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class GeometryModel(Protocol):
-    """Offline: a window of frames in, one WindowPrediction out (in the window's reference frame). A model
-    may also have `observe(frame)`: the pipeline then shows it every frame the windows will hold, in stream
-    order, before any window holding it is inferred, so per-frame work shared by overlapping windows (the
-    classical model's tracking) is done once a frame."""
+    """Offline: a window of frames in, one WindowPrediction out (in the window's reference frame)."""
 
     name: str
 

@@ -34,7 +34,6 @@ class ClassicalConfig:
     # track, and with a 2.5-px cull they bent the window 2.7 deg in yaw.
     cull_floor_px: float = 1.0
     cull_noise_factor: float = 4.0
-    stream_track_frames: int = 128  # frames whose tracks the stream keeps for the windows in flight (~20 KB each)
     flow_cache_mb: int = 128  # pair flows kept for the next window: at most 48 pairs in this (26 at 640x480)
     seed: int = 0
     tracker: TrackerConfig = field(default_factory=TrackerConfig)

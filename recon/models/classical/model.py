@@ -21,7 +21,6 @@ from recon.models.classical.config import ClassicalConfig
 from recon.models.classical.dense import FlowCache, FlowWorkers, dense_depth
 from recon.models.classical.pack import pack_window, sparse_keypoints
 from recon.models.classical.sparse import scene_depth, solve_poses
-from recon.models.classical.stream import StreamTracks
 from recon.models.classical.threads import OneThreadMath
 from recon.models.classical.tracks import track_window
 from recon.models.classical.working import gray_image, working_intrinsics, working_map
@@ -43,18 +42,11 @@ class ClassicalModel:
         self._math = OneThreadMath()
         self._flows = FlowCache(self.config.flow_cache_mb << 20)
         self._flow_workers = FlowWorkers(self.config.dense.threads, self.config.dense.dis_preset)
-        self._stream = StreamTracks(self.config.tracker, self.config.seed, self.config.stream_track_frames)
 
     # -- public -------------------------------------------------------------------------------
     def close(self) -> None:
         """Hands BLAS and torch their threads back (the model holds them on one from construction)."""
         self._math.close()
-
-    def observe(self, frame: Frame) -> None:
-        """The next frame of the stream, before any window holding it is inferred: tracked once here, so
-        windows sharing it take its tracks instead of tracking it again."""
-        hw = working_map(frame.hw, self.config.max_side_px).model_hw
-        self._stream.observe(frame, gray_image(frame.image_rgb, (int(hw[0]), int(hw[1]))))
 
     def infer(self, frames: Sequence[Frame]) -> WindowPrediction:
         cfg = self.config
@@ -64,6 +56,7 @@ class ClassicalModel:
         if any(f.hw != orig_hw for f in frames):
             sizes = sorted({f.hw for f in frames})
             raise ReconError(f"frames of one window differ in size {sizes}; resize the input to one size")
+        cv2.setRNGSeed(cfg.seed)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
 
@@ -71,10 +64,8 @@ class ClassicalModel:
         model_hw = (int(resize.model_hw[0]), int(resize.model_hw[1]))
         gray = [gray_image(f.image_rgb, model_hw) for f in frames]
         K, k_known = working_intrinsics(frames, resize, model_hw, cfg.focal_guess)
-        observed = self._stream.window(frames)  # frames the pipeline showed to observe() first
-        tracks = observed if observed is not None else track_window(gray, cfg.tracker, cfg.seed)
+        tracks = track_window(gray, cfg.tracker)
         timings["tracking_s"] = time.perf_counter() - t0
-        cv2.setRNGSeed(cfg.seed)  # the RANSACs below draw the same whichever way the tracks came
 
         t1 = time.perf_counter()
         sparse = solve_poses(tracks, K, k_known, gray, cfg, timings)
@@ -105,7 +96,6 @@ class ClassicalModel:
         pred.info.update(
             timings=timings,
             intrinsics_known=k_known,
-            tracks_from="stream" if observed is not None else "window",
             focal_px=float(sparse.K[0, 0]),
             num_tracks=len(tracks),
             **sparse.info,

@@ -277,71 +277,48 @@ def _rescue(
     return _Step(uv_b, ok, pm.uv_a[fresh], pm.uv_b[fresh])
 
 
-class TrackChain:
-    """KLT from each frame to the next, one frame at a time: a track ends at its first failed or inconsistent
-    step; fresh corners join when fewer than `redetect_below` of `max_corners` are alive. Track ids count up
-    from 0 in the order tracks start. Each step's RANSAC draws from cv2's RNG seeded by (seed, step), so a
-    step tracks the same whichever thread runs it and whatever ran before on that thread."""
+def track_window(gray_frames: list[np.ndarray], cfg: TrackerConfig = TrackerConfig()) -> Tracks:
+    """KLT from each frame to the next. A track ends at its first failed or inconsistent step."""
+    S = len(gray_frames)
+    win = (cfg.win_px, cfg.win_px)
+    lk = dict(
+        winSize=win, maxLevel=cfg.pyramid_levels, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
+    )
 
-    def __init__(self, first_gray: np.ndarray, cfg: TrackerConfig = TrackerConfig(), seed: int = 0) -> None:
-        self.cfg, self.seed = cfg, seed
-        win = (cfg.win_px, cfg.win_px)
-        self._lk = dict(
-            winSize=win,
-            maxLevel=cfg.pyramid_levels,
-            criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01),
-        )
-        self.gray = first_gray
-        self.alive_px = _detect(first_gray, cfg.max_corners, cfg, np.zeros((0, 2))).astype(np.float32)
-        self.alive_ids = np.arange(len(self.alive_px))
-        self.steps = 0
-        self._next_id = len(self.alive_px)
+    uv = np.full(
+        ((cfg.max_corners + cfg.rescue_orb_features) * S, S, 2), np.nan
+    )  # bound: every step re-detects and is rescued
+    alive_px = _detect(gray_frames[0], cfg.max_corners, cfg, np.zeros((0, 2)))
+    alive_ids = np.arange(len(alive_px))
+    uv[alive_ids, 0] = alive_px
+    n_tracks = len(alive_px)
 
-    def step(self, gray_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Track into the next frame -> (ids [N], uv [N,2] float32) of the tracks seen there, and (ids, uv) of
-        the tracks that start at the current frame (a rescued step's fresh matches), empty otherwise."""
-        cfg, gray_a = self.cfg, self.gray
-        cv2.setRNGSeed(self.seed * 100_003 + self.steps)
+    for s in range(S - 1):
         empty = np.zeros((0, 2), np.float32)
         step = _Step(empty, np.zeros(0, bool), empty, empty)
-        p0 = self.alive_px.reshape(-1, 1, 2).astype(np.float32)
-        if len(self.alive_px):
-            step = _Step(*_klt_step(gray_a, gray_b, p0, self._lk, cfg), empty, empty)
-        if not len(self.alive_px) or step.ok.mean() < cfg.guided_below:
-            full = not len(self.alive_px) or step.ok.mean() < cfg.rescue_below
-            step = _rescue(gray_a, gray_b, p0, step, self._lk, cfg, full)
-        ids, px = self.alive_ids[step.ok], step.uv_b[step.ok].reshape(-1, 2)
-        started_ids = np.arange(self._next_id, self._next_id + len(step.new_a))
-        self._next_id += len(started_ids)
-        ids, px = np.concatenate([ids, started_ids]), np.concatenate([px, step.new_b.reshape(-1, 2)])
-        if len(px) < cfg.redetect_below * cfg.max_corners:
-            new_px = _detect(gray_b, cfg.max_corners - len(px), cfg, px).reshape(-1, 2)
-            ids = np.concatenate([ids, np.arange(self._next_id, self._next_id + len(new_px))])
-            px = np.concatenate([px, new_px])
-            self._next_id += len(new_px)
-        self.alive_ids, self.alive_px, self.gray = ids, px.astype(np.float32), gray_b
-        self.steps += 1
-        return ids, self.alive_px, started_ids, step.new_a.reshape(-1, 2).astype(np.float32)
+        if len(alive_px):
+            p0 = alive_px.reshape(-1, 1, 2).astype(np.float32)
+            step = _Step(*_klt_step(gray_frames[s], gray_frames[s + 1], p0, lk, cfg), empty, empty)
+        if not len(alive_px) or step.ok.mean() < cfg.guided_below:
+            p0 = alive_px.reshape(-1, 1, 2).astype(np.float32)
+            full = not len(alive_px) or step.ok.mean() < cfg.rescue_below
+            step = _rescue(gray_frames[s], gray_frames[s + 1], p0, step, lk, cfg, full)
+        alive_ids, alive_px = alive_ids[step.ok], step.uv_b[step.ok]
+        uv[alive_ids, s + 1] = alive_px
+        if len(step.new_a):
+            new_ids = np.arange(n_tracks, n_tracks + len(step.new_a))
+            uv[new_ids, s], uv[new_ids, s + 1] = step.new_a, step.new_b
+            n_tracks += len(new_ids)
+            alive_ids = np.concatenate([alive_ids, new_ids])
+            alive_px = np.concatenate([alive_px.reshape(-1, 2), step.new_b]).astype(np.float32)
+        if len(alive_px) < cfg.redetect_below * cfg.max_corners:
+            new_px = _detect(gray_frames[s + 1], cfg.max_corners - len(alive_px), cfg, alive_px)
+            new_ids = np.arange(n_tracks, n_tracks + len(new_px))
+            uv[new_ids, s + 1] = new_px
+            n_tracks += len(new_px)
+            alive_ids = np.concatenate([alive_ids, new_ids])
+            alive_px = np.concatenate([alive_px.reshape(-1, 2), new_px.reshape(-1, 2)]).astype(np.float32)
 
-
-def tracks_from(frames: list[tuple[np.ndarray, np.ndarray]]) -> Tracks:
-    """A window's tracks from the (ids, uv) seen in each of its frames, in order; a track seen in one frame
-    only says nothing and is left out."""
-    all_ids = np.unique(np.concatenate([ids for ids, _ in frames])) if frames else np.zeros(0, np.int64)
-    uv = np.full((len(all_ids), len(frames), 2), np.nan)
-    for s, (ids, px) in enumerate(frames):
-        uv[np.searchsorted(all_ids, ids), s] = px
-    keep = (~np.isnan(uv[..., 0])).sum(1) >= 2
+    uv = uv[:n_tracks]
+    keep = (~np.isnan(uv[..., 0])).sum(1) >= 2  # a one-frame track says nothing
     return Tracks(uv_px=uv[keep])
-
-
-def track_window(gray_frames: list[np.ndarray], cfg: TrackerConfig = TrackerConfig(), seed: int = 0) -> Tracks:
-    """The tracks of a window on its own: a chain started at its first frame."""
-    chain = TrackChain(gray_frames[0], cfg, seed)
-    seen = [(chain.alive_ids.copy(), chain.alive_px.copy())]
-    for gray in gray_frames[1:]:
-        ids, px, started, started_px = chain.step(gray)
-        if len(started):  # tracks a rescued step started in the frame before
-            seen[-1] = (np.concatenate([seen[-1][0], started]), np.concatenate([seen[-1][1], started_px]))
-        seen.append((ids, px))
-    return tracks_from(seen)
