@@ -61,7 +61,23 @@ class LoopCloser:
         becomes a graph edge and the graph is re-optimised. Keyframes of windows from `detached_from` on (after
         a break) may match any earlier window. -> (the loop closed or None, the windows still detached)."""
         with clock("places"):
-            matches = self._add_keyframes(k, pred, fit, window_from_cam, colors, shared, detached_from)
+            reg = registered_frames(pred)
+            every = self.keyframe_every
+            matches: list[LoopMatch] = []
+            for j in range(shared + every // 2, len(pred), every):
+                if not reg[j]:
+                    continue
+                kf = Keyframe(
+                    keyframe_id=self._keyframes,
+                    window_id=k,
+                    image_gray=cv2.cvtColor(np.ascontiguousarray(colors[j]), cv2.COLOR_RGB2GRAY),
+                    K=pred.K[j].double().cpu().numpy(),
+                    depth=fit.local_depth(pred, j).float().cpu().numpy(),
+                    conf=pred.points_conf[j].float().cpu().numpy(),
+                    window_from_cam=window_from_cam[j],
+                )
+                self._keyframes += 1
+                matches += self.places.add_and_query(kf, before_window=detached_from)
         for m in sorted(matches, key=lambda m: -m.inliers):
             pair = (m.match_window, m.query_window)
             if pair in self._pairs:
@@ -94,36 +110,6 @@ class LoopCloser:
             log.info("loop closed: window %d -> window %d (%d inliers)", m.query_window, m.match_window, m.inliers)
             return info, detached_from
         return None, detached_from
-
-    def _add_keyframes(
-        self,
-        k: int,
-        pred: WindowPrediction,
-        fit: WindowFit,
-        window_from_cam: np.ndarray,
-        colors: np.ndarray,
-        shared: int,
-        detached_from: int | None,
-    ) -> list[LoopMatch]:
-        """Every `keyframe_every`-th new registered frame of window k into the place database; its verified loops."""
-        reg = registered_frames(pred)
-        every = self.keyframe_every
-        matches: list[LoopMatch] = []
-        for j in range(shared + every // 2, len(pred), every):
-            if not reg[j]:
-                continue
-            kf = Keyframe(
-                keyframe_id=self._keyframes,
-                window_id=k,
-                image_gray=cv2.cvtColor(np.ascontiguousarray(colors[j]), cv2.COLOR_RGB2GRAY),
-                K=pred.K[j].double().cpu().numpy(),
-                depth=fit.local_depth(pred, j).float().cpu().numpy(),
-                conf=pred.points_conf[j].float().cpu().numpy(),
-                window_from_cam=window_from_cam[j],
-            )
-            self._keyframes += 1
-            matches += self.places.add_and_query(kf, before_window=detached_from)
-        return matches
 
     def summary(self) -> dict[str, Any]:
         """What the place database did: queries, candidates verified, why they were rejected, loops the
