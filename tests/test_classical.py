@@ -503,3 +503,39 @@ def test_bundle_adjustment_drops_drifting_tracks_and_keeps_noisy_ones(
         # Out on clean video (70% stayed at the old fixed 2.5-px cull); what drifts along its epipolar line
         # looks like depth, and stays.
         assert kept[drifting].mean() < 0.25, kept[drifting].mean()
+
+
+def _klt_step_reference(gray_a, gray_b, p0, lk, cfg, H=None):  # type: ignore[no-untyped-def]
+    """The plain forward-backward check: every point goes back, whatever its forward pass gave."""
+    H_img, W_img = gray_b.shape
+    if H is None:
+        p1, st1, _ = cv2.calcOpticalFlowPyrLK(gray_a, gray_b, p0, None, **lk)
+        p0b, st0, _ = cv2.calcOpticalFlowPyrLK(gray_b, gray_a, p1, None, **lk)
+    else:
+        guess = cv2.perspectiveTransform(p0, H).astype(np.float32)
+        p1, st1, _ = cv2.calcOpticalFlowPyrLK(gray_a, gray_b, p0, guess, flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk)
+        back = cv2.perspectiveTransform(p1, np.linalg.inv(H)).astype(np.float32)
+        p0b, st0, _ = cv2.calcOpticalFlowPyrLK(gray_b, gray_a, p1, back, flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk)
+    p1 = p1.reshape(-1, 2)
+    fb = np.linalg.norm(p0b.reshape(-1, 2) - p0.reshape(-1, 2), axis=1)
+    inside = (p1[:, 0] >= 0) & (p1[:, 0] <= W_img - 1) & (p1[:, 1] >= 0) & (p1[:, 1] <= H_img - 1)
+    return p1, (st1.ravel() == 1) & (st0.ravel() == 1) & (fb < cfg.fb_max_px) & inside
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_klt_sends_back_only_what_went_forward_and_tracks_the_same(guided: bool) -> None:
+    """Only the points the forward pass kept go back (LK solves each point alone): the tracks are the plain
+    check's, to the bit, on a step that loses points off the image and in a turn."""
+    from recon.models.classical.tracks import TrackerConfig, _detect, _klt_step
+
+    frames = list(SyntheticSource(scene="street", num_frames=40, seed=3))
+    cfg = TrackerConfig()
+    lk = dict(winSize=(15, 15), maxLevel=4, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    a, b = (cv2.cvtColor(frames[i].image_rgb, cv2.COLOR_RGB2GRAY) for i in (0, 6))  # 6 frames apart: many lost
+    p0 = _detect(a, 1200, cfg, np.zeros((0, 2))).reshape(-1, 1, 2).astype(np.float32)
+    H = np.array([[1.0, 0.0, 4.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]]) if guided else None
+    p1, ok = _klt_step(a, b, p0, lk, cfg, H)
+    p1_ref, ok_ref = _klt_step_reference(a, b, p0, lk, cfg, H)
+    assert 0.05 < ok.mean() < 0.95  # some points fail: the subset differs from the whole
+    np.testing.assert_array_equal(ok, ok_ref)
+    np.testing.assert_array_equal(p1[ok], p1_ref[ok])

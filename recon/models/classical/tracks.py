@@ -189,20 +189,22 @@ def _klt_step(
     gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, lk: dict, cfg: TrackerConfig, H: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Track p0 [N,1,2] from a to b with a forward-backward check -> (p1 [N,2], ok [N]). With H, both
-    directions start from the homography's prediction."""
+    directions start from the homography's prediction. Only the points the forward pass kept inside b go
+    back: LK solves each point on its own, so the rest would only cost time (most of a hard step's points)."""
     H_img, W_img = gray_b.shape
-    if H is None:
-        p1, st1, _ = cv2.calcOpticalFlowPyrLK(gray_a, gray_b, p0, None, **lk)
-        p0b, st0, _ = cv2.calcOpticalFlowPyrLK(gray_b, gray_a, p1, None, **lk)
-    else:
-        guess = cv2.perspectiveTransform(p0, H).astype(np.float32)
-        p1, st1, _ = cv2.calcOpticalFlowPyrLK(gray_a, gray_b, p0, guess, flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk)
-        back = cv2.perspectiveTransform(p1, np.linalg.inv(H)).astype(np.float32)
-        p0b, st0, _ = cv2.calcOpticalFlowPyrLK(gray_b, gray_a, p1, back, flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk)
-    p1 = p1.reshape(-1, 2)
-    fb = np.linalg.norm(p0b.reshape(-1, 2) - p0.reshape(-1, 2), axis=1)
-    inside = (p1[:, 0] >= 0) & (p1[:, 0] <= W_img - 1) & (p1[:, 1] >= 0) & (p1[:, 1] <= H_img - 1)
-    return p1, (st1.ravel() == 1) & (st0.ravel() == 1) & (fb < cfg.fb_max_px) & inside
+    guess = None if H is None else cv2.perspectiveTransform(p0, H).astype(np.float32)
+    flags = 0 if H is None else cv2.OPTFLOW_USE_INITIAL_FLOW
+    p1, st1, _ = cv2.calcOpticalFlowPyrLK(gray_a, gray_b, p0, guess, flags=flags, **lk)
+    flat = p1.reshape(-1, 2)
+    inside = (flat[:, 0] >= 0) & (flat[:, 0] <= W_img - 1) & (flat[:, 1] >= 0) & (flat[:, 1] <= H_img - 1)
+    ok = (st1.ravel() == 1) & inside
+    if ok.any():
+        fwd = np.flatnonzero(ok)
+        back = None if H is None else cv2.perspectiveTransform(p1[fwd], np.linalg.inv(H)).astype(np.float32)
+        p0b, st0, _ = cv2.calcOpticalFlowPyrLK(gray_b, gray_a, p1[fwd], back, flags=flags, **lk)
+        fb = np.linalg.norm(p0b.reshape(-1, 2) - p0[fwd].reshape(-1, 2), axis=1)
+        ok[fwd] = (st0.ravel() == 1) & (fb < cfg.fb_max_px)
+    return flat, ok
 
 
 def _klt_warped(
