@@ -539,3 +539,17 @@ def test_klt_sends_back_only_what_went_forward_and_tracks_the_same(guided: bool)
     assert 0.05 < ok.mean() < 0.95  # some points fail: the subset differs from the whole
     np.testing.assert_array_equal(ok, ok_ref)
     np.testing.assert_array_equal(p1[ok], p1_ref[ok])
+
+
+def test_orb_features_of_a_frame_are_detected_once_and_are_a_fresh_detection() -> None:
+    """Two hard steps in a row share their middle frame's ORB features instead of detecting them twice."""
+    from recon.models.classical.tracks import OrbFeatures
+
+    gray = [cv2.cvtColor(f.image_rgb, cv2.COLOR_RGB2GRAY) for f in rendered_window("street")[:3]]
+    orbs = OrbFeatures(gray)
+    kp, desc = orbs(1, 800)
+    assert orbs(1, 800)[1] is desc  # the second step's first frame: no new detection
+    fresh_kp, fresh_desc = cv2.ORB.create(800).detectAndCompute(gray[1], None)
+    np.testing.assert_array_equal(desc, fresh_desc)
+    assert [k.pt for k in kp] == [k.pt for k in fresh_kp]
+    assert len(orbs(1, 2000)[0]) > len(kp)  # another feature count is another detection

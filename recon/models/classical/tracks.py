@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -57,11 +58,25 @@ def _detect(gray: np.ndarray, count: int, cfg: TrackerConfig, existing_px: np.nd
     return np.zeros((0, 2), np.float32) if pts is None else pts.reshape(-1, 2)
 
 
-def _homography(gray_a: np.ndarray, gray_b: np.ndarray, cfg: TrackerConfig) -> np.ndarray | None:
-    """A homography a -> b from ORB matches (RANSAC), or None when too few matches agree."""
-    orb = cv2.ORB.create(cfg.guided_orb_features)
-    ka, da = orb.detectAndCompute(gray_a, None)
-    kb, db = orb.detectAndCompute(gray_b, None)
+class OrbFeatures:
+    """ORB keypoints and descriptors of a window's frames, each computed once: two hard steps in a row need
+    the frame between them twice (the first step's second frame is the next step's first)."""
+
+    def __init__(self, gray_frames: list[np.ndarray]) -> None:
+        self.gray = gray_frames
+        self._done: dict[tuple[int, int], tuple[Sequence[cv2.KeyPoint], np.ndarray | None]] = {}
+
+    def __call__(self, s: int, count: int) -> tuple[Sequence[cv2.KeyPoint], np.ndarray | None]:
+        """(keypoints, descriptors) of frame s with ORB at `count` features."""
+        if (s, count) not in self._done:
+            self._done[s, count] = cv2.ORB.create(count).detectAndCompute(self.gray[s], None)
+        return self._done[s, count]
+
+
+def _homography(orbs: OrbFeatures, s: int, cfg: TrackerConfig) -> np.ndarray | None:
+    """A homography frame s -> s + 1 from ORB matches (RANSAC), or None when too few matches agree."""
+    ka, da = orbs(s, cfg.guided_orb_features)
+    kb, db = orbs(s + 1, cfg.guided_orb_features)
     if da is None or db is None or len(ka) < 20 or len(kb) < 20:
         return None
     matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(da, db)
@@ -100,10 +115,10 @@ def ratio_matches(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float) -> list:
     return list(best.values())
 
 
-def _pair_matches(orb: cv2.ORB, gray_a: np.ndarray, gray_b: np.ndarray, cfg: TrackerConfig) -> _PairMatches | None:
-    """ORB matches a -> b (ratio test, fundamental-matrix RANSAC) or None when too few agree."""
-    ka, da = orb.detectAndCompute(gray_a, None)
-    kb, db = orb.detectAndCompute(gray_b, None)
+def _pair_matches(orbs: OrbFeatures, s: int, cfg: TrackerConfig) -> _PairMatches | None:
+    """ORB matches frame s -> s + 1 (ratio test, fundamental-matrix RANSAC) or None when too few agree."""
+    ka, da = orbs(s, cfg.rescue_orb_features)
+    kb, db = orbs(s + 1, cfg.rescue_orb_features)
     if da is None or db is None:
         return None
     matches = ratio_matches(da, db, cfg.match_ratio)
@@ -241,20 +256,19 @@ class _Step:
     new_b: np.ndarray
 
 
-def _rescue(
-    gray_a: np.ndarray, gray_b: np.ndarray, p0: np.ndarray, step: _Step, lk: dict, cfg: TrackerConfig, full: bool
-) -> _Step:
-    """Redo a step that lost many tracks from ORB matches between a and b. Not `full`: KLT under their
+def _rescue(orbs: OrbFeatures, s: int, p0: np.ndarray, step: _Step, lk: dict, cfg: TrackerConfig, full: bool) -> _Step:
+    """Redo step s -> s + 1 (a -> b) that lost many tracks from ORB matches between a and b. Not `full`: KLT under their
     homography, kept if it tracks more (a turn). `full`: that KLT for the tracks KLT lost, then ORB
     matches and descriptors for the ones still lost; every continued track must fit the matches'
     epipolar geometry, and matches away from the continued tracks start new tracks."""
+    gray_a, gray_b = orbs.gray[s], orbs.gray[s + 1]
     if not full:
-        if (H := _homography(gray_a, gray_b, cfg)) is None:
+        if (H := _homography(orbs, s, cfg)) is None:
             return step
         uv_g, ok_g = _klt_step(gray_a, gray_b, p0, lk, cfg, H)
         return _Step(uv_g, ok_g, step.new_a, step.new_b) if ok_g.sum() > step.ok.sum() else step
-    orb = cv2.ORB.create(cfg.rescue_orb_features)
-    pm = _pair_matches(orb, gray_a, gray_b, cfg)
+    orb = cv2.ORB.create(cfg.rescue_orb_features)  # descriptors at the lost tracks' positions (_match_tracks)
+    pm = _pair_matches(orbs, s, cfg)
     if pm is None:
         return step
     uv_a = p0.reshape(-1, 2)
@@ -290,6 +304,7 @@ def track_window(gray_frames: list[np.ndarray], cfg: TrackerConfig = TrackerConf
     uv = np.full(
         ((cfg.max_corners + cfg.rescue_orb_features) * S, S, 2), np.nan
     )  # bound: every step re-detects and is rescued
+    orbs = OrbFeatures(gray_frames)
     alive_px = _detect(gray_frames[0], cfg.max_corners, cfg, np.zeros((0, 2)))
     alive_ids = np.arange(len(alive_px))
     uv[alive_ids, 0] = alive_px
@@ -304,7 +319,7 @@ def track_window(gray_frames: list[np.ndarray], cfg: TrackerConfig = TrackerConf
         if not len(alive_px) or step.ok.mean() < cfg.guided_below:
             p0 = alive_px.reshape(-1, 1, 2).astype(np.float32)
             full = not len(alive_px) or step.ok.mean() < cfg.rescue_below
-            step = _rescue(gray_frames[s], gray_frames[s + 1], p0, step, lk, cfg, full)
+            step = _rescue(orbs, s, p0, step, lk, cfg, full)
         alive_ids, alive_px = alive_ids[step.ok], step.uv_b[step.ok]
         uv[alive_ids, s + 1] = alive_px
         if len(step.new_a):
