@@ -82,9 +82,8 @@ class Row:
     within_median_deg: float = math.nan
     within_max_deg: float = math.nan
     fallbacks: int | None = None
-    back_end_pct: float = (
-        math.nan
-    )  # joins + pose graph + place recognition: the core thread's CPU s, % of the run's wall time
+    # Joins + pose graph + place recognition: the core thread's CPU seconds, % of the run's wall time.
+    back_end_pct: float = math.nan
     back_end_wall_pct: float = math.nan  # the same stages' wall intervals (with waits for a core), % of wall time
     loops: int | None = None  # loop closures the run made
     ate_off: float | None = None  # loop closure off; None: not run
