@@ -553,3 +553,57 @@ def test_orb_features_of_a_frame_are_detected_once_and_are_a_fresh_detection() -
     np.testing.assert_array_equal(desc, fresh_desc)
     assert [k.pt for k in kp] == [k.pt for k in fresh_kp]
     assert len(orbs(1, 2000)[0]) > len(kp)  # another feature count is another detection
+
+
+def test_dense_triangulation_in_place_is_its_plain_formulas_to_the_bit() -> None:
+    """triangulate_matches reuses its buffers; the depth and confidence are the plain expressions' exactly, on
+    real flow between two rendered frames (pixels behind the camera, off the image and without a match too)."""
+    from support.plain_dense import plain_triangulate_matches
+
+    from recon.models.classical.dense import DenseConfig, triangulate_matches
+
+    frames = rendered_window("street")
+    a, b = (cv2.cvtColor(frames[i].image_rgb, cv2.COLOR_RGB2GRAY) for i in (0, 3))
+    j_from_i = frames[3].gt_cam_from_world @ np.linalg.inv(frames[0].gt_cam_from_world)
+    flow = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(a, b, None)  # type: ignore[call-overload]
+    H, W = a.shape
+    u2 = np.arange(W, dtype=np.float32)[None, :] + flow[..., 0]
+    v2 = np.arange(H, dtype=np.float32)[:, None] + flow[..., 1]
+    fb = np.abs(flow[..., 0] * 0.1).astype(np.float32)
+    fb[:4] = np.inf  # no way back: no confidence
+    u2[-4:] = np.nan  # no match
+    cfg = DenseConfig()
+    # The true pose, and its inverse: the matches then mostly triangulate behind the cameras (depth 0).
+    for jfi, depth_share in ((j_from_i, (0.5, 1.0)), (np.linalg.inv(j_from_i), (0.01, 0.5))):
+        z, conf = triangulate_matches(u2, v2, fb, jfi, frames[0].K, cfg)
+        z_ref, conf_ref = plain_triangulate_matches(u2, v2, fb, jfi, frames[0].K, cfg)
+        assert z.dtype == conf.dtype == np.float32
+        assert depth_share[0] < (z > 0).mean() < depth_share[1] and (conf[:4] == 0).all() and (z[-4:] == 0).all()
+        np.testing.assert_array_equal(z, z_ref)
+        np.testing.assert_array_equal(conf, conf_ref)
+
+
+def test_triangulation_takes_the_thin_svd_and_gets_the_full_ones_points() -> None:
+    """The DLT's null vector from the thin SVD is the full SVD's to the bit (tracks seen in a few frames each)."""
+    from recon.geometry import make_rigid
+    from recon.models.classical.pose import normalized, triangulate
+
+    rng = np.random.default_rng(4)
+    T, S = 500, 12
+    K = np.array([[400.0, 0, 320], [0, 400, 96], [0, 0, 1]])
+    poses = np.stack(
+        [make_rigid(rotation_from_axis_angle(np.array([0, 0.02 * s, 0])), [-0.5 * s, 0, 0]) for s in range(S)]
+    )
+    X = rng.uniform([-5, -2, 5], [5, 2, 30], (T, 3))
+    Xc = np.einsum("sij,tj->tsi", poses[:, :3, :3], X) + poses[:, :3, 3]
+    uv = Xc[..., :2] / Xc[..., 2:] * 400 + [320, 96] + rng.normal(0, 0.5, (T, S, 2))
+    visible = rng.random((T, S)) < 0.4
+    uv[~visible] = np.nan
+
+    xn = normalized(np.nan_to_num(uv), K)  # the DLT with the full SVD, as it was
+    P = poses[:, :3, :]
+    A = np.concatenate([xn[..., :1] * P[None, :, 2] - P[None, :, 0], xn[..., 1:] * P[None, :, 2] - P[None, :, 1]], 1)
+    A *= np.concatenate([visible, visible], 1)[..., None]
+    Xh = np.linalg.svd(A)[2][:, -1]
+    expected = Xh[:, :3] / np.where(np.abs(Xh[:, 3:]) < 1e-12, 1e-12, Xh[:, 3:])
+    np.testing.assert_array_equal(triangulate(uv, visible, poses, K), expected)

@@ -203,29 +203,68 @@ def triangulate_matches(
 
     A pixel at depth z maps to (a z + b) up to scale in frame j, with a = K R K^-1 [u,v,1] and b = K t;
     z is solved in least squares. Confidence comes from the expected relative depth error (match noise
-    over the pixels moved per unit of relative depth) and the forward–backward error `fb`."""
+    over the pixels moved per unit of relative depth) and the forward–backward error `fb`.
+
+    Written in place where numpy would make a temporary: every [H,W] pass costs about as much as its
+    arithmetic, and this runs twice per partner pair. The formulas are in the comments;
+    tests/support/plain_dense.py writes them out, and the two agree to the bit."""
     H, W = u2.shape
     u = np.arange(W, dtype=np.float32)[None, :]
     v = np.arange(H, dtype=np.float32)[:, None]
     h = (K @ j_from_i[:3, :3] @ np.linalg.inv(K)).astype(np.float32)
-    ax, ay, az = (h[r, 0] * u + h[r, 1] * v + h[r, 2] for r in range(3))  # [H,W] each, by broadcasting
     b = (K @ j_from_i[:3, 3]).astype(np.float32)
-    cu, cv_ = u2 * az - ax, v2 * az - ay
-    eu, ev = b[0] - u2 * b[2], b[1] - v2 * b[2]
-    z = (cu * eu + cv_ * ev) / np.maximum(cu * cu + cv_ * cv_, 1e-12)
+    ax, ay, az = (h[r, 0] * u + h[r, 1] * v for r in range(3))  # a = h [u,v,1], [H,W] each by broadcasting
+    for a_r, r in ((ax, 0), (ay, 1), (az, 2)):
+        a_r += h[r, 2]
+    cu, cv_ = u2 * az, v2 * az
+    cu -= ax  # cu = u2 az - ax
+    cv_ -= ay
+    eu, ev = u2 * b[2], v2 * b[2]
+    np.subtract(b[0], eu, out=eu)  # eu = b0 - u2 b2
+    np.subtract(b[1], ev, out=ev)
+    tmp = cv_ * ev
+    z = cu * eu
+    z += tmp
+    norm2 = np.multiply(cu, cu, out=eu)
+    norm2 += np.multiply(cv_, cv_, out=tmp)
+    z /= np.maximum(norm2, 1e-12, out=norm2)  # z = (cu eu + cv ev) / max(cu² + cv², 1e-12)
 
     # Pixels moved in frame j per unit of relative depth change: the observability of depth here.
-    den = az * z + b[2]
-    den = np.where(np.abs(den) < 1e-9, np.float32(1e-9), den)
-    inv_den2 = z / (den * den)
-    sensitivity = np.hypot((ax * b[2] - az * b[0]) * inv_den2, (ay * b[2] - az * b[1]) * inv_den2)
+    den = az * z
+    den += b[2]
+    den[np.abs(den) < 1e-9] = 1e-9  # den = az z + b2, kept off zero
+    inv_den2 = np.divide(z, np.multiply(den, den, out=ev), out=ev)  # z / den²
+    su = np.multiply(ax, b[2], out=cu)
+    su -= np.multiply(az, b[0], out=tmp)
+    su *= inv_den2  # (ax b2 - az b0) z / den²
+    sv = np.multiply(ay, b[2], out=cv_)
+    sv -= np.multiply(az, b[1], out=tmp)
+    sv *= inv_den2
+    sensitivity = np.hypot(su, sv, out=su)
     # Distance of the observed match from the point the triangulated depth predicts (off-epipolar error).
-    epi = np.hypot((ax * z + b[0]) / den - u2, (ay * z + b[1]) / den - v2)
+    du, dv = np.multiply(ax, z, out=ax), np.multiply(ay, z, out=ay)
+    du += b[0]
+    du /= den
+    du -= u2  # (ax z + b0) / den - u2
+    dv += b[1]
+    dv /= den
+    dv -= v2
+    epi = np.hypot(du, dv, out=du)
 
-    rel_err = (cfg.flow_sigma_px + fb + epi) / np.maximum(sensitivity, 1e-9)
-    conf = np.exp(-((fb / cfg.fb_sigma_px) ** 2)) / (1.0 + (rel_err / cfg.rel_err_scale) ** 2)
-    valid = np.isfinite(z) & (z > 0) & (den > 0)
-    return np.where(valid, z, 0.0).astype(np.float32), np.where(valid, conf, 0.0).astype(np.float32)
+    rel_err = np.add(cfg.flow_sigma_px, fb, out=dv)
+    rel_err += epi
+    rel_err /= np.maximum(sensitivity, 1e-9, out=sensitivity)  # (flow sigma + fb + epi) / sensitivity
+    conf = np.divide(fb, cfg.fb_sigma_px, out=tmp)
+    np.square(conf, out=conf)
+    np.exp(np.negative(conf, out=conf), out=conf)  # exp(-(fb / fb sigma)²)
+    rel_err /= cfg.rel_err_scale
+    np.square(rel_err, out=rel_err)
+    rel_err += 1.0
+    conf /= rel_err  # ... / (1 + (rel_err / rel_err_scale)²)
+    invalid = ~(np.isfinite(z) & (z > 0) & (den > 0))
+    z[invalid] = 0.0
+    conf[invalid] = 0.0
+    return z, conf
 
 
 def texture_confidence(gray: np.ndarray, cfg: DenseConfig) -> np.ndarray:

