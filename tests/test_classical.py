@@ -607,3 +607,19 @@ def test_triangulation_takes_the_thin_svd_and_gets_the_full_ones_points() -> Non
     Xh = np.linalg.svd(A)[2][:, -1]
     expected = Xh[:, :3] / np.where(np.abs(Xh[:, 3:]) < 1e-12, 1e-12, Xh[:, 3:])
     np.testing.assert_array_equal(triangulate(uv, visible, poses, K), expected)
+
+
+def test_tracks_grow_their_table_as_they_start_and_match_a_worst_case_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The track table starts at twice the corner budget and doubles when a window starts more tracks (a
+    turn re-detects at every step): the tracks are those a table sized for the worst case holds."""
+    from recon.models.classical import tracks as tr
+
+    gray = [cv2.cvtColor(f.image_rgb, cv2.COLOR_RGB2GRAY) for f in rendered_window("street", size=20)]
+    cfg = tr.TrackerConfig(max_corners=60)
+    grown = tr.track_window(gray, cfg).uv_px
+    assert len(grown) > 2 * cfg.max_corners  # more than the first table holds: it grew
+    worst_case = (cfg.max_corners + cfg.rescue_orb_features) * len(gray)  # the table it replaced
+    monkeypatch.setattr(
+        tr, "_with_rows", lambda uv, rows: np.full((worst_case, *uv.shape[1:]), np.nan) if not len(uv) else uv
+    )
+    np.testing.assert_array_equal(grown, tr.track_window(gray, cfg).uv_px)

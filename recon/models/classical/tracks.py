@@ -293,6 +293,17 @@ def _rescue(orbs: OrbFeatures, s: int, p0: np.ndarray, step: _Step, lk: dict, cf
     return _Step(uv_b, ok, pm.uv_a[fresh], pm.uv_b[fresh])
 
 
+def _with_rows(uv: np.ndarray, rows: int) -> np.ndarray:
+    """uv [T,S,2] with room for at least `rows` tracks (new rows NaN: not seen), doubling: a window's track
+    count is known only at its end, and sizing for the worst case (every step re-detected and rescued) made
+    a 20 MB buffer per window, mostly never touched but for filling it."""
+    if rows <= len(uv):
+        return uv
+    grown = np.full((max(rows, 2 * len(uv)), *uv.shape[1:]), np.nan)
+    grown[: len(uv)] = uv
+    return grown
+
+
 def track_window(gray_frames: list[np.ndarray], cfg: TrackerConfig = TrackerConfig()) -> Tracks:
     """KLT from each frame to the next. A track ends at its first failed or inconsistent step."""
     S = len(gray_frames)
@@ -301,9 +312,7 @@ def track_window(gray_frames: list[np.ndarray], cfg: TrackerConfig = TrackerConf
         winSize=win, maxLevel=cfg.pyramid_levels, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
     )
 
-    uv = np.full(
-        ((cfg.max_corners + cfg.rescue_orb_features) * S, S, 2), np.nan
-    )  # bound: every step re-detects and is rescued
+    uv = _with_rows(np.zeros((0, S, 2)), 2 * cfg.max_corners)  # [tracks, S, 2], grown as tracks start
     orbs = OrbFeatures(gray_frames)
     alive_px = _detect(gray_frames[0], cfg.max_corners, cfg, np.zeros((0, 2)))
     alive_ids = np.arange(len(alive_px))
@@ -324,6 +333,7 @@ def track_window(gray_frames: list[np.ndarray], cfg: TrackerConfig = TrackerConf
         uv[alive_ids, s + 1] = alive_px
         if len(step.new_a):
             new_ids = np.arange(n_tracks, n_tracks + len(step.new_a))
+            uv = _with_rows(uv, n_tracks + len(new_ids))
             uv[new_ids, s], uv[new_ids, s + 1] = step.new_a, step.new_b
             n_tracks += len(new_ids)
             alive_ids = np.concatenate([alive_ids, new_ids])
@@ -331,6 +341,7 @@ def track_window(gray_frames: list[np.ndarray], cfg: TrackerConfig = TrackerConf
         if len(alive_px) < cfg.redetect_below * cfg.max_corners:
             new_px = _detect(gray_frames[s + 1], cfg.max_corners - len(alive_px), cfg, alive_px)
             new_ids = np.arange(n_tracks, n_tracks + len(new_px))
+            uv = _with_rows(uv, n_tracks + len(new_ids))
             uv[new_ids, s + 1] = new_px
             n_tracks += len(new_px)
             alive_ids = np.concatenate([alive_ids, new_ids])
