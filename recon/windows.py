@@ -192,11 +192,22 @@ class WindowsInFlight(Generic[R]):
             self._settle_oldest()
 
     def finish(self) -> None:
-        """Settles every window, then the last, shorter one."""
-        while self._jobs:
-            self._settle_oldest()
-        if (window := self.scheduler.finish()) is not None:
-            self.settle(window, self._pool.submit(self.infer, window).result())
+        """Cuts the last, shorter window at once and settles every window in order. The last one starts
+        beside those still in flight, as a window cut ahead does (a short sequence's last window ran alone,
+        half the cores idle). Settled with a new cut, a window has the windows after it cut again, the last
+        one too; the last one's own decision has nothing after it to change."""
+        while True:
+            cut = self.scheduler
+            if (last := cut.finish()) is not None:
+                self._jobs.append(_Job(last, self._pool.submit(self.infer, last), cut.snapshot()))
+            while self._jobs and self.scheduler is cut:
+                if self._jobs[0].window is last:
+                    job = self._jobs.popleft()
+                    self.settle(job.window, job.result.result())
+                else:
+                    self._settle_oldest()
+            if self.scheduler is cut:
+                return
 
     def close(self) -> None:
         """Waits for the windows still in the model (a thread stopped inside native code aborts the process)."""

@@ -92,3 +92,35 @@ def test_one_window_at_a_time_never_starts_before_the_one_before_is_settled() ->
     windows.finish()
     windows.close()
     assert [kind for kind, _ in events] == ["infer", "settle"] * (len(events) // 2)
+
+
+def test_the_last_window_starts_beside_the_windows_still_in_flight() -> None:
+    """On two cores the short last window runs beside the windows before it, not alone after them; a window
+    settled with a new cut still has the last window cut again."""
+    events: list[str] = []
+    lock = threading.Lock()
+
+    def infer(window: list[int]) -> list[int]:
+        with lock:
+            events.append(f"start {window[0]}..{window[-1]}")
+        time.sleep(0.3 if window[0] == 52 else 0.01)  # the last full window (52..57) is slow
+        return window
+
+    def settle(window: list[int], result: list[int]) -> str | int | None:
+        with lock:
+            events.append(f"settle {window[0]}..{window[-1]}")
+        return None
+
+    windows = WindowsInFlight(WindowScheduler(6, 2), infer, settle, 2, "test-infer")  # type: ignore[arg-type]
+    for frame in range(60):
+        windows.push(frame)  # type: ignore[arg-type]
+    windows.finish()
+    windows.close()
+    assert events.index("start 56..59") < events.index("settle 52..57") < events.index("settle 56..59")
+
+    def decide(window: list[int]) -> str | int | None:
+        return "reject" if window[-1] == 57 else None  # the last full window is dropped: the last one is cut again
+
+    one, _ = settled(1, decide)
+    two, _ = settled(2, decide)
+    assert two == one and one[-1][0] == [52, 53, 58, 59]
