@@ -2,7 +2,8 @@
 pipeline (the producer, the model's window and flow threads, the core), before and after, in one run.
 
 cProfile runs on each thread from the moment the pipeline starts until it ends (the evaluation afterwards
-is left out); the waits (locks, queues, sleeps) are dropped, so what remains is work. cProfile slows
+is left out), timing with the thread's CPU clock: a thread waiting for a core (two cores, busier threads)
+is not charged for it. The waits (locks, queues, sleeps) are dropped, so what remains is work. cProfile slows
 Python-level code more than native code, so read the shares, not the seconds, and compare revisions only
 within one run of this script. The baseline revision is built and run as bench/bench_speed.py does it.
 
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ def profile_here(seq: str, out: str) -> list[dict[str, Any]]:
     def profiled_run(self: threading.Thread) -> None:
         if not on.is_set():
             return thread_run(self)
-        p = cProfile.Profile()
+        p = cProfile.Profile(time.thread_time)
         profiles.append(p)
         p.enable()
         try:
@@ -49,7 +51,7 @@ def profile_here(seq: str, out: str) -> list[dict[str, Any]]:
     pipeline_run = pipeline_module.Pipeline.run
 
     def profiled_pipeline(self: Any, *args: Any, **kwargs: Any) -> Any:
-        p = cProfile.Profile()
+        p = cProfile.Profile(time.thread_time)
         profiles.append(p)
         on.set()
         p.enable()
@@ -90,12 +92,12 @@ def _short(filename: str) -> str:
 
 def table(rows: list[dict[str, Any]], top: int) -> str:
     total = sum(r["self_s"] for r in rows)
-    lines = ["| # | function | self s | share | calls |", "|---|---|---|---|---|"]
+    lines = ["| # | function | self CPU s | share | calls |", "|---|---|---|---|---|"]
     for i, r in enumerate(rows[:top], 1):
         lines.append(
             f"| {i} | `{r['function']}` | {r['self_s']:.2f} | {100 * r['self_s'] / total:.1f}% | {r['calls']} |"
         )
-    lines.append(f"| | all work (waits left out) | {total:.2f} | 100% | |")
+    lines.append(f"| | all work (CPU seconds, waits left out) | {total:.2f} | 100% | |")
     return "\n".join(lines)
 
 

@@ -165,23 +165,24 @@ def pair_depths(
     yu, yv = u + flow[..., 0], v + flow[..., 1]
     returned = _warp(back, yu, yv)
     fb = np.hypot(flow[..., 0] + returned[..., 0], flow[..., 1] + returned[..., 1])
+    fb[~np.isfinite(fb)] = np.inf  # no way back: no confidence
     u2, v2, w = _apply_homography(h, yu, yv)
     inside = _inside(u2, v2, Ww, Hh) & (w > 0)
-    z, conf = triangulate_matches(u2, v2, np.where(np.isfinite(fb), fb, np.float32(np.inf)), j_from_i, K, cfg)
-    depth_i = (z, np.where(inside, conf, 0.0).astype(np.float32))
+    z, conf = triangulate_matches(u2, v2, fb, j_from_i, K, cfg)
+    conf[~inside] = 0.0
     if not both:
-        return depth_i, None
+        return (z, conf), None
 
     yu, yv, w = _apply_homography(np.linalg.inv(h), np.broadcast_to(u, (Hh, Ww)), np.broadcast_to(v, (Hh, Ww)))
     b = _warp(back, yu, yv)
     qu, qv = yu + b[..., 0], yv + b[..., 1]
     forth = _warp(flow, qu, qv)
     fb = np.hypot(b[..., 0] + forth[..., 0], b[..., 1] + forth[..., 1])
-    inside = _inside(yu, yv, Ww, Hh) & _inside(qu, qv, Ww, Hh) & (w > 0)
-    z, conf = triangulate_matches(
-        qu, qv, np.where(np.isfinite(fb), fb, np.float32(np.inf)), np.linalg.inv(j_from_i), K, cfg
-    )
-    return depth_i, (np.where(inside, z, 0.0).astype(np.float32), np.where(inside, conf, 0.0).astype(np.float32))
+    fb[~np.isfinite(fb)] = np.inf
+    outside = ~(_inside(yu, yv, Ww, Hh) & _inside(qu, qv, Ww, Hh) & (w > 0))
+    z_j, conf_j = triangulate_matches(qu, qv, fb, np.linalg.inv(j_from_i), K, cfg)
+    z_j[outside], conf_j[outside] = 0.0, 0.0
+    return (z, conf), (z_j, conf_j)
 
 
 def _apply_homography(h: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
