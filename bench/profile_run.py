@@ -3,7 +3,8 @@ pipeline (the producer, the model's window and flow threads, the core), before a
 
 cProfile runs on each thread from the moment the pipeline starts until it ends (the evaluation afterwards
 is left out), timing with the thread's CPU clock: a thread waiting for a core (two cores, busier threads)
-is not charged for it. The waits (locks, queues, sleeps) are dropped, so what remains is work. cProfile slows
+is not charged for it. Native worker threads (OpenCV's parallel_for_, OpenMP) are not Python threads and
+are not seen: what OpenCV and Open3D run there is missing from the totals. The waits (locks, queues, sleeps) are dropped, so what remains is work. cProfile slows
 Python-level code more than native code, so read the shares, not the seconds, and compare revisions only
 within one run of this script. The baseline revision is built and run as bench/bench_speed.py does it.
 
