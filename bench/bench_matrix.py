@@ -3,7 +3,7 @@ with the last in one run.
 
 Each cell is its own `recon run` process (peak RSS is per run) on a sequence read from disk as a user's
 data would be; `recon run` evaluates itself against the source's ground truth (metrics.json), and the
-table reads that and summary.json. Synthetic sequences are rendered once to bench/out/matrix/data/.
+table reads that and summary.json (recon/run_table.py: the table `recon batch` writes). Synthetic sequences are rendered once to bench/out/matrix/data/.
 
 Run: .venv/bin/python bench/bench_matrix.py [--sequences street room fox] [--frames 300]
      [--setting NAME='--flags ...' ...] [--setting NAME=FILE.yaml ...] [--out bench/out/matrix/table.md]
@@ -14,12 +14,12 @@ nested settings OUT/config.yaml holds)."""
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from recon.run_table import RunRow, markdown_table, read_run_row
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "matrix"
@@ -53,7 +53,7 @@ def sequence_path(name: str, frames: int) -> Path | None:
     return path if path.is_dir() else None
 
 
-def run_cell(seq: Path, out: Path, flags: str) -> dict[str, object]:
+def run_cell(seq: Path, out: Path, flags: str, name: str) -> RunRow:
     setting = ["--config", flags] if flags.strip().endswith((".yaml", ".yml")) else shlex.split(flags)
     cmd = [
         sys.executable,
@@ -68,28 +68,10 @@ def run_cell(seq: Path, out: Path, flags: str) -> dict[str, object]:
         "10",
         *setting,
     ]
-    t = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - t
     if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
-    summary = json.loads((out / "summary.json").read_text())
-    metrics_path = out / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    traj = metrics.get("trajectory") or {}
-    depth = metrics.get("depth") or {}
-    return {
-        "frames": summary["frames_read"],
-        "ate_pct": (traj.get("ate") or {}).get("rmse_percent_of_path"),
-        "rpe_rot": ((traj.get("rpe_frame") or {}).get("rotation_deg") or {}).get("rmse"),
-        "abs_rel": depth.get("abs_rel"),
-        "fps": summary["frames_read"] / wall,
-        "rss": summary["peak_rss_mb"],
-    }
-
-
-def fmt(value: object, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
+        return RunRow(name, "failed", error=(proc.stderr.strip().splitlines() or ["failed"])[-1])
+    return read_run_row(name, out)
 
 
 def main() -> None:
@@ -111,28 +93,20 @@ def main() -> None:
     args = ap.parse_args()
     settings = dict(s.split("=", 1) for s in args.setting) if args.setting else DEFAULT_SETTINGS
 
-    lines = [
-        "| sequence | setting | frames | ATE % of path | RPE rot (deg/frame) | depth AbsRel | frames/s | peak RSS (MB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    rows: list[RunRow] = []
     for name in args.sequences:
         seq = sequence_path(name, args.frames)
         if seq is None:
             print(f"skipping {name}: not found", file=sys.stderr)
             continue
         for label, flags in settings.items():
-            cell = run_cell(seq, OUT / "runs" / f"{name}_{label.replace(' ', '_').replace('/', '-')}", flags)
-            if "error" in cell:
-                lines.append(f"| {name} | {label} | error: {cell['error']} | | | | | |")
-            else:
-                lines.append(
-                    f"| {name} | {label} | {cell['frames']} | {fmt(cell['ate_pct'], '.2f')} | {fmt(cell['rpe_rot'], '.3f')} | "
-                    f"{fmt(cell['abs_rel'], '.3f')} | {fmt(cell['fps'], '.1f')} | {fmt(cell['rss'], '.0f')} |"
-                )
-            print(lines[-1], flush=True)
+            cell = OUT / "runs" / f"{name}_{label.replace(' ', '_').replace('/', '-')}"
+            rows.append(run_cell(seq, cell, flags, f"{name} / {label}"))
+            print(markdown_table(rows[-1:]).splitlines()[-1], flush=True)
+    table = markdown_table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    args.out.write_text(table + "\n")
+    print(table)
     print(f"(written to {args.out})")
 
 

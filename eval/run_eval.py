@@ -16,7 +16,7 @@ from recon.eval.pairing import pair_trajectories
 from recon.eval.run_plots import write_plots
 from recon.eval.trajectory_metrics import trajectory_metrics
 from recon.outputs import atomic_write_json
-from recon.summary import RunSummary
+from recon.summary import METRICS_FILE, RunSummary
 
 
 def evaluate_run(
@@ -64,7 +64,7 @@ def evaluate_run(
     if plots:
         unit = "m" if gt_metric else "gt units"
         metrics["plots"] = [str(p.relative_to(run_dir)) for p in write_plots(run_dir, pair, ate, g, depth_ev, unit)]
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
     return metrics
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from recon.datasets.base import FrameSource
 
 SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.json"  # what the self-evaluation (`recon eval`) writes beside it
 ALIGNMENT_LOG_WINDOWS = 200
 NOT_A_RUN = "'{run_dir}' is not a recon output folder (no summary.json); pass the --out folder of `recon run`"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Protocol
 
-from recon.commands import demo, eval, export, render, run, view
+from recon.commands import batch, demo, eval, export, render, run, view
 
 
 class Command(Protocol):
@@ -20,7 +20,7 @@ class Command(Protocol):
     def main(self, args: argparse.Namespace) -> int: ...
 
 
-COMMANDS: tuple[Command, ...] = (run, eval, export, view, render, demo)
+COMMANDS: tuple[Command, ...] = (run, batch, eval, export, view, render, demo)
 
 
 def command_name(command: Command) -> str:
