@@ -123,6 +123,10 @@ def import_ray(what: str) -> ModuleType:
 def start_ray(ray: ModuleType, address: str | None) -> None:
     """Connect to the cluster at `address` (auto: the one this machine belongs to), or start Ray here with
     this machine's CPUs."""
+    # Started here, Ray sends results (a window's prediction: tens of MB) in its replies instead of through its
+    # shared-memory object store: every store page the driver reads stays in its resident memory until the
+    # store wraps around (~0.8 GB more on a 300-frame drive), where a reply's buffer is freed and reused.
+    inline = {"max_direct_call_object_size": 1 << 30, "task_rpc_inlined_bytes_limit": 1 << 30}
     try:
         ray.init(
             address=address,
@@ -130,6 +134,7 @@ def start_ray(ray: ModuleType, address: str | None) -> None:
             include_dashboard=False,
             logging_level=logging.ERROR,  # not its notes on starting (a token made for this machine)
             log_to_driver=False,
+            _system_config=None if address else inline,
         )
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {address}" if address else "Ray on this machine"

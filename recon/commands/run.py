@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from recon.allocator import heap_trimmer
 from recon.cache_config import POLICIES
 from recon.datasets import KINDS
-from recon.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
+from recon.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ReconError
 from recon.models.base import DEFAULT_MODEL, DTYPE_NAMES, available_models, learned_models
 from recon.outputs import EXPORT_FORMATS
 from recon.progress import Progress
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from recon.fusion import VoxelMap
     from recon.summary import RunState
 
+log = logging.getLogger(__name__)
 help = "reconstruct a video, image folder, dataset sequence or live stream"
 
 
@@ -154,6 +156,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace an earlier run's files in --out (recon's own outputs only; other files stay)",
     )
+    r = p.add_argument_group("distributed (Ray: pip install 'recon[ray]')")
+    r.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="infer the windows on N Ray workers, each with its own model; this process aligns and fuses them "
+        "in order (files only: a camera or stream runs here)",
+    )
+    r.add_argument(
+        "--address",
+        metavar="ADDRESS",
+        help="with --workers: the Ray cluster, auto or ray://HOST:PORT (default: start Ray on this machine)",
+    )
     v = p.add_argument_group("viewing (Rerun)")
     v.add_argument(
         "--viewer",
@@ -193,12 +208,39 @@ def main(args: argparse.Namespace) -> int:
     source = open_source(src.path, kind=kind, **options)  # type: ignore[arg-type]
     input_spec = {"source": src.path, "kind": src.kind, **options}
     # Before the model loads (minutes for a large checkpoint): a folder in use or holding an earlier run is one line up front.
+    workers = remote_workers(args, config.model.name, kind)
     with claim_out_dir(Path(config.outputs.out), overwrite=args.overwrite) as out:
-        return _reconstruct(config, source, out, model_opts, input_spec)
+        return _reconstruct(config, source, out, model_opts, input_spec, workers, args.address)
+
+
+def remote_workers(args: argparse.Namespace, model: str, kind: str) -> int:
+    """--workers, checked: 0 for a local run."""
+    from recon.models.base import model_entry
+
+    if args.workers is None:
+        if args.address is not None:
+            raise ReconError("--address is where --workers run; pass --workers N too")
+        return 0
+    if args.workers < 1:
+        raise ReconError(f"--workers must be >= 1, got {args.workers}")
+    if model_entry(model).registration != "overlapping":
+        raise ReconError(
+            f"--workers needs a model whose windows are independent; {model} carries its state from step to step"
+        )
+    if kind == "stream":
+        log.info("a camera or stream is read as it comes: it runs here, without --workers")
+        return 0
+    return int(args.workers)
 
 
 def _reconstruct(
-    config: RunConfig, source: FrameSource, out: Path, model_opts: dict[str, object], input_spec: dict
+    config: RunConfig,
+    source: FrameSource,
+    out: Path,
+    model_opts: dict[str, object],
+    input_spec: dict,
+    workers: int = 0,
+    address: str | None = None,
 ) -> int:
     from dataclasses import replace
 
@@ -210,7 +252,12 @@ def _reconstruct(
         from recon.viz import open_viewer
 
         model_class = model_factory(config.model.name)
-    model = model_class(**model_opts)
+    if workers:
+        from recon.ray_windows import RayWindowModel
+
+        model: Any = RayWindowModel(config.model.name, model_opts, workers, address)
+    else:
+        model = model_class(**model_opts)
     pipeline_config = PipelineConfig(
         schedule=replace(config.schedule, overlap=window_overlap(config)), core=config.core(), outputs=config.outputs
     )
@@ -255,3 +302,5 @@ def _reconstruct(
         return 0
     finally:
         viewer.stop()
+        if workers:
+            model.close()  # Ray's workers go with the run
