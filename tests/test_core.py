@@ -319,3 +319,23 @@ def test_depth_edges_keep_slanted_planes_and_find_steps() -> None:
     edges[:, 28:32] = False
     # the pixel without depth, and those whose neighbour two pixels away it is (the border rows have none above)
     assert edges.nonzero().tolist() == [[3, 5], [3, 7], [3, 9], [5, 7]]
+
+
+def test_the_core_never_writes_into_a_prediction(drive: list[Frame]) -> None:
+    """`recon run --workers` hands the core predictions whose tensors are Ray's read-only buffers: joins,
+    graph, loop closure and map only read a prediction."""
+
+    seen: list[tuple[WindowPrediction, dict[str, torch.Tensor]]] = []
+
+    class Recording(DriftingOracle):
+        def infer(self, frames: Sequence[Frame]) -> WindowPrediction:
+            pred = super().infer(frames)
+            names = ("depth", "depth_conf", "points", "points_conf", "cam_from_world", "K")
+            seen.append((pred, {n: getattr(pred, n).clone() for n in names}))
+            return pred
+
+    core, _ = run_core(drive, loop_closure=True, model=Recording())
+    assert core.loops  # the loop was closed: every stage ran
+    for pred, before in seen:
+        for name, tensor in before.items():
+            assert torch.equal(getattr(pred, name), tensor), name
