@@ -4,12 +4,10 @@ runs in its own process (its peak memory is its own, and a crash stays in it). A
 reported and the others go on; an input whose folder holds a finished run is skipped, so a re-run resumes.
 At the end OUT/batch.md and OUT/batch.json hold one row per input (recon/run_table.py).
 
-Ray is an optional extra (`pip install 'recon[ray]'`). On a cluster, every node needs recon installed and
-the inputs and OUT at the same paths (shared storage)."""
+On a cluster, every node needs recon installed and the inputs and OUT at the same paths (shared storage)."""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import subprocess
@@ -17,17 +15,16 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 from recon.datasets import detect_kind
 from recon.datasets.video import VIDEO_EXTENSIONS
 from recon.errors import ReconError, SourceError
 from recon.outputs import atomic_write_json, atomic_write_text
+from recon.ray_cluster import check_resources, import_ray, start_ray
 from recon.run_table import RunRow, markdown_table, read_run_row
 from recon.summary import RunSummary
 
 BATCH_TABLE, BATCH_JSON = "batch.md", "batch.json"
-RAY_MISSING = "recon {what} runs on Ray, which is not installed here; install the extra: pip install 'recon[ray]'"
 
 
 @dataclass(frozen=True)
@@ -110,43 +107,6 @@ def run_one(spec: str, out_dir: str, config: str | None) -> tuple[int, str]:
     lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("recon: error:")]
     return proc.returncode, (errors or lines or [f"recon run ended with exit code {proc.returncode}"])[-1]
-
-
-def import_ray(what: str) -> ModuleType:
-    try:
-        import ray
-    except ImportError:
-        raise ReconError(RAY_MISSING.format(what=what)) from None
-    return ray
-
-
-def start_ray(ray: ModuleType, address: str | None) -> None:
-    """Connect to the cluster at `address` (auto: the one this machine belongs to), or start Ray here with
-    this machine's CPUs."""
-    # Started here, Ray sends results (a window's prediction: tens of MB) in its replies instead of through its
-    # shared-memory object store: every store page the driver reads stays in its resident memory until the
-    # store wraps around (~0.8 GB more on a 300-frame drive), where a reply's buffer is freed and reused.
-    inline = {"max_direct_call_object_size": 1 << 30, "task_rpc_inlined_bytes_limit": 1 << 30}
-    try:
-        ray.init(
-            address=address,
-            num_cpus=None if address else os.cpu_count(),
-            include_dashboard=False,
-            logging_level=logging.ERROR,  # not its notes on starting (a token made for this machine)
-            log_to_driver=False,
-            _system_config=None if address else inline,
-        )
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        where = f"the Ray cluster at {address}" if address else "Ray on this machine"
-        raise ReconError(f"cannot start {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-
-
-def check_resources(ray: ModuleType, cpus: float, gpus: float) -> None:
-    """A run asking for more than the whole cluster has would wait forever: say so instead."""
-    have = ray.cluster_resources()
-    for flag, want, key in (("--cpus-per-run", cpus, "CPU"), ("--gpus-per-run", gpus, "GPU")):
-        if want > have.get(key, 0):
-            raise ReconError(f"{flag} {want:g} is more than the cluster has ({have.get(key, 0):g} {key}s)")
 
 
 def run_batch(

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from recon.batch import import_ray, start_ray
 from recon.errors import ReconError
 from recon.models.base import create_model
+from recon.ray_cluster import import_ray, start_ray
 from recon.types import Frame, WindowPrediction
 
 

@@ -14,10 +14,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from recon.batch import BatchInput, check_resources, expand_inputs
+from recon.batch import BatchInput, expand_inputs
 from recon.cli import main
 from recon.datasets.synthetic import render_sequence
 from recon.errors import EXIT_USAGE, ReconError
+from recon.ray_cluster import check_resources
 from recon.summary import RunSummary
 
 
