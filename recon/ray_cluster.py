@@ -26,7 +26,8 @@ def start_ray(ray: ModuleType, address: str | None) -> None:
     this machine's CPUs."""
     # Started here, Ray sends results (a window's prediction: tens of MB) in its replies instead of through its
     # shared-memory object store: every store page the driver reads stays in its resident memory until the
-    # store wraps around (~0.8 GB more on a 300-frame drive), where a reply's buffer is freed and reused.
+    # store wraps around (~0.8 GB more on a 300-frame drive), where a reply's buffer is freed and reused. A
+    # cluster keeps its own settings: there the driver node's store pages count in the driver's memory.
     inline = {"max_direct_call_object_size": 1 << 30, "task_rpc_inlined_bytes_limit": 1 << 30}
     try:
         ray.init(
