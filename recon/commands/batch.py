@@ -48,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
         if not Path(args.config).is_file():
             raise ReconError(f"--config {args.config}: no such file")
         config = str(Path(args.config).resolve())
-    out = Path(args.out).expanduser()
+    out = Path(args.out).expanduser().resolve()  # the runs start in Ray's workers, elsewhere
     inputs = expand_inputs(args.inputs)
     print(f"recon batch: {len(inputs)} input{'s' * (len(inputs) != 1)} -> {out}/", flush=True)
     rows = run_batch(
