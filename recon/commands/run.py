@@ -207,8 +207,8 @@ def main(args: argparse.Namespace) -> int:
     options.update(stream_options(kind, src.timeout_s))
     source = open_source(src.path, kind=kind, **options)  # type: ignore[arg-type]
     input_spec = {"source": src.path, "kind": src.kind, **options}
-    # Before the model loads (minutes for a large checkpoint): a folder in use or holding an earlier run is one line up front.
     workers = remote_workers(args, config.model.name, kind)
+    # Before the model loads (minutes for a large checkpoint): a folder in use or holding an earlier run is one line up front.
     with claim_out_dir(Path(config.outputs.out), overwrite=args.overwrite) as out:
         return _reconstruct(config, source, out, model_opts, input_spec, workers, args.address)
 
