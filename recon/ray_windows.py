@@ -36,28 +36,24 @@ class WindowWorker:
             "settings": dict(getattr(m, "settings", {})),
         }
 
-    def infer(self, frames: list[Frame]) -> dict[str, Any]:
+    def infer(self, frames: list[Frame]) -> tuple[dict[str, Any], list[str]]:
+        """-> the prediction's fields, its tensors as numpy arrays, and which fields those are. Ray hands numpy
+        arrays over without a copy of its own (torch's pickling copies each tensor through bytes: a 60 MB
+        prediction took ~200 MB of the driver's memory at its peak)."""
         pred = self.model.infer(frames)  # type: ignore[union-attr]
-        # Tensors as numpy arrays: Ray hands those over without a copy of its own (torch's pickling copies
-        # each tensor through bytes: a 60 MB prediction took ~200 MB of the driver's memory at its peak).
-        return {f.name: _as_numpy(getattr(pred, f.name)) for f in fields(pred)}
+        parts = {f.name: getattr(pred, f.name) for f in fields(pred)}
+        tensors = {k: v.cpu().numpy() for k, v in parts.items() if isinstance(v, torch.Tensor)}
+        return {**parts, **tensors}, list(tensors)
 
 
-def _as_numpy(value: Any) -> Any:
-    return value.cpu().numpy() if isinstance(value, torch.Tensor) else value
-
-
-def _prediction(parts: dict[str, Any]) -> WindowPrediction:
+def _prediction(parts: dict[str, Any], tensor_fields: list[str]) -> WindowPrediction:
     """The prediction on the driver, checked as any prediction. Its tensors are Ray's arrays themselves,
     read-only views of the reply: a copy would double the driver's peak memory for each window in flight (a
     60 MB prediction), and nothing downstream writes into a prediction (tests/test_core.py holds it to that)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        tensors = {k: torch.from_numpy(v) for k, v in parts.items() if k in TENSOR_FIELDS}
+        tensors = {k: torch.from_numpy(parts[k]) for k in tensor_fields}
     return WindowPrediction(**{**parts, **tensors})
-
-
-TENSOR_FIELDS = ("depth", "depth_conf", "points", "points_conf", "cam_from_world", "K")
 
 
 class RayWindowModel:
@@ -89,7 +85,7 @@ class RayWindowModel:
     def infer(self, frames: Sequence[Frame]) -> WindowPrediction:
         actor = self._idle.get()  # one window per worker: the pipeline never has more in flight
         try:
-            return _prediction(self._get(actor.infer.remote(list(frames))))
+            return _prediction(*self._get(actor.infer.remote(list(frames))))
         finally:
             self._idle.put(actor)
 

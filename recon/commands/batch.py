@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from recon.errors import EXIT_USAGE, ReconError
+from recon.errors import ReconError
 
 help = "run many inputs, one `recon run` each, on Ray (this machine or a cluster)"
 
@@ -61,8 +60,6 @@ def main(args: argparse.Namespace) -> int:
         log=lambda line: print(line, flush=True),
     )
     print("\n" + markdown_table(rows) + f"\n  -> {out / BATCH_TABLE}, {out / BATCH_JSON}")
-    failed = [r.name for r in rows if r.status != "finished"]
-    if failed:
-        print(f"recon: error: {len(failed)} of {len(rows)} inputs did not finish: {', '.join(failed)}", file=sys.stderr)
-        return EXIT_USAGE  # an input that failed is the user's: its line says why
+    if failed := [r.name for r in rows if r.status != "finished"]:  # the user's inputs: each row says why
+        raise ReconError(f"{len(failed)} of {len(rows)} inputs did not finish: {', '.join(failed)}")
     return 0
