@@ -19,7 +19,7 @@ from pathlib import Path
 from recon.datasets import detect_kind
 from recon.datasets.video import VIDEO_EXTENSIONS
 from recon.errors import ReconError, SourceError
-from recon.outputs import atomic_write_json, atomic_write_text
+from recon.outputs import atomic_write_json, atomic_write_text, prepare_out_dir
 from recon.ray_cluster import check_resources, import_ray, start_ray
 from recon.run_table import RunRow, markdown_table, read_run_row
 from recon.summary import RunSummary
@@ -121,7 +121,7 @@ def run_batch(
 ) -> list[RunRow]:
     """Every input's run (those finished before are skipped) -> one row per input, in the inputs' order;
     OUT/batch.md and OUT/batch.json hold them."""
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out)  # a folder it cannot write is one line before any run starts
     rows: dict[str, RunRow] = {}
     todo = []
     for inp in inputs:
