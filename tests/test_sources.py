@@ -450,6 +450,23 @@ def test_kitti_write_then_read_round_trip(tmp_path: Path) -> None:
     assert isinstance(open_source(str(seq_dir / "image_2")), KittiSource)  # one level too deep still works
 
 
+def test_a_run_leaves_kitti_depth_undecoded_and_tum_frames_as_they_are(tmp_path: Path) -> None:
+    """Ground-truth depth is for `recon eval`, which reopens the source: a run does not decode a KITTI
+    sequence's depth (about 1% of a drive's run). TUM pairs its frames with depth images, so a run reads the
+    same frames there as the evaluation does."""
+    from recon.commands.run import open_run_source
+
+    written = list(synthetic_frames(3, depth_range_m=(0.5, 20.0)))
+    options = {"stride": 1, "max_frames": None}
+    kitti_dir = write_kitti_sequence(iter(written), tmp_path / "kitti", "s")
+    run = list(open_run_source(str(kitti_dir), "kitti", options))
+    assert len(run) == 3 and all(f.gt_depth_m is None and f.gt_cam_from_world is not None for f in run)
+    assert all(f.gt_depth_m is not None for f in open_source(str(kitti_dir), kind="kitti", **options))
+    tum_dir = write_tum_sequence(iter(written), tmp_path / "tum")
+    run_tum = list(open_run_source(str(tum_dir), "tum", options))
+    assert [f.index for f in run_tum] == [f.index for f in open_source(str(tum_dir), kind="tum", **options)]
+
+
 def test_kitti_image_2_poses_are_offset_from_camera_0(tmp_path: Path) -> None:
     frames = list(synthetic_frames(4, with_depth=False))
     seq_dir = write_kitti_sequence(iter(frames), tmp_path, "stereo")

@@ -190,7 +190,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from recon.datasets import detect_kind, open_source
+    from recon.datasets import detect_kind
     from recon.outputs import claim_out_dir
 
     with signals_deferred():  # recon.config imports the stages' settings: torch, OpenCV
@@ -205,12 +205,21 @@ def main(args: argparse.Namespace) -> int:
         options["calib"] = src.calib
     kind = src.kind or detect_kind(src.path)  # type: ignore[arg-type]
     options.update(stream_options(kind, src.timeout_s))
-    source = open_source(src.path, kind=kind, **options)  # type: ignore[arg-type]
-    input_spec = {"source": src.path, "kind": src.kind, **options}
+    source = open_run_source(src.path, kind, options)  # type: ignore[arg-type]
+    input_spec = {"source": src.path, "kind": src.kind, **options}  # how `recon eval` reopens it, depth included
     workers = remote_workers(args, config.model.name, kind)
     # Before the model loads (minutes for a large checkpoint): a folder in use or holding an earlier run is one line up front.
     with claim_out_dir(Path(config.outputs.out), overwrite=args.overwrite) as out:
         return _reconstruct(config, source, out, model_opts, input_spec, workers, args.address)
+
+
+def open_run_source(path: str, kind: str, options: dict[str, Any]) -> FrameSource:
+    """The source as a run reads it. A run never uses ground-truth depth (`recon eval` reopens the source for
+    it), and decoding a KITTI sequence's depth PNGs took ~1% of a drive's run. A TUM sequence pairs its
+    frames with depth images, so there leaving depth out would change which frames there are."""
+    from recon.datasets import open_source
+
+    return open_source(path, kind=kind, **options, **({"load_depth": False} if kind == "kitti" else {}))
 
 
 def remote_workers(args: argparse.Namespace, model: str, kind: str) -> int:
