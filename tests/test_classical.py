@@ -526,7 +526,7 @@ def _klt_step_reference(gray_a, gray_b, p0, lk, cfg, H=None):  # type: ignore[no
 def test_klt_sends_back_only_what_went_forward_and_tracks_the_same(guided: bool) -> None:
     """Only the points the forward pass kept go back (LK solves each point alone): the tracks are the plain
     check's, to the bit, on a step that loses points off the image and in a turn."""
-    from recon.models.classical.tracks import TrackerConfig, _detect, _klt_step
+    from recon.models.classical.tracks import TrackerConfig, _detect, _klt_pass
 
     frames = list(SyntheticSource(scene="street", num_frames=40, seed=3))
     cfg = TrackerConfig()
@@ -534,11 +534,47 @@ def test_klt_sends_back_only_what_went_forward_and_tracks_the_same(guided: bool)
     a, b = (cv2.cvtColor(frames[i].image_rgb, cv2.COLOR_RGB2GRAY) for i in (0, 6))  # 6 frames apart: many lost
     p0 = _detect(a, 1200, cfg, np.zeros((0, 2))).reshape(-1, 1, 2).astype(np.float32)
     H = np.array([[1.0, 0.0, 4.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]]) if guided else None
-    p1, ok = _klt_step(a, b, p0, lk, cfg, H)
+    p1, ok = _klt_pass(a, b, p0, lk, cfg, H)
     p1_ref, ok_ref = _klt_step_reference(a, b, p0, lk, cfg, H)
     assert 0.05 < ok.mean() < 0.95  # some points fail: the subset differs from the whole
     np.testing.assert_array_equal(ok, ok_ref)
     np.testing.assert_array_equal(p1[ok], p1_ref[ok])
+
+
+def test_klt_tracks_the_road_where_its_true_geometry_puts_it() -> None:
+    """KLT moves its patch as a whole, but the road's image motion grows with the square of its distance below
+    the horizon: a 15-px patch ran the road's tracks 0.047 px a frame too far down on this drive and scattered
+    all tracks by 0.12-0.13 px. With an 11-px patch first (and 15 px only for the points it loses): 0.026 px and
+    0.10 px. Measured step by step against the rendered depth and poses, on a drive the benchmarks do not use
+    (seed 5)."""
+    from recon.datasets.synthetic.stress import source
+    from recon.models.classical.tracks import track_window
+
+    src = source("loop_1km", seed=5)
+    frames = [src.render_frame(i) for i in range(24)]
+    residual, road = [], []
+    for a, b in zip(frames[:-1], frames[1:]):
+        uv = track_window([cv2.cvtColor(f.image_rgb, cv2.COLOR_RGB2GRAY) for f in (a, b)]).uv_px
+        p, q = uv[~np.isnan(uv[:, 1, 0]), 0], uv[~np.isnan(uv[:, 1, 0]), 1]
+        depth, K = a.gt_depth_m, a.K
+        u, v = np.round(p).astype(int).T
+        H, W = depth.shape
+        inside = (u >= 2) & (v >= 2) & (u < W - 2) & (v < H - 2)
+        p, q, u, v = p[inside], q[inside], u[inside], v[inside]
+        # Corners on one surface only: at a depth edge the rendered depth says nothing about a sub-pixel position.
+        near = np.stack([depth[v + dv, u + du] for dv in range(-2, 3) for du in range(-2, 3)])
+        smooth = (near.min(0) > 0) & (near.max(0) < 1.01 * near.min(0))
+        p, q, z = p[smooth], q[smooth], depth[v, u][smooth]
+        x_a = np.c_[(p - K[:2, 2]) / np.diag(K)[:2], np.ones(len(p))] * z[:, None]
+        b_from_a = b.gt_cam_from_world @ np.linalg.inv(a.gt_cam_from_world)
+        x_b = x_a @ b_from_a[:3, :3].T + b_from_a[:3, 3]
+        residual.append(q - (x_b[:, :2] / x_b[:, 2:] * np.diag(K)[:2] + K[:2, 2]))
+        road.append(p[:, 1] > K[1, 2] + 5)
+    r, on_road = np.concatenate(residual), np.concatenate(road)
+    assert on_road.sum() > 150 and len(r) > 1500
+    assert abs(np.median(r[on_road, 1])) < 0.036  # px a frame, down the image
+    spread = 1.4826 * np.median(np.abs(r - np.median(r, axis=0)), axis=0)
+    assert spread.max() < 0.115
 
 
 def test_orb_features_of_a_frame_are_detected_once_and_are_a_fresh_detection() -> None:
