@@ -15,11 +15,11 @@ class TrackerConfig:
     quality: float = 0.003
     min_distance_px: int = 8
     # KLT moves its patch as a whole, but the road's image motion grows with the square of its distance below
-    # the horizon: a 15-px patch overshot it (rendered drives: 0.03-0.05 px a frame too far down) and scattered
-    # tracks by 0.11-0.14 px; an 11-px patch, by 0.08-0.09 px, with half the bias or less. A small patch alone
-    # loses more points where the motion is large (a fast pan: 68% kept instead of 71%, and wide baselines), so
-    # the points it loses get a second try with a `retry_win_px` patch. bench_accuracy: ATE 0.56x on average
-    # over the stress suite and the real captures (dtu24 34 -> 3.9 mm).
+    # the horizon: a 15-px patch overshot it (rendered drives: 0.03-0.05 px a frame too far down); an 11-px
+    # patch scattered tracks 10-25% less (0.07-0.12 px instead of 0.07-0.14), with half the bias or less. A
+    # small patch alone loses more points where the motion is large (a fast pan: 68% kept instead of 71%, and
+    # wide baselines), so the points it loses get a second try with a `retry_win_px` patch. bench_accuracy:
+    # ATE 0.56x on average over the stress suite and the real captures (dtu24 34 -> 3.9 mm).
     win_px: int = 11
     retry_win_px: int = 15
     pyramid_levels: int = 4
