@@ -117,7 +117,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_speed
 
-    seq = args.seq or str(bench_speed.sequences()["drive"])
+    # The runs start in a scratch folder, so a relative path is made absolute here.
+    seq = str(Path(args.seq).resolve()) if args.seq else str(bench_speed.sequences()["drive"])
     revisions: list[tuple[str, Path | None]] = [("now", None)]
     with tempfile.TemporaryDirectory() as tmp:
         if args.baseline:

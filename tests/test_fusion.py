@@ -303,6 +303,27 @@ def test_ply_outlier_removal_drops_planted_outliers(tmp_path: Path) -> None:
     assert n > 0.95 * len(plane)
 
 
+def test_outlier_test_keeps_the_points_open3d_keeps() -> None:
+    """map.ply's outlier test is Open3D's remove_statistical_outlier on scipy's k-d tree: the same points, with
+    duplicates (a mean distance of 0, which Open3D drops) and sparse outliers among surfaces."""
+    import open3d as o3d
+
+    from recon.map_ply import statistical_inliers
+
+    rng = np.random.default_rng(11)
+    for trial in range(40):  # small clouds too, where the spread's n - 1 shows
+        n = int(rng.choice([25, 40, 60, 500, 5000, 20_000]))
+        xyz = rng.normal(size=(n, 3)) * np.array([2.0, 1.0, 0.05])  # a noisy slab
+        xyz[: n // 40] = rng.uniform(-6, 6, size=(n // 40, 3))  # sparse outliers
+        neighbours, ratio = int(rng.integers(4, min(n, 30))), float(rng.choice([0.5, 1.0, 2.0, 3.0]))
+        if trial % 2:
+            xyz[-max(n // 20, neighbours + 1) :] = xyz[0]  # a point repeated past the neighbour count
+        xyz = xyz.astype(np.float32)
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz.astype(np.float64)))
+        _, expected = pcd.remove_statistical_outlier(nb_neighbors=neighbours, std_ratio=ratio)
+        np.testing.assert_array_equal(statistical_inliers(xyz, neighbours, ratio), np.asarray(expected))
+
+
 def test_empty_map_exports_valid_file(tmp_path: Path) -> None:
     assert VoxelMap(voxel_m=0.1, max_points=10).export_ply(tmp_path / "map.ply") == 0
     names, vertex = read_ply(tmp_path / "map.ply")
