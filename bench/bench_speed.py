@@ -5,8 +5,10 @@ Sequences (rendered once to bench/out/speed/, read back through the KITTI source
     drive   the synthetic street drive, 640x192, 300 frames
     room    the synthetic room walk, 640x480, 200 frames
     dtu24   a real 640x480 capture (../shared/data/real; skipped where it is absent)
+    dtu37   another (the same robot arm, a wider-baseline object)
 
-Each (revision, sequence) is one `recon run` process at default settings. The baseline revision is built
+Each (revision, sequence) is one `recon run` process at default settings (--repeat N: N runs, baseline and
+now taking turns, and the median of each figure: one run's end to end moves 5-10% from run to run here). The baseline revision is built
 into its own folder (`pip install --no-deps --target`, from a git worktree) and run by the same interpreter
 with `-S` (so the editable install's import hook cannot shadow it) and the environment's site-packages on
 PYTHONPATH after it: both revisions see the same dependencies. Frames/s come from the run's summary.json: end to end is frames read over
@@ -15,7 +17,7 @@ pipeline's and the evaluation's); a stage's figure is frames read over that stag
 time: the model runs in its own threads, on two windows at once where it allows, and "infer" sums the seconds
 of every window, so it can fall while end to end rises).
 
-Run: .venv/bin/python bench/bench_speed.py [--baseline REV] [--only drive room]"""
+Run: .venv/bin/python bench/bench_speed.py [--baseline REV] [--only drive room] [--repeat N]"""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -48,8 +51,9 @@ def sequences() -> dict[str, Path]:
             shutil.rmtree(OUT / name, ignore_errors=True)
             render_sequence(OUT / name, scene=scene, name=name, fmt="kitti", num_frames=frames, seed=5)
         seqs[name] = seq
-    if (REAL / "dtu24").is_dir():
-        seqs["dtu24"] = REAL / "dtu24"
+    for name in ("dtu24", "dtu37"):
+        if (REAL / name).is_dir():
+            seqs[name] = REAL / name
     return seqs
 
 
@@ -129,24 +133,31 @@ def run(seq: Path, out: Path, baseline_site: Path | None) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", default=BASELINE, help=f"git revision to compare with (default {BASELINE})")
-    ap.add_argument("--only", nargs="+", metavar="NAME", help="some of: drive room dtu24")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="some of: drive room dtu24 dtu37")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per revision and sequence; medians (default 1)")
     args = ap.parse_args()
     seqs = {k: v for k, v in sequences().items() if not args.only or k in args.only}
     with tempfile.TemporaryDirectory(prefix="bench_speed.") as tmp:
         site = build_baseline(args.baseline, Path(tmp))
         print(
-            f"| sequence | revision | end to end f/s | {' | '.join(STAGES)} (f/s) | start-up + eval s |\n|"
-            + "---|" * (4 + len(STAGES))
+            f"| sequence | revision | end to end f/s{' (min-max)' if args.repeat > 1 else ''} | {' | '.join(STAGES)} (f/s) "
+            "| start-up + eval s |\n|" + "---|" * (4 + len(STAGES))
         )
+        revisions = (("baseline", site), ("now", None))
         for name, seq in seqs.items():
-            rows = {}
-            for label, path in (("baseline", site), ("now", None)):
-                out = OUT / "runs" / f"{name}_{label}"
-                out.parent.mkdir(parents=True, exist_ok=True)
-                rows[label] = run(seq, out, path)
+            runs: dict[str, list[dict]] = {label: [] for label, _ in revisions}
+            for _ in range(args.repeat):
+                for label, path in revisions:
+                    out = OUT / "runs" / f"{name}_{label}"
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    runs[label].append(run(seq, out, path))
+            rows = {label: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for label, rs in runs.items()}
+            for label, path in revisions:
                 f = rows[label]
+                e2e = [r["end_to_end"] for r in runs[label]]
+                spread = f" ({min(e2e):.2f}-{max(e2e):.2f})" if len(e2e) > 1 else ""
                 print(
-                    f"| {name} | {label if path is None else args.baseline} | {f['end_to_end']:.2f} | "
+                    f"| {name} | {label if path is None else args.baseline} | {f['end_to_end']:.2f}{spread} | "
                     f"{' | '.join(f'{f[s]:.1f}' for s in STAGES)} | {f['startup_s']:.1f} |",
                     flush=True,
                 )
