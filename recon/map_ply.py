@@ -82,9 +82,10 @@ def statistical_inliers(xyz: np.ndarray, nb_neighbors: int, std_ratio: float) ->
     its nb_neighbors nearest points (itself included) below the cloud's mean + std_ratio sigmas (the mean over
     all points, the spread over the points with a mean above 0; duplicates, at 0, go).
 
-    scipy's k-d tree on every core instead of Open3D itself: at the end of a run, Open3D's import alone
-    (~0.5 s) was 4% of a 49-frame run, and its search runs on one thread (1.3 s for a million points, where
-    scipy's takes 1.4 s on two; tests/test_fusion.py holds them to the same points)."""
+    scipy's k-d tree on both cores instead of Open3D itself, whose import (~0.5 s) came at the very end of a run:
+    4% of a 49-frame one (dtu24's last map write: 0.53 -> 0.03 s). At the map's default cap of a million points
+    the two take about the same (1.8-1.9 s, the import included: Open3D's search is faster but runs on one
+    thread). tests/test_fusion.py holds them to the same points."""
     from scipy.spatial import cKDTree
 
     xyz = np.asarray(xyz, np.float64)
