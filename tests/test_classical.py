@@ -196,21 +196,27 @@ def test_deterministic() -> None:
     assert torch.equal(a.depth, b.depth) and torch.equal(a.depth_conf, b.depth_conf)
 
 
-def test_the_model_holds_torch_to_one_thread_until_closed() -> None:
-    """The core's torch work runs beside the model's threads: an intra-op pool on top only fights them."""
+def test_the_model_holds_torch_and_opencv_to_one_thread_until_closed() -> None:
+    """The core's torch work and the model's OpenCV calls run beside the model's other threads: a pool on top
+    only fights them. Closed, the model hands back the counts it found."""
     import threading
 
-    before = torch.get_num_threads()
-    model = ClassicalModel()
+    cv_original = cv2.getNumThreads()
+    cv2.setNumThreads(2)  # two even on a one-core machine: the model's one must show
     try:
-        seen: list[int] = [torch.get_num_threads()]
-        worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-        worker.start()
-        worker.join()
-        assert seen == [1, 1]
+        before = torch.get_num_threads(), cv2.getNumThreads()
+        model = ClassicalModel()
+        try:
+            seen: list[tuple[int, int]] = [(torch.get_num_threads(), cv2.getNumThreads())]
+            worker = threading.Thread(target=lambda: seen.append((torch.get_num_threads(), cv2.getNumThreads())))
+            worker.start()
+            worker.join()
+            assert seen == [(1, 1), (1, 1)]
+        finally:
+            model.close()
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == before
     finally:
-        model.close()
-    assert torch.get_num_threads() == before
+        cv2.setNumThreads(cv_original)
 
 
 def test_blas_stays_on_one_thread_whichever_thread_infers(monkeypatch: pytest.MonkeyPatch) -> None:
