@@ -5,17 +5,17 @@ Sequences (rendered once to bench/out/speed/, read back through the KITTI source
     drive   the synthetic street drive, 640x192, 300 frames
     room    the synthetic room walk, 640x480, 200 frames
     dtu24   a real 640x480 capture (../shared/data/real; skipped where it is absent)
-    dtu37   another (the same robot arm, a wider-baseline object)
+    dtu37   another DTU scan (the same robot arm and views, another object)
 
-Each (revision, sequence) is one `recon run` process at default settings (--repeat N: N runs, baseline and
-now taking turns, and the median of each figure: one run's end to end moves 5-10% from run to run here). The baseline revision is built
-into its own folder (`pip install --no-deps --target`, from a git worktree) and run by the same interpreter
-with `-S` (so the editable install's import hook cannot shadow it) and the environment's site-packages on
-PYTHONPATH after it: both revisions see the same dependencies. Frames/s come from the run's summary.json: end to end is frames read over
-the pipeline's wall time (model start-up excluded, reported apart: the process's wall time minus the
-pipeline's and the evaluation's); a stage's figure is frames read over that stage's seconds (stages overlap in
-time: the model runs in its own threads, on two windows at once where it allows, and "infer" sums the seconds
-of every window, so it can fall while end to end rises).
+Each (revision, sequence) is one `recon run` process at default settings (--repeat N: N runs, baseline and now
+taking turns, and the median of each figure: one run's end to end moves 5-10% from run to run here). The
+baseline revision is built into its own folder (`pip install --no-deps --target`, from a git worktree) and run
+by the same interpreter with `-S` (so the editable install's import hook cannot shadow it) and the
+environment's site-packages on PYTHONPATH after it: both revisions see the same dependencies. Frames/s come
+from the run's summary.json: end to end is frames read over the pipeline's wall time (model start-up excluded,
+reported apart: the process's wall time minus the pipeline's and the evaluation's); a stage's figure is frames
+read over that stage's seconds (stages overlap in time: the model runs in its own threads, on two windows at
+once where it allows, and "infer" sums the seconds of every window, so it can fall while end to end rises).
 
 Run: .venv/bin/python bench/bench_speed.py [--baseline REV] [--only drive room] [--repeat N]"""
 

@@ -9,10 +9,11 @@ from threadpoolctl import threadpool_limits
 
 class OneThreadMath:
     """BLAS, torch's intra-op pool and OpenCV's on one thread from the model's construction until `close()`. The
-    model keeps the cores busy with its own threads (two windows in flight, the flow workers); a math pool on
-    top only fights them. OpenCV's pool split each LK and DIS call across both cores, which the other window
-    already held: on one thread the same tracks and flows (OpenCV splits them point by point, patch by patch)
-    with a second less of system time a run, and 1-4% more frames/s on the drive and the DTU scans. Our matrices are tiny: multi-threaded BLAS only added hand-offs and oversubscribed the cores (a
+    model keeps the cores busy with its own threads (two windows in flight, the flow workers); a pool on top
+    only fights them. OpenCV's split each LK and DIS call across both cores, which the other window already
+    held: on one thread the tracks and flows are the same to the bit (so are dtu24's and the drive's
+    trajectories and maps), with a second less of system time a run and 1-4% more frames/s on the drive and the
+    DTU scans. Our matrices are tiny: multi-threaded BLAS only added hand-offs and oversubscribed the cores (a
     200x200 product went from 0.4 ms to 16 ms under load), and the core's torch work (joins, the map's
     consistency check, voxel merging: tensors of 10^4-10^6 elements) ran slower on two intra-op threads that
     waited for the model's than on one. Set once, from the thread that builds the model: OpenBLAS ignores a
