@@ -95,6 +95,6 @@ def statistical_inliers(xyz: np.ndarray, nb_neighbors: int, std_ratio: float) ->
     dist, _ = tree.query(xyz, k=k, workers=-1)
     mean_dist = dist.reshape(len(xyz), k).mean(axis=1)
     mean = mean_dist.sum() / len(xyz)
-    spread = mean_dist[mean_dist > 0]
-    sigma = np.sqrt(np.sum((spread - mean) ** 2) / max(len(xyz) - 1, 1))
-    return np.flatnonzero((mean_dist > 0) & (mean_dist < mean + std_ratio * sigma))
+    apart = mean_dist > 0  # a point with a mean of 0 sits on nb_neighbors - 1 copies of itself
+    sigma = np.sqrt(np.sum((mean_dist[apart] - mean) ** 2) / max(len(xyz) - 1, 1))
+    return np.flatnonzero(apart & (mean_dist < mean + std_ratio * sigma))
