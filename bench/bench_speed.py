@@ -136,6 +136,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", metavar="NAME", help="some of: drive room dtu24 dtu37")
     ap.add_argument("--repeat", type=int, default=1, help="runs per revision and sequence; medians (default 1)")
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error(f"--repeat must be at least 1, got {args.repeat}")
     seqs = {k: v for k, v in sequences().items() if not args.only or k in args.only}
     with tempfile.TemporaryDirectory(prefix="bench_speed.") as tmp:
         site = build_baseline(args.baseline, Path(tmp))
