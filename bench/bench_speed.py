@@ -4,8 +4,11 @@ measured in the same run (these machines are noisy: ratios within one run, not a
 Sequences (rendered once to bench/out/speed/, read back through the KITTI source as a user's data would be):
     drive   the synthetic street drive, 640x192, 300 frames
     room    the synthetic room walk, 640x480, 200 frames
-    dtu24   a real 640x480 capture (../shared/data/real; skipped where it is absent)
+    dtu24   a real 640x480 capture (../shared/data/real; the real ones are skipped where it is absent): a robot
+            arm's ~10 degree steps, so most frames need the tracker's full ORB rescue
     dtu37   another DTU scan (the same robot arm and views, another object)
+    temple  a real 480x640 (portrait) capture: a gantry's 7.5 degree steps around a plaster temple
+    fox     a real 360x640 hand-held phone video orbiting a toy
 
 Each (revision, sequence) is one `recon run` process at default settings (--repeat N: N runs, baseline and now
 taking turns, and the median of each figure: one run's end to end moves 5-10% from run to run here). The
@@ -51,7 +54,7 @@ def sequences() -> dict[str, Path]:
             shutil.rmtree(OUT / name, ignore_errors=True)
             render_sequence(OUT / name, scene=scene, name=name, fmt="kitti", num_frames=frames, seed=5)
         seqs[name] = seq
-    for name in ("dtu24", "dtu37"):
+    for name in ("dtu24", "dtu37", "temple", "fox"):
         if (REAL / name).is_dir():
             seqs[name] = REAL / name
     return seqs
@@ -133,7 +136,7 @@ def run(seq: Path, out: Path, baseline_site: Path | None) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", default=BASELINE, help=f"git revision to compare with (default {BASELINE})")
-    ap.add_argument("--only", nargs="+", metavar="NAME", help="some of: drive room dtu24 dtu37")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="some of: drive room dtu24 dtu37 temple fox")
     ap.add_argument("--repeat", type=int, default=1, help="runs per revision and sequence; medians (default 1)")
     args = ap.parse_args()
     if args.repeat < 1:

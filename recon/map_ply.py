@@ -82,17 +82,20 @@ def statistical_inliers(xyz: np.ndarray, nb_neighbors: int, std_ratio: float) ->
     its nb_neighbors nearest points (itself included) below the cloud's mean + std_ratio sigmas (the mean over
     all points, the spread over the points with a mean above 0; duplicates, at 0, go).
 
-    scipy's k-d tree on both cores instead of Open3D itself, whose import (~0.5 s) came at the very end of a run:
+    pykdtree (OpenMP, every core) instead of Open3D itself, whose import (~0.5 s) came at the very end of a run:
     4% of a 49-frame one (dtu24's last map write: 0.53 -> 0.03 s). At the map's default cap of a million points
-    the two take about the same (1.8-1.9 s, the import included: Open3D's search is faster but runs on one
-    thread). tests/test_fusion.py holds them to the same points."""
-    from scipy.spatial import cKDTree
+    (the drive's final map) the search is most of the run's last 2.5 s: Open3D 1.3 s after its import,
+    scipy's cKDTree on both cores 1.65 s, pykdtree 1.1 s. tests/test_fusion.py holds this to Open3D's points."""
+    from pykdtree.kdtree import KDTree
+    from threadpoolctl import threadpool_limits
 
-    xyz = np.asarray(xyz, np.float64)
+    xyz = np.asarray(xyz, np.float64)  # distances in float64, as Open3D's
     k = min(nb_neighbors, len(xyz))
-    # An unbalanced tree builds in half the time and answers as fast on a map's surfaces.
-    tree = cKDTree(xyz, balanced_tree=False, compact_nodes=False)
-    dist, _ = tree.query(xyz, k=k, workers=-1)
+    # Every core: a run writes its final map while the model still holds OpenMP at one thread (OneThreadMath),
+    # and pykdtree's OpenMP calls reach torch's runtime, so the search ran on one core (2.6 s instead of 1.1).
+    # Leaves of 32 points: 1.1 s on a million, against 1.6 s with the default 16 (and 1.2-1.4 s with 48-64).
+    with threadpool_limits(limits=os.cpu_count() or 1, user_api="openmp"):
+        dist, _ = KDTree(xyz, leafsize=32).query(xyz, k=k)
     mean_dist = dist.reshape(len(xyz), k).mean(axis=1)
     mean = mean_dist.sum() / len(xyz)
     apart = mean_dist > 0  # a point with a mean of 0 sits on nb_neighbors - 1 copies of itself

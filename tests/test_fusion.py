@@ -304,7 +304,7 @@ def test_ply_outlier_removal_drops_planted_outliers(tmp_path: Path) -> None:
 
 
 def test_outlier_test_keeps_the_points_open3d_keeps() -> None:
-    """map.ply's outlier test is Open3D's remove_statistical_outlier on scipy's k-d tree: the same points, with
+    """map.ply's outlier test is Open3D's remove_statistical_outlier on pykdtree's k-d tree: the same points, with
     duplicates (a mean distance of 0, which Open3D drops) and sparse outliers among surfaces."""
     import open3d as o3d
 
