@@ -340,8 +340,8 @@ def _cut_tracks_at(step: int):
     step: each track crossing it is split in two, so no track ties the frames before to the frames after."""
     from recon.models.classical.tracks import Tracks, track_window
 
-    def cut(gray, cfg):
-        uv = track_window(gray, cfg).uv_px
+    def cut(gray, cfg, features=None):
+        uv = track_window(gray, cfg, features).uv_px
         before, after = uv.copy(), uv.copy()
         before[:, step + 1 :] = np.nan
         after[:, : step + 1] = np.nan
@@ -595,6 +595,24 @@ def test_orb_features_of_a_frame_are_detected_once_and_are_a_fresh_detection() -
     np.testing.assert_array_equal(desc, fresh_desc)
     assert [k.pt for k in kp] == [k.pt for k in fresh_kp]
     assert len(orbs(1, 2000)[0]) > len(kp)  # another feature count is another detection
+
+
+def test_the_next_window_reuses_the_overlaps_orb_work_and_tracks_the_same() -> None:
+    """Consecutive windows share their overlap frames' ORB features and the ORB matches of the steps between
+    them (every step rescued here, as on a wide-baseline stream); the shared ones give exactly the tracks that
+    computing them again would."""
+    from recon.models.classical.memo import SharedMemo
+    from recon.models.classical.tracks import FEATURE_ITEMS, TrackerConfig, track_window
+
+    gray = [cv2.cvtColor(f.image_rgb, cv2.COLOR_RGB2GRAY) for f in rendered_window("street", size=14)]
+    cfg = TrackerConfig(guided_below=1.1, rescue_below=1.1)  # every step through the full rescue
+    shared: SharedMemo = SharedMemo(FEATURE_ITEMS)
+    track_window(gray[:10], cfg, shared)
+    hits, misses = shared.hits, shared.misses
+    reused = track_window(gray[6:], cfg, shared).uv_px
+    assert shared.hits - hits >= 4 + 3  # the 4 shared frames' features, the 3 shared steps' matches
+    assert shared.misses - misses < misses  # the new frames and steps only
+    np.testing.assert_array_equal(reused, track_window(gray[6:], cfg).uv_px)
 
 
 def test_dense_triangulation_in_place_is_its_plain_formulas_to_the_bit() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from typing import TypeVar
 import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
+
+from recon.models.classical.memo import SharedMemo
 
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
@@ -32,7 +33,7 @@ class DenseConfig:
     threads: int = 2
     # The pre-warp's rotation (axis-angle, each component) snapped to this grid: it only has to bring the views
     # within DIS's reach (the residual <= 0.25 deg is ~2 px at a 640 px focal length), and a pair's flow then
-    # depends on the two images alone, so consecutive windows share it (FlowCache).
+    # depends on the two images alone, so consecutive windows share it (flow_cache).
     prewarp_step_deg: float = 0.5
 
 
@@ -65,41 +66,12 @@ def choose_partners(cam_from_world: np.ndarray, scene_depth: np.ndarray, cfg: De
 PairFlows = tuple[np.ndarray, np.ndarray]  # flow i -> warped j and back, [H,W,2] float32 each
 
 
-class FlowCache:
-    """Flows of frame pairs, shared by the windows of one model (bounded in bytes and in pairs, least recently
-    used out first: the next window needs only the last window's, and two windows in flight add theirs).
-    Consecutive windows share their overlap frames and with them most of those frames' partner flows (7 of a
-    drive window's 19 pairs). A flow is a pure function of its key (both images' contents and the snapped
-    pre-warp), so a hit returns exactly what computing it would: the outputs never depend on which of the
-    windows in flight got there first."""
-
-    def __init__(self, max_bytes: int, max_pairs: int = 48) -> None:
-        self.max_bytes, self.max_pairs = max_bytes, max_pairs
-        self._flows: OrderedDict[tuple, PairFlows] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: tuple) -> PairFlows | None:
-        with self._lock:
-            flows = self._flows.get(key)
-            if flows is None:
-                self.misses += 1
-                return None
-            self._flows.move_to_end(key)
-            self.hits += 1
-            return flows
-
-    def put(self, key: tuple, flows: PairFlows) -> None:
-        size = sum(f.nbytes for f in flows)
-        with self._lock:
-            if key in self._flows or size > self.max_bytes:
-                return
-            self._flows[key] = flows
-            self._bytes += size
-            while self._bytes > self.max_bytes or len(self._flows) > self.max_pairs:
-                _, old = self._flows.popitem(last=False)
-                self._bytes -= sum(f.nbytes for f in old)
+def flow_cache(max_bytes: int) -> SharedMemo[PairFlows]:
+    """Flows of frame pairs, shared by the windows of one model (the next window needs only the last window's,
+    and two windows in flight add theirs): consecutive windows share their overlap frames and with them most of
+    those frames' partner flows (7 of a drive window's 19 pairs). Keyed by both images' contents and the snapped
+    pre-warp, of which a flow is a pure function."""
+    return SharedMemo(max_items=48, max_bytes=max_bytes, size=lambda flows: sum(f.nbytes for f in flows))
 
 
 def image_key(gray: np.ndarray) -> bytes:
@@ -132,7 +104,7 @@ def pair_depths(
     cfg: DenseConfig,
     dis: cv2.DISOpticalFlow,
     both: bool,
-    flows: FlowCache | None = None,
+    flows: SharedMemo[PairFlows] | None = None,
     keys: tuple[bytes, bytes] | None = None,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
     """Depth of frame i from partner j, and its confidence in [0,1], [H,W] each; with `both`, frame j's from i
@@ -146,19 +118,16 @@ def pair_depths(
     pixel p of j sits at y = H^-1 p in the warped frame and matches y + back(y) in i."""
     Hh, Ww = gray_i.shape
     h, cell = prewarp(j_from_i, K, cfg)
-    key = None if keys is None else (*keys, cell)
-    cached = flows.get(key) if flows is not None and key is not None else None
-    if cached is None:
+
+    def compute() -> PairFlows:
         warped_j = cv2.warpPerspective(
             gray_j, h, (Ww, Hh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
         )
         # OpenCV's stubs want a flow buffer; None asks DIS for a new one, as its documentation says.
         flow = dis.calc(gray_i, warped_j, None)  # type: ignore[call-overload]
-        back = dis.calc(warped_j, gray_i, None)  # type: ignore[call-overload]
-        if flows is not None and key is not None:
-            flows.put(key, (flow, back))
-    else:
-        flow, back = cached
+        return flow, dis.calc(warped_j, gray_i, None)  # type: ignore[call-overload]
+
+    flow, back = compute() if flows is None or keys is None else flows.get((*keys, cell), compute)
     u = np.arange(Ww, dtype=np.float32)[None, :]
     v = np.arange(Hh, dtype=np.float32)[:, None]
 
@@ -304,7 +273,7 @@ def dense_depth(
     K: np.ndarray,
     scene_depth: np.ndarray,
     cfg: DenseConfig = DenseConfig(),
-    flows: FlowCache | None = None,
+    flows: SharedMemo[PairFlows] | None = None,
     workers: FlowWorkers | None = None,
 ) -> DepthResult:
     """gray: S uint8 images; poses [S,4,4]; scene_depth [S] a typical depth per frame (from sparse points);

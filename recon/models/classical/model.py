@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
 from recon.errors import ReconError
 from recon.models.classical.config import ClassicalConfig
-from recon.models.classical.dense import FlowCache, FlowWorkers, dense_depth
+from recon.models.classical.dense import FlowWorkers, dense_depth, flow_cache
+from recon.models.classical.memo import SharedMemo
 from recon.models.classical.pack import pack_window, sparse_keypoints
 from recon.models.classical.sparse import scene_depth, solve_poses
 from recon.models.classical.threads import OneThreadMath
-from recon.models.classical.tracks import track_window
+from recon.models.classical.tracks import FEATURE_ITEMS, track_window
 from recon.models.classical.working import gray_image, working_intrinsics, working_map
 from recon.types import FLAG_LOW_PARALLAX, FLAG_TOO_FEW_TRACKS, Frame, WindowPrediction
 
@@ -40,7 +42,8 @@ class ClassicalModel:
     def __init__(self, config: ClassicalConfig | None = None, **overrides: object) -> None:
         self.config = config or ClassicalConfig(**overrides)  # type: ignore[arg-type]
         self._math = OneThreadMath()
-        self._flows = FlowCache(self.config.flow_cache_mb << 20)
+        self._flows = flow_cache(self.config.flow_cache_mb << 20)
+        self._features: SharedMemo[Any] = SharedMemo(FEATURE_ITEMS)  # ORB features and matches
         self._flow_workers = FlowWorkers(self.config.dense.threads, self.config.dense.dis_preset)
 
     # -- public -------------------------------------------------------------------------------
@@ -64,7 +67,7 @@ class ClassicalModel:
         model_hw = (int(resize.model_hw[0]), int(resize.model_hw[1]))
         gray = [gray_image(f.image_rgb, model_hw) for f in frames]
         K, k_known = working_intrinsics(frames, resize, model_hw, cfg.focal_guess)
-        tracks = track_window(gray, cfg.tracker)
+        tracks = track_window(gray, cfg.tracker, self._features)
         timings["tracking_s"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
+
+from recon.models.classical.dense import image_key
+from recon.models.classical.memo import SharedMemo
+
+# ORB features of frames and ORB results of steps, shared by a model's windows (`OrbFeatures`): at most this many,
+# about 250 kB each at 640x480 (40 MB).
+FEATURE_ITEMS = 160
 
 
 @dataclass(frozen=True)
@@ -66,22 +74,33 @@ def _detect(gray: np.ndarray, count: int, cfg: TrackerConfig, existing_px: np.nd
 
 
 class OrbFeatures:
-    """ORB keypoints and descriptors of a window's frames, each computed once: two hard steps in a row need
-    the frame between them twice (the first step's second frame is the next step's first)."""
+    """ORB features of a window's frames and ORB results of its steps, each computed once: two hard steps in a
+    row need the frame between them twice, and a wide-baseline stream (the DTU scans: most steps need the ORB
+    rescue) detected and matched each overlap frame again in the next window, a quarter of its ORB work. Kept
+    in `shared` with the model's other windows (by default, the window's own), by the images' contents."""
 
-    def __init__(self, gray_frames: list[np.ndarray]) -> None:
+    def __init__(self, gray_frames: list[np.ndarray], shared: SharedMemo[Any] | None = None) -> None:
         self.gray = gray_frames
-        self._done: dict[tuple[int, int], tuple[Sequence[cv2.KeyPoint], np.ndarray | None]] = {}
+        self._shared = shared if shared is not None else SharedMemo[Any](FEATURE_ITEMS)
+        self._keys = [image_key(g) for g in gray_frames]
 
     def __call__(self, s: int, count: int) -> tuple[Sequence[cv2.KeyPoint], np.ndarray | None]:
         """(keypoints, descriptors) of frame s with ORB at `count` features."""
-        if (s, count) not in self._done:
-            self._done[s, count] = cv2.ORB.create(count).detectAndCompute(self.gray[s], None)
-        return self._done[s, count]
+        return self._shared.get(
+            ("orb", self._keys[s], count), lambda: cv2.ORB.create(count).detectAndCompute(self.gray[s], None)
+        )
+
+    def step(self, what: str, s: int, cfg: TrackerConfig, compute: Callable[[], Any]) -> Any:
+        """`compute()`'s result for step s -> s + 1 (`what` names it), computed once for these two images."""
+        return self._shared.get((what, self._keys[s], self._keys[s + 1], cfg), compute)
 
 
 def _homography(orbs: OrbFeatures, s: int, cfg: TrackerConfig) -> np.ndarray | None:
     """A homography frame s -> s + 1 from ORB matches (RANSAC), or None when too few matches agree."""
+    return orbs.step("homography", s, cfg, lambda: _fit_homography(orbs, s, cfg))
+
+
+def _fit_homography(orbs: OrbFeatures, s: int, cfg: TrackerConfig) -> np.ndarray | None:
     ka, da = orbs(s, cfg.guided_orb_features)
     kb, db = orbs(s + 1, cfg.guided_orb_features)
     if da is None or db is None or len(ka) < 20 or len(kb) < 20:
@@ -124,6 +143,10 @@ def ratio_matches(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float) -> list:
 
 def _pair_matches(orbs: OrbFeatures, s: int, cfg: TrackerConfig) -> _PairMatches | None:
     """ORB matches frame s -> s + 1 (ratio test, fundamental-matrix RANSAC) or None when too few agree."""
+    return orbs.step("pair matches", s, cfg, lambda: _match_pair(orbs, s, cfg))
+
+
+def _match_pair(orbs: OrbFeatures, s: int, cfg: TrackerConfig) -> _PairMatches | None:
     ka, da = orbs(s, cfg.rescue_orb_features)
     kb, db = orbs(s + 1, cfg.rescue_orb_features)
     if da is None or db is None:
@@ -142,7 +165,11 @@ def _pair_matches(orbs: OrbFeatures, s: int, cfg: TrackerConfig) -> _PairMatches
         H is not None and h_inl is not None and int(h_inl.sum()) >= cfg.min_matches and abs(np.linalg.det(H)) > 1e-6
     )
     kp_b = np.array([k.pt for k in kb], np.float32)
-    return _PairMatches(a[kept], b[kept], F, H if usable else None, db, kp_b)
+    pm = _PairMatches(a[kept], b[kept], F, H if usable else None, db, kp_b)
+    for array in (pm.uv_a, pm.uv_b, pm.F, pm.H, pm.desc_b, pm.kp_b):
+        if array is not None:
+            array.setflags(write=False)  # shared by the windows that track this step (FrameFeatures)
+    return pm
 
 
 def sampson_px(F: np.ndarray, uv_a: np.ndarray, uv_b: np.ndarray) -> np.ndarray:
@@ -324,8 +351,11 @@ def _with_rows(uv: np.ndarray, rows: int) -> np.ndarray:
     return grown
 
 
-def track_window(gray_frames: list[np.ndarray], cfg: TrackerConfig = TrackerConfig()) -> Tracks:
-    """KLT from each frame to the next. A track ends at its first failed or inconsistent step."""
+def track_window(
+    gray_frames: list[np.ndarray], cfg: TrackerConfig = TrackerConfig(), features: SharedMemo[Any] | None = None
+) -> Tracks:
+    """KLT from each frame to the next. A track ends at its first failed or inconsistent step. `features`: ORB
+    features and matches shared with other windows (by default, this window's own)."""
     S = len(gray_frames)
     win = (cfg.win_px, cfg.win_px)
     lk = dict(
@@ -333,7 +363,7 @@ def track_window(gray_frames: list[np.ndarray], cfg: TrackerConfig = TrackerConf
     )
 
     uv = _with_rows(np.zeros((0, S, 2)), 2 * cfg.max_corners)  # [tracks, S, 2], grown as tracks start
-    orbs = OrbFeatures(gray_frames)
+    orbs = OrbFeatures(gray_frames, features)
     alive_px = _detect(gray_frames[0], cfg.max_corners, cfg, np.zeros((0, 2)))
     alive_ids = np.arange(len(alive_px))
     uv[alive_ids, 0] = alive_px
