@@ -261,8 +261,16 @@ def select_pixels(
         if cfg.edge_jump_rel is not None:
             keep &= ~depth_edges(world.depth[new], cfg.edge_jump_rel, cfg.edge_window_px)[:, ::s, ::s]
         if cfg.consistency_px is not None and K is not None:
-            keep &= consistent_in_neighbours(
-                world, K, new, s, cfg.consistency_px, cfg.consistency_offsets, cfg.consistency_rel, points=points
+            keep = consistent_in_neighbours(
+                world,
+                K,
+                new,
+                s,
+                cfg.consistency_px,
+                cfg.consistency_offsets,
+                cfg.consistency_rel,
+                points=points,
+                among=keep,
             )
         conf = torch.where(keep, conf, torch.zeros_like(conf))
     return points, conf
@@ -311,6 +319,7 @@ def consistent_in_neighbours(
     max_rel: float,
     unseen_max_depth: float = 2.0,
     points: torch.Tensor | None = None,
+    among: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """[F,H',W'] bool for the `new` frames on every stride-th pixel: no frame `offsets` away in the window
     contradicts the pixel's depth. COLMAP's geometric consistency (its stereo fusion): project the point into
@@ -322,26 +331,33 @@ def consistent_in_neighbours(
     is confirmed by no partner that sees it, nor is a point that lands where the partner has no depth (a
     blank background seen through it). Kept: pixels some partner confirms, and those in no partner's view
     (nothing says anything about them) within unseen_max_depth x the frame's median depth; a streak that runs
-    off into the distance leaves every partner's view too. K [S,3,3] model pixels (centres at integers)."""
+    off into the distance leaves every partner's view too. K [S,3,3] model pixels (centres at integers).
+    `among` [F,H',W'] bool: only these pixels are checked, the others come out False (the map's confidence
+    test leaves out half of a window's pixels before this one: checking them cost half its time)."""
     S, H, W = world.depth.shape
     first, stop, _ = new.indices(S)
     if points is None:  # [F,h,w,3]; the caller's when it has them already
         points = world.world_points(new, stride)
+    if among is None:
+        among = torch.ones(points.shape[:3], dtype=torch.bool, device=points.device)
     T = world.cam_from_world.to(points.dtype)
     Kf = K.to(points.dtype)
     out = torch.zeros(points.shape[:3], dtype=torch.bool, device=points.device)
     unseen = torch.ones_like(out)  # in no partner's view: nothing to confirm or contradict it
     for f, i in enumerate(range(first, stop)):
         partners = [i + o for o in offsets if 0 <= i + o < S]
-        uv_i = _project(points[f] @ T[i, :3, :3].T + T[i, :3, 3], Kf[i])  # [h,w,2]
+        checked = points[f][among[f]]  # [n,3]: each pixel's test is its own, so a subset gives its results
+        confirmed = torch.zeros(len(checked), dtype=torch.bool, device=points.device)
+        in_no_view = torch.ones_like(confirmed)
+        uv_i = _project(checked @ T[i, :3, :3].T + T[i, :3, 3], Kf[i])  # [n,2]
         for j in partners:
-            p_j = points[f] @ T[j, :3, :3].T + T[j, :3, 3]  # [h,w,3] in camera j
+            p_j = checked @ T[j, :3, :3].T + T[j, :3, 3]  # [n,3] in camera j
             uv_j = _project(
                 p_j, Kf[j]
             )  # lifted along its own ray, with the depth of the nearest pixel: no rounding error
             u, v = torch.round(uv_j[..., 0]).long(), torch.round(uv_j[..., 1]).long()
             inside = (p_j[..., 2] > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-            d = world.depth[j][v.clamp(0, H - 1), u.clamp(0, W - 1)]  # [h,w]
+            d = world.depth[j][v.clamp(0, H - 1), u.clamp(0, W - 1)]  # [n]
             ray = torch.stack(
                 [
                     (uv_j[..., 0] - Kf[j, 0, 2]) / Kf[j, 0, 0],
@@ -355,11 +371,13 @@ def consistent_in_neighbours(
             t_ij = T[i, :3, 3] - R_ij @ T[j, :3, 3]
             back = _project(lifted_j @ R_ij.T + t_ij, Kf[i])
             agree = ((back - uv_i).norm(dim=-1) <= max_px) | ((p_j[..., 2] - d).abs() <= max_rel * d)
-            out[f] |= inside & (d > 0) & agree
-            unseen[f] &= ~inside
+            confirmed |= inside & (d > 0) & agree
+            in_no_view &= ~inside
+        out[f][among[f]] = confirmed
+        unseen[f][among[f]] = in_no_view
     z = world.depth[first:stop, ::stride, ::stride]
     near = torch.stack([d <= unseen_max_depth * d[d > 0].median() if bool((d > 0).any()) else d > 0 for d in z])
-    return out | (unseen & near)
+    return (out | (unseen & near)) & among
 
 
 def _project(p_cam: torch.Tensor, K: torch.Tensor) -> torch.Tensor:

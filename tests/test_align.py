@@ -684,6 +684,22 @@ def test_only_depth_another_view_confirms_is_fused(scene: Scene) -> None:
     assert wall.float().mean() > 0.8  # less the wall frame 3 sees hidden behind the board or the box
 
 
+def test_the_consistency_check_of_some_pixels_is_the_full_checks_verdict_there(scene: Scene) -> None:
+    """The map checks only the pixels its confidence test kept: their verdicts are the full check's, to the bit
+    (each pixel's test is its own), and the pixels left out come out False."""
+    from recon.fusion import consistent_in_neighbours
+
+    pred = make_window(scene, list(range(8)), Sim3(1.5))
+    pred.depth[6, :, :40] = 0.0  # pixels landing on no depth, with those in no partner's view and confirmed ones
+    world = align_window(None, pred, 2, AlignConfig())
+    for stride, new in ((1, slice(0, 8)), (2, slice(2, 7))):
+        full = consistent_in_neighbours(world, pred.K, new, stride, 0.125, (-3, 3), 0.05)
+        among = torch.rand(full.shape, generator=torch.Generator().manual_seed(stride)) < 0.5
+        some = consistent_in_neighbours(world, pred.K, new, stride, 0.125, (-3, 3), 0.05, among=among)
+        assert full[among].any() and not full[among].all()
+        assert torch.equal(some, full & among)
+
+
 def test_world_points_on_a_grid_equal_the_full_pass_strided() -> None:
     """A join reads the previous window's world points on its correspondence grid only; they must be the very
     numbers of the full pass at those pixels (the join's fit is unchanged, bit for bit)."""

@@ -113,6 +113,7 @@ def _fit_homography(orbs: OrbFeatures, s: int, cfg: TrackerConfig) -> np.ndarray
     H, inliers = cv2.findHomography(a, b, cv2.RANSAC, 4.0)
     if H is None or inliers is None or int(inliers.sum()) < 20 or abs(np.linalg.det(H)) < 1e-6:
         return None
+    H.setflags(write=False)  # shared by every window that tracks this step (OrbFeatures)
     return H
 
 
@@ -168,7 +169,7 @@ def _match_pair(orbs: OrbFeatures, s: int, cfg: TrackerConfig) -> _PairMatches |
     pm = _PairMatches(a[kept], b[kept], F, H if usable else None, db, kp_b)
     for array in (pm.uv_a, pm.uv_b, pm.F, pm.H, pm.desc_b, pm.kp_b):
         if array is not None:
-            array.setflags(write=False)  # shared by the windows that track this step (FrameFeatures)
+            array.setflags(write=False)  # shared by every window that tracks this step (OrbFeatures)
     return pm
 
 
