@@ -4,7 +4,6 @@ local texture and agreement between partners."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from recon.models.classical.memo import SharedMemo
+from recon.models.classical.memo import SharedMemo, image_key
 
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
@@ -72,11 +71,6 @@ def flow_cache(max_bytes: int) -> SharedMemo[PairFlows]:
     those frames' partner flows (7 of a drive window's 19 pairs). Keyed by both images' contents and the snapped
     pre-warp, of which a flow is a pure function."""
     return SharedMemo(max_items=48, max_bytes=max_bytes, size=lambda flows: sum(f.nbytes for f in flows))
-
-
-def image_key(gray: np.ndarray) -> bytes:
-    """A digest of an image's contents (a cache key part: the same frame in two windows, not the same index)."""
-    return hashlib.blake2b(np.ascontiguousarray(gray).data, digest_size=16).digest() + repr(gray.shape).encode()
 
 
 def prewarp(j_from_i: np.ndarray, K: np.ndarray, cfg: DenseConfig) -> tuple[np.ndarray, tuple]:

@@ -1,13 +1,16 @@
-"""A bounded, thread-safe memo shared by the windows of one model: pair flows (dense.py), ORB features and
-matches (tracks.py)."""
+"""A bounded, thread-safe memo shared by the windows of one model (pair flows in dense.py, ORB features and
+matches in tracks.py), and the image digest its keys are made of."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from typing import Generic, TypeVar
+
+import numpy as np
 
 _V = TypeVar("_V")
 
@@ -70,3 +73,8 @@ class SharedMemo(Generic[_V]):
         ):
             old, _ = self._items.popitem(last=False)
             self._total_bytes -= self._bytes.pop(old, 0)
+
+
+def image_key(gray: np.ndarray) -> bytes:
+    """A digest of an image's contents (a cache key part: the same frame in two windows, not the same index)."""
+    return hashlib.blake2b(np.ascontiguousarray(gray).data, digest_size=16).digest() + repr(gray.shape).encode()

@@ -9,8 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from recon.models.classical.dense import image_key
-from recon.models.classical.memo import SharedMemo
+from recon.models.classical.memo import SharedMemo, image_key
 
 # ORB features of frames and ORB results of steps, shared by a model's windows (`OrbFeatures`): at most this many,
 # about 250 kB each at 640x480 (40 MB).
@@ -82,17 +81,24 @@ class OrbFeatures:
     def __init__(self, gray_frames: list[np.ndarray], shared: SharedMemo[Any] | None = None) -> None:
         self.gray = gray_frames
         self._shared = shared if shared is not None else SharedMemo[Any](FEATURE_ITEMS)
-        self._keys = [image_key(g) for g in gray_frames]
+        self._keys: dict[
+            int, bytes
+        ] = {}  # image_key by frame, taken when ORB first needs the frame (easy steps never do)
 
     def __call__(self, s: int, count: int) -> tuple[Sequence[cv2.KeyPoint], np.ndarray | None]:
         """(keypoints, descriptors) of frame s with ORB at `count` features."""
         return self._shared.get(
-            ("orb", self._keys[s], count), lambda: cv2.ORB.create(count).detectAndCompute(self.gray[s], None)
+            ("orb", self._key(s), count), lambda: cv2.ORB.create(count).detectAndCompute(self.gray[s], None)
         )
 
     def step(self, what: str, s: int, cfg: TrackerConfig, compute: Callable[[], Any]) -> Any:
         """`compute()`'s result for step s -> s + 1 (`what` names it), computed once for these two images."""
-        return self._shared.get((what, self._keys[s], self._keys[s + 1], cfg), compute)
+        return self._shared.get((what, self._key(s), self._key(s + 1), cfg), compute)
+
+    def _key(self, s: int) -> bytes:
+        if s not in self._keys:
+            self._keys[s] = image_key(self.gray[s])
+        return self._keys[s]
 
 
 def _homography(orbs: OrbFeatures, s: int, cfg: TrackerConfig) -> np.ndarray | None:
