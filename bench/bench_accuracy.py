@@ -36,9 +36,12 @@ One markdown row per sequence:
   alone).
 
 Run: .venv/bin/python bench/bench_accuracy.py [--seeds 7 11] [--only sharp_turns ...] [--frames-scale 0.5]
-     [--no-real] [--loop-off-all] [--tag NAME]
+     [--no-real] [--loop-off-all] [--tag NAME] [--revision REV]
 Results also go to bench/out/stress/results.json (results-NAME.json with --tag: runs in run-NAME, so two builds
-can be compared side by side)."""
+can be compared side by side). --revision REV runs `recon run` of that git revision instead of this tree's, built
+from a worktree as bench_speed builds its baseline (the same dependencies, this tree's measurements; --tag
+defaults to REV): the accuracy before a change, on this machine, for `--compare`.
+--compare A.json B.json prints B's ATE against A's per sequence (ratio, and which moved by more than 5%)."""
 
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ import math
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,9 @@ import numpy as np
 from recon.eval.trajectory import absolute_trajectory_error
 from recon.pose_fit import sim3_from_poses
 from recon.trajectory_io import read_kitti
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_speed  # a sibling script: the baseline build and how to run it
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "stress"
@@ -213,12 +220,14 @@ def render(name: str, seed: int, scale: float) -> Path:
     return seq
 
 
-def run_recon(seq: Path, out: Path, *extra: str) -> str:
-    """Run `recon run` fresh into out; '' on success, else the last line it printed."""
+def run_recon(seq: Path, out: Path, *extra: str, site: Path | None = None) -> str:
+    """Run `recon run` (of the build in `site`, else this tree's) fresh into out; '' on success, else the last
+    line it printed."""
     shutil.rmtree(out, ignore_errors=True)  # never read a previous run's files as this one's
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "recon", "run", str(seq), "--out", str(out), "--overwrite", *extra]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [*bench_speed.python(site), "-m", "recon", "run", str(seq), "--out", str(out), "--overwrite", *extra]
+    # From the run's folder: `-m recon` would otherwise find this tree's package in the working directory first.
+    p = subprocess.run(cmd, capture_output=True, text=True, env=bench_speed.environment(site), cwd=out.parent)
     out.with_suffix(".log").write_text(p.stdout + p.stderr)
     if p.returncode != 0:
         lines = (p.stderr or p.stdout).strip().splitlines()
@@ -226,13 +235,19 @@ def run_recon(seq: Path, out: Path, *extra: str) -> str:
     return ""
 
 
-def has_loop_closure_flag() -> bool:
-    p = subprocess.run([sys.executable, "-m", "recon", "run", "--help"], capture_output=True, text=True)
+def has_loop_closure_flag(site: Path | None) -> bool:
+    p = subprocess.run(
+        [*bench_speed.python(site), "-m", "recon", "run", "--help"],
+        capture_output=True,
+        text=True,
+        env=bench_speed.environment(site),
+        cwd=OUT,
+    )
     return "--no-loop-closure" in p.stdout
 
 
-def evaluate(row: Row, seq: Path, out: Path, loop_off: bool) -> Row:
-    err = run_recon(seq, out)
+def evaluate(row: Row, seq: Path, out: Path, loop_off: bool, site: Path | None) -> Row:
+    err = run_recon(seq, out, site=site)
     if err:
         row.error = err
         return row
@@ -240,7 +255,7 @@ def evaluate(row: Row, seq: Path, out: Path, loop_off: bool) -> Row:
         measure(row, out)
         if loop_off:
             off_out = out.with_name(out.name + "_loop_off")
-            err = run_recon(seq, off_out, "--no-loop-closure")
+            err = run_recon(seq, off_out, "--no-loop-closure", site=site)
             if err:
                 row.error = f"loop-off run: {err}"
             else:
@@ -274,6 +289,33 @@ def format_row(r: Row) -> str:
     )
 
 
+def compare(before: list[dict[str, Any]], after: list[dict[str, Any]], tolerance: float = 0.05) -> str:
+    """A markdown table of each sequence's ATE before and after (two results files' rows, matched by name), the
+    ratio after / before, and a verdict: within `tolerance` (relative), better or worse beyond it."""
+    old = {r["name"]: r for r in before}
+    lines = ["| sequence | ATE before | ATE after | after / before | |", "|---|---|---|---|---|"]
+    ratios, verdicts = [], {"worse": 0, "better": 0, "same": 0}
+    for r in after:
+        b = old.get(r["name"])
+        if b is None or b["ate"] is None or r["ate"] is None or not b["ate"] > 0:
+            lines.append(f"| {r['name']} | n/a | {_f(r['ate'], 3)} {r['unit']} | n/a | |")
+            continue
+        ratio = r["ate"] / b["ate"]
+        ratios.append(ratio)
+        verdict = "worse" if ratio > 1 + tolerance else "better" if ratio < 1 - tolerance else "same"
+        verdicts[verdict] += 1
+        mark = {"worse": f"**worse by > {tolerance:.0%}**", "better": "better", "same": f"within {tolerance:.0%}"}
+        lines.append(
+            f"| {r['name']} | {_f(b['ate'], 3)} {b['unit']} | {_f(r['ate'], 3)} {r['unit']} | {ratio:.3f} | {mark[verdict]} |"
+        )
+    geomean = float(np.exp(np.mean(np.log(ratios)))) if ratios else math.nan
+    lines.append(
+        f"\n{len(ratios)} sequences: geometric-mean ratio {_f(geomean, 3)}; {verdicts['same']} within {tolerance:.0%}, "
+        f"{verdicts['better']} better, {verdicts['worse']} worse"
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     from recon.datasets.synthetic.stress import STRESS
 
@@ -286,7 +328,14 @@ def main() -> None:
     ap.add_argument("--no-real", action="store_true", help="skip the real captures")
     ap.add_argument("--loop-off-all", action="store_true", help="loop closure off vs on for every sequence")
     ap.add_argument("--tag", default="", help="write runs to run-TAG and results-TAG.json (compare builds)")
+    ap.add_argument("--revision", help="run this git revision's recon (built from a worktree); --tag defaults to it")
+    ap.add_argument(
+        "--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="two results JSON files: ATE after / before"
+    )
     args = ap.parse_args()
+    if args.compare:
+        print(compare(*(json.loads(Path(f).read_text()) for f in args.compare)))
+        return
     names = list(STRESS) if not args.only else [n for n in args.only if n in STRESS]
     real = [] if args.no_real else [n for n in real if not args.only or n in args.only]
     unknown = set(args.only or []) - set(STRESS) - set(real)
@@ -298,9 +347,23 @@ def main() -> None:
             file=sys.stderr,
         )
         real = [n for n in real if n in present]
+    if not args.revision:
+        measure_all(args, names, real, args.tag, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench_accuracy.") as tmp:
+        print(f"building {args.revision} ...", file=sys.stderr, flush=True)
+        site = bench_speed.build_baseline(args.revision, Path(tmp))
+        measure_all(args, names, real, args.tag or args.revision, site)
 
-    run_name = f"run-{args.tag}" if args.tag else "run"
-    flag = has_loop_closure_flag()
+
+def measure_all(args: argparse.Namespace, names: list[str], real: list[str], tag: str, site: Path | None) -> None:
+    """Every stress sequence of `names` for each seed, then the real captures `real`: a row each, printed as it
+    comes, and the results file; `site`: the build whose `recon run` runs (None: this tree's)."""
+    from recon.datasets.synthetic.stress import STRESS
+
+    run_name = f"run-{tag}" if tag else "run"
+    OUT.mkdir(parents=True, exist_ok=True)
+    flag = has_loop_closure_flag(site)
     print(f"loop closure off/on: {'runs' if flag else 'n/a (recon run has no --no-loop-closure)'}", file=sys.stderr)
     results, rows = [], []
     print(HEADER, flush=True)
@@ -308,22 +371,19 @@ def main() -> None:
         for seed in args.seeds:
             seq = render(name, seed, args.frames_scale)
             row = Row(f"{name} s{seed}", STRESS[name].revisits, "m")
-            evaluate(row, seq, seq.parent.parent / run_name, flag and (row.revisits or args.loop_off_all))
+            evaluate(row, seq, seq.parent.parent / run_name, flag and (row.revisits or args.loop_off_all), site)
             rows.append(row)
             print(format_row(row), flush=True)
     for name in real:
         row = Row(name, False, "mm" if name.startswith("dtu") else ("units" if name == "fox" else "m"))
-        evaluate(row, REAL / "sequences" / name, OUT / f"real_{name}" / run_name, flag and args.loop_off_all)
+        evaluate(row, REAL / "sequences" / name, OUT / f"real_{name}" / run_name, flag and args.loop_off_all, site)
         rows.append(row)
         print(format_row(row), flush=True)
     for r in rows:
         results.append(
             {**dataclasses.asdict(r), "join_ratio": r.join_ratio, "loop_cut": r.loop_cut, "checks": r.checks()}
         )
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / (f"results-{args.tag}.json" if args.tag else "results.json")).write_text(
-        json.dumps(results, indent=1, allow_nan=True)
-    )
+    (OUT / (f"results-{tag}.json" if tag else "results.json")).write_text(json.dumps(results, indent=1, allow_nan=True))
     failed = sum(v is False for r in rows for v in r.checks().values()) + sum(bool(r.error) for r in rows)
     print(
         f"\n{len(rows)} sequences, {failed} target(s) failed or runs broken; targets: ATE <= {TARGET_ATE_PCT}% of path, "
