@@ -9,6 +9,7 @@ closure), viewer, outputs."""
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -117,6 +118,10 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
+# PyYAML reads YAML 1.1, where 1e9 and 1.0e9 are text (1.0e+9 is a number); YAML 1.2 and every user mean a number.
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _value(tp: Any, value: Any, where: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -154,6 +159,8 @@ def _value(tp: Any, value: Any, where: str) -> Any:
             raise ReconError(f"{where}: expected a whole number, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ReconError(f"{where}: expected a number, got {value!r}")
         return float(value)

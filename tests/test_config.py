@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from recon.cli import main
-from recon.config import RunConfig, from_dict, to_dict
+from recon.config import RunConfig, from_dict, read_config_file, run_config, to_dict
 from recon.errors import ReconError
 
 RUN = ["synthetic:street", "--max-frames", "28", "--window", "10", "--overlap", "3"]
@@ -113,3 +113,15 @@ def test_every_setting_round_trips_through_a_file() -> None:
     assert again == config
     with pytest.raises(ReconError, match=r"model\.classical\.bundle"):
         from_dict(RunConfig, {"model": {"classical": {"bundle": {"no_such": 1}}}})
+
+
+def test_a_number_in_exponent_notation_is_a_number(tmp_path: Path) -> None:
+    # PyYAML (YAML 1.1) reads 1e9 and 1.0e9 as text; a user writing them means a number.
+    (tmp_path / "c.yaml").write_text("model:\n  classical:\n    cull_noise_factor: 1.0e9\n    cull_floor_px: 2e-1\n")
+    config = run_config(read_config_file(tmp_path / "c.yaml"), {})
+    assert config.model.classical.cull_noise_factor == 1e9
+    assert config.model.classical.cull_floor_px == 0.2
+    with pytest.raises(ReconError, match="expected a whole number"):
+        from_dict(RunConfig, {"map": {"max_points": "1e6"}})  # a count stays a whole number
+    with pytest.raises(ReconError, match="expected a number"):
+        from_dict(RunConfig, {"model": {"classical": {"cull_floor_px": "e9"}}})
