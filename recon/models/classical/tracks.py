@@ -81,9 +81,8 @@ class OrbFeatures:
     def __init__(self, gray_frames: list[np.ndarray], shared: SharedMemo[Any] | None = None) -> None:
         self.gray = gray_frames
         self._shared = shared if shared is not None else SharedMemo[Any](FEATURE_ITEMS)
-        self._keys: dict[
-            int, bytes
-        ] = {}  # image_key by frame, taken when ORB first needs the frame (easy steps never do)
+        # image_key by frame, taken when ORB first needs the frame (easy steps never do)
+        self._keys: dict[int, bytes] = {}
 
     def __call__(self, s: int, count: int) -> tuple[Sequence[cv2.KeyPoint], np.ndarray | None]:
         """(keypoints, descriptors) of frame s with ORB at `count` features."""
