@@ -334,7 +334,11 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.compare:
-        print(compare(*(json.loads(Path(f).read_text()) for f in args.compare)))
+        try:
+            before, after = (json.loads(Path(f).read_text()) for f in args.compare)
+        except (OSError, ValueError) as e:
+            ap.error(f"--compare: {e}")
+        print(compare(before, after))
         return
     names = list(STRESS) if not args.only else [n for n in args.only if n in STRESS]
     real = [] if args.no_real else [n for n in real if not args.only or n in args.only]

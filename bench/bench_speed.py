@@ -63,12 +63,16 @@ def sequences() -> dict[str, Path]:
 def build_baseline(rev: str, into: Path) -> Path:
     """The package at `rev`, installed (without dependencies) into `into`: a folder for PYTHONPATH."""
     tree = into / "tree"
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev], check=True, capture_output=True
+    added = subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev], capture_output=True, text=True
     )
+    if added.returncode != 0:
+        raise SystemExit(
+            f"{Path(sys.argv[0]).name}: no revision {rev!r} in {ROOT} ({added.stderr.strip().splitlines()[-1]})"
+        )
     try:
         site = into / "site"
-        subprocess.run(
+        built = subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -81,9 +85,12 @@ def build_baseline(rev: str, into: Path) -> Path:
                 str(site),
                 str(tree),
             ],
-            check=True,
             capture_output=True,
+            text=True,
         )
+        if built.returncode != 0:
+            lines = built.stderr.strip().splitlines()
+            raise SystemExit(f"{Path(sys.argv[0]).name}: {rev} did not build: {lines[-1] if lines else 'pip failed'}")
     finally:
         subprocess.run(
             ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True, capture_output=True
