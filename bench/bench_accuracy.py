@@ -333,8 +333,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", metavar="NAME", help=f"some of: {', '.join([*STRESS, *real])}")
     ap.add_argument("--frames-scale", type=float, default=1.0, help="shorten the stress sequences (quick look)")
     ap.add_argument("--no-real", action="store_true", help="skip the real captures")
-    ap.add_argument("--loop-off-all", action="store_true", help="loop closure off vs on for every sequence")
-    ap.add_argument("--no-loop-off", action="store_true", help="no loop-off runs (ATE alone, to compare builds)")
+    loop_off = ap.add_mutually_exclusive_group()
+    loop_off.add_argument("--loop-off-all", action="store_true", help="loop closure off vs on for every sequence")
+    loop_off.add_argument("--no-loop-off", action="store_true", help="no loop-off runs (ATE alone, to compare builds)")
     ap.add_argument("--tag", default="", help="write runs to run-TAG and results-TAG.json (compare builds)")
     ap.add_argument("--revision", help="run this git revision's recon (built from a worktree); --tag defaults to it")
     ap.add_argument(
